@@ -1,0 +1,1 @@
+"""The Streamlit app: a client of the warehouse query API."""

@@ -1,0 +1,92 @@
+"""The collector's HTTP front door: one threaded server on the OTLP/HTTP port, to which
+receivers add routes. It also answers /healthz and /metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from nimtrail.ops import StageMetrics, health_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    close: bool = False  # drop the connection (the request body was not read)
+
+
+Route = Callable[[BaseHTTPRequestHandler], Response]
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, metrics: StageMetrics,
+                 healthy: Callable[[], bool] = lambda: True):
+        self._routes: dict[tuple[str, str], Route] = {}
+        routes = self._routes
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as OTLP exporters expect
+
+            def _dispatch(self, method: str) -> None:
+                path = self.path.split("?", 1)[0]
+                route = routes.get((method, path))
+                if route is not None:
+                    try:
+                        response = route(self)
+                    except Exception:  # a bug must not kill the server thread silently
+                        log.exception("Unhandled error serving %s %s", method, path)
+                        response = Response(500, b'{"message":"internal error"}', close=True)
+                elif method == "GET" and (answer := health_response(path, metrics, healthy)):
+                    status, ctype, body = answer
+                    response = Response(status, body, ctype)
+                else:
+                    response = Response(404, b'{"message":"no such endpoint"}', close=True)
+                self.send_response(response.status)
+                self.send_header("Content-Type", response.content_type)
+                self.send_header("Content-Length", str(len(response.body)))
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                if response.close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(response.body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._dispatch("POST")
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._dispatch("GET")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def route(self, method: str, path: str, handler: Route) -> None:
+        self._routes[(method, path)] = handler
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="collector-http",
+                                        daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
+        self._server.server_close()

@@ -1,0 +1,113 @@
+"""Decoding OTLP export requests (protobuf or OTLP/JSON) for the receivers.
+
+Decoding here only validates and finds the routing key; the bytes forwarded to Kafka are
+the protobuf encoding, the same as the OpenTelemetry Collector's kafka exporter writes
+(`otlp_proto`), so an existing Collector can feed nimtrail's topics directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from nimtrail.errors import PermanentError
+
+# OTLP/JSON writes trace and span ids as hex, where protobuf's JSON mapping expects base64.
+_ID_KEYS = {"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    name: str  # traces | logs | metrics
+    path: str
+    request: type[Message]
+    response: type[Message]
+    topic_key: str  # which TopicsConfig field names its topic
+
+
+SIGNALS = {
+    s.path: s
+    for s in (
+        Signal("traces", "/v1/traces", trace_service_pb2.ExportTraceServiceRequest,
+               trace_service_pb2.ExportTraceServiceResponse, "otlp_spans"),
+        Signal("logs", "/v1/logs", logs_service_pb2.ExportLogsServiceRequest,
+               logs_service_pb2.ExportLogsServiceResponse, "otlp_logs"),
+        Signal("metrics", "/v1/metrics", metrics_service_pb2.ExportMetricsServiceRequest,
+               metrics_service_pb2.ExportMetricsServiceResponse, "otlp_metrics"),
+    )
+}
+
+
+def _hex_ids_to_base64(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in _ID_KEYS and isinstance(value, str) and value:
+                try:
+                    value = base64.b64encode(bytes.fromhex(value)).decode()
+                except ValueError as e:
+                    raise PermanentError("malformed_json", f"{key} is not hex: {value[:40]!r}") from e
+            else:
+                value = _hex_ids_to_base64(value)
+            out[key] = value
+        return out
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(v) for v in node]
+    return node
+
+
+def decode_protobuf(signal: Signal, body: bytes) -> Message:
+    message = signal.request()
+    try:
+        message.ParseFromString(body)
+    except (DecodeError, RecursionError) as e:
+        raise PermanentError("malformed_protobuf", f"not an OTLP {signal.name} request: {e}") from e
+    return message
+
+
+def decode_json(signal: Signal, body: bytes) -> Message:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise PermanentError("malformed_json", f"body is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise PermanentError("malformed_json", "an OTLP/JSON request must be a JSON object")
+    message = signal.request()
+    try:
+        json_format.ParseDict(_hex_ids_to_base64(doc), message, ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise PermanentError("malformed_json", f"not an OTLP {signal.name} request: {e}") from e
+    return message
+
+
+def routing_key(signal: Signal, message: Message) -> bytes:
+    """Traces are keyed by trace id so one trace's requests share a partition; logs and
+    metrics by the first resource's service.name."""
+    if signal.name == "traces":
+        for rs in message.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    return span.trace_id.hex().encode()
+        return b""
+    resources = message.resource_logs if signal.name == "logs" else message.resource_metrics
+    for r in resources:
+        for attr in r.resource.attributes:
+            if attr.key == "service.name":
+                return attr.value.string_value.encode()
+    return b""
+
+
+def count_items(signal: Signal, message: Message) -> int:
+    if signal.name == "traces":
+        return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+    if signal.name == "logs":
+        return sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs)
+    return sum(len(sm.metrics) for rm in message.resource_metrics for sm in rm.scope_metrics)

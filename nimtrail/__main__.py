@@ -1,0 +1,5 @@
+import sys
+
+from nimtrail.cli import main
+
+sys.exit(main())

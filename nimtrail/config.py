@@ -1,0 +1,354 @@
+"""nimtrail's configuration: one YAML file, every key overridable from the environment.
+
+Each section is a frozen dataclass; `load()` builds them from YAML and `NIMTRAIL_*`
+variables (nesting spelled with a double underscore: `NIMTRAIL_KAFKA__BOOTSTRAP`), rejecting
+unknown keys and wrong types with a message that names the file and the key. Loading is
+pure (no network, no files besides the config itself), so `nimtrail check` can validate a
+deployment's configuration anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nimtrail import topics
+from nimtrail.errors import ConfigError
+
+ENV_PREFIX = "NIMTRAIL_"
+# Variables that steer the CLI itself rather than naming config keys.
+RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_FAULTS",
+                "NIMTRAIL_API"}
+
+
+class Duration(float):
+    """Seconds, written in YAML as `15s`, `500ms`, `2m`, `1h`, `7d` or a bare number."""
+
+    _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    @classmethod
+    def parse(cls, value: Any) -> "Duration":
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as 15s")
+        if isinstance(value, (int, float)):
+            return cls(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+        if not match:
+            raise ValueError("expected a duration such as 500ms, 15s, 2m, 1h or 7d")
+        return cls(float(match.group(1)) * cls._UNITS[match.group(2) or "s"])
+
+
+class HostPort(str):
+    """`host:port` (host may be empty or 0.0.0.0 to listen on every interface)."""
+
+    @classmethod
+    def parse(cls, value: Any) -> "HostPort":
+        text = str(value)
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, such as 127.0.0.1:8700")
+        return cls(text)
+
+    @property
+    def host(self) -> str:
+        return self.rpartition(":")[0] or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.rpartition(":")[2])
+
+
+# ---- sections -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str = ""  # empty: start the bundled broker
+    port: int = 9092  # the bundled broker's client port
+    client_id: str = "nimtrail"
+    partitions: int = 2  # for topics nimtrail creates
+    compression: str = "lz4"
+
+    def validate(self, path: str) -> None:
+        if self.compression not in {"none", "gzip", "lz4", "snappy", "zstd"}:
+            raise ConfigError(f"{path}.compression: expected one of none, gzip, lz4, snappy, zstd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicsConfig:
+    otlp_spans: str = topics.OTLP_SPANS
+    otlp_logs: str = topics.OTLP_LOGS
+    otlp_metrics: str = topics.OTLP_METRICS
+    nimlogs: str = topics.RAW_NIMLOGS
+    scrapes: str = topics.RAW_SCRAPES
+    deployments: str = topics.DEPLOYMENTS
+    calls: str = topics.AUDIT_CALLS
+    actions: str = topics.AUDIT_ACTIONS
+    audit_deployments: str = topics.AUDIT_DEPLOYMENTS
+    samples: str = topics.AUDIT_SAMPLES
+    findings: str = topics.AUDIT_FINDINGS
+    dlq: str = topics.DLQ
+
+    def audit(self) -> dict[str, str]:
+        """Record kind -> the audit topic that carries it."""
+        return {"model_call": self.calls, "tool_action": self.actions,
+                "deployment": self.audit_deployments, "metric_sample": self.samples,
+                "finding": self.findings}
+
+
+@dataclasses.dataclass(frozen=True)
+class FilelogTarget:
+    include: tuple[str, ...] = ()
+    deployment: str = ""
+    exclude: tuple[str, ...] = ()
+    start_at: str = "beginning"
+
+    def validate(self, path: str) -> None:
+        if not self.include:
+            raise ConfigError(f"{path}.include: at least one glob is required")
+        if self.start_at not in {"beginning", "end"}:
+            raise ConfigError(f"{path}.start_at: expected beginning or end")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrapeTarget:
+    url: str = ""
+    deployment: str = ""
+    interval: Duration = Duration(15)
+    timeout: Duration = Duration(5)
+
+    def validate(self, path: str) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataTarget:
+    url: str = ""
+    deployment: str = ""
+    interval: Duration = Duration(60)
+
+    def validate(self, path: str) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectorConfig:
+    otlp_grpc: HostPort = HostPort("0.0.0.0:4317")
+    otlp_http: HostPort = HostPort("0.0.0.0:4318")
+    max_body_bytes: int = 16 * 1024 * 1024  # after decompression
+    filelog: tuple[FilelogTarget, ...] = ()
+    scrape: tuple[ScrapeTarget, ...] = ()
+    nim_metadata: tuple[MetadataTarget, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorConfig:
+    ops: HostPort = HostPort("127.0.0.1:8701")  # /healthz and /metrics
+    group_id: str = "nimtrail-processor"
+    join_window: Duration = Duration(300)
+    max_poll_records: int = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class WarehouseConfig:
+    path: str = ""  # empty: <data_dir>/audit.duckdb
+    api: HostPort = HostPort("127.0.0.1:8700")
+    max_poll_records: int = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class AppConfig:
+    port: int = 8501
+    api_url: str = ""  # empty: derived from warehouse.api
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data_dir: str = ".nimtrail"
+    kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
+    collector: CollectorConfig = CollectorConfig()
+    processor: ProcessorConfig = ProcessorConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
+    app: AppConfig = AppConfig()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return Path(self.warehouse.path) if self.warehouse.path else self.data_path / "audit.duckdb"
+
+    @property
+    def api_url(self) -> str:
+        if self.app.api_url:
+            return self.app.api_url.rstrip("/")
+        host = self.warehouse.api.host
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        return f"http://{host}:{self.warehouse.api.port}"
+
+
+# ---- loading --------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             Duration: "a duration such as 15s", HostPort: "host:port"}
+    if tp in names:
+        return names[tp]
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return "a list"
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin in (tuple, list):
+        (item_tp, *_rest) = typing.get_args(tp)
+        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(item_tp, item, f"{path}[{i}]") for i, item in enumerate(value))
+    try:
+        if tp in (Duration, HostPort):
+            return tp.parse(value)
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except ValueError as e:
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}") from e
+    raise ConfigError(f"{path}: unsupported type {tp!r}")  # a bug in a config class
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key (known keys: {', '.join(sorted(fields))})")
+    values = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(path or "config")
+    return obj
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    """Turn NIMTRAIL_A__B=value into {"a": {"b": value}}; values are read as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        keys = name[len(ENV_PREFIX):].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another NIMTRAIL_ variable")
+        node[keys[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve_strings(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Environment values for string keys stay strings even when YAML reads `123` as int."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        tp = hints.get(key)
+        if tp is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out[key] = _resolve_strings(tp, value)
+        elif tp in (str, HostPort) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = str(value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    `path` (or NIMTRAIL_CONFIG) names the YAML file; without one the defaults apply.
+    Errors name the file (or the environment variable) and the key.
+    """
+    env = dict(os.environ if env is None else env)
+    path = path or env.get("NIMTRAIL_CONFIG") or None
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read the config file ({e.strerror})") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level")
+        data = loaded
+    try:
+        data = _build(Config, data, "") and data
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    overrides = _resolve_strings(Config, _env_overrides(env))
+    try:
+        return _build(Config, _merge(data, overrides), "")
+    except ConfigError as e:
+        raise ConfigError(f"{source} with NIMTRAIL_* environment overrides: {e}") from e
+
+
+def as_dict(config: Any) -> Any:
+    """The configuration as plain data (for `nimtrail check` and child processes)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: as_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple):
+        return [as_dict(v) for v in config]
+    if isinstance(config, Duration):
+        return float(config)
+    if isinstance(config, HostPort):
+        return str(config)
+    return config

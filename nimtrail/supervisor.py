@@ -1,0 +1,132 @@
+"""`nimtrail up`: the broker (unless an external one is configured), every stage as its own
+process, restarted if it dies, all stopped on Ctrl-C.
+
+Stages are separate processes so that one crashing cannot take the others down, and so
+that the delivery guarantees are exercised exactly as in a distributed deployment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nimtrail import broker
+from nimtrail.config import Config
+
+STAGES = ("warehouse", "processor", "collector", "app")
+RESTART_BACKOFF = (1, 2, 5, 10, 30)
+
+
+@dataclasses.dataclass
+class Child:
+    stage: str
+    args: list[str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started: float = 0.0
+
+
+def _say(message: str) -> None:
+    print(f"nimtrail: {message}", flush=True)
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None, extra: list[tuple[str, list[str]]] = ()):
+        self.config = config
+        self.config_path = config_path
+        self.children = [Child(stage, [sys.executable, "-m", "nimtrail", *self._config_args(), stage])
+                         for stage in STAGES]
+        self.children += [Child(name, args) for name, args in extra]
+        self.started_broker = False
+        self.bootstrap = config.kafka.bootstrap
+        self._stopping = False
+
+    def _config_args(self) -> list[str]:
+        return ["--config", self.config_path] if self.config_path else []
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NIMTRAIL_KAFKA__BOOTSTRAP"] = self.bootstrap
+        env["NIMTRAIL_DATA_DIR"] = str(Path(self.config.data_dir).resolve())
+        return env
+
+    def _spawn(self, child: Child) -> None:
+        log_dir = Path(self.config.data_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(log_dir / f"{child.stage}.log", "ab")
+        child.process = subprocess.Popen(child.args, env=self._env(), stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        child.started = time.monotonic()
+
+    def start(self) -> None:
+        if not self.bootstrap:
+            _say("starting the bundled Kafka broker (first start resolves its jars with Maven)…")
+            handle = broker.start(self.config.data_path, port=self.config.kafka.port)
+            self.started_broker = True
+            self.bootstrap = handle.bootstrap
+        _say(f"Kafka at {self.bootstrap}")
+        for child in self.children:
+            self._spawn(child)
+        c = self.config
+        _say(f"collector OTLP/HTTP  http://127.0.0.1:{c.collector.otlp_http.port}/v1/traces")
+        _say(f"query API           {c.api_url}/v1/query/calls")
+        _say(f"app                 http://127.0.0.1:{c.app.port}")
+        _say(f"logs                {Path(c.data_dir) / 'logs'}")
+
+    def watch(self, until: float | None = None) -> None:
+        """Restart stages that die, until stopped (or `until`, a monotonic deadline)."""
+        while not self._stopping and (until is None or time.monotonic() < until):
+            for child in self.children:
+                if child.process and child.process.poll() is not None and not self._stopping:
+                    code = child.process.returncode
+                    if time.monotonic() - child.started > 60:
+                        child.restarts = 0
+                    delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+                    _say(f"{child.stage} exited with code {code}; restarting in {delay}s "
+                         f"(see {Path(self.config.data_dir) / 'logs' / (child.stage + '.log')})")
+                    time.sleep(delay)
+                    child.restarts += 1
+                    self._spawn(child)
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._stopping = True
+        # Stop in reverse order of the data flow: sources first, the warehouse last.
+        for child in reversed(self.children):
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            if child.process:
+                try:
+                    child.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+        if self.started_broker:
+            broker.stop(self.config.data_path)
+        _say("stopped")
+
+
+def up(config: Config, config_path: str | None, duration: float | None = None,
+       extra: list[tuple[str, list[str]]] = (), on_ready=None) -> None:
+    supervisor = Supervisor(config, config_path, list(extra))
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        supervisor._stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        supervisor.start()
+        if on_ready:
+            on_ready(supervisor)
+        _say("running; press Ctrl-C to stop")
+        supervisor.watch(None if duration is None else time.monotonic() + duration)
+    finally:
+        supervisor.stop()

@@ -1,0 +1,33 @@
+"""Plain-text tables for the CLI's query commands."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_cell(v)}" for k, v in value.items())
+    return str(value)
+
+
+def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], max_width: int = 40) -> str:
+    if not rows:
+        return "(no rows)"
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[v if len(v) <= max_width else v[: max_width - 1] + "…" for v in row] for row in cells]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def render_record(title: str, record: dict[str, Any] | None, fields: Sequence[str]) -> str:
+    if not record:
+        return f"{title}: (none)"
+    width = max(len(f) for f in fields)
+    body = "\n".join(f"  {f.ljust(width)}  {_cell(record.get(f))}" for f in fields)
+    return f"{title}:\n{body}"

@@ -1,0 +1,15 @@
+"""Kafka topic names: the defaults the design fixes. Every name can be overridden in config
+(`topics:` section); stages take the resolved names from their config, never from here."""
+
+OTLP_SPANS = "otlp_spans"
+OTLP_LOGS = "otlp_logs"
+OTLP_METRICS = "otlp_metrics"
+RAW_NIMLOGS = "nimtrail.raw.nimlogs"
+RAW_SCRAPES = "nimtrail.raw.scrapes"
+DEPLOYMENTS = "nimtrail.deployments"
+AUDIT_CALLS = "nimtrail.audit.calls"
+AUDIT_ACTIONS = "nimtrail.audit.actions"
+AUDIT_DEPLOYMENTS = "nimtrail.audit.deployments"
+AUDIT_SAMPLES = "nimtrail.audit.samples"
+AUDIT_FINDINGS = "nimtrail.audit.findings"
+DLQ = "nimtrail.dlq"

@@ -1,0 +1,123 @@
+"""The named queries of the query API. Every value from the network is a bound parameter;
+no SQL text is ever built from input."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable
+
+import duckdb
+import orjson
+
+from warehouse.params import BadParameter, Params
+
+JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env", "api_surface",
+                "health_endpoints", "logging_mode", "tracing_config", "tool_calling",
+                "deploy_path", "identities", "field_sources"}
+
+
+def _value(name: str, value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if name in JSON_COLUMNS and isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, args)
+    names = [d[0] for d in cursor.description]
+    return [{n: _value(n, v) for n, v in zip(names, row)} for row in cursor.fetchall()]
+
+
+CALL_FILTERS = {
+    "caller": "c.caller = ?",
+    "client_service": "c.client_service = ?",
+    "model": "c.model = ?",
+    "deployment_id": "c.deployment_id = ?",
+    "call_id": "c.call_id = ?",
+}
+
+
+def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    """Who called what model, and what action followed; newest first, paginated."""
+    where, args = [], []
+    for name, clause in CALL_FILTERS.items():
+        value = params.text(name)
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    since, until = params.time("since"), params.time("until")
+    if since:
+        where.append("c.started_at >= ?")
+        args.append(since)
+    if until:
+        where.append("c.started_at < ?")
+        args.append(until)
+    limit = params.integer("limit", 100, 1, 1000)
+    offset = params.integer("offset", 0, 0, 10_000_000)
+    sql = f"""
+        SELECT c.*,
+               (SELECT list(struct_pack(action_id := a.action_id, tool_name := a.tool_name,
+                                        outcome := a.outcome, target := a.target)
+                            ORDER BY a.started_at)
+                FROM tool_actions a WHERE a.call_id = c.call_id) AS actions
+        FROM model_calls c
+        {"WHERE " + " AND ".join(where) if where else ""}
+        ORDER BY c.started_at DESC NULLS LAST, c.call_id
+        LIMIT ? OFFSET ?"""
+    found = rows(con, sql, args + [limit + 1, offset])
+    more = len(found) > limit
+    return {"rows": found[:limit], "next_offset": offset + limit if more else None}
+
+
+def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    """From one action, tool call or model call: the action(s), the model call that asked
+    for them, its caller and its deployment version."""
+    action_id, tool_call_id, call_id = (params.text("action_id"), params.text("tool_call_id"),
+                                        params.text("call_id"))
+    given = [n for n, v in (("action_id", action_id), ("tool_call_id", tool_call_id),
+                            ("call_id", call_id)) if v]
+    if len(given) != 1:
+        raise BadParameter("action_id", "give exactly one of action_id, tool_call_id, call_id")
+    if action_id:
+        actions = rows(con, "SELECT * FROM tool_actions WHERE action_id = ?", [action_id])
+    elif tool_call_id:
+        actions = rows(con, "SELECT * FROM tool_actions WHERE tool_call_id = ? ORDER BY started_at",
+                       [tool_call_id])
+        if not actions:
+            found = rows(con, "SELECT call_id FROM model_calls WHERE list_contains(tool_call_ids, ?)",
+                         [tool_call_id])
+            call_id = found[0]["call_id"] if found else None
+    else:
+        actions = rows(con, "SELECT * FROM tool_actions WHERE call_id = ? ORDER BY started_at",
+                       [call_id])
+    if actions and not call_id:
+        call_id = actions[0]["call_id"]
+    call = None
+    if call_id:
+        found = rows(con, "SELECT * FROM model_calls WHERE call_id = ?", [call_id])
+        call = found[0] if found else None
+    deployment = None
+    if call and call.get("deployment_id"):
+        found = rows(con, "SELECT * FROM deployments WHERE deployment_id = ? AND version = ?",
+                     [call["deployment_id"], call.get("deployment_version")])
+        deployment = found[0] if found else None
+    subject_ids = [a["action_id"] for a in actions] + ([call["call_id"]] if call else [])
+    findings = rows(con, "SELECT * FROM findings WHERE list_has_any(subject_ids, ?::VARCHAR[]) "
+                         "ORDER BY detected_at", [subject_ids]) if subject_ids else []
+    caller = None
+    if call:
+        caller = {k: call.get(k) for k in ("caller", "client_service", "client_address",
+                                            "api_key_fingerprint")}
+    return {"found": bool(actions or call), "actions": actions, "call": call, "caller": caller,
+            "deployment": deployment, "findings": findings}
+
+
+QUERIES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]], set[str]]] = {
+    "calls": (calls, {*CALL_FILTERS, "since", "until", "limit", "offset"}),
+    "trace-back": (trace_back, {"action_id", "tool_call_id", "call_id"}),
+}
