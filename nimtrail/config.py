@@ -88,6 +88,7 @@ class TopicsConfig:
     otlp_metrics: str = topics.OTLP_METRICS
     nimlogs: str = topics.RAW_NIMLOGS
     scrapes: str = topics.RAW_SCRAPES
+    observations: str = topics.RAW_OBSERVATIONS
     deployments: str = topics.DEPLOYMENTS
     calls: str = topics.AUDIT_CALLS
     actions: str = topics.AUDIT_ACTIONS

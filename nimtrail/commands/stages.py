@@ -1,0 +1,85 @@
+"""Commands that run things: up, check, kafka, and each stage in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable
+
+import yaml
+
+from nimtrail import broker, config as config_mod
+from nimtrail.commands.common import load
+
+
+def _stage(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from importlib import import_module
+
+        from nimtrail.runtime import run_stage, setup_logging
+
+        setup_logging(args.log_level)
+        run_stage(import_module(module).run, load(args))
+        return 0
+
+    return run
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from app.launch import run_app
+
+    return run_app(load(args))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from nimtrail.supervisor import up
+
+    up(load(args), args.config, duration=args.duration)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args)
+    print(f"configuration is valid ({args.config or os.environ.get('NIMTRAIL_CONFIG') or 'defaults'})")
+    if args.show:
+        print(yaml.safe_dump(config_mod.as_dict(config), sort_keys=False), end="")
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    config = load(args)
+    if args.action == "start":
+        handle = broker.start(config.data_path, port=args.port or config.kafka.port)
+        print(f"Kafka broker running at {handle.bootstrap} (pid {handle.pid}, data in {handle.data_dir})")
+    elif args.action == "stop":
+        print("Kafka broker stopped" if broker.stop(config.data_path) else "no Kafka broker was running")
+    else:
+        handle = broker.status(config.data_path)
+        if not handle:
+            print("no Kafka broker running")
+            return 1
+        print(f"Kafka broker running at {handle.bootstrap} (pid {handle.pid})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("up", help="start the broker (if bundled), every stage and the app")
+    up.add_argument("--demo", action="store_true", help="also run the simulator feeding the pipeline")
+    up.add_argument("--duration", type=float, default=None,
+                    help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    up.set_defaults(func=cmd_up)
+
+    check = sub.add_parser("check", help="validate the configuration without touching the network")
+    check.add_argument("--show", action="store_true", help="print the resolved configuration")
+    check.set_defaults(func=cmd_check)
+
+    kafka = sub.add_parser("kafka", help="the bundled Kafka broker")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.add_argument("--port", type=int, default=0, help="client port (default: kafka.port)")
+    kafka.set_defaults(func=cmd_kafka)
+
+    for name, module, text in (("collector", "collector.service", "run the collector"),
+                               ("processor", "processors.service", "run the processor"),
+                               ("warehouse", "warehouse.service", "run the warehouse and query API")):
+        sub.add_parser(name, help=text).set_defaults(func=_stage(module))
+    sub.add_parser("app", help="run the Streamlit app").set_defaults(func=cmd_app)
