@@ -23,6 +23,18 @@ nimtrail.raw.observations — key: deployment id. What a running NIM says about 
     {"schema": 1, "deployment": "<id>", "source": "nim-metadata" | "nim-log",
      "endpoint": "<url or log source>", "observed_at": "<ISO-8601 UTC>",
      "facts": {"metadata": {...}, "version": {...}, "models": {...}, "ready": true, ...}}
+    For NIM 1.x startup lines (`Selected profile`, `Profile metadata`), source is "nim-log"
+    and facts hold {"profile_id", "profile_name", "profile_tags": {...}} as parsed.
+
+nimtrail.deployments (compacted) — key: "<deployment_id>@<version>" (every version is kept
+by compaction; versions are immutable). Value: `records.encode_batch("deployment", [record])`
+with one canonical deployment record. Its `identities` field is
+    {"k8s": ["<namespace>/<name>", ...],        # k8s.namespace.name + k8s.deployment.name /
+                                                 # k8s.statefulset.name
+     "pod_prefixes": ["<namespace>/<pod-name-prefix>", ...],
+     "service_names": ["<service.name>", ...],
+     "host_ports": ["<host>:<port>", ...],        # server.address:server.port seen by clients
+     "model_names": ["<served model name>", ...]} # used only where one deployment serves it
 """
 
 from __future__ import annotations
