@@ -8,11 +8,31 @@ from typing import BinaryIO
 from nimtrail.errors import PermanentError
 
 
-class BodyTooLarge(PermanentError):
-    """The body (or its decompressed form) exceeds the configured limit: HTTP 413."""
+# An oversized body is still read and thrown away up to this many bytes, so the client
+# receives the 413 instead of a broken pipe; beyond it the connection is simply closed.
+DRAIN_LIMIT = 64 * 1024 * 1024
 
-    def __init__(self, detail: str):
+
+class BodyTooLarge(PermanentError):
+    """The body (or its decompressed form) exceeds the configured limit: HTTP 413.
+
+    `drained` says whether the request body was fully consumed (the connection can be kept).
+    """
+
+    def __init__(self, detail: str, drained: bool = True):
         super().__init__("body_too_large", detail)
+        self.drained = drained
+
+
+def _drain(stream: BinaryIO, length: int) -> bool:
+    if length > DRAIN_LIMIT:
+        return False
+    while length > 0:
+        chunk = stream.read(min(length, 1024 * 1024))
+        if not chunk:
+            return False
+        length -= len(chunk)
+    return True
 
 
 def read_body(stream: BinaryIO, content_length: int | None, encoding: str, limit: int) -> bytes:
@@ -21,7 +41,8 @@ def read_body(stream: BinaryIO, content_length: int | None, encoding: str, limit
     if content_length is None:
         raise PermanentError("length_required", "send Content-Length (chunked bodies are not accepted)")
     if content_length > limit:
-        raise BodyTooLarge(f"Content-Length {content_length} exceeds the limit of {limit} bytes")
+        raise BodyTooLarge(f"Content-Length {content_length} exceeds the limit of {limit} bytes",
+                           drained=_drain(stream, content_length))
     raw = stream.read(content_length)
     if len(raw) != content_length:
         raise PermanentError("truncated_body", f"expected {content_length} bytes, got {len(raw)}")

@@ -65,8 +65,8 @@ class OtlpHttpReceiver:
             ItemsForwarded(receiver=receiver, topic=topic, items=items).emit(self.metrics, log, items)
         except BodyTooLarge as e:
             self._reject(receiver, e, b"", request)
-            # The body was not read: the connection cannot be reused.
-            return self._error(413, e, as_json, close=True)
+            # An undrained body leaves the connection unusable.
+            return self._error(413, e, as_json, close=not e.drained)
         except PermanentError as e:
             self._reject(receiver, e, body, request)
             return self._error(400, e, as_json, close=not body and e.reason != "unsupported_content_type")

@@ -1,0 +1,71 @@
+"""Configuration: one YAML file, environment overrides, errors that name the key."""
+
+import pytest
+
+from nimtrail import config
+from nimtrail.cli import main
+from nimtrail.errors import ConfigError
+
+
+def test_defaults_match_the_public_surface():
+    c = config.load(env={})
+    assert c.kafka.bootstrap == ""
+    assert c.collector.otlp_grpc.port == 4317 and c.collector.otlp_http.port == 4318
+    assert c.warehouse.api.port == 8700 and c.app.port == 8501
+    assert c.warehouse_path.name == "audit.duckdb"
+    assert c.topics.calls == "nimtrail.audit.calls" and c.topics.dlq == "nimtrail.dlq"
+
+
+def test_environment_overrides_nested_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka:\n  bootstrap: broker-a:9092\nwarehouse:\n  api: 127.0.0.1:8700\n")
+    c = config.load(path, env={"NIMTRAIL_KAFKA__BOOTSTRAP": "broker-b:9092",
+                               "NIMTRAIL_WAREHOUSE__API": "0.0.0.0:9000",
+                               "NIMTRAIL_PROCESSOR__JOIN_WINDOW": "2m"})
+    assert c.kafka.bootstrap == "broker-b:9092"
+    assert c.warehouse.api.port == 9000
+    assert c.processor.join_window == 120
+
+
+def test_config_file_from_environment(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data_dir: /srv/nimtrail\n")
+    assert config.load(env={"NIMTRAIL_CONFIG": str(path)}).data_dir == "/srv/nimtrail"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("kafka:\n  bootsrap: x\n", "kafka.bootsrap: unknown key"),
+    ("kafka:\n  port: nine\n", "kafka.port: expected an integer, got 'nine'"),
+    ("collector:\n  otlp_http: 4318\n", "collector.otlp_http: expected host:port"),
+    ("collector:\n  scrape:\n    - {url: 'http://a', interval: soon}\n",
+     "collector.scrape[0].interval: expected a duration"),
+    ("collector:\n  filelog:\n    - {deployment: x}\n", "collector.filelog[0].include"),
+    ("collector:\n  filelog: /var/log\n", "collector.filelog: expected a list"),
+    ("- just\n- a list\n", "expected a mapping at the top level"),
+    ("kafka: [unclosed\n", "not valid YAML"),
+])
+def test_invalid_config_names_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path, env={})
+    assert message in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_wrong_type_in_environment_names_the_variable_key():
+    with pytest.raises(ConfigError, match=r"kafka.partitions: expected an integer"):
+        config.load(env={"NIMTRAIL_KAFKA__PARTITIONS": "many"})
+    with pytest.raises(ConfigError, match=r"kafka.typo: unknown key"):
+        config.load(env={"NIMTRAIL_KAFKA__TYPO": "1"})
+
+
+def test_check_command_validates_without_network(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("kafka:\n  bootstrap: unreachable.invalid:9092\n")
+    assert main(["--config", str(good), "check"]) == 0
+    assert "configuration is valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("warehouse:\n  api: nowhere\n")
+    assert main(["--config", str(bad), "check"]) == 2
+    assert "warehouse.api: expected host:port" in capsys.readouterr().err
