@@ -194,11 +194,14 @@ def status(data_dir: Path) -> BrokerHandle | None:
 
 
 def start(data_dir: Path, *, host: str = "127.0.0.1", port: int = 9092, controller_port: int = 0,
-          timeout: float = 120.0, extra_properties: dict[str, str] | None = None) -> BrokerHandle:
+          timeout: float = 120.0, extra_properties: dict[str, str] | None = None,
+          scram_users: dict[str, str] | None = None) -> BrokerHandle:
     """Start (or reuse) the bundled broker whose state lives in data_dir/kafka.
 
-    Formats KRaft storage on first use, then waits until the broker accepts clients.
-    A port of 0 picks a free one.
+    Formats KRaft storage on first use, then waits until the broker accepts clients on its
+    PLAINTEXT listener. A port of 0 picks a free one. `extra_properties` add listeners
+    (e.g. SASL_SSL) or override defaults; `scram_users` (name -> password) are created as
+    SCRAM-SHA-512 and SCRAM-SHA-256 credentials when storage is formatted.
     """
     data_dir = Path(data_dir).resolve() / "kafka"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -221,10 +224,14 @@ def start(data_dir: Path, *, host: str = "127.0.0.1", port: int = 9092, controll
             # A Kafka cluster id is a base64url UUID without padding (22 characters).
             import base64
             cluster_id.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        scram = []
+        for name, password in (scram_users or {}).items():
+            for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                scram += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
         fmt = subprocess.run(
             _java_cmd(libs, data_dir, "kafka.tools.StorageTool", "format", "-t",
                       cluster_id.read_text().strip(), "-c", str(props), "--ignore-formatted",
-                      heap="256m"),
+                      *scram, heap="256m"),
             capture_output=True, text=True,
         )
         if fmt.returncode != 0:

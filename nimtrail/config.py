@@ -75,10 +75,36 @@ class KafkaConfig:
     client_id: str = "nimtrail"
     partitions: int = 2  # for topics nimtrail creates
     compression: str = "lz4"
+    # Security, passed through to every producer, consumer and admin client.
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""  # client certificate (mutual TLS)
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password_file: str = ""  # a mounted secret; preferred over sasl_password
+    sasl_password: str = ""  # for NIMTRAIL_KAFKA__SASL_PASSWORD; never put it in the YAML
 
     def validate(self, path: str) -> None:
         if self.compression not in {"none", "gzip", "lz4", "snappy", "zstd"}:
             raise ConfigError(f"{path}.compression: expected one of none, gzip, lz4, snappy, zstd")
+        protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if self.security_protocol not in protocols:
+            raise ConfigError(f"{path}.security_protocol: expected one of {', '.join(sorted(protocols))}")
+        if self.security_protocol.startswith("SASL_"):
+            mechanisms = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+            if self.sasl_mechanism not in mechanisms:
+                raise ConfigError(f"{path}.sasl_mechanism: expected one of {', '.join(sorted(mechanisms))} "
+                                  f"with security_protocol {self.security_protocol}")
+            if not self.sasl_username:
+                raise ConfigError(f"{path}.sasl_username: required with security_protocol "
+                                  f"{self.security_protocol}")
+            if not (self.sasl_password_file or self.sasl_password):
+                raise ConfigError(f"{path}.sasl_password_file: required with security_protocol "
+                                  f"{self.security_protocol} (or set NIMTRAIL_KAFKA__SASL_PASSWORD)")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ConfigError(f"{path}.ssl_keyfile: ssl_certfile and ssl_keyfile go together")
 
 
 @dataclasses.dataclass(frozen=True)

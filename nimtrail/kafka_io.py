@@ -8,14 +8,18 @@ Python client pays per message, not per byte.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
+from pathlib import Path
 from typing import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (AuthorizationError, KafkaError, SaslAuthenticationFailedError,
+                          TopicAlreadyExistsError)
 
-from nimtrail.config import Config
+from nimtrail.config import Config, KafkaConfig
+from nimtrail.errors import ConfigError, NimtrailError
 from nimtrail.records import now_iso
 
 log = logging.getLogger(__name__)
@@ -23,9 +27,86 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # matches the bundled broker's message.max.bytes
 
 
+class KafkaAuthError(NimtrailError):
+    """The broker refused nimtrail's credentials or TLS handshake: retrying cannot help."""
+
+
+def _password(kafka: KafkaConfig) -> str:
+    if kafka.sasl_password_file:
+        try:
+            return Path(kafka.sasl_password_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"kafka.sasl_password_file: cannot read {kafka.sasl_password_file} "
+                              f"({e.strerror})") from e
+    return kafka.sasl_password
+
+
+def security_settings(kafka: KafkaConfig) -> dict:
+    """kafka-python settings for TLS and SASL, from the kafka section of the config."""
+    settings: dict = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        settings.update(ssl_cafile=kafka.ssl_cafile or None, ssl_certfile=kafka.ssl_certfile or None,
+                        ssl_keyfile=kafka.ssl_keyfile or None,
+                        ssl_check_hostname=kafka.ssl_check_hostname)
+    if kafka.security_protocol.startswith("SASL_"):
+        settings.update(sasl_mechanism=kafka.sasl_mechanism,
+                        sasl_plain_username=kafka.sasl_username,
+                        sasl_plain_password=_password(kafka))
+    return settings
+
+
 def _common(config: Config) -> dict:
     return {"bootstrap_servers": config.kafka.bootstrap.split(","),
-            "client_id": config.kafka.client_id}
+            "client_id": config.kafka.client_id, **security_settings(config.kafka)}
+
+
+class _RefusalCatcher(logging.Handler):
+    """kafka-python retries a refused login until its bootstrap deadline and then reports
+    only a timeout; the refusal itself is passed to its log calls. Catching it there (by
+    exception type) turns a silent 30-second hang into an immediate, clear error."""
+
+    REFUSALS = (SaslAuthenticationFailedError, AuthorizationError)
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.refusal: Exception | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            # A failed TLS handshake arrives wrapped in KafkaConnectionError; the ssl error
+            # is its context.
+            if isinstance(arg, self.REFUSALS) or (
+                    isinstance(arg, Exception) and isinstance(arg.__context__, ssl.SSLError)):
+                self.refusal = arg
+
+
+def admin_client(config: Config, timeout: float = 60.0) -> KafkaAdminClient:
+    """An admin client, waiting up to `timeout` for the broker; a refused login or TLS
+    handshake raises KafkaAuthError at once instead of waiting."""
+    deadline = time.monotonic() + timeout
+    catcher = _RefusalCatcher()
+    kafka_log = logging.getLogger("kafka")
+    kafka_log.addHandler(catcher)
+    try:
+        while True:
+            try:
+                return KafkaAdminClient(**_common(config), request_timeout_ms=10_000,
+                                        bootstrap_timeout_ms=5_000)
+            except KafkaError as e:
+                if catcher.refusal is not None:
+                    user = config.kafka.sasl_username
+                    raise KafkaAuthError(
+                        f"Kafka at {config.kafka.bootstrap} refused the connection"
+                        + (f" for user {user!r} ({config.kafka.sasl_mechanism})" if user else "")
+                        + f": {catcher.refusal}. Check kafka.sasl_* and kafka.ssl_* settings."
+                    ) from e
+                if time.monotonic() > deadline:
+                    raise
+                log.info("Waiting for Kafka at %s: %s", config.kafka.bootstrap, e)
+                time.sleep(1)
+    finally:
+        kafka_log.removeHandler(catcher)
 
 
 def producer(config: Config, **overrides) -> KafkaProducer:
@@ -62,15 +143,7 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
     compacted = set(compacted)
     wanted = sorted(set(names) | compacted)
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            admin = KafkaAdminClient(**_common(config), request_timeout_ms=10_000)
-            break
-        except KafkaError as e:
-            if time.monotonic() > deadline:
-                raise
-            log.info("Waiting for Kafka at %s: %s", config.kafka.bootstrap, e)
-            time.sleep(1)
+    admin = admin_client(config, timeout)
     try:
         existing = set(admin.list_topics())
         new = [

@@ -42,7 +42,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load(args)
     print(f"configuration is valid ({args.config or os.environ.get('NIMTRAIL_CONFIG') or 'defaults'})")
     if args.show:
-        print(yaml.safe_dump(config_mod.as_dict(config), sort_keys=False), end="")
+        shown = config_mod.as_dict(config)
+        if shown["kafka"]["sasl_password"]:
+            shown["kafka"]["sasl_password"] = "[set]"  # a secret is never printed
+        print(yaml.safe_dump(shown, sort_keys=False), end="")
     return 0
 
 
