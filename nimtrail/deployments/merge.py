@@ -11,6 +11,10 @@ Rules, in the order they apply:
    file everything the previous review said, a new observation the previous observation.
    So `register values-v2.yaml` after `register values.yaml governance.yaml` keeps the
    review and changes only what the values changed.
+   Observations describe the container that ran: when a new declaration changes the
+   image, what was observed of the old image (release, selected profile id, GPU device,
+   model source) is dropped rather than carried, or the new container would "drift" from
+   facts about the old one.
 4. `field_sources` names, for every field, the source(s) it came from
    ("helm:values.yaml", "helm:values.yaml + nim-log:startup.log"); for `identities`, each
    entry's source, as {kind: {entry: source}}.
@@ -34,6 +38,7 @@ UNGOVERNED = {"deployment_id", "version", "valid_from", "source", "field_sources
 GOVERNED_FIELDS = tuple(f for f in records.DEPLOYMENT_FIELDS if f not in UNGOVERNED)
 CONTENT_FIELDS = tuple(f for f in GOVERNED_FIELDS if f != "identities")
 SEPARATOR = " + "
+OBSERVED_CLASSES = {"nim-metadata", "nim-log"}
 
 
 class ConflictError(NimtrailError):
@@ -120,16 +125,21 @@ def build(deployment_id: str, fragments: list[Fragment], previous: dict[str, Any
     values, labels = _combine(deployment_id, fragments)
     resupplied = {f.source_class for f in fragments}
     if previous:
+        if "nim_image" in values and not _same(values["nim_image"], previous.get("nim_image")):
+            resupplied |= OBSERVED_CLASSES  # facts about the old image's container expire
         before = previous.get("field_sources") or {}
         for field in CONTENT_FIELDS:
-            if field in values or previous.get(field) is None:
+            if previous.get(field) is None:
                 continue
             label = before.get(field)
             kept = [p for p in label.split(SEPARATOR) if _class_of(p) not in resupplied] \
                 if isinstance(label, str) else []
-            if kept:
-                values[field] = previous[field]
-                labels[field] = kept
+            if not kept:
+                continue
+            if field not in values:
+                values[field], labels[field] = previous[field], kept
+            elif _same(values[field], previous[field]):  # still stated by the earlier source too
+                labels[field] += [p for p in kept if p not in labels[field]]
     identities, identity_sources = _identities(fragments, previous, resupplied)
     field_sources: dict[str, Any] = {f: SEPARATOR.join(labels[f]) for f in CONTENT_FIELDS if f in labels}
     field_sources["identities"] = identity_sources

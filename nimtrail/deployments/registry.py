@@ -17,6 +17,13 @@ one deployment decides:
 A kind that matches several deployments narrows the candidates for the next kinds; if
 they still cannot be told apart, there is no match (an ambiguous answer would put calls
 on the wrong deployment, which is worse than none).
+
+The NIM's own resource identities (k8s workload, pod, service.name) also count against a
+deployment: telemetry from `shadow-it/llama` that matches no registered workload is not
+from a registered deployment that declares a different workload, even if it serves the
+same model. Only deployments that declare no identity of that kind stay candidates.
+Client-side addresses (host:port) do not count against: clients reach a NIM through
+addresses nobody listed (port-forwards, gateways, IPs).
 """
 
 from __future__ import annotations
@@ -123,15 +130,24 @@ class Registry:
         when = parse_time(at)
         current = {d: r for d in self._versions if (r := self.as_of(d, when)) is not None}
         candidates = set(current)
-        for kind, matches in (("k8s", _k8s), ("pod_prefixes", _pod), ("service_names", _service),
-                              ("host_ports", _host), ("model_names", _model)):
+        for kind, matches in _MATCHERS:
             found = matches(identity, {d: current[d] for d in candidates})
             if len(found) == 1:
                 (deployment_id,) = found
                 return deployment_id, int(current[deployment_id]["version"])
             if found:
                 candidates = found
+            elif kind in _CONTRADICTING and _provides(identity, kind):
+                candidates = {d for d in candidates if not _ids(current[d], kind)}
         return None
+
+
+def _provides(identity: Identity, kind: str) -> bool:
+    if kind == "k8s":
+        return bool(identity.namespace and identity.workload)
+    if kind == "pod_prefixes":
+        return bool(identity.namespace and identity.pod)
+    return bool(identity.service_name)
 
 
 def _ids(record: dict[str, Any], kind: str) -> list[str]:
@@ -178,3 +194,8 @@ def _model(identity: Identity, current: dict[str, dict[str, Any]]) -> set[str]:
         return set()
     found = {d for d, r in current.items() if identity.model in _ids(r, "model_names")}
     return found if len(found) == 1 else set()  # a model served by several says nothing
+
+
+_MATCHERS = (("k8s", _k8s), ("pod_prefixes", _pod), ("service_names", _service),
+             ("host_ports", _host), ("model_names", _model))
+_CONTRADICTING = {"k8s", "pod_prefixes", "service_names"}
