@@ -145,3 +145,29 @@ def test_one_bad_file_registers_nothing_and_says_where(env):
 
     assert cli_json(env, "deployments", "list") == {"rows": []}
     assert raw_messages(env) == []
+
+
+def test_a_concurrent_registration_is_fenced_instead_of_writing_the_same_version(env):
+    from nimtrail import records
+    from nimtrail.deployments import group, plan, topic
+
+    config = env.config
+    topic.ensure(config)
+    groups = group([FIXTURES / "llama-values.yaml", FIXTURES / "llama-governance.yaml"])
+    first, second = topic.Writer(config).open(), topic.Writer(config)
+    try:
+        decided = plan(groups, topic.read_all(config), now=records.now_iso())
+        second.open()  # another registration starts while the first is still deciding
+        decided_again = plan(groups, topic.read_all(config), now=records.now_iso())
+        second.publish([o.record for o in decided_again])
+        try:
+            first.publish([o.record for o in decided])
+        except topic.ConcurrentRegistration as e:
+            assert "run the command again" in str(e)
+        else:
+            raise AssertionError("the fenced registration wrote anyway")
+    finally:
+        first.close()
+        second.close()
+    versions = [(r["deployment_id"], r["version"]) for r in topic.read_all(config)]
+    assert versions == [(LLAMA, 1)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -257,14 +257,3 @@ def _record_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None
         for i, item in enumerate(node.value):
             _record_lines(item, (*path, i), lines)
 
-
-def walk_strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield str(k)
-            yield from walk_strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from walk_strings(v)

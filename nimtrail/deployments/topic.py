@@ -54,8 +54,14 @@ def decode(key: bytes | None, value: bytes | None) -> dict[str, Any] | None:
     return record
 
 
-def ensure(config: Config) -> None:
-    kafka_io.ensure_topics(config, [], compacted=[config.topics.deployments])
+def ensure(config: Config, timeout: float = 30.0) -> None:
+    """Create the topic (compacted) if missing. Every command calls this first: the broker
+    auto-creates topics on first use, and an auto-created topic would not be compacted."""
+    try:
+        kafka_io.ensure_topics(config, [], compacted=[config.topics.deployments], timeout=timeout)
+    except (KafkaError, TimeoutError) as e:
+        raise TopicError(f"cannot reach Kafka at {config.kafka.bootstrap} to use topic "
+                         f"{config.topics.deployments}: {e}") from e
 
 
 def read_all(config: Config, timeout: float = 60.0) -> list[dict[str, Any]]:
@@ -65,8 +71,10 @@ def read_all(config: Config, timeout: float = 60.0) -> list[dict[str, Any]]:
     tombstone removes the key. Malformed messages are skipped with a warning.
     """
     topic = config.topics.deployments
-    consumer = kafka_io.consumer(config, group_id=None, enable_auto_commit=False,
-                                 consumer_timeout_ms=1000)
+    try:
+        consumer = kafka_io.consumer(config, group_id=None, enable_auto_commit=False)
+    except KafkaError as e:
+        raise TopicError(f"cannot read topic {topic}: {e}") from e
     try:
         deadline = time.monotonic() + timeout
         partitions = None
@@ -114,6 +122,22 @@ class ConcurrentRegistration(NimtrailError):
     """Another registration took over the topic while this one was deciding; retry."""
 
 
+_FENCED = (ProducerFencedError, InvalidProducerEpochError)
+
+
+def _fenced(producer: Any, error: Exception) -> bool:
+    """Was this producer fenced by a newer one with the same transactional id?
+
+    kafka-python raises the fencing error itself from commit, but a generic KafkaError
+    ("... in an error state") from begin/send once the transaction manager has failed; the
+    manager keeps the typed cause.
+    """
+    if isinstance(error, _FENCED):
+        return True
+    manager = getattr(producer, "_transaction_manager", None)
+    return isinstance(getattr(manager, "last_error", None), _FENCED)
+
+
 class Writer:
     """Publishes new versions atomically; open it before reading what to publish."""
 
@@ -145,11 +169,11 @@ class Writer:
                 producer.send(self.topic, key=key_of(record), value=encode(record))
             producer.flush()
             producer.commit_transaction()
-        except (ProducerFencedError, InvalidProducerEpochError) as e:
-            raise ConcurrentRegistration(
-                "another registration of deployments started while this one was running; "
-                "nothing was written, run the command again") from e
         except KafkaError as e:
+            if _fenced(producer, e):
+                raise ConcurrentRegistration(
+                    "another registration of deployments started while this one was running; "
+                    "nothing was written, run the command again") from e
             raise TopicError(f"cannot write to {self.topic}: {e}") from e
 
     def close(self) -> None:
