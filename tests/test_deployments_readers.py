@@ -261,3 +261,44 @@ def test_secret_names(name, secret):
     ("http://nimtrail-collector.observability.svc:4318", False)])
 def test_credential_shapes(value, credential):
     assert looks_like_credential(value) is credential
+
+
+# ---- properties --------------------------------------------------------------------------
+
+from hypothesis import assume, given, settings, strategies as st  # noqa: E402
+
+from nimtrail import records  # noqa: E402
+from nimtrail.deployments import build  # noqa: E402
+from nimtrail.deployments.documents import load_documents  # noqa: E402
+from nimtrail.deployments.helm import read_values  # noqa: E402
+
+_SECRET_NAMES = st.sampled_from(["NGC_API_KEY", "HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD",
+                                 "WANDB_API_KEY", "CLIENT_SECRET", "S3_SECRET_ACCESS_KEY"])
+_VALUES = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=12, max_size=48)
+
+
+def _record_with_secret(name: str, value: str) -> str:
+    text = records.canonical_bytes({"image": {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct",
+                                              "tag": "1.3.3"},
+                                    "env": [{"name": name, "value": value},
+                                            {"name": "NIM_PASSTHROUGH_ARGS", "value": f"--api-key {value}"}]})
+    (doc,) = load_documents("values.json", text.decode())
+    record = build("prod/x", [read_values(doc)], None, valid_from="2026-01-01T00:00:00Z",
+                   observed_at="2026-01-01T00:00:00Z")
+    return records.canonical_bytes(record).decode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=_SECRET_NAMES, value=_VALUES)
+def test_no_secret_named_value_survives_into_a_record(name, value):
+    # A value that is part of every such record anyway (a field name, say) proves nothing.
+    assume(value not in _record_with_secret(name, "~" * 12))
+    stored = _record_with_secret(name, value)
+    assert value not in stored and orjson.dumps(value).decode()[1:-1] not in stored
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_profile_name_parser_never_fails(name):
+    parsed = parse_profile_name(name)
+    assert set(parsed) == {"engine", "precision", "tp", "pp", "gpu", "lora", "optimization", "extra"}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import datetime as _dt
 from typing import Any, Iterable
 
 from nimtrail.deployments.versions import parse_time
@@ -83,13 +82,59 @@ class Identity:
         return "unknown"
 
 
+class _Snapshot:
+    """The versions valid during one interval between valid_from boundaries, indexed by
+    identity: matching is a handful of dict lookups, however many deployments exist."""
+
+    def __init__(self, current: dict[str, dict[str, Any]]):
+        self.current = current
+        self.index: dict[str, dict[str, set[str]]] = {k: {} for k in _EXACT}
+        self.declares: dict[str, set[str]] = {k: set() for k in _CONTRADICTING}
+        self.prefixes: list[tuple[str, str]] = []
+        for deployment_id, record in current.items():
+            identities = record.get("identities") or {}
+            for kind in _EXACT:
+                for entry in identities.get(kind) or []:
+                    key = entry.lower() if kind == "host_ports" else entry
+                    self.index[kind].setdefault(key, set()).add(deployment_id)
+            for prefix in identities.get("pod_prefixes") or []:
+                self.prefixes.append((prefix, deployment_id))
+            for kind in _CONTRADICTING:
+                if identities.get(kind):
+                    self.declares[kind].add(deployment_id)
+
+    def find(self, kind: str, identity: Identity, candidates: set[str]) -> set[str]:
+        """Candidates that `identity` matches by `kind` (the longest pod prefix wins)."""
+        if kind == "pod_prefixes":
+            if not (identity.namespace and identity.pod):
+                return set()
+            pod = f"{identity.namespace}/{identity.pod}"
+            hits = [(len(p), d) for p, d in self.prefixes if d in candidates and pod.startswith(p)]
+            longest = max((n for n, _ in hits), default=0)
+            return {d for n, d in hits if n == longest}
+        key = _key(kind, identity)
+        return self.index[kind].get(key, set()) & candidates if key else set()
+
+
+def _key(kind: str, identity: Identity) -> str | None:
+    if kind == "k8s":
+        return f"{identity.namespace}/{identity.workload}" if identity.namespace and identity.workload else None
+    if kind == "service_names":
+        return identity.service_name
+    if kind == "host_ports":
+        return identity.host_port.lower() if identity.host_port else None
+    return identity.model
+
+
 class Registry:
     """Every version of every deployment, for as-of matching. Add records as they arrive
     from the topic; re-adding a version is harmless (the later copy replaces it)."""
 
     def __init__(self, records: Iterable[dict[str, Any]] = ()):
         self._versions: dict[str, dict[int, dict[str, Any]]] = {}
-        self._timeline: dict[str, tuple[list[_dt.datetime], list[int]]] = {}
+        self._timeline: dict[str, tuple[list[float], list[int]]] = {}
+        self._bounds: list[float] = []
+        self._snapshots: dict[int, _Snapshot] = {}
         for record in records:
             self.add(record)
 
@@ -97,8 +142,10 @@ class Registry:
         deployment_id, version = record["deployment_id"], int(record["version"])
         self._versions.setdefault(deployment_id, {})[version] = record
         ordered = sorted(self._versions[deployment_id].values(), key=lambda r: r["version"])
-        self._timeline[deployment_id] = ([parse_time(r["valid_from"]) for r in ordered],
+        self._timeline[deployment_id] = ([_epoch(r["valid_from"]) for r in ordered],
                                          [int(r["version"]) for r in ordered])
+        self._bounds = sorted({t for starts, _ in self._timeline.values() for t in starts})
+        self._snapshots.clear()
 
     def __len__(self) -> int:
         return len(self._versions)
@@ -118,28 +165,47 @@ class Registry:
 
     def as_of(self, deployment_id: str, at: Any) -> dict[str, Any] | None:
         """The version of `deployment_id` valid at `at` (ISO string, datetime or Unix ns)."""
+        return self._as_of(deployment_id, _epoch(at))
+
+    def _as_of(self, deployment_id: str, t: float) -> dict[str, Any] | None:
         timeline = self._timeline.get(deployment_id)
         if not timeline:
             return None
         starts, versions = timeline
-        i = bisect.bisect_right(starts, parse_time(at)) - 1
+        i = bisect.bisect_right(starts, t) - 1
         return self._versions[deployment_id][versions[i]] if i >= 0 else None
+
+    def _snapshot(self, t: float) -> _Snapshot:
+        i = bisect.bisect_right(self._bounds, t)
+        snapshot = self._snapshots.get(i)
+        if snapshot is None:
+            current = {}
+            if i > 0:
+                start = self._bounds[i - 1]
+                current = {d: r for d in self._versions if (r := self._as_of(d, start)) is not None}
+            snapshot = self._snapshots[i] = _Snapshot(current)
+        return snapshot
 
     def match(self, identity: Identity, at: Any) -> tuple[str, int] | None:
         """(deployment_id, version) the identity belongs to at `at`, or None."""
-        when = parse_time(at)
-        current = {d: r for d in self._versions if (r := self.as_of(d, when)) is not None}
-        candidates = set(current)
-        for kind, matches in _MATCHERS:
-            found = matches(identity, {d: current[d] for d in candidates})
+        snapshot = self._snapshot(_epoch(at))
+        candidates = set(snapshot.current)
+        for kind in _ORDER:
+            found = snapshot.find(kind, identity, candidates)
+            if kind == "model_names" and len(found) != 1:
+                return None  # a model served by several says nothing
             if len(found) == 1:
                 (deployment_id,) = found
-                return deployment_id, int(current[deployment_id]["version"])
+                return deployment_id, int(snapshot.current[deployment_id]["version"])
             if found:
                 candidates = found
             elif kind in _CONTRADICTING and _provides(identity, kind):
-                candidates = {d for d in candidates if not _ids(current[d], kind)}
+                candidates -= snapshot.declares[kind]
         return None
+
+
+def _epoch(value: Any) -> float:
+    return parse_time(value).timestamp()
 
 
 def _provides(identity: Identity, kind: str) -> bool:
@@ -150,52 +216,6 @@ def _provides(identity: Identity, kind: str) -> bool:
     return bool(identity.service_name)
 
 
-def _ids(record: dict[str, Any], kind: str) -> list[str]:
-    return (record.get("identities") or {}).get(kind) or []
-
-
-def _k8s(identity: Identity, current: dict[str, dict[str, Any]]) -> set[str]:
-    if not (identity.namespace and identity.workload):
-        return set()
-    key = f"{identity.namespace}/{identity.workload}"
-    return {d for d, r in current.items() if key in _ids(r, "k8s")}
-
-
-def _pod(identity: Identity, current: dict[str, dict[str, Any]]) -> set[str]:
-    if not (identity.namespace and identity.pod):
-        return set()
-    pod = f"{identity.namespace}/{identity.pod}"
-    best: dict[str, int] = {}
-    for d, r in current.items():
-        lengths = [len(p) for p in _ids(r, "pod_prefixes") if pod.startswith(p)]
-        if lengths:
-            best[d] = max(lengths)
-    if not best:
-        return set()
-    longest = max(best.values())
-    return {d for d, n in best.items() if n == longest}
-
-
-def _service(identity: Identity, current: dict[str, dict[str, Any]]) -> set[str]:
-    if not identity.service_name:
-        return set()
-    return {d for d, r in current.items() if identity.service_name in _ids(r, "service_names")}
-
-
-def _host(identity: Identity, current: dict[str, dict[str, Any]]) -> set[str]:
-    if not identity.host_port:
-        return set()
-    address = identity.host_port.lower()
-    return {d for d, r in current.items() if address in (h.lower() for h in _ids(r, "host_ports"))}
-
-
-def _model(identity: Identity, current: dict[str, dict[str, Any]]) -> set[str]:
-    if not identity.model:
-        return set()
-    found = {d for d, r in current.items() if identity.model in _ids(r, "model_names")}
-    return found if len(found) == 1 else set()  # a model served by several says nothing
-
-
-_MATCHERS = (("k8s", _k8s), ("pod_prefixes", _pod), ("service_names", _service),
-             ("host_ports", _host), ("model_names", _model))
+_ORDER = ("k8s", "pod_prefixes", "service_names", "host_ports", "model_names")
+_EXACT = ("k8s", "service_names", "host_ports", "model_names")
 _CONTRADICTING = {"k8s", "pod_prefixes", "service_names"}
