@@ -45,7 +45,7 @@ def _version(found: list[dict[str, Any]], number: int | None) -> dict[str, Any]:
 def _text(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, (dict, list)):
+    if isinstance(value, (bool, dict, list)):
         return records.canonical_bytes(value).decode()
     return str(value)
 
