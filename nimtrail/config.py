@@ -291,7 +291,7 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
     """Turn NIMTRAIL_A__B=value into {"a": {"b": value}}; values are read as YAML scalars."""
     tree: dict[str, Any] = {}
     for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or name.startswith("NIMTRAIL_TEST_"):
             continue
         keys = name[len(ENV_PREFIX):].lower().split("__")
         try:
