@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from nimtrail import broker
 from nimtrail.config import Config
@@ -36,9 +37,11 @@ def _say(message: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None, extra: list[tuple[str, list[str]]] = ()):
+    def __init__(self, config: Config, config_path: str | None, extra: list[tuple[str, list[str]]] = (),
+                 env: dict[str, str] | None = None):
         self.config = config
         self.config_path = config_path
+        self.extra_env = dict(env or {})
         self.children = [Child(stage, [sys.executable, "-m", "nimtrail", *self._config_args(), stage])
                          for stage in STAGES]
         self.children += [Child(name, args) for name, args in extra]
@@ -50,7 +53,7 @@ class Supervisor:
         return ["--config", self.config_path] if self.config_path else []
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env["NIMTRAIL_KAFKA__BOOTSTRAP"] = self.bootstrap
         env["NIMTRAIL_DATA_DIR"] = str(Path(self.config.data_dir).resolve())
         return env
@@ -79,9 +82,12 @@ class Supervisor:
         _say(f"app                 http://127.0.0.1:{c.app.port}")
         _say(f"logs                {Path(c.data_dir) / 'logs'}")
 
-    def watch(self, until: float | None = None) -> None:
-        """Restart stages that die, until stopped (or `until`, a monotonic deadline)."""
+    def watch(self, until: float | None = None, poll: Callable[[], None] | None = None) -> None:
+        """Restart stages that die, until stopped (or `until`, a monotonic deadline);
+        `poll()` runs on every turn (the demo uses it to report the incident)."""
         while not self._stopping and (until is None or time.monotonic() < until):
+            if poll:
+                poll()
             for child in self.children:
                 if child.process and child.process.poll() is not None and not self._stopping:
                     code = child.process.returncode
@@ -114,8 +120,9 @@ class Supervisor:
 
 
 def up(config: Config, config_path: str | None, duration: float | None = None,
-       extra: list[tuple[str, list[str]]] = (), on_ready=None) -> None:
-    supervisor = Supervisor(config, config_path, list(extra))
+       extra: list[tuple[str, list[str]]] = (), on_ready=None, env: dict[str, str] | None = None,
+       poll: Callable[[], None] | None = None) -> None:
+    supervisor = Supervisor(config, config_path, list(extra), env)
 
     def request_stop(_signum: int, _frame: object) -> None:
         supervisor._stopping = True
@@ -127,6 +134,6 @@ def up(config: Config, config_path: str | None, duration: float | None = None,
         if on_ready:
             on_ready(supervisor)
         _say("running; press Ctrl-C to stop")
-        supervisor.watch(None if duration is None else time.monotonic() + duration)
+        supervisor.watch(None if duration is None else time.monotonic() + duration, poll)
     finally:
         supervisor.stop()
