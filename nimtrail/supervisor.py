@@ -30,6 +30,7 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
+    restart_at: float | None = None  # monotonic time of a pending restart
 
 
 def _say(message: str) -> None:
@@ -88,35 +89,61 @@ class Supervisor:
         while not self._stopping and (until is None or time.monotonic() < until):
             if poll:
                 poll()
+            now = time.monotonic()
             for child in self.children:
-                if child.process and child.process.poll() is not None and not self._stopping:
-                    code = child.process.returncode
-                    if time.monotonic() - child.started > 60:
+                if self._stopping or not child.process or child.process.poll() is None:
+                    continue
+                if child.restart_at is None:
+                    # A restart waits out its backoff without blocking the loop, so Ctrl-C
+                    # and the other children are still served meanwhile.
+                    _signal_group(child.process, signal.SIGTERM)  # what it left behind
+                    if now - child.started > 60:
                         child.restarts = 0
                     delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
-                    _say(f"{child.stage} exited with code {code}; restarting in {delay}s "
-                         f"(see {Path(self.config.data_dir) / 'logs' / (child.stage + '.log')})")
-                    time.sleep(delay)
+                    _say(f"{child.stage} exited with code {child.process.returncode}; restarting in "
+                         f"{delay}s (see {Path(self.config.data_dir) / 'logs' / (child.stage + '.log')})")
+                    child.restart_at = now + delay
+                elif now >= child.restart_at:
+                    child.restart_at = None
                     child.restarts += 1
                     self._spawn(child)
             time.sleep(0.5)
 
     def stop(self) -> None:
         self._stopping = True
-        # Stop in reverse order of the data flow: sources first, the warehouse last.
-        for child in reversed(self.children):
+        # Stop in reverse order of the data flow: sources first, the warehouse last. Extra
+        # children (the demo's simulator) are sources: they finish sending before the
+        # collector they send to goes away.
+        self._terminate([c for c in self.children if c.stage not in STAGES])
+        self._terminate([c for c in self.children if c.stage in STAGES])
+        if self.started_broker:
+            broker.stop(self.config.data_path)
+        _say("stopped")
+
+    def _terminate(self, children: list[Child]) -> None:
+        # Each child leads its own process group (start_new_session): signalling the group
+        # also stops what it started itself (the app's Streamlit server), which would
+        # otherwise outlive it and keep its port.
+        for child in reversed(children):
             if child.process and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
+                _signal_group(child.process, signal.SIGTERM)
+        for child in reversed(children):
             if child.process:
                 try:
                     child.process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    child.process.kill()
+                    _signal_group(child.process, signal.SIGKILL)
                     child.process.wait()
-        if self.started_broker:
-            broker.stop(self.config.data_path)
-        _say("stopped")
+                _signal_group(child.process, signal.SIGTERM)  # leftovers of a child that exited
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass  # the group is gone already
+    except PermissionError:
+        process.send_signal(signum)
 
 
 def up(config: Config, config_path: str | None, duration: float | None = None,
