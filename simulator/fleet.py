@@ -55,6 +55,7 @@ class Deployment:
         self._lock = threading.Lock()
         self.pod: Pod | None = None
         self.retired_pods: list[Pod] = []
+        self.rollouts: list[dict[str, Any]] = []  # when each revision went live (rollouts.json)
         self.api = Server(port or spec.port, self._routes(), self._access)
         self.dcgm_server = Server(dcgm_port or spec.dcgm_port,
                                   {"/metrics": exposition(lambda: self.pod.dcgm.registry)})
@@ -98,7 +99,10 @@ class Deployment:
                         profile_id=facts["profile_id"], profile_name=facts["profile_name"],
                         tags=manifests.profile_tags(self.spec, release), gpus=facts["gpu_count"],
                         tp=release.tensor_parallel)
-        manifests.write_revision(self.out_dir, self.spec, facts)
+        values = manifests.write_revision(self.out_dir, self.spec, facts)
+        self.rollouts.append({"revision": revision, "values": values.name, "pod": facts["pod"],
+                              "rolled_out_at": at.isoformat().replace("+00:00", "Z")})
+        manifests.write_rollouts(self.out_dir, self.spec, self.rollouts)
         with self._lock:
             self.pod = pod
 

@@ -6,6 +6,7 @@ Layout under the output directory (docs/simulator.md):
     deployments/<namespace>/<name>/values-r<N>.yaml   Helm values of revision N
     deployments/<namespace>/<name>/governance.yaml    what it may be used for
     deployments/<namespace>/<name>/facts.json         every revision's facts (ground truth)
+    deployments/<namespace>/<name>/rollouts.json      when each revision went live in this run
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def facts(scenario: Scenario, spec: DeploymentSpec, revision: int, seed: int,
         "purpose": gov.purpose,
         "tool_calling_allowed": gov.tool_calling_allowed,
         "allowed_clients": list(gov.allowed_clients),
-        "tool_servers": list(gov.tool_servers),
+        "tool_servers": [next((f"mcp://{m.address}" for m in scenario.mcp_servers if m.name == name), name)
+                         for name in gov.tool_servers],
         "destructive_tools": list(gov.destructive_tools),
         "reviewed_by": gov.reviewed_by,
         "update_channel": gov.update_channel,
@@ -162,13 +164,20 @@ def helm_values(spec: DeploymentSpec, fact: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def governance(spec: DeploymentSpec) -> dict[str, Any]:
+def governance(scenario: Scenario, spec: DeploymentSpec) -> dict[str, Any]:
+    """The governance file: what the deployment may be used for, and how telemetry names it.
+    MCP servers are written as `mcp://<host:port>`, the address their clients dial."""
     gov = spec.governance
-    return {"deployment_id": spec.id, "namespace": spec.namespace, "helm_release": spec.name,
-            "purpose": gov.purpose, "tool_calling_allowed": gov.tool_calling_allowed,
-            "allowed_clients": list(gov.allowed_clients), "tool_servers": list(gov.tool_servers),
+    servers = {m.name: f"mcp://{m.address}" for m in scenario.mcp_servers}
+    return {"deployment": spec.id, "purpose": gov.purpose,
+            "tool_calling_allowed": gov.tool_calling_allowed,
+            "allowed_clients": list(gov.allowed_clients),
+            "tool_servers": [servers.get(name, name) for name in gov.tool_servers],
             "destructive_tools": list(gov.destructive_tools), "reviewed_by": gov.reviewed_by,
-            "update_channel": gov.update_channel}
+            "update_channel": gov.update_channel,
+            "identities": {"k8s": [spec.id], "pod_prefixes": [f"{spec.id}-"],
+                           "service_names": [spec.name],
+                           "host_ports": [f"{spec.name}.{spec.namespace}.svc.cluster.local:{API_PORT}"]}}
 
 
 def directory(out_dir: Path, spec: DeploymentSpec) -> Path:
@@ -197,8 +206,13 @@ def write_revision(out_dir: Path, spec: DeploymentSpec, fact: dict[str, Any]) ->
     return path
 
 
-def write_static(out_dir: Path, spec: DeploymentSpec, all_facts: list[dict[str, Any]]) -> None:
+def write_static(out_dir: Path, scenario: Scenario, spec: DeploymentSpec, all_facts: list[dict[str, Any]]) -> None:
     d = directory(out_dir, spec)
-    write_yaml(d / "governance.yaml", governance(spec),
-               f"# governance record of {spec.id}: what it may be used for\n")
+    write_yaml(d / "governance.yaml", governance(scenario, spec),
+               f"# governance of {spec.id} (Helm release {spec.name} in namespace {spec.namespace})\n")
     atomic_write(d / "facts.json", json.dumps(all_facts, indent=2) + "\n")
+
+
+def write_rollouts(out_dir: Path, spec: DeploymentSpec, rollouts: list[dict[str, Any]]) -> None:
+    """When each revision went live in this run: a registration's `--valid-from`."""
+    atomic_write(directory(out_dir, spec) / "rollouts.json", json.dumps(rollouts, indent=2) + "\n")

@@ -43,6 +43,7 @@ class Options:
     otlp: str | None = None  # http://host:port, grpc://host:port, or None (no spans)
     port_base: int = 0  # >0: deployment i listens on port_base+2i (API) and +2i+1 (DCGM)
     realtime: bool = True
+    span_exporter: Any = None  # instead of OTLP: an SDK SpanExporter (tests)
 
 
 def _utc(ns: int) -> dt.datetime:
@@ -73,7 +74,7 @@ class Simulation:
         self.rate = options.rate or scenario.rate
         self.duration = float(scenario.duration if options.duration is None else options.duration)
         self.out_dir = Path(options.out_dir)
-        self.telemetry = Telemetry(options.otlp, self.seed)
+        self.telemetry = Telemetry(options.otlp, self.seed, options.span_exporter)
         self.fleet: dict[str, Deployment] = {}
         self.planner = Planner(self.seed)
         self.emitter: Emitter | None = None
@@ -100,7 +101,7 @@ class Simulation:
             deployment.start(at)
         all_facts = self.deployment_facts()
         for spec in self.scenario.deployments:
-            manifests.write_static(self.out_dir, spec, [f for f in all_facts if f["deployment_id"] == spec.id])
+            manifests.write_static(self.out_dir, self.scenario, spec, [f for f in all_facts if f["deployment_id"] == spec.id])
         self.emitter = Emitter(self.scenario, self.fleet, self.telemetry)
         self._write(RUN_FILE, self.describe())
         return self

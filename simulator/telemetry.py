@@ -13,7 +13,7 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
 from simulator import ids
 
@@ -38,9 +38,12 @@ def exporter(endpoint: str):
 class Telemetry:
     """The providers of one run, keyed by service (a NIM pod is its own key)."""
 
-    def __init__(self, endpoint: str | None, seed: int):
+    def __init__(self, endpoint: str | None, seed: int, span_exporter=None):
+        """`span_exporter`: one exporter shared by every provider instead of OTLP (tests read
+        spans back with the SDK's in-memory exporter)."""
         self.endpoint = endpoint or None
         self.seed = seed
+        self.span_exporter = span_exporter
         self._providers: dict[str, TracerProvider] = {}
 
     def tracer(self, key: str, attributes: dict[str, Any]):
@@ -48,7 +51,9 @@ class Telemetry:
         if provider is None:
             provider = TracerProvider(resource=Resource.create(attributes),
                                       id_generator=ids.SeededIds(ids.rng(self.seed, f"otel:{key}")))
-            if self.endpoint:
+            if self.span_exporter is not None:
+                provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+            elif self.endpoint:
                 provider.add_span_processor(BatchSpanProcessor(exporter(self.endpoint),
                                                                schedule_delay_millis=500))
             self._providers[key] = provider
@@ -59,7 +64,8 @@ class Telemetry:
         provider = self._providers.pop(key, None)
         if provider is not None:
             provider.force_flush()
-            provider.shutdown()
+            if self.span_exporter is None:  # a shared exporter outlives each provider
+                provider.shutdown()
 
     def flush(self, timeout_ms: int = 15000) -> bool:
         ok = True

@@ -184,7 +184,8 @@ def test_registration_files_match_the_facts(played):
         assert values["resources"]["limits"]["nvidia.com/gpu"] == fact["gpu_count"]
         assert values["nodeSelector"]["nvidia.com/gpu.product"] == fact["gpu_product"]
         gov = yaml.safe_load((d / "governance.yaml").read_text())
-        assert gov["deployment_id"] == fact["deployment_id"] and gov["purpose"] == fact["purpose"]
+        assert gov["deployment"] == fact["deployment_id"] and gov["purpose"] == fact["purpose"]
+        assert gov["tool_servers"] == fact["tool_servers"]
     summariser = yaml.safe_load((played.out_dir / "deployments/prod/llama-3-1-8b/governance.yaml").read_text())
     assert summariser["tool_calling_allowed"] is False and "ops-agent" not in summariser["allowed_clients"]
 
