@@ -102,3 +102,41 @@ def test_gates_cover_none_human_and_policy(spans):
         if span.attributes["nimtrail.approval.gate"] == "human":
             assert span.attributes["nimtrail.approval.approver"] == "support-lead@example.com"
             assert span.attributes["nimtrail.approval.decision"] in ("approved", "denied")
+
+
+def test_spans_can_go_over_otlp_grpc(tmp_path):
+    """`--otlp grpc://…`: the SDK's gRPC exporter against a real gRPC TraceService."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list = []
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802 - the service's name
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        sim = simulator.run(scenario_mod.load(), simulator.Options(
+            out_dir=tmp_path, duration=8, rate=3, realtime=False, otlp=f"grpc://127.0.0.1:{port}"))
+    finally:
+        server.stop(grace=None)
+    services = set()
+    tool_call_ids = set()
+    for request in received:
+        for rs in request.resource_spans:
+            attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+            services.add(attrs["service.name"])
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    for a in span.attributes:
+                        if a.key == "gen_ai.tool.call.id":
+                            tool_call_ids.add(a.value.string_value)
+    assert {"ops-agent", "llama-3-1-8b", "db-admin-mcp"} <= services
+    assert sim.incident["tool_call_id"] in tool_call_ids
