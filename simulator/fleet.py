@@ -206,18 +206,7 @@ class Deployment:
                 "max_model_len": 131072}]})
 
         def metadata():
-            f = self.pod.facts
-            tag = f["nim_image"].rpartition(":")[2]
-            return json_body(200, {
-                "version": f["nim_release"],
-                "selectedModelProfileId": f["profile_id"],
-                "modelInfo": [{"shortName": f"{self.spec.model}:{tag}",
-                               "modelUrl": f"ngc://nim/{self.spec.model}:{tag}"}],
-                "licenseInfo": {"name": "NVIDIA AI Foundation Models Community License",
-                                "path": "/opt/nim/LICENSE"},
-                "assetInfo": [f"ngc://nim/{self.spec.model}:{f['profile_name']}"],
-                "repository_override": "",
-            })
+            return json_body(200, manifests.nim_metadata(self.spec, self.pod.facts))
 
         def manifest():
             f = self.pod.facts

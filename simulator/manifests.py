@@ -4,6 +4,7 @@ pipeline's deployment records with.
 
 Layout under the output directory (docs/simulator.md):
     deployments/<namespace>/<name>/values-r<N>.yaml   Helm values of revision N
+    deployments/<namespace>/<name>/metadata-r<N>.json its pod's /v1/metadata
     deployments/<namespace>/<name>/governance.yaml    what it may be used for
     deployments/<namespace>/<name>/facts.json         every revision's facts (ground truth)
     deployments/<namespace>/<name>/rollouts.json      when each revision went live in this run
@@ -135,10 +136,13 @@ def deployment_facts(scenario: Scenario, seed: int | None = None,
 def helm_values(spec: DeploymentSpec, fact: dict[str, Any]) -> dict[str, Any]:
     """nim-llm chart values for one revision. Secrets appear only as references."""
     env = [
-        {"name": "NIM_MODEL_PROFILE", "value": fact["profile_id"]},
+        # NIM accepts a profile's name or its id; the name says what it is (engine, GPU,
+        # precision, parallelism), the id comes with the pod's /v1/metadata.
+        {"name": "NIM_MODEL_PROFILE", "value": fact["profile_name"]},
         {"name": "NIM_JSONL_LOGGING", "value": "1"},
         {"name": "NIM_LOG_LEVEL", "value": "INFO"},
         {"name": "NIM_SERVED_MODEL_NAME", "value": spec.model},
+        {"name": "NGC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "ngc-api", "key": "NGC_API_KEY"}}},
     ]
     if spec.tool_call_parser:
         env += [{"name": "NIM_ENABLE_AUTO_TOOL_CHOICE", "value": "1"},
@@ -161,6 +165,19 @@ def helm_values(spec: DeploymentSpec, fact: dict[str, Any]) -> dict[str, Any]:
         "livenessProbe": {"enabled": True, "path": "/v1/health/live"},
         "readinessProbe": {"enabled": True, "path": "/v1/health/ready"},
         "persistence": {"enabled": True, "size": "200Gi"},
+    }
+
+
+def nim_metadata(spec: DeploymentSpec, fact: dict[str, Any]) -> dict[str, Any]:
+    """What the pod's `GET /v1/metadata` answers."""
+    tag = fact["nim_image"].rpartition(":")[2]
+    return {
+        "version": fact["nim_release"],
+        "selectedModelProfileId": fact["profile_id"],
+        "modelInfo": [{"shortName": f"{spec.model}:{tag}", "modelUrl": f"ngc://nim/{spec.model}:{tag}"}],
+        "licenseInfo": {"name": "NVIDIA AI Foundation Models Community License", "path": "/opt/nim/LICENSE"},
+        "assetInfo": [f"ngc://nim/{spec.model}:{fact['profile_name']}"],
+        "repository_override": "",
     }
 
 
@@ -197,12 +214,15 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_revision(out_dir: Path, spec: DeploymentSpec, fact: dict[str, Any]) -> Path:
-    """Write the Helm values of one revision (when it is rolled out, as a GitOps repo would)."""
-    path = directory(out_dir, spec) / f"values-r{fact['revision']}.yaml"
+    """Write one revision's Helm values (when it is rolled out, as a GitOps repo would) and
+    what its pod then answers on `/v1/metadata`, saved beside them."""
+    d = directory(out_dir, spec)
+    path = d / f"values-r{fact['revision']}.yaml"
     header = (f"# nim-llm values for Helm release {spec.name} in namespace {spec.namespace}, "
               f"revision {fact['revision']}\n"
               f"# helm upgrade --install {spec.name} nim-llm -n {spec.namespace} -f {path.name}\n")
     write_yaml(path, helm_values(spec, fact), header)
+    atomic_write(d / f"metadata-r{fact['revision']}.json", json.dumps(nim_metadata(spec, fact), indent=2) + "\n")
     return path
 
 

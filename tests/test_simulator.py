@@ -180,7 +180,9 @@ def test_registration_files_match_the_facts(played):
         assert f"{values['image']['repository']}:{values['image']['tag']}" == fact["nim_image"]
         assert values["model"]["name"] == fact["model_id"]
         env = {e["name"]: e.get("value") for e in values["env"]}
-        assert env["NIM_MODEL_PROFILE"] == fact["profile_id"] and len(fact["profile_id"]) == 64
+        assert env["NIM_MODEL_PROFILE"] == fact["profile_name"]
+        metadata = json.loads((d / f"metadata-r{fact['revision']}.json").read_text())
+        assert metadata["selectedModelProfileId"] == fact["profile_id"] and len(fact["profile_id"]) == 64
         assert values["resources"]["limits"]["nvidia.com/gpu"] == fact["gpu_count"]
         assert values["nodeSelector"]["nvidia.com/gpu.product"] == fact["gpu_product"]
         gov = yaml.safe_load((d / "governance.yaml").read_text())
