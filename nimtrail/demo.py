@@ -8,10 +8,12 @@ Once the incident has happened, the demo prints one ready-to-paste trace-back co
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +62,9 @@ class Demo:
         self.port_base = _free_range(2 * len(self.scenario.deployments))
         self.ports = {spec.id: (self.port_base + 2 * i, self.port_base + 2 * i + 1)
                       for i, spec in enumerate(self.scenario.deployments)}
+        self._supervisor: Any = None
+        self._registered: set[tuple[str, int, str]] = set()
+        self._registering: tuple[subprocess.Popen, tuple[str, int, str]] | None = None
         self._incident: dict[str, Any] | None = None
         self._incident_seen = 0.0
         self._printed = False
@@ -96,7 +101,8 @@ class Demo:
                 "NIMTRAIL_COLLECTOR__SCRAPE": json.dumps(scrape),
                 "NIMTRAIL_COLLECTOR__NIM_METADATA": json.dumps(metadata)}
 
-    def announce(self, _supervisor: Any = None) -> None:
+    def announce(self, supervisor: Any = None) -> None:
+        self._supervisor = supervisor
         _say(f"simulator           {len(self.scenario.deployments)} NIM deployments, seed {self.seed}, "
              f"files in {self.out_dir}")
         for spec in self.scenario.deployments:
@@ -106,9 +112,11 @@ class Demo:
              f"happens about {float(self.scenario.incident.at):g}s after the simulator starts")
 
     def poll(self) -> None:
-        """Called by the supervisor's watch loop: print the trace-back command once."""
+        """Called by the supervisor's watch loop: register what the simulated fleet rolls
+        out, and print the trace-back command once."""
         import simulator
 
+        self._register()
         if self._printed:
             return
         if self._incident is None:
@@ -135,3 +143,45 @@ class Demo:
         except (api_client.ApiError, ValueError):  # not up yet: ask again on the next poll
             return False
         return bool(found.get("found") and found.get("call"))
+
+    # -- registration -----------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Register each revision the simulator rolls out (Helm values, the pod's metadata,
+        the governance file with a deployment's first revision of this run), valid from
+        when it went live, one registration at a time. Skipped where this build has no
+        `deployments register` command."""
+        if importlib.util.find_spec("nimtrail.commands.deployments") is None:
+            return
+        if self._registering is not None:
+            process, key = self._registering
+            if process.poll() is None:
+                return
+            output = (process.stdout.read() if process.stdout else "").strip()
+            if output:
+                _say(output.splitlines()[-1])
+            self._registering = None
+            self._registered.add(key)
+        for spec in self.scenario.deployments:
+            directory = self.out_dir / "deployments" / spec.namespace / spec.name
+            try:
+                rollouts = json.loads((directory / "rollouts.json").read_text())
+            except (OSError, ValueError):
+                continue
+            for i, rollout in enumerate(rollouts):
+                key = (spec.id, rollout["revision"], rollout["rolled_out_at"])
+                if key in self._registered:
+                    continue
+                n = rollout["revision"]
+                files = [directory / f"values-r{n}.yaml", directory / f"metadata-r{n}.json"]
+                if i == 0:
+                    files.append(directory / "governance.yaml")
+                config = ["--config", self.config_path] if self.config_path else []
+                env = self._supervisor.child_env() if self._supervisor else None
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "nimtrail", *config, "deployments", "register",
+                     *map(str, files), "--deployment", spec.id, "--valid-from", rollout["rolled_out_at"]],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    text=True)
+                self._registering = (process, key)
+                return

@@ -53,7 +53,8 @@ class Supervisor:
     def _config_args(self) -> list[str]:
         return ["--config", self.config_path] if self.config_path else []
 
-    def _env(self) -> dict[str, str]:
+    def child_env(self) -> dict[str, str]:
+        """The environment every child runs with (also for one-off commands)."""
         env = {**os.environ, **self.extra_env}
         env["NIMTRAIL_KAFKA__BOOTSTRAP"] = self.bootstrap
         env["NIMTRAIL_DATA_DIR"] = str(Path(self.config.data_dir).resolve())
@@ -63,7 +64,7 @@ class Supervisor:
         log_dir = Path(self.config.data_dir) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         out = open(log_dir / f"{child.stage}.log", "ab")
-        child.process = subprocess.Popen(child.args, env=self._env(), stdout=out,
+        child.process = subprocess.Popen(child.args, env=self.child_env(), stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
         child.started = time.monotonic()
