@@ -68,7 +68,10 @@ class Demo:
         self._incident: dict[str, Any] | None = None
         self._incident_seen = 0.0
         self._printed = False
-        (self.out_dir / simulator.INCIDENT_FILE).unlink(missing_ok=True)  # an earlier run's
+        # An earlier run's incident and rollouts are not this run's to report or register.
+        (self.out_dir / simulator.INCIDENT_FILE).unlink(missing_ok=True)
+        for stale in self.out_dir.glob("deployments/*/*/rollouts.json"):
+            stale.unlink(missing_ok=True)
 
     @property
     def collector_http(self) -> str:
