@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "nimtrail.commands.stages",
     "nimtrail.commands.queries",
     "nimtrail.commands.deployments",
+    "nimtrail.commands.simulate",
 )
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from nimtrail import broker
 from nimtrail.config import Config
@@ -29,6 +30,7 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
+    restart_at: float | None = None  # monotonic time of a pending restart
 
 
 def _say(message: str) -> None:
@@ -36,9 +38,11 @@ def _say(message: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None, extra: list[tuple[str, list[str]]] = ()):
+    def __init__(self, config: Config, config_path: str | None, extra: list[tuple[str, list[str]]] = (),
+                 env: dict[str, str] | None = None):
         self.config = config
         self.config_path = config_path
+        self.extra_env = dict(env or {})
         self.children = [Child(stage, [sys.executable, "-m", "nimtrail", *self._config_args(), stage])
                          for stage in STAGES]
         self.children += [Child(name, args) for name, args in extra]
@@ -49,8 +53,9 @@ class Supervisor:
     def _config_args(self) -> list[str]:
         return ["--config", self.config_path] if self.config_path else []
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def child_env(self) -> dict[str, str]:
+        """The environment every child runs with (also for one-off commands)."""
+        env = {**os.environ, **self.extra_env}
         env["NIMTRAIL_KAFKA__BOOTSTRAP"] = self.bootstrap
         env["NIMTRAIL_DATA_DIR"] = str(Path(self.config.data_dir).resolve())
         return env
@@ -59,7 +64,7 @@ class Supervisor:
         log_dir = Path(self.config.data_dir) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         out = open(log_dir / f"{child.stage}.log", "ab")
-        child.process = subprocess.Popen(child.args, env=self._env(), stdout=out,
+        child.process = subprocess.Popen(child.args, env=self.child_env(), stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
         child.started = time.monotonic()
@@ -79,43 +84,73 @@ class Supervisor:
         _say(f"app                 http://127.0.0.1:{c.app.port}")
         _say(f"logs                {Path(c.data_dir) / 'logs'}")
 
-    def watch(self, until: float | None = None) -> None:
-        """Restart stages that die, until stopped (or `until`, a monotonic deadline)."""
+    def watch(self, until: float | None = None, poll: Callable[[], None] | None = None) -> None:
+        """Restart stages that die, until stopped (or `until`, a monotonic deadline);
+        `poll()` runs on every turn (the demo uses it to report the incident)."""
         while not self._stopping and (until is None or time.monotonic() < until):
+            if poll:
+                poll()
+            now = time.monotonic()
             for child in self.children:
-                if child.process and child.process.poll() is not None and not self._stopping:
-                    code = child.process.returncode
-                    if time.monotonic() - child.started > 60:
+                if self._stopping or not child.process or child.process.poll() is None:
+                    continue
+                if child.restart_at is None:
+                    # A restart waits out its backoff without blocking the loop, so Ctrl-C
+                    # and the other children are still served meanwhile.
+                    _signal_group(child.process, signal.SIGTERM)  # what it left behind
+                    if now - child.started > 60:
                         child.restarts = 0
                     delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
-                    _say(f"{child.stage} exited with code {code}; restarting in {delay}s "
-                         f"(see {Path(self.config.data_dir) / 'logs' / (child.stage + '.log')})")
-                    time.sleep(delay)
+                    _say(f"{child.stage} exited with code {child.process.returncode}; restarting in "
+                         f"{delay}s (see {Path(self.config.data_dir) / 'logs' / (child.stage + '.log')})")
+                    child.restart_at = now + delay
+                elif now >= child.restart_at:
+                    child.restart_at = None
                     child.restarts += 1
                     self._spawn(child)
             time.sleep(0.5)
 
     def stop(self) -> None:
         self._stopping = True
-        # Stop in reverse order of the data flow: sources first, the warehouse last.
-        for child in reversed(self.children):
-            if child.process and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
-            if child.process:
-                try:
-                    child.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.process.kill()
-                    child.process.wait()
+        # Stop in reverse order of the data flow: sources first, the warehouse last. Extra
+        # children (the demo's simulator) are sources: they finish sending before the
+        # collector they send to goes away.
+        self._terminate([c for c in self.children if c.stage not in STAGES])
+        self._terminate([c for c in self.children if c.stage in STAGES])
         if self.started_broker:
             broker.stop(self.config.data_path)
         _say("stopped")
 
+    def _terminate(self, children: list[Child]) -> None:
+        # Each child leads its own process group (start_new_session): signalling the group
+        # also stops what it started itself (the app's Streamlit server), which would
+        # otherwise outlive it and keep its port.
+        for child in reversed(children):
+            if child.process and child.process.poll() is None:
+                _signal_group(child.process, signal.SIGTERM)
+        for child in reversed(children):
+            if child.process:
+                try:
+                    child.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    _signal_group(child.process, signal.SIGKILL)
+                    child.process.wait()
+                _signal_group(child.process, signal.SIGTERM)  # leftovers of a child that exited
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass  # the group is gone already
+    except PermissionError:
+        process.send_signal(signum)
+
 
 def up(config: Config, config_path: str | None, duration: float | None = None,
-       extra: list[tuple[str, list[str]]] = (), on_ready=None) -> None:
-    supervisor = Supervisor(config, config_path, list(extra))
+       extra: list[tuple[str, list[str]]] = (), on_ready=None, env: dict[str, str] | None = None,
+       poll: Callable[[], None] | None = None) -> None:
+    supervisor = Supervisor(config, config_path, list(extra), env)
 
     def request_stop(_signum: int, _frame: object) -> None:
         supervisor._stopping = True
@@ -127,6 +162,6 @@ def up(config: Config, config_path: str | None, duration: float | None = None,
         if on_ready:
             on_ready(supervisor)
         _say("running; press Ctrl-C to stop")
-        supervisor.watch(None if duration is None else time.monotonic() + duration)
+        supervisor.watch(None if duration is None else time.monotonic() + duration, poll)
     finally:
         supervisor.stop()

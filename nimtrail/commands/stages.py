@@ -34,7 +34,15 @@ def cmd_app(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from nimtrail.supervisor import up
 
-    up(load(args), args.config, duration=args.duration)
+    config = load(args)
+    if not args.demo:
+        up(config, args.config, duration=args.duration)
+        return 0
+    from nimtrail.demo import Demo
+
+    demo = Demo(config, args.config, args.scenario)
+    up(config, args.config, duration=args.duration, extra=demo.children(), env=demo.env(),
+       on_ready=demo.announce, poll=demo.poll)
     return 0
 
 
@@ -68,6 +76,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start the broker (if bundled), every stage and the app")
     up.add_argument("--demo", action="store_true", help="also run the simulator feeding the pipeline")
+    up.add_argument("--scenario", help="with --demo: the simulator's scenario (default: the built-in one)")
     up.add_argument("--duration", type=float, default=None,
                     help="stop by itself after this many seconds (default: run until Ctrl-C)")
     up.set_defaults(func=cmd_up)

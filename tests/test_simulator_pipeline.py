@@ -1,0 +1,122 @@
+"""The simulator feeding the real pipeline: its spans go through the OTLP exporter to the
+collector, Kafka, the processor and the warehouse, and the incident is traced back through
+the CLI. The second test runs the one-command demo (`nimtrail up --demo`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import simulator
+from simulator import scenario as scenario_mod
+from tests.harness import REPO, wait_for
+
+
+def _trace_back(env, tool_call_id: str):
+    result = env.cli("trace-back", "--tool-call-id", tool_call_id, "--json", check=False)
+    doc = json.loads(result.stdout) if result.stdout.strip() else {}
+    if doc.get("call") and doc.get("actions") and doc["actions"][0].get("call_id") and doc["call"].get("ttft_ms"):
+        return doc
+    return None
+
+
+def test_incident_is_traced_back_to_the_model_call_and_caller(env, tmp_path):
+    for stage in ("warehouse", "processor", "collector"):
+        env.start(stage)
+    for stage in ("warehouse", "processor", "collector"):
+        env.wait_ready(stage)
+
+    # 12 simulated seconds played back to back, spans through the real OTLP/HTTP exporter.
+    sim = simulator.run(scenario_mod.load(), simulator.Options(
+        out_dir=tmp_path / "sim", seed=3, duration=12, rate=4, otlp=env.otlp_http, realtime=False))
+    incident = json.loads((tmp_path / "sim" / simulator.INCIDENT_FILE).read_text())
+    assert incident == sim.incident
+
+    doc = wait_for(lambda: _trace_back(env, incident["tool_call_id"]), timeout=60,
+                   what="the incident's chain in the warehouse")
+    [action] = doc["actions"]
+    assert action["action_id"] == incident["action_id"]
+    assert action["tool_name"] == "delete_records" and action["target"] == "prod-db/customers"
+    assert action["gate"] == "policy" and action["gate_decision"] == "auto_approved"
+    assert action["policy_id"] == "ops-auto-remediation-v3"
+    assert action["call_id"] == incident["call_id"]
+    call = doc["call"]
+    assert call["call_id"] == incident["call_id"] and call["finish_reason"] == "tool_calls"
+    assert call["tool_call_ids"] == [incident["tool_call_id"]]
+    assert sorted(call["signals"]) == ["span.client", "span.nim"]  # both views merged
+    assert doc["caller"]["caller"] == "oncall-bot" and doc["caller"]["client_service"] == "ops-agent"
+
+    # Every model call the simulator made is recorded once, whether or not its client
+    # propagated trace context to NIM (analytics-notebook does not).
+    def all_calls():
+        rows = json.loads(env.cli("calls", "--json", "--limit", "1000").stdout)["rows"]
+        return rows if len(rows) >= sim.counts["model_calls"] else None
+
+    rows = wait_for(all_calls, timeout=60, what=f"{sim.counts['model_calls']} model calls")
+    assert len(rows) == sim.counts["model_calls"]
+    unpropagated = [r for r in rows if r["client_service"] == "analytics-notebook"]
+    assert unpropagated and all(sorted(r["signals"]) == ["span.client", "span.nim"] for r in unpropagated)
+
+
+def _demo(env, run: int, earlier_incidents: tuple[dict, ...] = ()) -> dict:
+    """One `nimtrail up --demo` until its incident (and any earlier run's) is traced back,
+    then Ctrl-C."""
+    data = Path(env.config.data_dir)
+    log_path = env.dir / f"up-{run}.log"
+    log = open(log_path, "w")
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
+    up = subprocess.Popen([sys.executable, "-m", "nimtrail", "--config", str(env.path), "up", "--demo",
+                           "--duration", "90"], cwd=REPO, env=clean_env, stdout=log,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    path = data / "simulator" / simulator.INCIDENT_FILE
+    earlier = path.read_text() if path.exists() else None  # the previous run's, until replaced
+
+    def incident():
+        assert up.poll() is None, log_path.read_text()
+        text = path.read_text() if path.exists() else None
+        return text and text != earlier and json.loads(text)
+
+    try:
+        found = wait_for(incident, timeout=75, interval=0.5, what="the demo's incident")
+        command = f"trace-back --tool-call-id {found['tool_call_id']}"
+        wait_for(lambda: command in log_path.read_text(), timeout=45, interval=0.5,
+                 what="the demo to print the trace-back command")
+        doc = wait_for(lambda: _trace_back(env, found["tool_call_id"]), timeout=30,
+                       what="the incident's chain through the demo")
+        assert doc["actions"][0]["tool_name"] == "delete_records"
+        assert doc["caller"]["caller"] == "oncall-bot"
+        printed = log_path.read_text()
+        assert f"nimtrail --config {env.path} {command}" in printed  # ready to paste
+        # The simulated fleet is up where the demo said it would be.
+        described = json.loads((data / "simulator" / simulator.RUN_FILE).read_text())
+        assert described["deployments"][0]["metrics_url"] in printed and "(DCGM)" in printed
+        for old in earlier_incidents:  # what earlier runs recorded is still there
+            assert _trace_back(env, old["tool_call_id"])["call"]["call_id"] == old["call_id"]
+        if importlib.util.find_spec("nimtrail.commands.deployments"):
+            # Where this build can register deployments, the demo registers its fleet.
+            def registered():
+                rows = json.loads(env.cli("deployments", "list", "--json").stdout)["rows"]
+                return {r["deployment_id"] for r in rows} == {d["deployment_id"] for d in described["deployments"]}
+
+            wait_for(registered, timeout=60, interval=1, what="the simulated fleet to be registered")
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
+        code = up.wait(timeout=60)
+        log.close()
+    assert code == 0
+    assert "nimtrail: stopped" in log_path.read_text()
+    assert (data / "simulator" / simulator.SUMMARY_FILE).exists()  # the simulator closed cleanly
+    return found
+
+
+def test_up_demo_prints_a_trace_back_command_and_resumes(env):
+    first = _demo(env, 1)
+    # A second run on the same data directory adds new traffic (new ids) and keeps the old.
+    second = _demo(env, 2, earlier_incidents=(first,))
+    assert second["tool_call_id"] != first["tool_call_id"]
