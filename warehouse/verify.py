@@ -39,6 +39,7 @@ class Report:
         self.head: dict[str, Any] = {"seq": 0, "hash": GENESIS}
         self.digests = 0
         self.latest_digest: str | None = None
+        self.public_key: str | None = None
 
     def problem(self, check: str, where: str, message: str) -> bool:
         """Record a problem; False once enough are recorded to stop looking."""
@@ -53,7 +54,8 @@ class Report:
                 "problems": self.problems, "warnings": self.warnings,
                 "ledger": {"entries": self.entries, **self.head},
                 "rows_checked": self.rows,
-                "digests": {"checked": self.digests, "latest": self.latest_digest}}
+                "digests": {"checked": self.digests, "latest": self.latest_digest,
+                            "public_key_sha256": self.public_key}}
 
 
 def verify(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: Path | None = None,
@@ -219,7 +221,7 @@ def _check_digests(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: P
     heads = dict(con.execute("SELECT seq, entry_hash FROM ledger").fetchall())
     last_seq = max(heads) if heads else 0
     recorded_files = {r[1] for r in recorded}
-    fp = digests.fingerprint(key)
+    fp = report.public_key = digests.fingerprint(key)
     for digest_seq in sorted(files):
         rel, _data, doc = files[digest_seq]
         report.digests += 1

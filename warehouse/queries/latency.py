@@ -109,7 +109,7 @@ def _from_calls(con, params: Params, by: str, interval: str | None) -> list[dict
         for metric in METRICS:
             values = row.pop(f"{metric}_q") or [None] * len(QUANTILES)
             for q, v in zip(QUANTILES, values):
-                row[f"{metric}_p{round(q * 100)}"] = v
+                row[f"{metric}_p{round(q * 100)}"] = None if v is None else round(v, 3)
             row[f"{metric}_source"] = "calls" if row[f"{metric}_n"] else None
     return found
 
