@@ -4,7 +4,6 @@ estimated from histogram samples where calls carry no timings."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 

@@ -187,3 +187,41 @@ def test_a_copied_data_directory_verifies_elsewhere(sealed, tmp_path):
     shutil.copytree(data, copy)
     result = _verify(copy / path.name, copy)
     assert result["ok"], result["problems"]
+
+
+def test_online_verification_sees_one_consistent_moment_while_writes_go_on(tmp_path):
+    """The API verifies a running store: ingest and checkpoints continue meanwhile, and
+    the answer must describe one moment, never a mix that looks like tampering."""
+    import threading
+
+    from nimtrail import config as config_mod
+    from warehouse.access import Principal
+    from warehouse.operations import Context, execute
+
+    data = tmp_path / "data"
+    store = Store(data / "audit.duckdb")
+    cp = checkpointer(store, data)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            write(store, "model_call", [call(f"w{i}-{j}") for j in range(50)])
+            write(store, "model_call", [call(f"w{i}-0", version=2, caller="late")])
+            if i % 3 == 0:
+                cp.checkpoint()
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    config = config_mod.load(None, env={"NIMTRAIL_DATA_DIR": str(data)})
+    try:
+        for _ in range(4):
+            ctx = Context(store, store.reader(), Principal("auditor", "compliance"), config)
+            result = execute(ctx, "query", "verify", {})
+            assert result["ok"], result["problems"]
+    finally:
+        stop.set()
+        thread.join()
+    assert result["ledger"]["entries"] > 1
+    store.close()

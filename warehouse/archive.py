@@ -2,7 +2,7 @@
 
 `nimtrail archive --day D --out DIR` writes `DIR/<table>/day=D/part-0.parquet` for each
 table with rows that day (by the table's age column), plus `DIR/manifest-D.json` naming
-each file's SHA-256 and the ledger head it was cut at. A partition that exists is never
+each file's rows, SHA-256 and export id. A partition that exists is never
 overwritten with different bytes. Each partition handed out is recorded in `exports`.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from typing import Any
-
 import duckdb
 
 from warehouse.params import BadParameter, Params
@@ -47,7 +45,3 @@ def partition(con: duckdb.DuckDBPyConnection, table: str, day: dt.datetime) -> t
     buffer = io.BytesIO()
     frame.write_parquet(buffer, statistics=True)
     return buffer.getvalue(), frame.height
-
-
-def manifest(day: str, files: list[dict[str, Any]], ledger: dict[str, Any]) -> dict[str, Any]:
-    return {"archive": "nimtrail", "day": day, "files": files, "ledger": ledger}

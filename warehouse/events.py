@@ -50,3 +50,10 @@ class AccessRefused(Event):
     message = "Refused %(operation)s to %(principal)s from %(client)s: %(status)s %(why)s"
     thing, unit, doc = "access_refused", "requests", "Query API requests refused (401/403)"
     labels = ("status",)
+
+
+class TaskFailed(Event):
+    level = logging.ERROR
+    message = "The warehouse's %(task)s failed and will be retried at its next turn: %(error)s"
+    thing, unit, doc = "task_failures", "total", "Checkpoint or retention runs that failed"
+    labels = ("task",)

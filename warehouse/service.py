@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from nimtrail import kafka_io
 from nimtrail.config import Config
@@ -16,6 +17,7 @@ from warehouse import retention
 from warehouse.access import Principal
 from warehouse.api import QueryApi
 from warehouse.checkpoint import Checkpointer
+from warehouse.events import TaskFailed
 from warehouse.ingest import Ingest
 from warehouse.store import Store
 
@@ -45,15 +47,24 @@ def run(config: Config, stop: threading.Event) -> None:
         while not stop.is_set():
             ingest.run_once()
             if checkpointer.due():
-                checkpointer.checkpoint()
+                _task("checkpoint", metrics, checkpointer.checkpoint)
             if next_retention is not None and time.monotonic() >= next_retention:
-                retention.apply(store, config.warehouse.retention, SCHEDULER, metrics=metrics)
                 next_retention = time.monotonic() + every
+                _task("retention", metrics, lambda: retention.apply(
+                    store, config.warehouse.retention, SCHEDULER, metrics=metrics))
     finally:
         api.shutdown()
         ingest.close()
-        try:
-            checkpointer.checkpoint()  # sign what this run wrote, so the last head is covered
-        finally:
-            producer.close(timeout=30)
-            store.close()
+        # sign what this run wrote, so the last head is covered
+        _task("checkpoint", metrics, checkpointer.checkpoint)
+        producer.close(timeout=30)
+        store.close()
+
+
+def _task(name: str, metrics: StageMetrics, run: Callable[[], object]) -> None:
+    """Periodic work must not stop ingestion: a failure is logged, counted, retried."""
+    try:
+        run()
+    except Exception as e:  # noqa: BLE001 - any failure; the next turn retries
+        log.debug("%s failed", name, exc_info=True)
+        TaskFailed(task=name, error=f"{type(e).__name__}: {e}").emit(metrics, log)

@@ -103,11 +103,14 @@ class Store:
             return ledger_items(table, fresh, [])
         hashes = table.row_hashes(fresh)
         fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
-        con.register("frame", fresh.to_arrow())
-        try:
-            con.execute(table.upsert_sql)
-        finally:
-            con.unregister("frame")
+        for part, sql in ((fresh.filter(pl.col("_new")), table.insert_sql),
+                          (fresh.filter(~pl.col("_new")), table.upsert_sql)):
+            if part.height:
+                con.register("frame", part.drop("_new").to_arrow())
+                try:
+                    con.execute(sql)
+                finally:
+                    con.unregister("frame")
         return ledger_items(table, fresh, hashes)
 
     def record(self, con: duckdb.DuckDBPyConnection, table_name: str,
@@ -129,9 +132,12 @@ class Store:
             if items is not None and items.height:
                 self.ledger.append(con, "batch", {"offsets": sorted(offsets)}, items)
             if offsets:
-                con.executemany(
-                    "INSERT INTO consumer_offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
-                    "DO UPDATE SET next_offset = excluded.next_offset", offsets)
+                # one statement (executemany costs a round trip per row); only the number
+                # of placeholders comes from here, the values are bound
+                rows = ", ".join("(?, ?, ?)" for _ in offsets)
+                con.execute(f"INSERT INTO consumer_offsets VALUES {rows} ON CONFLICT (topic, partition) "
+                            "DO UPDATE SET next_offset = excluded.next_offset",
+                            [v for o in offsets for v in o])
         # A crash here (after COMMIT, before anything else) must lose and double nothing.
         faults.point("warehouse.after_commit")
 

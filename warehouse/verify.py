@@ -86,21 +86,24 @@ def _describe(table: Table, key: str) -> str:
 def _check_rows(con: duckdb.DuckDBPyConnection, table: Table, report: Report) -> None:
     count = 0
     reader = con.sql(f"SELECT * FROM {table.name}").to_arrow_reader(BATCH)
-    for batch in reader:
-        frame = pl.from_arrow(batch)
-        count += frame.height
-        keys = table.keys(frame).to_list()
-        for key, stored, computed in zip(keys, frame["row_hash"].to_list(), table.row_hashes(frame)):
-            if stored is None:
-                if not report.problem("row", _describe(table, key), "row has no hash: it was "
-                                      "inserted outside the warehouse"):
+    try:
+        for batch in reader:
+            frame = pl.from_arrow(batch)
+            count += frame.height
+            keys = table.keys(frame).to_list()
+            for key, stored, computed in zip(keys, frame["row_hash"].to_list(), table.row_hashes(frame)):
+                if stored is None:
+                    message = "row has no hash: it was inserted outside the warehouse"
+                elif stored != computed:
+                    message = ("row content does not match its hash: a field was changed after "
+                               f"it was written (stored {stored[:12]}…, content hashes to "
+                               f"{computed[:12]}…)")
+                else:
+                    continue
+                if not report.problem("row", _describe(table, key), message):
                     return
-            elif stored != computed:
-                if not report.problem("row", _describe(table, key),
-                                      "row content does not match its hash: a field was changed "
-                                      f"after it was written (stored {stored[:12]}…, "
-                                      f"content hashes to {computed[:12]}…)"):
-                    return
+    finally:
+        reader.close()
     report.rows[table.name] = count
 
 
@@ -135,49 +138,59 @@ def _check_binding(con: duckdb.DuckDBPyConnection, table: Table, report: Report)
 def _lines(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[int, tuple]]:
     reader = con.sql("SELECT seq, tbl, key, version, row_hash FROM ledger_rows "
                      "ORDER BY seq, pos").to_arrow_reader(BATCH)
-    for batch in reader:
-        for seq, *line in pl.from_arrow(batch).iter_rows():
-            yield seq, tuple(line)
+    try:
+        for batch in reader:
+            for seq, *line in pl.from_arrow(batch).iter_rows():
+                yield seq, tuple(line)
+    finally:
+        reader.close()
 
 
 def _check_chain(con: duckdb.DuckDBPyConnection, report: Report) -> None:
-    lines = _lines(con.cursor())
+    # Entries are few (one per commit) and held in memory; the lines, one per row written,
+    # are streamed. Both come from the same connection, so from the same snapshot.
+    entries = con.execute("SELECT seq, prev_hash, entry_hash, committed_at, kind, detail, "
+                          "row_count, rows_sha256 FROM ledger ORDER BY seq").fetchall()
+    lines = _lines(con)
+    try:
+        _walk(entries, lines, report)
+    finally:
+        lines.close()  # releases the streaming result: the connection has more work to do
+
+
+def _walk(entries: list[tuple], lines: Iterator[tuple[int, tuple]], report: Report) -> None:
     pending = next(lines, None)
     prev_hash, expected = GENESIS, 1
-    reader = con.sql("SELECT seq, prev_hash, entry_hash, committed_at, kind, detail, row_count, "
-                     "rows_sha256 FROM ledger ORDER BY seq").to_arrow_reader(BATCH)
-    for batch in reader:
-        for seq, prev, stored, at, kind, detail, count, stored_rows in pl.from_arrow(batch).iter_rows():
-            where = f"ledger entry {seq}"
-            if seq != expected:
-                report.problem("chain", where, f"expected entry {expected} here: entries "
-                               f"{expected}..{seq - 1} were removed")
-                return
-            own: list[tuple] = []
-            while pending is not None and pending[0] < seq:
-                report.problem("chain", f"ledger line of entry {pending[0]}",
-                               "line belongs to no entry")
-                pending = next(lines, None)
-            while pending is not None and pending[0] == seq:
-                own.append(pending[1])
-                pending = next(lines, None)
-            digest = rows_digest(own)
-            detail_value = orjson.loads(detail) if detail is not None else None
-            recomputed = entry_hash(seq, prev, iso(at), kind, detail_value, count, digest)
-            if prev != prev_hash:
-                report.problem("chain", where, "does not name the previous entry's hash: the "
-                               "chain was cut or rewritten here")
-                return
-            if len(own) != count or digest != stored_rows:
-                report.problem("chain", where, f"its {len(own)} ledger lines do not hash to the "
-                               f"rows digest it recorded ({count} lines): lines were changed")
-                return
-            if recomputed != stored:
-                report.problem("chain", where, "entry hash does not recompute: the entry was changed")
-                return
-            prev_hash, expected = stored, seq + 1
-            report.entries += 1
-            report.head = {"seq": seq, "hash": stored}
+    for seq, prev, stored, at, kind, detail, count, stored_rows in entries:
+        where = f"ledger entry {seq}"
+        if seq != expected:
+            report.problem("chain", where, f"expected entry {expected} here: entries "
+                           f"{expected}..{seq - 1} were removed")
+            return
+        own: list[tuple] = []
+        while pending is not None and pending[0] < seq:
+            report.problem("chain", f"ledger line of entry {pending[0]}", "line belongs to no entry")
+            pending = next(lines, None)
+        while pending is not None and pending[0] == seq:
+            own.append(pending[1])
+            pending = next(lines, None)
+        digest = rows_digest(own)
+        detail_value = orjson.loads(detail) if detail is not None else None
+        recomputed = entry_hash(seq, prev, iso(at), kind, detail_value, count, digest)
+        if prev != prev_hash:
+            report.problem("chain", where, "does not name the previous entry's hash: the "
+                           "chain was cut or rewritten here")
+            return
+        if len(own) != count or digest != stored_rows:
+            report.problem("chain", where, f"its {len(own)} ledger lines do not hash to the "
+                           f"rows digest it recorded ({count} lines): lines were changed")
+            return
+        if recomputed != stored:
+            report.problem("chain", where, "entry hash does not recompute: the entry was changed")
+            return
+        prev_hash, expected = stored, seq + 1
+        report.entries += 1
+        report.head = {"seq": seq, "hash": stored}
     if pending is not None:
         report.problem("chain", f"ledger line of entry {pending[0]}", "line belongs to no entry")
 

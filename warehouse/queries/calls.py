@@ -27,16 +27,20 @@ def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     equals(params, CALL_FILTERS, where, args)
     time_range(params, "c.started_at", where, args)
     limit, offset = page(params)
-    sql = f"""
-        SELECT c.* EXCLUDE (row_hash),
-               (SELECT list(struct_pack(action_id := a.action_id, tool_name := a.tool_name,
-                                        outcome := a.outcome, target := a.target)
-                            ORDER BY a.started_at)
-                FROM tool_actions a WHERE a.call_id = c.call_id) AS actions
-        FROM model_calls c
-        {where_sql(where)}
-        ORDER BY c.started_at DESC NULLS LAST, c.call_id"""
-    return paged(con, sql, args, limit, offset)
+    result = paged(con, f"""SELECT c.* EXCLUDE (row_hash) FROM model_calls c {where_sql(where)}
+                            ORDER BY c.started_at DESC NULLS LAST, c.call_id""", args, limit, offset)
+    # The page's actions in a second query: a correlated subquery would be evaluated for
+    # every action in the store before the LIMIT applies.
+    ids = [r["call_id"] for r in result["rows"]]
+    actions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        for a in rows(con, "SELECT call_id, action_id, tool_name, outcome, target FROM tool_actions "
+                           "WHERE list_contains(?::VARCHAR[], call_id) ORDER BY started_at, action_id",
+                      [ids]):
+            actions[a.pop("call_id")].append(a)
+    for row in result["rows"]:
+        row["actions"] = actions[row["call_id"]] or None
+    return result
 
 
 def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
