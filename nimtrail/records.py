@@ -73,8 +73,9 @@ KEYS: dict[str, tuple[str, ...]] = {
 CONTENT_FIELDS = {"prompt_text", "response_text", "arguments"}
 
 
-def new(kind: str, **values: Any) -> dict[str, Any]:
-    """A record of `kind` with every field present (None where unknown)."""
+def new(kind: str, /, **values: Any) -> dict[str, Any]:
+    """A record of `kind` with every field present (None where unknown). `kind` is
+    positional-only, so a finding's own `kind` field can be given by name."""
     fields = FIELDS[kind]
     unknown = set(values) - set(fields)
     if unknown:

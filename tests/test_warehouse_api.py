@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from nimtrail import config as config_mod
+from nimtrail import config as config_mod, records
 from nimtrail.ops import StageMetrics
 from tests.warehouse_data import action, call, deployment, write
 from warehouse.access import Gate, Refused
@@ -42,6 +42,10 @@ def api(tmp_path_factory: pytest.TempPathFactory):
     write(store, "deployment", [deployment()])
     write(store, "model_call", [call(f"c{i}", caller="alice" if i % 2 else "bob") for i in range(6)])
     write(store, "tool_action", [action("a1", "c1")])
+    write(store, "finding", [records.new("finding", finding_id="f1", kind="ungated_action",
+                                         severity="high", subject_ids=["a1", "c1"],
+                                         detected_at="2025-03-01T12:00:00Z", detail={"gate": None},
+                                         version=1)])
     server = QueryApi(config, store, StageMetrics("warehouse"), lambda: True,
                       host="127.0.0.1", port=0).start()
     yield f"http://127.0.0.1:{server.port}", store, config
@@ -144,6 +148,19 @@ def test_holds_and_exports_through_the_api(api):
     assert b"case 7" in data.replace(b'""', b'"')
     _, exported = _get(base, "/v1/query/access-log?operation=export/retention-report", "compliance-token")
     assert exported["rows"][0]["principal"] == "audit-team"
+
+
+def test_findings_and_deployments_for_viewers(api):
+    base, _store, _config = api
+    _, found = _get(base, "/v1/query/findings?kind=ungated_action&since=2025-03-01", "viewer-token")
+    assert [(f["finding_id"], f["subject_ids"], f["detail"]) for f in found["rows"]] == [
+        ("f1", ["a1", "c1"], {"gate": None})]
+    assert _get(base, "/v1/query/findings?kind=drift", "viewer-token")[1]["rows"] == []
+    _, traced = _get(base, "/v1/query/trace-back?call_id=c1", "viewer-token")
+    assert [f["finding_id"] for f in traced["findings"]] == ["f1"]
+    _, deployed = _get(base, "/v1/query/deployments", "viewer-token")
+    assert [(d["deployment_id"], d["version"], d["calls"]) for d in deployed["rows"]] == [
+        ("prod/llama", 1, 6)]
 
 
 def test_without_tokens_the_api_only_answers_loopback():

@@ -23,9 +23,13 @@ def day_of(params: Params) -> dt.datetime:
     if text is None:
         raise BadParameter("day", "required (YYYY-MM-DD)")
     try:
-        return dt.datetime.strptime(text, "%Y-%m-%d")
+        day = dt.datetime.strptime(text, "%Y-%m-%d")
     except ValueError as e:
         raise BadParameter("day", f"expected YYYY-MM-DD, got {text!r}") from e
+    if day.date() >= dt.datetime.now(dt.timezone.utc).date():
+        # a day still being written would not stay the same: partitions are immutable
+        raise BadParameter("day", "must be a finished day (before today, UTC)")
+    return day
 
 
 def table_of(params: Params) -> str:
