@@ -7,6 +7,7 @@ either way. Nothing here accepts SQL: each operation is code with bound paramete
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -188,6 +189,10 @@ def execute(ctx: Context, kind: str, name: str, raw: Mapping[str, list[str]]) ->
         raise
     except BadParameter:
         _log(ctx, op.path, logged, 400, None)
+        raise
+    except Exception:
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            _log(ctx, op.path, logged, 500, None)
         raise
     if isinstance(result, dict) and not ctx.principal.sees_content:
         result = {**mask_content(result), "content_hidden": True}
