@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "nimtrail.commands.queries",
     "nimtrail.commands.deployments",
     "nimtrail.commands.simulate",
+    "nimtrail.commands.compliance",
 )
 
 

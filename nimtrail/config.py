@@ -121,6 +121,7 @@ class TopicsConfig:
     audit_deployments: str = topics.AUDIT_DEPLOYMENTS
     samples: str = topics.AUDIT_SAMPLES
     findings: str = topics.AUDIT_FINDINGS
+    digests: str = topics.AUDIT_DIGESTS
     dlq: str = topics.DLQ
 
     def audit(self) -> dict[str, str]:
@@ -186,10 +187,28 @@ class ProcessorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    """How long each data class is kept; 0 keeps it forever. See docs/warehouse.md."""
+    metadata: Duration = Duration(3 * 365 * 86400)  # calls, actions, findings, old deployment versions
+    content: Duration = Duration(30 * 86400)  # prompt_text, response_text, arguments (nulled)
+    samples: Duration = Duration(30 * 86400)  # raw metric samples; older ones kept one per series-hour
+    samples_rollup: Duration = Duration(365 * 86400)  # the hourly roll-ups are deleted after this
+    access_log: Duration = Duration(3 * 365 * 86400)
+    interval: Duration = Duration(86400)  # how often the warehouse applies it; 0: only by command
+
+
+@dataclasses.dataclass(frozen=True)
 class WarehouseConfig:
     path: str = ""  # empty: <data_dir>/audit.duckdb
     api: HostPort = HostPort("127.0.0.1:8700")
     max_poll_records: int = 2000
+    tokens_file: str = ""  # YAML/JSON: token (or sha256:<hex>) -> role, name; empty: open on loopback
+    checkpoint_interval: Duration = Duration(300)  # signed ledger digests; 0: only at shutdown
+    retention: RetentionConfig = RetentionConfig()
+
+    def validate(self, path: str) -> None:
+        if self.max_poll_records < 1:
+            raise ConfigError(f"{path}.max_poll_records: must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,4 +13,5 @@ AUDIT_ACTIONS = "nimtrail.audit.actions"
 AUDIT_DEPLOYMENTS = "nimtrail.audit.deployments"
 AUDIT_SAMPLES = "nimtrail.audit.samples"
 AUDIT_FINDINGS = "nimtrail.audit.findings"
+AUDIT_DIGESTS = "nimtrail.audit.digests"  # signed ledger checkpoints (copies of the digest files)
 DLQ = "nimtrail.dlq"

@@ -114,8 +114,10 @@ class Env:
         path = self.dir / f"{stage}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
+    def cli(self, *args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `nimtrail --config <this env> ARGS`; `env` adds variables (e.g. NIMTRAIL_TOKEN)."""
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}, **(env or {})}
         result = subprocess.run([sys.executable, "-m", "nimtrail", "--config", str(self.path), *args],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:

@@ -66,3 +66,14 @@ class Params:
         if value not in options:
             raise BadParameter(name, f"expected one of {', '.join(options)}")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.text(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise BadParameter(name, f"expected true or false, got {value!r}")

@@ -1,36 +1,70 @@
-"""Wires the warehouse together: the store, the ingest loop and the query API."""
+"""Wires the warehouse together: the store, the ingest loop, the ledger checkpoints,
+retention and the query API. One thread writes (ingest, checkpoints, retention); API
+threads read, and write only their access-log entries, through the store's write lock."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Callable
 
 from nimtrail import kafka_io
 from nimtrail.config import Config
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
+from warehouse import retention
+from warehouse.access import Principal
 from warehouse.api import QueryApi
+from warehouse.checkpoint import Checkpointer
+from warehouse.events import TaskFailed
 from warehouse.ingest import Ingest
 from warehouse.store import Store
 
 log = logging.getLogger(__name__)
+SCHEDULER = Principal("warehouse:retention-schedule", "admin")
 
 
 def run(config: Config, stop: threading.Event) -> None:
     t = config.topics
-    kafka_io.ensure_topics(config, [*t.audit().values(), t.dlq])
+    kafka_io.ensure_topics(config, [*t.audit().values(), t.dlq, t.digests])
     metrics = StageMetrics("warehouse")
     store = Store(config.warehouse_path)
     producer = kafka_io.producer(config)
+
+    def publish(name: str, data: bytes) -> None:
+        producer.send(t.digests, key=name.encode(), value=data).get(timeout=30)
+
+    checkpointer = Checkpointer(store, config.data_path, config.warehouse.checkpoint_interval,
+                                metrics, publish, t.digests)
+    checkpointer.publish_pending()
     ingest = Ingest(config, store, metrics, DeadLetters(producer, t.dlq, "warehouse"))
-    api = QueryApi(config.warehouse.api.host, config.warehouse.api.port, store, metrics,
-                   lambda: not stop.is_set()).start()
+    api = QueryApi(config, store, metrics, lambda: not stop.is_set()).start()
     log.info("Warehouse writing %s, query API on port %s", config.warehouse_path, api.port)
+    every = float(config.warehouse.retention.interval)
+    next_retention = time.monotonic() + every if every > 0 else None
     try:
         while not stop.is_set():
             ingest.run_once()
+            if checkpointer.due():
+                _task("checkpoint", metrics, checkpointer.checkpoint)
+            if next_retention is not None and time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + every
+                _task("retention", metrics, lambda: retention.apply(
+                    store, config.warehouse.retention, SCHEDULER, metrics=metrics))
     finally:
         api.shutdown()
         ingest.close()
+        # sign what this run wrote, so the last head is covered
+        _task("checkpoint", metrics, checkpointer.checkpoint)
         producer.close(timeout=30)
         store.close()
+
+
+def _task(name: str, metrics: StageMetrics, run: Callable[[], object]) -> None:
+    """Periodic work must not stop ingestion: a failure is logged, counted, retried."""
+    try:
+        run()
+    except Exception as e:  # noqa: BLE001 - any failure; the next turn retries
+        log.debug("%s failed", name, exc_info=True)
+        TaskFailed(task=name, error=f"{type(e).__name__}: {e}").emit(metrics, log)

@@ -1,70 +1,33 @@
 """The DuckDB audit store: the only code that writes the file.
 
 Rows arrive as canonical records; each batch is written through Arrow (polars) in one
-transaction together with the consumer offsets it advances. Upserts keep the highest
-version of every record; within a batch the newest version per key is chosen first,
-because DuckDB's ON CONFLICT keeps the first of two rows with the same key silently.
+transaction together with the consumer offsets it advances and the ledger entry that
+hashes it. Upserts keep the highest version of every record; within a batch the newest
+version per key is chosen first, because DuckDB's ON CONFLICT keeps the first of two rows
+with the same key silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
-import orjson
 import polars as pl
 
-from nimtrail import faults, records
+from nimtrail import faults
+from warehouse.ledger import Ledger
 from warehouse.schema import migrate
+from warehouse.sql import scalar
+from warehouse.tables import RECORD_TABLES, Table, ledger_items, load_tables
 
-TABLES = {
-    "model_call": "model_calls",
-    "tool_action": "tool_actions",
-    "deployment": "deployments",
-    "finding": "findings",
-    "metric_sample": "metric_samples",
-}
+log = logging.getLogger(__name__)
 
-_SCALARS = {
-    "VARCHAR": pl.Utf8, "INTEGER": pl.Int32, "BIGINT": pl.Int64, "DOUBLE": pl.Float64,
-    "BOOLEAN": pl.Boolean, "JSON": pl.Utf8, "TIMESTAMP": pl.Utf8, "VARCHAR[]": pl.List(pl.Utf8),
-}
-
-
-class Table:
-    """One record kind's table: its columns and how a batch of records becomes a frame."""
-
-    def __init__(self, kind: str, name: str, columns: list[tuple[str, str]]):
-        self.kind = kind
-        self.name = name
-        self.columns = [c for c, _ in columns]
-        self.json_columns = [c for c, t in columns if t == "JSON"]
-        self.time_columns = [c for c, t in columns if t.startswith("TIMESTAMP")]
-        self.schema = {c: _SCALARS[t] for c, t in columns}
-        self.key = list(records.KEYS[kind])
-        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in self.columns if c not in self.key)
-        self.upsert_sql = (
-            f'INSERT INTO {name} BY NAME SELECT * FROM frame '
-            f'ON CONFLICT ({", ".join(self.key)}) DO UPDATE SET {updates} '
-            f'WHERE excluded.version > {name}.version'
-        )
-
-    def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
-        # Build fresh rows (the caller's records stay untouched, so a failed batch can be
-        # retried message by message); nested values are stored as JSON text.
-        json_columns = self.json_columns
-        frame = pl.DataFrame(
-            [{c: (orjson.dumps(row[c]).decode() if c in json_columns and row.get(c) is not None
-                  else row.get(c)) for c in self.columns} for row in rows],
-            schema=self.schema, strict=True)
-        if self.time_columns:
-            frame = frame.with_columns(
-                pl.col(c).str.to_datetime(time_zone="UTC", strict=True).dt.replace_time_zone(None)
-                for c in self.time_columns)
-        # Newest version per key first, then one row per key (see the module docstring).
-        return frame.sort("version", descending=True).unique(subset=self.key, keep="first")
+TABLES = RECORD_TABLES  # record kind -> table (kept for callers of the earlier API)
+LEDGER_MIGRATION = "0002_ledger.sql"
 
 
 class Store:
@@ -72,15 +35,13 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
-        migrate(self.con)
-        self.tables = {kind: self._table(kind, name) for kind, name in TABLES.items()}
+        applied = migrate(self.con)
+        self.by_name: dict[str, Table] = load_tables(self.con)
+        self.tables = {kind: self.by_name[name] for kind, name in RECORD_TABLES.items()}
+        self.ledger = Ledger(self.con)
         self._write_lock = threading.Lock()
-
-    def _table(self, kind: str, name: str) -> Table:
-        cols = self.con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = ? ORDER BY ordinal_position", [name]).fetchall()
-        return Table(kind, name, cols)
+        if LEDGER_MIGRATION in applied:
+            self._adopt_existing_rows()
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A connection for one reading thread (DuckDB connections are not shared across
@@ -95,29 +56,115 @@ class Store:
         """Validate and convert records to frames; raises on records of the wrong shape."""
         return {kind: self.tables[kind].frame(rows) for kind, rows in batches.items() if rows}
 
-    def write(self, frames: dict[str, pl.DataFrame],
-              offsets: Iterable[tuple[str, int, int]]) -> None:
-        """Upsert the frames and advance the offsets in one transaction."""
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The single writer's transaction: serialised with every other write, and the
+        ledger head only advances if it commits."""
         with self._write_lock:
             con = self.con
             con.execute("BEGIN TRANSACTION")
             try:
-                for kind, frame in frames.items():
-                    con.register("frame", frame.to_arrow())
-                    con.execute(self.tables[kind].upsert_sql)
-                    con.unregister("frame")
-                con.executemany(
-                    "INSERT INTO consumer_offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
-                    "DO UPDATE SET next_offset = excluded.next_offset",
-                    [list(o) for o in offsets])
+                yield con
                 con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
+            except BaseException:
+                self.ledger.rolled_back()
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
+            self.ledger.committed()
+
+    @contextlib.contextmanager
+    def snapshot(self, under_lock: Callable[[], Any] | None = None
+                 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, Any]]:
+        """A read-only view fixed at one point between writes (for reads that span many
+        statements, like verification and reports); `under_lock` runs at that same point,
+        e.g. to read the digest files that belong with it."""
+        cursor = self.con.cursor()
+        with self._write_lock:
+            cursor.execute("BEGIN TRANSACTION")
+            cursor.execute("SELECT count(*) FROM ledger").fetchall()  # pin the snapshot now
+            extra = under_lock() if under_lock else None
+        try:
+            yield cursor, extra
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            cursor.close()
+
+    def put(self, con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
+        """Upsert `frame` (newest version per key) inside an open transaction; returns the
+        ledger lines of the rows that actually changed the table."""
+        con.register("frame", frame.to_arrow())
+        try:
+            fresh = con.sql(table.fresh_sql).pl()
+        finally:
+            con.unregister("frame")
+        if fresh.height == 0:
+            return ledger_items(table, fresh, [])
+        hashes = table.row_hashes(fresh)
+        fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
+        for part, sql in ((fresh.filter(pl.col("_new")), table.insert_sql),
+                          (fresh.filter(~pl.col("_new")), table.upsert_sql)):
+            if part.height:
+                con.register("frame", part.drop("_new").to_arrow())
+                try:
+                    con.execute(sql)
+                finally:
+                    con.unregister("frame")
+        return ledger_items(table, fresh, hashes)
+
+    def record(self, con: duckdb.DuckDBPyConnection, table_name: str,
+               rows: list[dict[str, Any]]) -> pl.DataFrame:
+        """Write rows of one of the warehouse's own tables (access log, holds, purges,
+        exports, checkpoints) inside an open transaction; returns their ledger lines."""
+        table = self.by_name[table_name]
+        return self.put(con, table, table.frame(rows))
+
+    def write(self, frames: dict[str, pl.DataFrame],
+              offsets: Iterable[tuple[str, int, int]]) -> None:
+        """Upsert the frames, extend the ledger and advance the offsets in one transaction."""
+        offsets = [list(o) for o in offsets]
+        with self.transaction() as con:
+            # 1. the rows (only those that change the table), 2. their ledger entry,
+            # 3. the consumer offsets; 4. COMMIT makes all three durable at once.
+            items = [self.put(con, self.tables[kind], frame) for kind, frame in frames.items()]
+            items = pl.concat(items) if items else None
+            if items is not None and items.height:
+                self.ledger.append(con, "batch", {"offsets": sorted(offsets)}, items)
+            if offsets:
+                # one statement (executemany costs a round trip per row); only the number
+                # of placeholders comes from here, the values are bound
+                rows = ", ".join("(?, ?, ?)" for _ in offsets)
+                con.execute(f"INSERT INTO consumer_offsets VALUES {rows} ON CONFLICT (topic, partition) "
+                            "DO UPDATE SET next_offset = excluded.next_offset",
+                            [v for o in offsets for v in o])
+        # A crash here (after COMMIT, before anything else) must lose and double nothing.
         faults.point("warehouse.after_commit")
 
+    def _adopt_existing_rows(self) -> None:
+        """The ledger was just added to a store that already held rows: hash them into a
+        genesis entry, so what was there before is covered from now on."""
+        with self.transaction() as con:
+            parts = []
+            for table in self.tables.values():
+                frame = con.sql(f"SELECT * EXCLUDE (row_hash) FROM {table.name}").pl()
+                if frame.height == 0:
+                    continue
+                hashes = table.row_hashes(frame)
+                keyed = frame.select(table.key).with_columns(pl.Series("row_hash", hashes))
+                con.register("hashes", keyed.to_arrow())
+                join = " AND ".join(f't."{k}" = h."{k}"' for k in table.key)
+                con.execute(f"UPDATE {table.name} t SET row_hash = h.row_hash FROM hashes h WHERE {join}")
+                con.unregister("hashes")
+                parts.append(ledger_items(table, frame, hashes))
+            if parts:
+                items = pl.concat(parts)
+                self.ledger.append(con, "genesis", {"adopted_rows": items.height}, items)
+                log.info("Recorded %s rows written before the ledger existed in a genesis entry",
+                         items.height)
+
     def count(self, kind: str) -> int:
-        return self.reader().execute(f"SELECT count(*) FROM {TABLES[kind]}").fetchone()[0]
+        return scalar(self.reader(), f"SELECT count(*) FROM {RECORD_TABLES[kind]}")
 
     def close(self) -> None:
         self.con.close()

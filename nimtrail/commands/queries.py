@@ -53,6 +53,71 @@ def cmd_trace_back(args: argparse.Namespace) -> int:
     return 0
 
 
+LATENCY_GROUPS = {"profile": ["gpu_type", "profile_name"],
+                  "deployment": ["deployment_id", "deployment_version", "nim_image"],
+                  "model": ["model"]}
+FINDING_COLUMNS = ["detected_at", "kind", "severity", "subject_ids", "finding_id", "detail"]
+ACCESS_COLUMNS = ["accessed_at", "principal", "role", "client_address", "operation", "status",
+                  "rows", "params"]
+
+
+def _fmt(value: object) -> object:
+    return round(value, 1) if isinstance(value, float) else value
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    result = query(args, "latency", {
+        "by": args.by, "bucket": args.bucket, "since": args.since, "until": args.until,
+        "deployment_id": args.deployment, "model": args.model, "gpu_type": args.gpu_type,
+        "profile_name": args.profile, "source": args.source})
+    if args.json:
+        print_json(result)
+        return 0
+    columns = LATENCY_GROUPS[result["by"]] + (["bucket_start"] if result["bucket"] != "none" else [])
+    columns.append("calls")
+    rows = []
+    for r in result["rows"]:
+        row = {c: r.get(c) for c in columns}
+        sources = []
+        for metric, short in (("ttft_ms", "ttft"), ("e2e_ms", "e2e"), ("queue_ms", "queue")):
+            for q in ("p50", "p95", "p99"):
+                row[f"{short}_{q}"] = _fmt(r.get(f"{metric}_{q}"))
+            if r.get(f"{metric}_source"):
+                sources.append(f"{short}:{r[f'{metric}_source']}")
+        row["source"] = " ".join(sources)
+        rows.append(row)
+    metric_columns = [f"{m}_{q}" for m in ("ttft", "e2e", "queue") for q in ("p50", "p95", "p99")]
+    print(table.render(rows, columns + metric_columns + ["source"]))
+    print("(milliseconds; source: calls = exact from calls, metrics = estimated from histograms)")
+    return 0
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    result = query(args, "findings", {
+        "kind": args.kind, "severity": args.severity, "subject_id": args.subject,
+        "since": args.since, "until": args.until, "limit": args.limit, "offset": args.offset})
+    if args.json:
+        print_json(result)
+        return 0
+    print(table.render(result["rows"], FINDING_COLUMNS, max_width=60))
+    if result.get("next_offset") is not None:
+        print(f"(more: --offset {result['next_offset']})")
+    return 0
+
+
+def cmd_access_log(args: argparse.Namespace) -> int:
+    result = query(args, "access-log", {
+        "principal": args.principal, "operation": args.operation, "since": args.since,
+        "until": args.until, "limit": args.limit, "offset": args.offset})
+    if args.json:
+        print_json(result)
+        return 0
+    print(table.render(result["rows"], ACCESS_COLUMNS, max_width=60))
+    if result.get("next_offset") is not None:
+        print(f"(more: --offset {result['next_offset']})")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     calls = sub.add_parser("calls", help="who called what model, and what followed")
     for flag in ("caller", "client-service", "model", "deployment", "since", "until"):
@@ -69,3 +134,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--call-id")
     back.add_argument("--json", action="store_true")
     back.set_defaults(func=cmd_trace_back)
+
+    lat = sub.add_parser("latency", help="TTFT / end-to-end / queue percentiles by GPU profile, "
+                                         "deployment version or model")
+    lat.add_argument("--by", choices=list(LATENCY_GROUPS), default="profile")
+    lat.add_argument("--bucket", choices=["none", "1m", "5m", "15m", "1h", "6h", "1d"], default="none")
+    lat.add_argument("--source", choices=["auto", "calls", "metrics"], default="auto")
+    for flag in ("since", "until", "deployment", "model", "gpu-type", "profile"):
+        lat.add_argument(f"--{flag}")
+    lat.add_argument("--json", action="store_true")
+    lat.set_defaults(func=cmd_latency)
+
+    found = sub.add_parser("findings", help="policy, drift and integrity findings")
+    for flag in ("kind", "severity", "subject", "since", "until"):
+        found.add_argument(f"--{flag}")
+    found.add_argument("--limit", type=int, default=50)
+    found.add_argument("--offset", type=int, default=0)
+    found.add_argument("--json", action="store_true")
+    found.set_defaults(func=cmd_findings)
+
+    acc = sub.add_parser("access-log", help="who read what through the query API")
+    for flag in ("principal", "operation", "since", "until"):
+        acc.add_argument(f"--{flag}")
+    acc.add_argument("--limit", type=int, default=50)
+    acc.add_argument("--offset", type=int, default=0)
+    acc.add_argument("--json", action="store_true")
+    acc.set_defaults(func=cmd_access_log)

@@ -1,37 +1,13 @@
-"""The named queries of the query API. Every value from the network is a bound parameter;
-no SQL text is ever built from input."""
+"""Who called what model, and what followed: `calls` and `trace-back`."""
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
-import orjson
 
 from warehouse.params import BadParameter, Params
-
-JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env", "api_surface",
-                "health_endpoints", "logging_mode", "tracing_config", "tool_calling",
-                "deploy_path", "identities", "field_sources"}
-
-
-def _value(name: str, value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if name in JSON_COLUMNS and isinstance(value, str):
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return value
-    return value
-
-
-def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-    cursor = con.execute(sql, args)
-    names = [d[0] for d in cursor.description]
-    return [{n: _value(n, v) for n, v in zip(names, row)} for row in cursor.fetchall()]
-
+from warehouse.queries.common import equals, page, paged, rows, time_range, where_sql
 
 CALL_FILTERS = {
     "caller": "c.caller = ?",
@@ -40,38 +16,31 @@ CALL_FILTERS = {
     "deployment_id": "c.deployment_id = ?",
     "call_id": "c.call_id = ?",
 }
+CALLS_PARAMS = {*CALL_FILTERS, "since", "until", "limit", "offset"}
+TRACE_BACK_PARAMS = {"action_id", "tool_call_id", "call_id"}
 
 
 def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     """Who called what model, and what action followed; newest first, paginated."""
-    where, args = [], []
-    for name, clause in CALL_FILTERS.items():
-        value = params.text(name)
-        if value is not None:
-            where.append(clause)
-            args.append(value)
-    since, until = params.time("since"), params.time("until")
-    if since:
-        where.append("c.started_at >= ?")
-        args.append(since)
-    if until:
-        where.append("c.started_at < ?")
-        args.append(until)
-    limit = params.integer("limit", 100, 1, 1000)
-    offset = params.integer("offset", 0, 0, 10_000_000)
-    sql = f"""
-        SELECT c.*,
-               (SELECT list(struct_pack(action_id := a.action_id, tool_name := a.tool_name,
-                                        outcome := a.outcome, target := a.target)
-                            ORDER BY a.started_at)
-                FROM tool_actions a WHERE a.call_id = c.call_id) AS actions
-        FROM model_calls c
-        {"WHERE " + " AND ".join(where) if where else ""}
-        ORDER BY c.started_at DESC NULLS LAST, c.call_id
-        LIMIT ? OFFSET ?"""
-    found = rows(con, sql, args + [limit + 1, offset])
-    more = len(found) > limit
-    return {"rows": found[:limit], "next_offset": offset + limit if more else None}
+    where: list[str] = []
+    args: list[Any] = []
+    equals(params, CALL_FILTERS, where, args)
+    time_range(params, "c.started_at", where, args)
+    limit, offset = page(params)
+    result = paged(con, f"""SELECT c.* EXCLUDE (row_hash) FROM model_calls c {where_sql(where)}
+                            ORDER BY c.started_at DESC NULLS LAST, c.call_id""", args, limit, offset)
+    # The page's actions in a second query: a correlated subquery would be evaluated for
+    # every action in the store before the LIMIT applies.
+    ids = [r["call_id"] for r in result["rows"]]
+    actions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        for a in rows(con, "SELECT call_id, action_id, tool_name, outcome, target FROM tool_actions "
+                           "WHERE list_contains(?::VARCHAR[], call_id) ORDER BY started_at, action_id",
+                      [ids]):
+            actions[a.pop("call_id")].append(a)
+    for row in result["rows"]:
+        row["actions"] = actions[row["call_id"]] or None
+    return result
 
 
 def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
@@ -115,9 +84,3 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]
                                             "api_key_fingerprint")}
     return {"found": bool(actions or call), "actions": actions, "call": call, "caller": caller,
             "deployment": deployment, "findings": findings}
-
-
-QUERIES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]], set[str]]] = {
-    "calls": (calls, {*CALL_FILTERS, "since", "until", "limit", "offset"}),
-    "trace-back": (trace_back, {"action_id", "tool_call_id", "call_id"}),
-}

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.warehouse_bench` (see its docstring)."""

@@ -1,0 +1,227 @@
+"""The ledger on a real DuckDB file: superseded versions still verify, and each kind of
+tampering is caught and named."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.harness import REPO
+from tests.warehouse_data import action, call, checkpointer, deployment, write
+from warehouse import digests, schema
+from warehouse.store import Store
+from warehouse.verify import verify
+
+
+def _verify(path: Path, data_dir: Path) -> dict:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return verify(con, data_dir)
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def sealed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stopped store with calls (one superseded by a later version), actions, a
+    deployment, and three signed digests."""
+    data = tmp_path_factory.mktemp("sealed") / "data"
+    store = Store(data / "audit.duckdb")
+    cp = checkpointer(store, data)
+    write(store, "deployment", [deployment()])
+    write(store, "model_call", [call(f"c{i}") for i in range(5)])
+    cp.checkpoint()
+    write(store, "model_call", [call("c0", version=2, caller="bob")])  # a late join
+    write(store, "tool_action", [action("a0", "c0"), action("a1", "c1")])
+    cp.checkpoint()
+    write(store, "model_call", [call("c0", version=1, caller="replayed")])  # older: no-op
+    write(store, "finding", [])
+    write(store, "tool_action", [action("a2", "c2")])
+    cp.checkpoint()
+    store.close()
+    return data
+
+
+@pytest.fixture
+def sealed(sealed_template: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh copy of the sealed store: (db file, data dir)."""
+    data = tmp_path / "data"
+    shutil.copytree(sealed_template, data)
+    return data / "audit.duckdb", data
+
+
+def test_untouched_store_verifies_with_superseded_versions(sealed):
+    path, data = sealed
+    result = _verify(path, data)
+    assert result["ok"], result["problems"]
+    assert result["digests"]["checked"] == 3
+    assert result["rows_checked"]["model_calls"] == 5
+    con = duckdb.connect(str(path), read_only=True)
+    # the replayed older version neither changed the row nor entered the ledger
+    assert con.execute("SELECT caller, version FROM model_calls WHERE call_id = 'c0'").fetchall() == [("bob", 2)]
+    lines = con.execute("SELECT version FROM ledger_rows WHERE key = 'c0' ORDER BY seq").fetchall()
+    assert lines == [(1,), (2,)]
+    con.close()
+
+
+def _sql(statement: str):
+    def tamper(path: Path, _data: Path) -> None:
+        con = duckdb.connect(str(path))
+        con.execute(statement)
+        con.close()
+    return tamper
+
+
+def _delete_digest(number: int):
+    def tamper(_path: Path, data: Path) -> None:
+        files = digests.list_files(data / "digests")
+        files[number - 1].unlink()
+    return tamper
+
+
+def _edit_digest(_path: Path, data: Path) -> None:
+    target = digests.list_files(data / "digests")[1]
+    target.write_bytes(target.read_bytes().replace(b'"model_calls": 5', b'"model_calls": 4'))
+
+
+TAMPERING = {
+    "changed field": (_sql("UPDATE model_calls SET caller = 'mallory' WHERE call_id = 'c3'"),
+                      "model_calls call_id=c3", "a field was changed"),
+    "changed field and its hash": (
+        _sql("UPDATE model_calls SET caller = 'mallory' WHERE call_id = 'c3'; "
+             "UPDATE model_calls SET row_hash = 'f' || substr(row_hash, 2) WHERE call_id = 'c3'"),
+        "model_calls call_id=c3", "does not match its hash"),
+    "deleted row": (_sql("DELETE FROM tool_actions WHERE action_id = 'a1'"),
+                    "tool_actions action_id=a1", "row is missing"),
+    "inserted row": (_sql("INSERT INTO findings (finding_id, kind, version) VALUES ('f9', 'x', 1)"),
+                     "findings finding_id=f9", "inserted outside the warehouse"),
+    "rewritten ledger line": (_sql("UPDATE ledger_rows SET version = 7 WHERE key = 'c4'"),
+                              "ledger entry 2", "lines were changed"),
+    "truncated chain": (_sql("DELETE FROM ledger_rows WHERE seq >= (SELECT max(seq) - 1 FROM ledger); "
+                             "DELETE FROM ledger WHERE seq >= (SELECT max(seq) - 1 FROM ledger)"),
+                        "nimtrail-digest-000000003", "the chain was truncated"),
+    "deleted first digest": (_delete_digest(1), "nimtrail-digest-000000001", "digest 1 is missing"),
+    "deleted last digest": (_delete_digest(3), "nimtrail-digest-000000003", "digest 3 is missing"),
+    "edited digest": (_edit_digest, "nimtrail-digest-000000002", "signature does not verify"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_verify_names_what_was_tampered_with(sealed, case):
+    path, data = sealed
+    tamper, where, message = TAMPERING[case]
+    tamper(path, data)
+    result = _verify(path, data)
+    assert not result["ok"]
+    named = [p for p in result["problems"] if where in p["where"] and message in p["message"]]
+    assert named, result["problems"]
+
+
+def test_digest_signed_by_another_key_is_rejected(sealed, tmp_path):
+    path, data = sealed
+    other = tmp_path / "other-keys"
+    digests.load_or_create_key(other)
+    con = duckdb.connect(str(path), read_only=True)
+    result = verify(con, data, public_key=other / digests.PUBLIC_KEY)
+    con.close()
+    assert not result["ok"]
+    assert "signature does not verify" in result["first_problem"]
+
+
+def test_crash_after_digest_file_leaves_a_store_that_verifies(tmp_path):
+    data = tmp_path / "data"
+    script = ("import sys; from pathlib import Path; from tests.warehouse_data import *;"
+              "s = Store(Path(sys.argv[1]) / 'audit.duckdb'); cp = checkpointer(s, Path(sys.argv[1]));"
+              "write(s, 'model_call', [call('c1')]); cp.checkpoint();"
+              "write(s, 'model_call', [call('c2')]); cp.checkpoint()")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NIMTRAIL_FAULTS": "warehouse.after_digest_file:2"}
+    done = subprocess.run([sys.executable, "-c", script, str(data)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 137, done.stderr
+    assert len(digests.list_files(data / "digests")) == 2  # the second was never recorded
+
+    store = Store(data / "audit.duckdb")
+    cp = checkpointer(store, data)  # sets the unrecorded file aside
+    assert len(list((data / "digests").rglob("*.unrecorded"))) == 1
+    write(store, "model_call", [call("c3")])
+    doc = cp.checkpoint()
+    assert doc["digest_seq"] == 2
+    store.close()
+    result = _verify(data / "audit.duckdb", data)
+    assert result["ok"], result["problems"]
+    assert result["digests"]["checked"] == 2
+
+
+def test_rows_written_before_the_ledger_existed_are_adopted(tmp_path):
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    (first, name, sql), *_ = schema._migrations()
+    con.execute("CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+                "sha256 VARCHAR NOT NULL, applied_at TIMESTAMP DEFAULT now())")
+    con.execute(sql)
+    con.execute("INSERT INTO schema_migrations (id, name, sha256) VALUES (?, ?, ?)",
+                [first, name, hashlib.sha256(sql.encode()).hexdigest()])
+    con.execute("INSERT INTO model_calls (call_id, caller, version) VALUES ('old-1', 'carol', 1)")
+    con.close()
+
+    store = Store(path)
+    assert store.ledger.head.seq == 1 and store.ledger.head.kind == "genesis"
+    write(store, "model_call", [call("new-1")])
+    store.close()
+    result = _verify(path, tmp_path)
+    assert result["ok"], result["problems"]
+    assert result["rows_checked"]["model_calls"] == 2
+
+
+def test_a_copied_data_directory_verifies_elsewhere(sealed, tmp_path):
+    """A reviewer copies the data directory (file, digests, public key) and verifies it."""
+    path, data = sealed
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    result = _verify(copy / path.name, copy)
+    assert result["ok"], result["problems"]
+
+
+def test_online_verification_sees_one_consistent_moment_while_writes_go_on(tmp_path):
+    """The API verifies a running store: ingest and checkpoints continue meanwhile, and
+    the answer must describe one moment, never a mix that looks like tampering."""
+    import threading
+
+    from nimtrail import config as config_mod
+    from warehouse.access import Principal
+    from warehouse.operations import Context, execute
+
+    data = tmp_path / "data"
+    store = Store(data / "audit.duckdb")
+    cp = checkpointer(store, data)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            write(store, "model_call", [call(f"w{i}-{j}") for j in range(50)])
+            write(store, "model_call", [call(f"w{i}-0", version=2, caller="late")])
+            if i % 3 == 0:
+                cp.checkpoint()
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    config = config_mod.load(None, env={"NIMTRAIL_DATA_DIR": str(data)})
+    try:
+        for _ in range(4):
+            ctx = Context(store, store.reader(), Principal("auditor", "compliance"), config)
+            result = execute(ctx, "query", "verify", {})
+            assert result["ok"], result["problems"]
+    finally:
+        stop.set()
+        thread.join()
+    assert result["ledger"]["entries"] > 1
+    store.close()

@@ -1,0 +1,75 @@
+"""What every named query shares: rows as JSON-ready dicts, time ranges, pages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import duckdb
+import orjson
+
+from warehouse.params import BadParameter, Params
+
+JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env", "api_surface",
+                "health_endpoints", "logging_mode", "tracing_config", "tool_calling",
+                "deploy_path", "identities", "field_sources", "params"}
+
+
+def _value(name: str, value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if name in JSON_COLUMNS and isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, args)
+    names = [d[0] for d in cursor.description]
+    return [{n: _value(n, v) for n, v in zip(names, row) if n != "row_hash"}
+            for row in cursor.fetchall()]
+
+
+def time_range(params: Params, column: str, where: list[str], args: list[Any],
+               since: str = "since", until: str = "until") -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Add `column >= since AND column < until` for the parameters given; checks order."""
+    start, end = params.time(since), params.time(until)
+    if start and end and end <= start:
+        raise BadParameter(until, f"must be after {since}")
+    if start:
+        where.append(f"{column} >= ?")
+        args.append(start)
+    if end:
+        where.append(f"{column} < ?")
+        args.append(end)
+    return start, end
+
+
+def equals(params: Params, filters: dict[str, str], where: list[str], args: list[Any]) -> None:
+    for name, clause in filters.items():
+        value = params.text(name)
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+
+
+def page(params: Params, default: int = 100) -> tuple[int, int]:
+    return params.integer("limit", default, 1, 1000), params.integer("offset", 0, 0, 10_000_000)
+
+
+def paged(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any], limit: int,
+          offset: int) -> dict[str, Any]:
+    """Run `sql` (without LIMIT) one page at a time; next_offset is null on the last page."""
+    found = rows(con, f"{sql} LIMIT ? OFFSET ?", args + [limit + 1, offset])
+    more = len(found) > limit
+    return {"rows": found[:limit], "next_offset": offset + limit if more else None}
+
+
+def where_sql(where: list[str]) -> str:
+    return ("WHERE " + " AND ".join(where)) if where else ""
+
+
+PAGE_PARAMS = {"limit", "offset"}

@@ -1,0 +1,172 @@
+"""The store's ledgered tables: their columns, keys, and the canonical form of a row.
+
+A row's canonical form is what the ledger hashes, and it must be recomputable from the
+table alone: every column except `row_hash`, timestamps as ISO-8601 UTC with microseconds
+(`2025-01-31T10:15:00.000000Z`), JSON columns parsed (so key order and spacing do not
+matter), everything else as DuckDB returns it. The bytes are
+`nimtrail.records.canonical_bytes` of that mapping (sorted keys, no spaces); the row hash
+is their SHA-256. Ingest, retention and verification all go through `Table.row_hashes`,
+so they can never disagree on the format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from nimtrail import records
+
+# Record kind -> table, for the canonical records the pipeline produces.
+RECORD_TABLES = {
+    "model_call": "model_calls",
+    "tool_action": "tool_actions",
+    "deployment": "deployments",
+    "finding": "findings",
+    "metric_sample": "metric_samples",
+}
+
+# Every table whose rows the ledger covers, with its key columns.
+KEYS: dict[str, tuple[str, ...]] = {
+    **{table: records.KEYS[kind] for kind, table in RECORD_TABLES.items()},
+    "access_log": ("access_id",),
+    "legal_holds": ("hold_id",),
+    "retention_purges": ("purge_id",),
+    "exports": ("export_id",),
+    "checkpoints": ("digest_seq",),
+}
+
+# The column that says how old a row is, for retention, archives and reports.
+AGE_COLUMNS = {
+    "model_calls": "coalesce(t.started_at, t.observed_at)",
+    "tool_actions": "coalesce(t.started_at, t.observed_at)",
+    "findings": "coalesce(t.detected_at, t.observed_at)",
+    "deployments": "coalesce(t.valid_from, t.observed_at)",
+    "metric_samples": "coalesce(t.ts, t.observed_at)",
+    "access_log": "t.accessed_at",
+}
+
+_SCALARS = {
+    "VARCHAR": pl.Utf8, "INTEGER": pl.Int32, "BIGINT": pl.Int64, "DOUBLE": pl.Float64,
+    "BOOLEAN": pl.Boolean, "JSON": pl.Utf8, "TIMESTAMP": pl.Utf8, "VARCHAR[]": pl.List(pl.Utf8),
+}
+
+_ARROW = {
+    "VARCHAR": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(), "JSON": pa.string(), "TIMESTAMP": pa.string(),
+    "VARCHAR[]": pa.list_(pa.string()),
+}
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+POLARS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # the same text, from polars
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return value.strftime(TIME_FORMAT) if value is not None else None
+
+
+class Table:
+    """One ledgered table: its columns and how records become a frame and rows hashes."""
+
+    def __init__(self, name: str, columns: list[tuple[str, str]], kind: str | None = None):
+        self.name = name
+        self.kind = kind or name
+        columns = [(c, t) for c, t in columns if c != "row_hash"]
+        self.columns = [c for c, _ in columns]
+        self.json_columns = [c for c, t in columns if t == "JSON"]
+        self.time_columns = [c for c, t in columns if t.startswith("TIMESTAMP")]
+        self.schema = {c: _SCALARS[t] for c, t in columns}
+        self.arrow_types = {c: _ARROW[t] for c, t in columns}
+        self.key = list(KEYS[name])
+        # Key columns come from code, never from input: safe to place in SQL text.
+        self.key_sql = "concat_ws('|', " + ", ".join(f'CAST(t."{k}" AS VARCHAR)' for k in self.key) + ")"
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in [*self.columns, "row_hash"]
+                            if c not in self.key)
+        # New keys go in with a plain INSERT (half the cost of ON CONFLICT); only rows that
+        # replace an older version take the upsert.
+        self.insert_sql = f"INSERT INTO {name} BY NAME SELECT * FROM frame"
+        self.upsert_sql = (
+            f'INSERT INTO {name} BY NAME SELECT * FROM frame '
+            f'ON CONFLICT ({", ".join(self.key)}) DO UPDATE SET {updates} '
+            f'WHERE excluded.version > {name}.version')
+        join = " AND ".join(f'f."{k}" = t."{k}"' for k in self.key)
+        # Only rows that change the table: new keys, or a higher version than stored. A
+        # re-delivered or older version is a no-op and must not enter the ledger either.
+        self.fresh_sql = (f'SELECT f.*, t."{self.key[0]}" IS NULL AS _new FROM frame f '
+                          f'LEFT JOIN {name} t ON {join} '
+                          f'WHERE t."{self.key[0]}" IS NULL OR f.version > t.version')
+
+    def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
+        """Records (timestamps as ISO strings, JSON values as Python values) -> a frame with
+        the newest version per key."""
+        # Column by column (much cheaper than a frame from row dicts); the caller's records
+        # stay untouched, so a failed batch can be retried message by message. Nested
+        # values are stored as JSON text.
+        data = {c: [row.get(c) for row in rows] for c in self.columns}
+        for c in self.json_columns:
+            data[c] = [None if v is None else orjson.dumps(v).decode() for v in data[c]]
+        # Through Arrow: its C conversion checks types as strictly and is far cheaper than
+        # polars' per-element path for list columns.
+        frame = pl.from_arrow(pa.Table.from_arrays(
+            [pa.array(data[c], type=self.arrow_types[c]) for c in self.columns], names=self.columns))
+        if self.time_columns:
+            frame = frame.with_columns(
+                pl.col(c).str.to_datetime(time_zone="UTC", strict=True, time_unit="us")
+                .dt.replace_time_zone(None)
+                for c in self.time_columns)
+        # DuckDB's ON CONFLICT keeps the first of two rows with the same key silently:
+        # reduce the batch to the newest version per key first.
+        return frame.sort("version", descending=True).unique(subset=self.key, keep="first")
+
+    def canonical_rows(self, frame: pl.DataFrame) -> Iterator[dict[str, Any]]:
+        """Each row's canonical form (see the module docstring), in frame order."""
+        columns = self.columns
+        view = frame.select(columns)
+        if self.time_columns:
+            view = view.with_columns(pl.col(c).dt.strftime(POLARS_TIME_FORMAT) for c in self.time_columns)
+        json_columns = self.json_columns
+        for values in view.iter_rows():
+            row = dict(zip(columns, values))
+            for c in json_columns:
+                if row[c] is not None:
+                    row[c] = orjson.loads(row[c])
+            yield row
+
+    def row_hashes(self, frame: pl.DataFrame) -> list[str]:
+        """SHA-256 of each row's canonical bytes: what the ledger and `row_hash` hold."""
+        sha256, canonical = hashlib.sha256, records.canonical_bytes
+        return [sha256(canonical(row)).hexdigest() for row in self.canonical_rows(frame)]
+
+    def keys(self, frame: pl.DataFrame) -> pl.Series:
+        """The ledger key of each row (`records.key_of`: key values joined by '|')."""
+        return frame.select(
+            pl.concat_str([pl.col(k).cast(pl.Utf8) for k in self.key], separator="|")
+            .alias("key")).to_series()
+
+
+def load_tables(con: duckdb.DuckDBPyConnection) -> dict[str, Table]:
+    """Every ledgered table present in the store, by table name."""
+    kinds = {table: kind for kind, table in RECORD_TABLES.items()}
+    found = {}
+    for name in KEYS:
+        cols = con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? ORDER BY ordinal_position", [name]).fetchall()
+        if cols:
+            found[name] = Table(name, cols, kinds.get(name))
+    return found
+
+
+def ledger_items(table: Table, frame: pl.DataFrame, hashes: Iterable[str | None]) -> pl.DataFrame:
+    """The ledger lines for rows of `table` written (hash) or deleted (None)."""
+    return pl.DataFrame({
+        "tbl": pl.Series([table.name] * frame.height, dtype=pl.Utf8),
+        "key": table.keys(frame),
+        "version": frame["version"].cast(pl.Int32),
+        "row_hash": pl.Series(list(hashes), dtype=pl.Utf8),
+    })
