@@ -18,6 +18,11 @@ class BodyTooLarge(PermanentError):
 def read_body(stream: BinaryIO, content_length: int | None, encoding: str, limit: int) -> bytes:
     """Read and, for gzip/deflate, decompress a body without ever holding more than `limit`
     decompressed bytes (a gzip bomb is refused while inflating, not after)."""
+    return inflate(read_raw(stream, content_length, limit), encoding, limit)
+
+
+def read_raw(stream: BinaryIO, content_length: int | None, limit: int) -> bytes:
+    """Read a body as sent (still encoded), refusing one whose length is over `limit`."""
     if content_length is None:
         raise PermanentError("length_required", "send Content-Length (chunked bodies are not accepted)")
     if content_length > limit:
@@ -25,6 +30,11 @@ def read_body(stream: BinaryIO, content_length: int | None, encoding: str, limit
     raw = stream.read(content_length)
     if len(raw) != content_length:
         raise PermanentError("truncated_body", f"expected {content_length} bytes, got {len(raw)}")
+    return raw
+
+
+def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Undo a gzip/deflate Content-Encoding, refusing more than `limit` decompressed bytes."""
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("identity", ""):
         return raw

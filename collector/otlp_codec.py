@@ -111,3 +111,69 @@ def count_items(signal: Signal, message: Message) -> int:
     if signal.name == "logs":
         return sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs)
     return sum(len(sm.metrics) for rm in message.resource_metrics for sm in rm.scope_metrics)
+
+
+def _valid_id(value: bytes, size: int, required: bool) -> bool:
+    if not value:
+        return not required
+    return len(value) == size and value != bytes(size)
+
+
+def _span_ok(span: Message) -> bool:
+    return (_valid_id(span.trace_id, 16, True) and _valid_id(span.span_id, 8, True)
+            and _valid_id(span.parent_span_id, 8, False))
+
+
+def _log_ok(record: Message) -> bool:
+    return _valid_id(record.trace_id, 16, False) and _valid_id(record.span_id, 8, False)
+
+
+# signal -> (resource list, scope list, item list, item check, partial-success field)
+_ITEMS = {
+    "traces": ("resource_spans", "scope_spans", "spans", _span_ok, "rejected_spans"),
+    "logs": ("resource_logs", "scope_logs", "log_records", _log_ok, "rejected_log_records"),
+}
+
+
+def split_invalid(signal: Signal, message: Message) -> tuple[int, Message | None]:
+    """Remove items the OTLP data model forbids (spans without a valid trace or span id, log
+    records with a malformed one) from `message`, in place. Returns how many were removed
+    and a request holding them (for the dead-letter topic), or (0, None)."""
+    if signal.name not in _ITEMS:
+        return 0, None
+    res_field, scope_field, item_field, ok, _ = _ITEMS[signal.name]
+    if all(ok(item) for r in getattr(message, res_field) for s in getattr(r, scope_field)
+           for item in getattr(s, item_field)):
+        return 0, None
+    rejected = signal.request()
+    count = 0
+    for resource in getattr(message, res_field):
+        out_resource = None
+        for scope in getattr(resource, scope_field):
+            items = getattr(scope, item_field)
+            bad = [i for i, item in enumerate(items) if not ok(item)]
+            if not bad:
+                continue
+            if out_resource is None:
+                out_resource = getattr(rejected, res_field).add()
+                out_resource.resource.CopyFrom(resource.resource)
+                out_resource.schema_url = resource.schema_url
+            out_scope = getattr(out_resource, scope_field).add()
+            out_scope.scope.CopyFrom(scope.scope)
+            out_scope.schema_url = scope.schema_url
+            for i in bad:
+                getattr(out_scope, item_field).add().CopyFrom(items[i])
+            for i in reversed(bad):
+                del items[i]
+            count += len(bad)
+    return count, rejected
+
+
+def partial_success(signal: Signal, rejected: int, message: str) -> Message:
+    """An Export*ServiceResponse that tells the client some items were rejected."""
+    response = signal.response()
+    if rejected:
+        field = _ITEMS[signal.name][4]
+        setattr(response.partial_success, field, rejected)
+        response.partial_success.error_message = message
+    return response
