@@ -8,6 +8,9 @@ from typing import BinaryIO
 from nimtrail.errors import PermanentError
 
 
+DRAIN_FACTOR = 4  # an over-limit body up to this many times the limit is read and dropped
+
+
 class BodyTooLarge(PermanentError):
     """The body (or its decompressed form) exceeds the configured limit: HTTP 413."""
 
@@ -26,6 +29,11 @@ def read_raw(stream: BinaryIO, content_length: int | None, limit: int) -> bytes:
     if content_length is None:
         raise PermanentError("length_required", "send Content-Length (chunked bodies are not accepted)")
     if content_length > limit:
+        if content_length <= DRAIN_FACTOR * limit:
+            # Read and drop it, so the client is not cut off mid-send and sees the 413.
+            left = content_length
+            while left > 0 and (chunk := stream.read(min(left, 1024 * 1024))):
+                left -= len(chunk)
         raise BodyTooLarge(f"Content-Length {content_length} exceeds the limit of {limit} bytes")
     raw = stream.read(content_length)
     if len(raw) != content_length:
