@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -39,7 +38,9 @@ from nimtrail.records import now_iso
 log = logging.getLogger(__name__)
 
 RECEIVER = "prometheus"
-ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.9,"
+# `escaping=allow-utf-8` keeps names as the target wrote them (vLLM's `vllm:` prefix);
+# without it prometheus-client rewrites them to underscores in OpenMetrics.
+ACCEPT = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
           "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 NOT_EXPOSITION = "not_exposition_format"
 FILE_CHECK_SECONDS = 1.0
