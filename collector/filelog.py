@@ -41,7 +41,7 @@ from nimtrail.errors import PermanentError, TransientError
 log = logging.getLogger(__name__)
 
 RECEIVER = "filelog"
-MAX_BATCH_LINES = 2000
+MAX_BATCH_LINES = 10_000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 IDLE_POLLS_BEFORE_CLOSE = 2  # a rotated file that stopped growing for this many polls is done
 PRUNE_EVERY = 60.0  # seconds between forgetting the offsets of files that are gone

@@ -156,3 +156,31 @@ class Joiner:
             data = data[:-1]
         return Logical(pending.start, pending.end, _text(data, pending.capped),
                        pending.time, stream, pending.overflow)
+
+
+def fast_lines(fmt: str, lines: list[bytes], offsets: list[int]) -> list[dict] | None:
+    """The nimlogs lines of a block in one pass, for the common case: every line complete
+    (no split pieces), UTF-8, no carriage returns. None: take the careful path instead,
+    which gives the same result line by line (a property test holds the two together)."""
+    try:
+        if fmt == "raw":
+            return [{"text": line.decode(), "offset": offset, "time": None, "stream": None}
+                    for line, offset in zip(lines, offsets)]
+        if fmt == "cri":
+            matches = [CRI_LINE.match(line) for line in lines]
+            if not all(m is not None and m.group(3) == b"F" for m in matches):
+                return None
+            return [{"text": line[m.end():].decode(), "offset": offset, "time": m.group(1).decode(),
+                     "stream": m.group(2).decode()} for line, m, offset in zip(lines, matches, offsets)]
+        if fmt == "docker":
+            docs = [orjson.loads(line) for line in lines]
+            if not all(isinstance(d, dict) and isinstance(d.get("log"), str) and d["log"].endswith("\n")
+                       and not d["log"].endswith("\r\n") for d in docs):
+                return None
+            return [{"text": d["log"][:-1], "offset": offset,
+                     "time": d.get("time") if isinstance(d.get("time"), str) else None,
+                     "stream": d.get("stream") if isinstance(d.get("stream"), str) else "stdout"}
+                    for d, offset in zip(docs, offsets)]
+    except (UnicodeDecodeError, orjson.JSONDecodeError):
+        return None
+    return None

@@ -11,7 +11,9 @@ committed offset after a failed send and read the same lines again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import dataclasses
 from typing import Iterator
 
 from collector.filelog_format import Physical
@@ -84,3 +86,50 @@ def iter_lines(fd: int, start: int, max_line: int, final: bool = False) -> Itera
             return
         buf = buf[i:] + chunk
         i = 0
+
+
+@dataclasses.dataclass(slots=True)
+class Block:
+    """A run of complete lines, none longer than the cap, that start at `start`."""
+
+    start: int
+    end: int
+    lines: list[bytes]  # without their newlines
+    data: bytes  # the lines as read, newlines included
+
+    def offsets(self) -> list[int]:
+        return list(itertools.accumulate((len(line) + 1 for line in self.lines), initial=self.start))[:-1]
+
+    def physicals(self) -> Iterator[Physical]:
+        for offset, line in zip(self.offsets(), self.lines):
+            yield Physical(offset, offset + len(line) + 1, line)
+
+
+def iter_blocks(fd: int, start: int, max_line: int, final: bool = False) -> Iterator[Block | Physical]:
+    """Like iter_lines, but lines come in Blocks (split in C, a chunk at a time); only an
+    over-long or final unterminated line comes alone, as a Physical."""
+    pos = start
+    while True:
+        chunk = os.pread(fd, CHUNK, pos)
+        if not chunk:
+            return
+        last = chunk.rfind(b"\n")
+        if last < 0:
+            # No newline in a whole chunk: one long (or unterminated) line.
+            for line in iter_lines(fd, pos, max_line, final):
+                yield line
+                pos = line.end
+                break
+            else:
+                return
+            continue
+        lines = chunk[:last].split(b"\n")
+        if max(map(len, lines)) > max_line:
+            for line in iter_lines(fd, pos, max_line):
+                if line.end > pos + last + 1:
+                    break
+                yield line
+                pos = line.end
+            continue
+        yield Block(pos, pos + last + 1, lines, chunk[:last + 1])
+        pos += last + 1

@@ -8,9 +8,9 @@ import os
 from typing import Any
 
 from collector import nimlogs
-from collector.filelog_format import Joiner, Logical, detect
+from collector.filelog_format import Joiner, Logical, detect, fast_lines
 from collector.filelog_offsets import FileState
-from collector.filelog_reader import FINGERPRINT_BYTES, fingerprint, iter_lines, matches
+from collector.filelog_reader import FINGERPRINT_BYTES, Block, fingerprint, iter_blocks, matches
 from nimtrail.config import FilelogTarget
 
 INVALID_UTF8 = "invalid_utf8"
@@ -84,13 +84,23 @@ class Tailer:
         size = 0
         more = False
         new_pos = self.pos
-        for physical in iter_lines(self.fd, self.pos, self.max_line, final):
+        for item in iter_blocks(self.fd, self.pos, self.max_line, final):
             if self.joiner is None:
-                self.state.format = detect(physical.data)
+                first = item.lines[0] if isinstance(item, Block) else item.data
+                self.state.format = detect(first)
                 self.joiner = Joiner(self.state.format, self.max_line)
-            for logical in self.joiner.feed(physical):
-                size += self._take(logical, lines, dead)
-            new_pos = physical.end
+            fast = None
+            if isinstance(item, Block) and item.start >= self.skip and self.joiner.pending_start is None \
+                    and b"\r" not in item.data:
+                fast = fast_lines(self.joiner.fmt, item.lines, item.offsets())
+            if fast is not None:
+                lines.extend(fast)
+                size += len(item.data)
+            else:
+                for physical in (item.physicals() if isinstance(item, Block) else (item,)):
+                    for logical in self.joiner.feed(physical):
+                        size += self._take(logical, lines, dead)
+            new_pos = item.end
             if len(lines) >= max_lines or size >= max_bytes:
                 more = True
                 break

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from collector import filelog_tail
 from collector.filelog_format import Joiner, Physical
-from collector.filelog_reader import iter_lines
+from collector.filelog_offsets import FileState
+from collector.filelog_reader import fingerprint, iter_lines
+from collector.filelog_tail import Tailer
+from nimtrail.config import FilelogTarget
 from tests.collector_support import TopicReader, headers, running
 from tests.harness import Env, http_ok, wait_for
 
@@ -190,3 +195,76 @@ def test_docker_joiner_and_invalid_utf8():
     assert (line.text, line.time, line.start) == ("ab", "t", 0)
     raw = Joiner("raw", max_line=1024).feed(Physical(0, 4, b"\xff\xfe\r"))[0]
     assert raw.text is None
+
+
+_chars = st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",))
+
+
+@st.composite
+def _file(draw):
+    """A log file in one framing: mostly plain complete lines, with a few kinds of odd line
+    (chosen per file, so some files have none and the one-pass reader takes every block)."""
+    fmt = draw(st.sampled_from(["raw", "cri", "docker"]))
+    odd = sorted(draw(st.sets(st.sampled_from(["cr", "partial", "binary", "long"]))))
+    out = []
+    for _ in range(draw(st.integers(1, 60))):
+        kind = draw(st.sampled_from(["plain"] * 6 + odd))
+        text = draw(st.text(_chars, min_size=150, max_size=300) if kind == "long" else st.text(_chars, max_size=40))
+        suffix = {"cr": b"\r", "binary": b"\xff"}.get(kind, b"")
+        if fmt == "raw":
+            data = text.encode() + suffix
+        elif fmt == "cri":
+            stream = draw(st.sampled_from(["stdout", "stderr"]))
+            tag = "P" if kind == "partial" else "F"
+            data = f"2026-11-26T10:00:00Z {stream} {tag} {text}".encode() + suffix
+        else:
+            data = orjson.dumps({"log": text + {"cr": "\r\n", "partial": ""}.get(kind, "\n"),
+                                 "stream": draw(st.sampled_from(["stdout", "stderr", ""])),
+                                 "time": "2026-11-26T10:00:00Z"})
+        out.append(data)
+    return fmt, b"\n".join(out) + b"\n", draw(st.integers(1, 7))
+
+
+_CRLF = [  # carriage returns: stripped on the careful path, so the one-pass path must agree
+    ("docker", b"".join(orjson.dumps({"log": f"x{i}\r\n", "stream": "stdout"}) + b"\n" for i in range(3)), 2),
+    ("cri", b"".join(f"2026-11-26T10:00:00Z stdout F x{i}\r\n".encode() for i in range(3)), 2),
+    ("raw", b"a\r\nb\nc\r\n", 2),
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_file())
+@example(_CRLF[0])
+@example(_CRLF[1])
+@example(_CRLF[2])
+def test_fast_path_reads_exactly_what_the_careful_path_reads(case):
+    """The one-pass block reader must agree with the line-by-line one on every file."""
+    fmt, data, batch_lines = case
+
+    def read_all(fast: bool):
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            fd = os.open(f.name, os.O_RDONLY)
+            try:
+                digest, length = fingerprint(fd)
+                tailer = Tailer(fd, "k", FilelogTarget(include=("x",)), FileState(f.name, f.name, digest, length, fmt),
+                                max_line=200)
+                lines, dead = [], []
+                original = filelog_tail.fast_lines
+                filelog_tail.fast_lines = original if fast else (lambda *a: None)
+                try:
+                    while True:
+                        batch = tailer.read_batch(batch_lines, 1 << 20, final=False)
+                        lines += batch.lines
+                        dead += batch.dead
+                        tailer.commit(batch)
+                        if not batch.more:
+                            break
+                finally:
+                    filelog_tail.fast_lines = original
+                return lines, dead, tailer.state.resume, tailer.state.emitted
+            finally:
+                os.close(fd)
+
+    assert read_all(True) == read_all(False)
