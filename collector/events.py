@@ -42,14 +42,16 @@ class RequestRejected(Event):
 class ForwardFailed(Event):
     level = logging.WARNING
     message = "Could not make input from %(receiver)s durable (%(reason)s), the client will retry: %(detail)s"
-    thing, unit, doc = "retry_later", "requests", "Inputs refused with a retry hint (Kafka unavailable, buffer full)"
+    thing, unit = "retry_later", "requests"
+    doc = "Inputs refused with a retry hint (Kafka unavailable, buffer full)"
     labels = ("receiver", "reason")
 
 
 class DeadLetterFailed(Event):
     level = logging.ERROR
     message = "Could not write rejected input from %(receiver)s to the dead-letter topic: %(detail)s"
-    thing, unit, doc = "dead_letter_failures", "inputs", "Rejected inputs that could not reach the dead-letter topic"
+    thing, unit = "dead_letter_failures", "inputs"
+    doc = "Rejected inputs that could not reach the dead-letter topic"
     labels = ("receiver",)
 
 

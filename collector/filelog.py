@@ -138,7 +138,8 @@ class FilelogReceiver:
 
     def _send(self, tailer: Tailer, batch: Batch) -> None:
         path, source = tailer.path, tailer.state.source
-        ItemsReceived(receiver=RECEIVER, items=len(batch.lines)).emit(self.sink.metrics, log, len(batch.lines))
+        received = len(batch.lines)
+        ItemsReceived(receiver=RECEIVER, items=received).emit(self.sink.metrics, log, received)
         for start, end, reason in batch.dead:
             for offset in range(start, end, self.max_line):
                 piece = os.pread(tailer.fd, min(self.max_line, end - offset), offset)
@@ -240,8 +241,8 @@ class FilelogReceiver:
             if key in matched:
                 continue
             found = _find_inode(os.path.dirname(state.path) or ".", key)
-            target = next((t for t in self.targets if any(fnmatch.fnmatch(state.source, p) for p in t.include)),
-                          None)
+            target = next((t for t in self.targets
+                           if any(fnmatch.fnmatch(state.source, p) for p in t.include)), None)
             if found is None or target is None:
                 self.offsets.remove(key)
                 changed = True

@@ -79,8 +79,8 @@ class Forwarder:
         """Make several messages durable; BUFFER if any of them went to the buffer."""
         for entry in entries:
             if len(entry.value) > MAX_VALUE_BYTES:
-                raise PermanentError("too_large_for_kafka",
-                                     f"{len(entry.value)} bytes exceed the {MAX_VALUE_BYTES}-byte Kafka message limit")
+                raise PermanentError("too_large_for_kafka", f"{len(entry.value)} bytes exceed the "
+                                                            f"{MAX_VALUE_BYTES}-byte Kafka message limit")
         if self._buffering:
             return self._to_buffer([(e, None) for e in entries])
         futures = []

@@ -170,7 +170,8 @@ class HttpLogsReceiver:
         return len(out)
 
 
-def build(collector: CollectorConfig, topics: TopicsConfig, server: HttpServer, sink: Sink) -> HttpLogsReceiver:
+def build(collector: CollectorConfig, topics: TopicsConfig, server: HttpServer,
+          sink: Sink) -> HttpLogsReceiver:
     """Register `POST /v1/nimlogs` on the collector's HTTP server."""
     receiver = HttpLogsReceiver(collector, topics, sink)
     server.route("POST", PATH, receiver.handle)

@@ -72,11 +72,12 @@ class NimMetadataReceiver:
 
     def facts(self, target: MetadataTarget) -> dict[str, Any]:
         base = target.url.rstrip("/")
+        timeout = min(float(target.timeout), float(target.interval))
         facts: dict[str, Any] = {}
         for key, path in ENDPOINTS.items():
             url = base + path
             try:
-                response = fetch(url, timeout=float(target.timeout), accept="application/json", max_bytes=MAX_BYTES)
+                response = fetch(url, timeout=timeout, accept="application/json", max_bytes=MAX_BYTES)
             except FetchError as e:
                 PollFailed(endpoint=url, reason=e.reason, detail=e.detail).emit(self.sink.metrics, log)
                 continue
@@ -90,7 +91,7 @@ class NimMetadataReceiver:
                 self.sink.reject(RECEIVER, PermanentError("not_json", f"{url} answered non-JSON: {e}"),
                                  response.body, url)
         try:
-            ready = fetch(base + READY, timeout=float(target.timeout), accept="application/json", max_bytes=MAX_BYTES)
+            ready = fetch(base + READY, timeout=timeout, accept="application/json", max_bytes=MAX_BYTES)
             facts["ready"] = ready.status == 200
         except FetchError as e:
             PollFailed(endpoint=base + READY, reason=e.reason, detail=e.detail).emit(self.sink.metrics, log)

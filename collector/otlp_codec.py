@@ -126,7 +126,8 @@ def _bad_spans(spans) -> list[int]:
 def _bad_log_records(records) -> list[int]:
     # trace_id and span_id are optional on a log record, but must be well formed when set.
     return [i for i, r in enumerate(records)
-            if len(t := r.trace_id) not in (0, 16) or t == _Z16 or len(p := r.span_id) not in (0, 8) or p == _Z8]
+            if len(t := r.trace_id) not in (0, 16) or t == _Z16
+            or len(p := r.span_id) not in (0, 8) or p == _Z8]
 
 
 # signal -> (resource list, scope list, item list, finder of bad items, partial-success field)

@@ -48,7 +48,8 @@ class _Export:
             self._sink.reject(receiver, e, request, source)
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, str(e))
         except BufferFull as e:
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED, str(e), retry=True)
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED, str(e),
+                   retry=True)
         except TransientError as e:
             _abort(context, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE, str(e), retry=True)
 

@@ -91,7 +91,8 @@ def error_response(status: int, error: Exception, as_json: bool, *, close: bool 
     return Response(status, body, PROTOBUF, headers or {}, close)
 
 
-def build(collector: CollectorConfig, topics: TopicsConfig, server: HttpServer, sink: Sink) -> OtlpHttpReceiver:
+def build(collector: CollectorConfig, topics: TopicsConfig, server: HttpServer,
+          sink: Sink) -> OtlpHttpReceiver:
     """Register the OTLP/HTTP routes on the collector's HTTP server."""
     receiver = OtlpHttpReceiver(collector, OtlpExport(sink, topics), sink)
     for path, signal in otlp_codec.SIGNALS.items():

@@ -136,11 +136,13 @@ class PrometheusReceiver:
                 self._file_stamp = stamp
                 try:
                     self._file_targets = read_targets_file(self.file) if stamp else ()
-                    TargetsReloaded(path=str(self.file), outcome="loaded",
-                                    detail=f"({len(self._file_targets)} targets)").emit(self.sink.metrics, log)
+                    event = TargetsReloaded(path=str(self.file), outcome="loaded",
+                                            detail=f"({len(self._file_targets)} targets)")
+                    event.emit(self.sink.metrics, log)
                 except ConfigError as e:
-                    TargetsReloaded(path=str(self.file), outcome="invalid",
-                                    detail=f"(keeping the previous targets): {e}").emit(self.sink.metrics, log)
+                    event = TargetsReloaded(path=str(self.file), outcome="invalid",
+                                            detail=f"(keeping the previous targets): {e}")
+                    event.emit(self.sink.metrics, log)
         self.scheduler.set_jobs(self._jobs())
 
     def scrape(self, target: ScrapeTarget) -> dict[str, Any]:
@@ -170,11 +172,12 @@ class PrometheusReceiver:
 
     def _samples(self, target: ScrapeTarget) -> list[dict[str, Any]]:
         first, fallback = scrape_urls(target)
+        timeout = min(float(target.timeout), float(target.interval))
         with self._lock:
             url = self._fallback.get(target.url, first)
-        response = fetch(url, timeout=float(target.timeout), accept=ACCEPT, max_bytes=self.max_bytes)
+        response = fetch(url, timeout=timeout, accept=ACCEPT, max_bytes=self.max_bytes)
         if response.status == 404 and fallback and url != fallback:
-            response = fetch(fallback, timeout=float(target.timeout), accept=ACCEPT, max_bytes=self.max_bytes)
+            response = fetch(fallback, timeout=timeout, accept=ACCEPT, max_bytes=self.max_bytes)
             if response.status == 200:
                 log.info("%s answers at %s, not %s: using it from now on", target.url, fallback, first)
                 with self._lock:

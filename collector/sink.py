@@ -50,7 +50,8 @@ class Sink:
         TransientError when it cannot (the caller must not move past the input then)."""
         RequestRejected(receiver=receiver, reason=reason, detail=detail).emit(self.metrics, log)
         value, headers = dead_letter(value, reason=reason, detail=detail, stage=STAGE)
-        self.forwarder.send_many([Entry(self.dlq_topic, (source or receiver).encode(), value, tuple(headers))])
+        key = (source or receiver).encode()
+        self.forwarder.send_many([Entry(self.dlq_topic, key, value, tuple(headers))])
 
     def reject(self, receiver: str, error: PermanentError, value: bytes, source: str) -> None:
         """Dead-letter a request whose client is told it failed: a failure to write the

@@ -135,8 +135,10 @@ class ScrapeTarget:
     def validate(self, path: str) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
-        if not 0 < self.timeout <= self.interval:
-            raise ConfigError(f"{path}.timeout: expected a duration above 0 and at most the interval")
+        if not self.interval > 0:
+            raise ConfigError(f"{path}.interval: expected a duration above 0")
+        if not self.timeout > 0:
+            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +151,10 @@ class MetadataTarget:
     def validate(self, path: str) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
-        if not 0 < self.timeout <= self.interval:
-            raise ConfigError(f"{path}.timeout: expected a duration above 0 and at most the interval")
+        if not self.interval > 0:
+            raise ConfigError(f"{path}.interval: expected a duration above 0")
+        if not self.timeout > 0:
+            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
 
 
 @dataclasses.dataclass(frozen=True)
