@@ -24,6 +24,7 @@ import fnmatch
 import glob
 import logging
 import os
+import random
 import stat
 import threading
 import time
@@ -88,7 +89,7 @@ class FilelogReceiver:
             except TransientError:
                 # Kafka and the buffer cannot take it now (counted by the sink): the files
                 # were rewound; try again later.
-                self._stop.wait(backoff)
+                self._stop.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, 10.0)
                 continue
             except Exception:  # noqa: BLE001 - one bad file must not stop the receiver
