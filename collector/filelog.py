@@ -36,6 +36,7 @@ from collector.filelog_reader import fingerprint, matches
 from collector.filelog_tail import Batch, Tailer
 from collector.forward import Entry
 from collector.sink import Sink
+from nimtrail import faults
 from nimtrail.config import CollectorConfig, FilelogTarget, TopicsConfig
 from nimtrail.errors import PermanentError, TransientError
 
@@ -123,13 +124,17 @@ class FilelogReceiver:
         if tailer.check_truncation():
             FileEvent(path=tailer.path, event="truncated").emit(self.sink.metrics, log)
         final = tailer.rotated and tailer.idle_polls >= 1
+        # 1. Read after the committed offset; nothing is marked yet.
         batch = tailer.read_batch(MAX_BATCH_LINES, MAX_BATCH_BYTES, final)
         if batch.lines or batch.dead:
+            # 2. Dead letters and lines durable (Kafka or buffer); raises if they cannot be.
             self._send(tailer, batch)
+            faults.point("collector.filelog.before_offsets")  # a crash here repeats this batch
             tailer.idle_polls = 0
         else:
             tailer.idle_polls += 1
         if (batch.resume, batch.emitted) != (tailer.state.resume, tailer.state.emitted):
+            # 3. Only now do the offsets move, and the file is written atomically.
             tailer.commit(batch)
             self.offsets.put(tailer.key, tailer.state)
             self.offsets.save()
