@@ -13,6 +13,11 @@ lost. Otherwise it raises:
 Ordering: once anything is in the buffer, new data queues behind it until the drainer has
 emptied it, so every partition sees data in the order it was accepted.
 
+kafka-python's idempotent producer stops for good after a non-retriable error on any
+record (a message over the broker's limit, a denied topic): every later send fails. The
+forwarder then drops that producer and makes a new one from the factory it was given, so
+one bad message cannot stop the collector.
+
 A direct send that timed out may still reach Kafka later (the producer keeps retrying
 until its delivery timeout). Its future is kept beside the buffered copy, and the drainer
 sends the copy only if that future failed: no duplicate while the process lives. A crash
@@ -26,15 +31,16 @@ import logging
 import random
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import (CorruptRecordError, InvalidRecordError, KafkaError, KafkaTimeoutError,
+                          MessageSizeTooLargeError, RecordListTooLargeError)
 
 from collector.buffer import BufferFull, BufferUnavailable, DiskBuffer, Entry, Position
-from collector.events import BufferDrained
+from collector.events import BufferDrained, RequestRejected
 from nimtrail.errors import PermanentError, TransientError
-from nimtrail.kafka_io import MAX_MESSAGE_BYTES
+from nimtrail.kafka_io import MAX_MESSAGE_BYTES, dead_letter
 from nimtrail.ops import StageMetrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,9 @@ KAFKA = "kafka"
 BUFFER = "buffer"
 # Room for the record batch header, key and headers within the broker's message limit.
 MAX_VALUE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+# Errors about the record itself: retrying cannot help, so a buffered record that gets one
+# goes to the dead-letter topic instead of blocking everything queued behind it.
+POISON = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
 
 __all__ = ["Forwarder", "KafkaUnavailable", "BufferFull", "BufferUnavailable", "Entry", "KAFKA", "BUFFER"]
 
@@ -52,9 +61,14 @@ class KafkaUnavailable(TransientError):
 
 
 class Forwarder:
-    def __init__(self, producer: KafkaProducer, buffer: DiskBuffer | None, metrics: StageMetrics,
-                 *, ack_timeout: float = 5.0, delivery_timeout: float = 30.0):
-        self._producer = producer
+    def __init__(self, producer_factory: Callable[[], KafkaProducer], buffer: DiskBuffer | None,
+                 metrics: StageMetrics, *, ack_timeout: float = 5.0, delivery_timeout: float = 30.0,
+                 dlq_topic: str = ""):
+        self._factory = producer_factory
+        self._producer: KafkaProducer | None = producer_factory()  # fail fast at start
+        self._producer_lock = threading.Lock()
+        self._dlq_topic = dlq_topic
+        self._suspect: Position | None = None  # a buffered entry the broker refused once
         self._buffer = buffer
         self._metrics = metrics
         self._ack_timeout = ack_timeout
@@ -83,24 +97,31 @@ class Forwarder:
                                                             f"{MAX_VALUE_BYTES}-byte Kafka message limit")
         if self._buffering:
             return self._to_buffer([(e, None) for e in entries])
+        try:
+            producer = self._current()
+        except KafkaUnavailable:
+            return self._to_buffer([(e, None) for e in entries])
         futures = []
         for entry in entries:
             try:
-                futures.append(self._producer.send(entry.topic, key=entry.key, value=entry.value,
-                                                   headers=list(entry.headers)))
-            except MessageSizeTooLargeError as e:
+                futures.append(producer.send(entry.topic, key=entry.key, value=entry.value,
+                                             headers=list(entry.headers)))
+            except MessageSizeTooLargeError as e:  # the client's own size check: nothing was sent
                 raise PermanentError("too_large_for_kafka", str(e)) from e
             except KafkaError as e:  # metadata unavailable within max_block_ms
                 log.debug("Kafka did not take a send: %s", e)
+                self._check(producer, e)
                 break
         deadline = time.monotonic() + self._ack_timeout
         unacked: list[tuple[Entry, object]] = []
         for entry, future in zip(entries, futures):
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
-            except MessageSizeTooLargeError as e:
-                raise PermanentError("too_large_for_kafka", str(e)) from e
-            except KafkaError:
+            except KafkaError as e:
+                # Also a record the broker refuses for good goes to the buffer: the failure
+                # may be another record's (a stopped producer fails all it holds), and the
+                # drainer tells the two apart by sending it alone (then to the DLQ).
+                self._check(producer, e)
                 unacked.append((entry, None if future.is_done else future))
         unacked += [(e, None) for e in entries[len(futures):]]
         if not unacked:
@@ -125,6 +146,32 @@ class Forwarder:
     @property
     def buffering(self) -> bool:
         return self._buffering
+
+    # ---- the producer ----
+
+    def _current(self) -> KafkaProducer:
+        """The producer to send with; a new one if the last failed for good."""
+        with self._producer_lock:
+            if self._producer is None:
+                try:
+                    self._producer = self._factory()
+                except KafkaError as e:
+                    raise KafkaUnavailable(f"cannot connect a new Kafka producer: {e}") from e
+                log.info("A new Kafka producer replaces the one that failed")
+            return self._producer
+
+    def _check(self, producer: KafkaProducer, error: KafkaError) -> None:
+        """After a non-retriable error kafka-python's idempotent producer refuses every later
+        send: retire it (its in-flight sends fail, and are buffered or retried by clients)."""
+        if error.retriable:
+            return
+        with self._producer_lock:
+            if self._producer is not producer:
+                return
+            self._producer = None
+        log.warning("Kafka producer stopped after %r; replacing it", error)
+        threading.Thread(target=producer.close, kwargs={"timeout": 0}, name="collector-producer-close",
+                         daemon=True).start()
 
     # ---- draining ----
 
@@ -158,13 +205,25 @@ class Forwarder:
                 backoff = min(backoff * 2, 5.0)
 
     def _drain_once(self) -> bool:
-        """Send the oldest buffered entries in order; move the head past what Kafka took."""
+        """Send the oldest buffered entries in order; move the head past what Kafka took.
+
+        An entry the broker refused for good is sent again alone (another record's refusal
+        stops the producer and fails everything it held); refused again, it goes to the DLQ."""
         items = self._buffer.read(max_entries=500)
         if not items:
             return True
+        if items[0][1] == self._suspect:
+            items = items[:1]
         wait = self._delivery_timeout + 5
+        try:
+            producer = self._current()
+        except KafkaUnavailable as e:
+            log.info("Kafka is not taking buffered data yet: %s", e)
+            return False
         futures: list[object] = []
         for entry, end in items:
+            if self._stop.is_set():
+                break  # what is not sent stays buffered for the next start
             pending = self._pending.get(end)
             if pending is not None:
                 try:
@@ -177,20 +236,33 @@ class Forwarder:
                 futures.append(None)
                 continue
             try:
-                futures.append(self._producer.send(entry.topic, key=entry.key, value=entry.value,
-                                                   headers=list(entry.headers)))
+                futures.append(producer.send(entry.topic, key=entry.key, value=entry.value,
+                                             headers=list(entry.headers)))
+            except POISON as e:
+                futures.append(e)
             except KafkaError as e:
                 log.info("Kafka is not taking buffered data yet: %s", e)
+                self._check(producer, e)
                 break
         done: Position | None = None
         per_topic: dict[str, int] = {}
         for (entry, end), future in zip(items, futures):
-            if future is not None:
-                try:
+            try:
+                if isinstance(future, Exception):
+                    raise future
+                if future is not None:
                     self._await(future, wait)
-                except KafkaError as e:
-                    log.info("Kafka is not taking buffered data yet: %s", e)
+            except POISON as e:
+                self._check(producer, e)
+                if end != self._suspect or len(items) != 1:
+                    self._suspect = end  # retry it alone before judging it
                     break
+                if not self._dead_letter(entry, e):
+                    break
+            except KafkaError as e:
+                log.info("Kafka is not taking buffered data yet: %s", e)
+                self._check(producer, e)
+                break
             done = end
             per_topic[entry.topic] = per_topic.get(entry.topic, 0) + 1
         if done is not None:
@@ -203,6 +275,25 @@ class Forwarder:
             for topic, count in per_topic.items():
                 BufferDrained(topic=topic or "(corrupt)", messages=count).emit(self._metrics, log, count)
         return len(futures) == len(items) and done == items[-1][1]
+
+    def _dead_letter(self, entry: Entry, error: KafkaError) -> bool:
+        """Move a record Kafka refuses for good to the dead-letter topic; True once durable."""
+        if not self._dlq_topic:
+            return False
+        detail = f"Kafka refused a buffered message for {entry.topic}: {error!r}"
+        RequestRejected(receiver="buffer", reason="kafka_refused", detail=detail).emit(self._metrics, log)
+        value, headers = dead_letter(entry.value, reason="kafka_refused", detail=detail, stage="collector")
+        try:
+            producer = self._current()
+            producer.send(self._dlq_topic, key=entry.key, value=value, headers=headers).get(timeout=30)
+            return True
+        except KafkaUnavailable as e:
+            log.error("Could not dead-letter a refused buffered message, it stays buffered: %s", e)
+            return False
+        except KafkaError as e:
+            self._check(producer, e)
+            log.error("Could not dead-letter a refused buffered message, it stays buffered: %s", e)
+            return False
 
     def _await(self, future, timeout: float) -> None:
         """future.get(), given up early (KafkaTimeoutError) when the forwarder stops."""
@@ -225,6 +316,9 @@ class Forwarder:
             self._drainer = None
         # Every send waited for Kafka or the buffer before its client was answered, so what
         # the producer still holds is also on disk: no need to wait long for it.
-        self._producer.close(timeout=2.0 if self._buffering else timeout)
+        with self._producer_lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=2.0 if self._buffering else timeout)
         if self._buffer is not None:
             self._buffer.close()

@@ -31,17 +31,19 @@ class Collector:
         kafka_io.ensure_topics(config, [t.otlp_spans, t.otlp_logs, t.otlp_metrics, t.nimlogs,
                                         t.scrapes, t.observations, t.dlq], compacted=[t.deployments])
         self.metrics = StageMetrics("collector")
-        producer = kafka_io.producer(
-            config,
-            max_block_ms=int(c.ack_timeout * 1000),  # a send never blocks longer than an ack wait
-            request_timeout_ms=10_000,
-            delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
-            reconnect_backoff_max_ms=2_000,  # notice a returning broker within seconds
-        )
+        def producer():
+            return kafka_io.producer(
+                config,
+                max_block_ms=int(c.ack_timeout * 1000),  # a send never blocks longer than an ack wait
+                request_timeout_ms=10_000,
+                delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
+                reconnect_backoff_max_ms=2_000,  # notice a returning broker within seconds
+            )
+
         buffer = (DiskBuffer(config.buffer_path, c.buffer.max_bytes, c.buffer.segment_bytes)
                   if c.buffer.max_bytes else None)
         self.forwarder = Forwarder(producer, buffer, self.metrics, ack_timeout=float(c.ack_timeout),
-                                   delivery_timeout=DELIVERY_TIMEOUT_S)
+                                   delivery_timeout=DELIVERY_TIMEOUT_S, dlq_topic=t.dlq)
         self.sink = Sink(self.forwarder, t.dlq, self.metrics)
         self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics)
         otlp_http.build(c, t, self.http, self.sink)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from collector.buffer import BufferFull, DiskBuffer, Entry
@@ -55,3 +57,43 @@ def test_a_torn_write_at_the_tail_is_cut_at_open(tmp_path):
     assert [e for e, _ in reopened.read()] == _entries(3)
     reopened.append([Entry("t", None, b"next")])
     assert [e.value for e, _ in reopened.read()][-1] == b"next"
+
+
+def test_drainer_sends_in_order_and_dead_letters_what_kafka_refuses_for_good(tmp_path, kafka_bootstrap):
+    """A buffer left by a previous run drains on start; a message the topic can never take
+    (over its max.message.bytes) goes to the dead-letter topic instead of blocking the rest,
+    and the producer it broke is replaced so the next message still gets through."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from collector.forward import Forwarder
+    from nimtrail import config as config_mod, kafka_io
+    from nimtrail.ops import StageMetrics
+    from tests.collector_support import TopicReader, headers
+    from tests.harness import wait_for
+
+    suffix = uuid.uuid4().hex[:8]
+    small, dlq = f"buffer-small.{suffix}", f"buffer-dlq.{suffix}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "2048"})])
+    admin.close()
+    config = config_mod.load(env={"NIMTRAIL_KAFKA__BOOTSTRAP": kafka_bootstrap})
+    kafka_io.ensure_topics(config, [small, dlq])
+
+    buffer = DiskBuffer(tmp_path, max_bytes=1 << 20)
+    buffer.append([Entry(small, b"k", b"first"), Entry(small, b"k", b"x" * 100_000), Entry(small, b"k", b"last")])
+    buffer.close()
+    forwarder = Forwarder(lambda: kafka_io.producer(config, compression_type=None),
+                          DiskBuffer(tmp_path, max_bytes=1 << 20), StageMetrics("collector-test"), dlq_topic=dlq)
+    assert forwarder.buffering  # what is on disk goes first
+    forwarder.start()
+    try:
+        wait_for(lambda: not forwarder.buffering, timeout=60, what="the buffer to drain")
+    finally:
+        forwarder.close()
+    delivered = TopicReader(kafka_bootstrap, small)
+    assert [m.value for m in delivered.wait(lambda ms: len(ms) == 2 and ms)] == [b"first", b"last"]
+    letters = TopicReader(kafka_bootstrap, dlq)
+    letter = letters.wait(lambda ms: ms)[0]
+    assert headers(letter)["nimtrail.reason"] == "kafka_refused" and letter.value == b"x" * 100_000
+    delivered.close()
+    letters.close()

@@ -13,6 +13,7 @@ import uuid
 import grpc
 import orjson
 import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -31,9 +32,16 @@ from tests.harness import Env
 MAX_BODY = 256 * 1024
 
 
+SPANS_TOPIC_LIMIT = 150_000  # the broker's max.message.bytes for this module's spans topic
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, kafka_bootstrap):
     env = Env(tmp_path_factory.mktemp("otlp"), kafka_bootstrap, collector={"max_body_bytes": MAX_BODY})
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(env.config.topics.otlp_spans, 2, 1,
+                                  topic_configs={"max.message.bytes": str(SPANS_TOPIC_LIMIT)})])
+    admin.close()
     with running(env) as collector:
         t = env.config.topics
         readers = {name: TopicReader(kafka_bootstrap, getattr(t, name))
@@ -210,3 +218,32 @@ def test_spans_without_valid_ids_get_partial_success(world):
     assert sorted(s.name for s in rejected.resource_spans[0].scope_spans[0].spans) == [
         f"short span id {tag}", f"zero trace {tag}"]
     assert isinstance(rejected.resource_spans[0].scope_spans[0].spans[0], trace_pb2.Span)
+
+
+def test_a_request_the_broker_refuses_goes_to_the_dlq_and_the_next_ones_get_through(world):
+    """Over the topic's max.message.bytes (below the collector's own limit): the request is
+    kept (buffered, then dead-lettered once the broker refuses it alone), and the producer
+    that the refusal stopped is replaced."""
+    env, _collector, readers = world
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    while request.ByteSize() < SPANS_TOPIC_LIMIT + 20_000:
+        span = spans.add()
+        span.trace_id, span.span_id, span.name = os.urandom(16), os.urandom(8), os.urandom(200).hex()
+    big = request.SerializeToString()
+    assert len(big) < MAX_BODY
+    status, _headers, _answer = _post(env, "/v1/traces", big, "application/x-protobuf")
+    assert status == 200  # durable: in the buffer now, in the dead-letter topic soon
+    letter = readers["dlq"].wait(lambda ms: next((m for m in ms if headers(m)["nimtrail.reason"] == "kafka_refused"),
+                                                 None), what="the refused request in the DLQ")
+    assert letter.value == big
+    for i in range(3):
+        assert _post(env, "/v1/traces", _good_request(f"after refusal {i}"), "application/x-protobuf")[0] == 200
+
+    def names(messages):
+        return {s.name for m in messages
+                for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(m.value).resource_spans
+                for ss in rs.scope_spans for s in ss.spans}
+
+    readers["otlp_spans"].wait(lambda ms: {f"after refusal {i}" for i in range(3)} <= names(ms),
+                               what="the requests after the refusal")
