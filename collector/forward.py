@@ -69,6 +69,7 @@ class Forwarder:
         self._producer_lock = threading.Lock()
         self._dlq_topic = dlq_topic
         self._suspect: Position | None = None  # a buffered entry the broker refused once
+        self._closed = False
         self._buffer = buffer
         self._metrics = metrics
         self._ack_timeout = ack_timeout
@@ -132,6 +133,8 @@ class Forwarder:
         if self._buffer is None:
             raise KafkaUnavailable("Kafka did not acknowledge in time and the collector has no buffer")
         with self._lock:
+            if self._closed:
+                raise KafkaUnavailable("the collector is stopping")
             ends = self._buffer.append([e for e, _ in items])
             for (_, future), end in zip(items, ends):
                 if future is not None:
@@ -152,6 +155,8 @@ class Forwarder:
     def _current(self) -> KafkaProducer:
         """The producer to send with; a new one if the last failed for good."""
         with self._producer_lock:
+            if self._closed:
+                raise KafkaUnavailable("the collector is stopping")
             if self._producer is None:
                 try:
                     self._producer = self._factory()
@@ -307,7 +312,7 @@ class Forwarder:
                     raise
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop draining and flush the producer. Whatever is still buffered stays on disk and
+        """Stop draining and close the producer. Whatever is still buffered stays on disk and
         is sent after the next start; nothing acknowledged is only in memory."""
         self._stop.set()
         self._wake.set()
@@ -316,7 +321,8 @@ class Forwarder:
             self._drainer = None
         # Every send waited for Kafka or the buffer before its client was answered, so what
         # the producer still holds is also on disk: no need to wait long for it.
-        with self._producer_lock:
+        with self._producer_lock, self._lock:
+            self._closed = True  # a late request is told to retry, not half-served
             producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout=2.0 if self._buffering else timeout)
