@@ -112,12 +112,12 @@ class FilelogReceiver:
                 break  # every batch so far is committed; the rest waits for the next start
             try:
                 more |= self._tail(tailer)
-            except TransientError:
-                tailer.rewind()
-                raise
             except OSError as e:
                 log.warning("Cannot read %s any more: %s", tailer.path, e)
                 self._close(key, "unreadable")
+            except BaseException:
+                tailer.rewind()  # what was read but not committed is read again next time
+                raise
         return more
 
     def _tail(self, tailer: Tailer) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from collector.state_file import write_atomic
-from nimtrail.errors import ConfigError
+from nimtrail.errors import ConfigError, TransientError
 
 FILE_NAME = "filelog-offsets.json"
 
@@ -63,5 +63,10 @@ class OffsetStore:
         self.files.pop(key, None)
 
     def save(self) -> None:
+        """Write the offsets atomically; TransientError when the disk refuses (the lines are
+        already durable, so a later save catches up; a crash before it repeats them)."""
         doc = {"version": 1, "files": {k: dataclasses.asdict(v) for k, v in self.files.items()}}
-        write_atomic(self.path, orjson.dumps(doc))
+        try:
+            write_atomic(self.path, orjson.dumps(doc))
+        except OSError as e:
+            raise TransientError(f"cannot write {self.path}: {e}") from e
