@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench.warehouse_bench` (see its docstring)."""
+"""Benchmarks: run each as `python -m bench.<name>`; they print what they measured."""

@@ -8,44 +8,41 @@ from typing import BinaryIO
 from nimtrail.errors import PermanentError
 
 
-# An oversized body is still read and thrown away up to this many bytes, so the client
-# receives the 413 instead of a broken pipe; beyond it the connection is simply closed.
-DRAIN_LIMIT = 64 * 1024 * 1024
+DRAIN_FACTOR = 4  # an over-limit body up to this many times the limit is read and dropped
 
 
 class BodyTooLarge(PermanentError):
-    """The body (or its decompressed form) exceeds the configured limit: HTTP 413.
+    """The body (or its decompressed form) exceeds the configured limit: HTTP 413."""
 
-    `drained` says whether the request body was fully consumed (the connection can be kept).
-    """
-
-    def __init__(self, detail: str, drained: bool = True):
+    def __init__(self, detail: str):
         super().__init__("body_too_large", detail)
-        self.drained = drained
-
-
-def _drain(stream: BinaryIO, length: int) -> bool:
-    if length > DRAIN_LIMIT:
-        return False
-    while length > 0:
-        chunk = stream.read(min(length, 1024 * 1024))
-        if not chunk:
-            return False
-        length -= len(chunk)
-    return True
 
 
 def read_body(stream: BinaryIO, content_length: int | None, encoding: str, limit: int) -> bytes:
     """Read and, for gzip/deflate, decompress a body without ever holding more than `limit`
     decompressed bytes (a gzip bomb is refused while inflating, not after)."""
+    return inflate(read_raw(stream, content_length, limit), encoding, limit)
+
+
+def read_raw(stream: BinaryIO, content_length: int | None, limit: int) -> bytes:
+    """Read a body as sent (still encoded), refusing one whose length is over `limit`."""
     if content_length is None:
         raise PermanentError("length_required", "send Content-Length (chunked bodies are not accepted)")
     if content_length > limit:
-        raise BodyTooLarge(f"Content-Length {content_length} exceeds the limit of {limit} bytes",
-                           drained=_drain(stream, content_length))
+        if content_length <= DRAIN_FACTOR * limit:
+            # Read and drop it, so the client is not cut off mid-send and sees the 413.
+            left = content_length
+            while left > 0 and (chunk := stream.read(min(left, 1024 * 1024))):
+                left -= len(chunk)
+        raise BodyTooLarge(f"Content-Length {content_length} exceeds the limit of {limit} bytes")
     raw = stream.read(content_length)
     if len(raw) != content_length:
         raise PermanentError("truncated_body", f"expected {content_length} bytes, got {len(raw)}")
+    return raw
+
+
+def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Undo a gzip/deflate Content-Encoding, refusing more than `limit` decompressed bytes."""
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("identity", ""):
         return raw

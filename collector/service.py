@@ -1,44 +1,81 @@
-"""Wires the collector together: Kafka producer, HTTP server, receivers."""
+"""Wires the collector together: the Kafka producer and on-disk buffer behind a forwarder,
+the HTTP and gRPC servers, and every receiver, each handed the sink it forwards to."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from collector import otlp_http
+from collector import filelog, http_logs, nim_metadata, otlp_grpc, otlp_http, prometheus
+from collector.buffer import DiskBuffer
 from collector.forward import Forwarder
 from collector.http_server import HttpServer
+from collector.sink import Sink
 from nimtrail import kafka_io
 from nimtrail.config import Config
-from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
 
 log = logging.getLogger(__name__)
 
+DELIVERY_TIMEOUT_S = 30
+
 
 class Collector:
-    """A running collector; `stop()` stops accepting, then flushes what was acknowledged."""
+    """A running collector; `stop()` stops accepting, then leaves everything it acknowledged
+    in Kafka or in the on-disk buffer."""
 
     def __init__(self, config: Config):
         self.config = config
         t = config.topics
+        c = config.collector
         kafka_io.ensure_topics(config, [t.otlp_spans, t.otlp_logs, t.otlp_metrics, t.nimlogs,
-                                        t.scrapes, t.dlq], compacted=[t.deployments])
+                                        t.scrapes, t.observations, t.dlq], compacted=[t.deployments])
         self.metrics = StageMetrics("collector")
-        producer = kafka_io.producer(config)
-        self.forwarder = Forwarder(producer)
-        self.dead_letters = DeadLetters(producer, t.dlq, "collector")
-        http = config.collector.otlp_http
-        self.http = HttpServer(http.host, http.port, self.metrics)
-        otlp_http.build(config.collector, t, self.http, self.forwarder, self.dead_letters, self.metrics)
+        def producer():
+            return kafka_io.producer(
+                config,
+                max_block_ms=int(c.ack_timeout * 1000),  # a send never blocks longer than an ack wait
+                request_timeout_ms=10_000,
+                delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
+                reconnect_backoff_max_ms=2_000,  # notice a returning broker within seconds
+            )
+
+        buffer = (DiskBuffer(config.buffer_path, c.buffer.max_bytes, c.buffer.segment_bytes)
+                  if c.buffer.max_bytes else None)
+        self.forwarder = Forwarder(producer, buffer, self.metrics, ack_timeout=float(c.ack_timeout),
+                                   delivery_timeout=DELIVERY_TIMEOUT_S, dlq_topic=t.dlq)
+        self.sink = Sink(self.forwarder, t.dlq, self.metrics)
+        self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics)
+        otlp_http.build(c, t, self.http, self.sink)
+        http_logs.build(c, t, self.http, self.sink)
+        self.grpc = otlp_grpc.build(c, t, self.sink)
+        self.filelog = filelog.build(c, t, self.sink, config.collector_path)
+        self.prometheus = prometheus.build(c, t, self.sink)
+        self.nim_metadata = nim_metadata.build(c, t, self.sink)
+        self._stopped = False
 
     def start(self) -> "Collector":
+        self.forwarder.start()
         self.http.start()
-        log.info("Collector listening for OTLP/HTTP on port %s", self.http.port)
+        self.grpc.start()
+        self.filelog.start()
+        self.prometheus.start()
+        self.nim_metadata.start()
+        log.info("Collector listening for OTLP/HTTP and NIM logs on port %s, OTLP/gRPC on port %s",
+                 self.http.port, self.grpc.port)
         return self
 
     def stop(self) -> None:
+        """Stop taking input; every receiver makes what it holds durable; then the forwarder
+        stops draining and closes the producer. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.http.shutdown()
+        self.grpc.stop()
+        self.filelog.stop()
+        self.prometheus.stop()
+        self.nim_metadata.stop()
         self.forwarder.close()
 
 

@@ -136,13 +136,19 @@ class FilelogTarget:
     include: tuple[str, ...] = ()
     deployment: str = ""
     exclude: tuple[str, ...] = ()
-    start_at: str = "beginning"
+    start_at: str = "beginning"  # for files already there at the first start: beginning | end
+    format: str = "auto"  # auto | cri | docker | raw (runtime framing to remove)
+    poll_interval: Duration = Duration(0.25)
 
     def validate(self, path: str) -> None:
         if not self.include:
             raise ConfigError(f"{path}.include: at least one glob is required")
         if self.start_at not in {"beginning", "end"}:
             raise ConfigError(f"{path}.start_at: expected beginning or end")
+        if self.format not in {"auto", "cri", "docker", "raw"}:
+            raise ConfigError(f"{path}.format: expected auto, cri, docker or raw")
+        if not 0 < self.poll_interval <= 60:
+            raise ConfigError(f"{path}.poll_interval: expected a duration between 1ms and 60s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +157,15 @@ class ScrapeTarget:
     deployment: str = ""
     interval: Duration = Duration(15)
     timeout: Duration = Duration(5)
+    job: str = ""  # empty: "dcgm" for port 9400, else "nim"
 
     def validate(self, path: str) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
+        if not self.interval > 0:
+            raise ConfigError(f"{path}.interval: expected a duration above 0")
+        if not self.timeout > 0:
+            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,10 +173,30 @@ class MetadataTarget:
     url: str = ""
     deployment: str = ""
     interval: Duration = Duration(60)
+    timeout: Duration = Duration(5)
 
     def validate(self, path: str) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
+        if not self.interval > 0:
+            raise ConfigError(f"{path}.interval: expected a duration above 0")
+        if not self.timeout > 0:
+            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferConfig:
+    """The collector's on-disk buffer for when Kafka cannot take writes."""
+
+    dir: str = ""  # empty: <data_dir>/collector/buffer
+    max_bytes: int = 256 * 1024 * 1024  # 0 disables the buffer (clients retry instead)
+    segment_bytes: int = 16 * 1024 * 1024
+
+    def validate(self, path: str) -> None:
+        if self.max_bytes < 0:
+            raise ConfigError(f"{path}.max_bytes: expected 0 (no buffer) or a positive size")
+        if self.segment_bytes < 64 * 1024:
+            raise ConfigError(f"{path}.segment_bytes: expected at least 65536")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,9 +204,25 @@ class CollectorConfig:
     otlp_grpc: HostPort = HostPort("0.0.0.0:4317")
     otlp_http: HostPort = HostPort("0.0.0.0:4318")
     max_body_bytes: int = 16 * 1024 * 1024  # after decompression
+    max_line_bytes: int = 1024 * 1024  # longer log lines are cut; the rest goes to the DLQ
+    ack_timeout: Duration = Duration(5)  # wait this long for Kafka before using the buffer
+    grpc_workers: int = 8
+    buffer: BufferConfig = BufferConfig()
     filelog: tuple[FilelogTarget, ...] = ()
     scrape: tuple[ScrapeTarget, ...] = ()
+    scrape_file: str = ""  # a YAML/JSON list of scrape targets, re-read when it changes
     nim_metadata: tuple[MetadataTarget, ...] = ()
+
+    def validate(self, path: str) -> None:
+        if not 1024 <= self.max_line_bytes <= 2 * 1024 * 1024:
+            # JSON escaping can grow a line six-fold; a batch must stay under Kafka's 16 MiB.
+            raise ConfigError(f"{path}.max_line_bytes: expected between 1024 and 2097152")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"{path}.max_body_bytes: expected at least 1024")
+        if not 0 < self.ack_timeout <= 60:
+            raise ConfigError(f"{path}.ack_timeout: expected a duration between 1ms and 60s")
+        if not 1 <= self.grpc_workers <= 256:
+            raise ConfigError(f"{path}.grpc_workers: expected between 1 and 256")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +277,16 @@ class Config:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def collector_path(self) -> Path:
+        """The collector's local state: file read offsets and the on-disk buffer."""
+        return self.data_path / "collector"
+
+    @property
+    def buffer_path(self) -> Path:
+        d = self.collector.buffer.dir
+        return Path(d) if d else self.collector_path / "buffer"
 
     @property
     def warehouse_path(self) -> Path:
@@ -398,3 +455,9 @@ def as_dict(config: Any) -> Any:
     if isinstance(config, HostPort):
         return str(config)
     return config
+
+
+def build_section(tp: Any, value: Any, path: str) -> Any:
+    """Validate `value` as config type `tp` (e.g. a list of ScrapeTarget read from a targets
+    file) with the same errors as load(), naming `path`."""
+    return _coerce(tp, value, path)

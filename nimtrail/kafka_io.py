@@ -171,12 +171,28 @@ def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], deadline: floa
         time.sleep(0.2)
 
 
-class DeadLetters:
-    """Writes bad input, untouched, to the dead-letter topic with why it was rejected.
+def dead_letter(value: bytes, *, reason: str, detail: str, stage: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of a dead-letter message (see DeadLetters).
 
     The reason, stage and time travel as Kafka headers so the value stays byte-for-byte
     what arrived (it can be replayed after a parser fix).
     """
+    headers = [
+        ("nimtrail.reason", reason.encode()),
+        ("nimtrail.detail", detail[:2000].encode()),
+        ("nimtrail.stage", stage.encode()),
+        ("nimtrail.time", now_iso().encode()),
+    ]
+    # Keep the DLQ message under the broker's limit; an oversized body is cut and
+    # the header says so, because the reason matters more than the bytes.
+    if len(value) > MAX_MESSAGE_BYTES - 64 * 1024:
+        headers.append(("nimtrail.truncated_from", str(len(value)).encode()))
+        value = value[: 1024 * 1024]
+    return value, headers
+
+
+class DeadLetters:
+    """Writes bad input, untouched, to the dead-letter topic with why it was rejected."""
 
     def __init__(self, producer: KafkaProducer, topic: str, stage: str):
         self._producer = producer
@@ -185,17 +201,7 @@ class DeadLetters:
 
     def send(self, value: bytes, *, reason: str, detail: str = "", source: str = "",
              wait: bool = True) -> None:
-        headers = [
-            ("nimtrail.reason", reason.encode()),
-            ("nimtrail.detail", detail[:2000].encode()),
-            ("nimtrail.stage", self._stage.encode()),
-            ("nimtrail.time", now_iso().encode()),
-        ]
-        # Keep the DLQ message under the broker's limit; an oversized body is cut and
-        # the header says so, because the reason matters more than the bytes.
-        if len(value) > MAX_MESSAGE_BYTES - 64 * 1024:
-            headers.append(("nimtrail.truncated_from", str(len(value)).encode()))
-            value = value[: 1024 * 1024]
+        value, headers = dead_letter(value, reason=reason, detail=detail, stage=self._stage)
         future = self._producer.send(self._topic, key=(source or self._stage).encode(),
                                      value=value, headers=headers)
         if wait:
