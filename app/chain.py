@@ -57,13 +57,15 @@ def timeline_chart(doc: dict[str, Any]) -> alt.Chart | None:
     frame = pd.DataFrame(spans)
     frame["start"] = pd.to_datetime(frame["start"], utc=True)
     frame["end"] = pd.to_datetime(frame["end"], utc=True)
-    bars = alt.Chart(frame).mark_bar(cornerRadius=3, height=18).encode(
-        x=alt.X("start:T", title="time (UTC)"), x2="end:T",
-        y=alt.Y("step:N", sort=["model call", "tool action"], title=None),
-        color=alt.Color("step:N", legend=None), tooltip=["step", "label", "start:T", "end:T"])
-    labels = alt.Chart(frame).mark_text(align="left", dx=4, dy=-14, fontSize=11).encode(
-        x="start:T", y=alt.Y("step:N", sort=["model call", "tool action"]), text="label")
-    return (bars + labels).properties(height=130)
+    frame["row"] = frame["step"] + ": " + frame["label"]
+    return alt.Chart(frame).mark_bar(cornerRadius=3, height=18).encode(
+        x=alt.X("start:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S.%L", labelAngle=0)),
+        x2="end:T",
+        y=alt.Y("row:N", sort=list(frame["row"]), title=None, axis=alt.Axis(labelLimit=420)),
+        color=alt.Color("step:N", legend=None),
+        tooltip=["step", "label", alt.Tooltip("start:T", format="%H:%M:%S.%L"),
+                 alt.Tooltip("end:T", format="%H:%M:%S.%L")],
+    ).properties(height=alt.Step(34))
 
 
 def render(doc: dict[str, Any], focus: str | None = None) -> None:
@@ -144,13 +146,29 @@ def render(doc: dict[str, Any], focus: str | None = None) -> None:
         _facts(box, [("caller", text(caller.get("caller"))), ("client service", text(caller.get("client_service"))),
                      ("client address", text(caller.get("client_address"))),
                      ("API key fingerprint", _code(caller.get("api_key_fingerprint")))])
-        _deployment(n + 1, call, doc.get("deployment"))
+        _deployment(n + 1, call, doc.get("deployment"), actions)
     elif action:
         st.info("The model call behind this action is not in the warehouse yet, so its prompt, caller "
                 "and deployment are unknown for now.", icon=":material/hourglass_empty:")
 
 
-def _deployment(n: int, call: dict[str, Any], deployment: dict[str, Any] | None) -> None:
+def mismatches(call: dict[str, Any], deployment: dict[str, Any], actions: list[dict[str, Any]]) -> list[str]:
+    """Where the call and its actions go against the deployment's own governance record
+    (facts for the reader; the policy findings are the processor's)."""
+    out = []
+    if deployment.get("tool_calling_allowed") is False and (call.get("tool_names") or actions):
+        out.append("Its record says tool calling is **not allowed**, yet this response requested tools.")
+    allowed = deployment.get("allowed_clients") or []
+    if allowed and call.get("client_service") and call["client_service"] not in allowed:
+        out.append(f"`{call['client_service']}` is **not among its allowed clients** ({', '.join(allowed)}).")
+    destructive = set(deployment.get("destructive_tools") or [])
+    for name in sorted({a.get("tool_name") for a in actions if a.get("tool_name") in destructive}):
+        out.append(f"`{name}` is listed as a **destructive** tool for this deployment.")
+    return out
+
+
+def _deployment(n: int, call: dict[str, Any], deployment: dict[str, Any] | None,
+                actions: list[dict[str, Any]]) -> None:
     if deployment:
         box = _step(n, "Deployment version", f"**{deployment['deployment_id']}** v{deployment.get('version')}"
                                               f" — {gpu(deployment)} {deployment.get('profile_name') or ''}")
@@ -165,6 +183,8 @@ def _deployment(n: int, call: dict[str, Any], deployment: dict[str, Any] | None)
                      ("destructive tools", text(", ".join(deployment.get("destructive_tools") or []))),
                      ("reviewed by", text(deployment.get("reviewed_by"))),
                      ("update channel", text(deployment.get("update_channel")))])
+        for problem in mismatches(call, deployment, actions):
+            box.warning(problem, icon=":material/report:")
         return
     box = _step(n, "Deployment version", "not matched")
     if call.get("deployment_id"):

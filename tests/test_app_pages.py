@@ -4,6 +4,7 @@ change what is shown, errors and empty stores give messages that say what to do.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def chain_shows_the_incident(at: AppTest, incident: dict) -> None:
                      "vllm-bf16-tp1-pp1", "1× H100", "summarisation of support tickets"):
         assert expected in text, expected
     assert "Approved automatically by a policy" in text
+    assert "tool calling is **not allowed**" in text  # the summarisation endpoint's own record
+    assert "`ops-agent` is **not among its allowed clients**" in text
 
 
 def test_trace_back_opens_on_recent_actions_with_the_incident_among_them(app, world):
@@ -189,6 +192,15 @@ def test_latency_by_gpu_profile_marks_the_upgrade(app):
     before, after = row["TTFT p95 before (ms)"], row["TTFT p95 after (ms)"]
     assert after > before  # the simulated regression (median TTFT 120 → 165 ms)
 
+    # In 10-second buckets the new profile's line starts where the upgrade is marked.
+    ok(at.selectbox(key="lat_window").select("last 15 minutes").run())
+    _spec, plotted = _chart(at)
+    upgrade = next(r["time"] for r in plotted if r.get("label") == "prod/llama-3-3-70b v2")
+    after = [r["time"] for r in plotted if r.get("group") == "H100 · tensorrt_llm-h100-fp8-tp4-pp1-latency"]
+    before = [r["time"] for r in plotted if r.get("group") == "H100 · tensorrt_llm-h100-fp8-tp4-pp1-throughput"]
+    assert len(after) > 1 and len(before) > 1
+    assert min(after) >= upgrade - dt.timedelta(seconds=10) and max(before) <= upgrade
+
     ok(at.selectbox(key="lat_gpu").select("A100").run())
     summary = at.dataframe[0].value
     assert list(summary["group"]) == ["A100 · vllm-fp16-tp2-pp1"]
@@ -207,7 +219,7 @@ def test_deployments_inventory_versions_diff_and_findings(app, world):
                                                "staging/qwen-2-5-7b"]
     upgraded = inventory[inventory["deployment"] == "prod/llama-3-3-70b"].iloc[0]
     assert upgraded["version"] == 2 and upgraded["GPU"] == "4× H100"
-    ok(at.selectbox(key="dep_chosen").select("prod/llama-3-3-70b").run())
+    assert at.selectbox(key="dep_chosen").value == "prod/llama-3-3-70b"  # the latest change first
     diff = at.dataframe[1].value
     changed = dict(zip(diff["field"], zip(diff["before"], diff["after"])))
     assert changed["profile_name"] == ("tensorrt_llm-h100-fp8-tp4-pp1-throughput",
@@ -216,6 +228,8 @@ def test_deployments_inventory_versions_diff_and_findings(app, world):
     text = text_of(at)
     assert "unknown_deployment" in text and world["stray"]["subject_ids"][0] in text
     assert "Drift: a running NIM differs" in text
+    ok(at.selectbox(key="dep_chosen").select("prod/mistral-7b").run())
+    assert "First version (source: helm)." in text_of(at) and len(at.dataframe) == 1  # nothing to diff
 
 
 def test_compliance_report_export_verify_and_access_log(app, world):

@@ -53,9 +53,9 @@ st.caption(f"{len(rows)} call(s)" + (" — more match: narrow the filters or sho
 st.dataframe([{
     "when (UTC)": views.when(r["started_at"]), "caller": r.get("caller"),
     "client service": r.get("client_service"), "model": r.get("model"),
-    "deployment": views.deployment_label(r), "status": r.get("status"),
-    "finish": r.get("finish_reason"), "in tok": r.get("input_tokens"), "out tok": r.get("output_tokens"),
-    "TTFT ms": r.get("ttft_ms"), "e2e ms": r.get("e2e_ms"), "actions that followed": _actions(r),
+    "deployment": views.deployment_label(r), "actions that followed": _actions(r),
+    "status": r.get("status"), "finish": r.get("finish_reason"), "in tok": r.get("input_tokens"),
+    "out tok": r.get("output_tokens"), "TTFT ms": r.get("ttft_ms"), "e2e ms": r.get("e2e_ms"),
     "call id": r["call_id"],
 } for r in rows], hide_index=True, width="stretch", height=min(38 + 35 * len(rows), 420))
 

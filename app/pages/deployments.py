@@ -39,7 +39,9 @@ else:
     } for d in latest.values()], hide_index=True, width="stretch")
 
     st.subheader("Versions")
-    chosen = st.selectbox("Deployment", list(latest), key="dep_chosen",
+    # The most recently changed first: that is usually the one someone is asking about.
+    recent_first = sorted(latest, key=lambda d: latest[d].get("valid_from") or "", reverse=True)
+    chosen = st.selectbox("Deployment", recent_first, key="dep_chosen",
                           format_func=lambda d: f"{d} ({latest[d]['version']} version"
                                                 f"{'s' if latest[d]['version'] != 1 else ''})")
     history = sorted((r for r in records if r["deployment_id"] == chosen), key=lambda r: r["version"])

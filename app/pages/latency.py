@@ -10,9 +10,10 @@ from app import data, views
 
 GROUPS = {"GPU profile": "profile", "deployment version": "deployment", "model": "model"}
 METRICS = {"TTFT": "ttft_ms", "end-to-end": "e2e_ms", "queue": "queue_ms"}
-AUTO_BUCKET = {"last 15 minutes": "1m", "last hour": "1m", "last 6 hours": "5m", "last 24 hours": "15m",
+AUTO_BUCKET = {"last 15 minutes": "10s", "last hour": "1m", "last 6 hours": "5m", "last 24 hours": "15m",
                "last 7 days": "1h", "last 30 days": "6h", "all time": "1h", "custom range": "1h"}
-BUCKET_SPAN = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h", "6h": "6h", "1d": "1D"}
+BUCKET_SPAN = {"10s": "10s", "30s": "30s", "1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h", "6h": "6h",
+               "1d": "1D"}
 
 
 def group_label(row: dict, by: str) -> str:
@@ -77,18 +78,19 @@ frame = pd.DataFrame([{"time": r["bucket_start"], "group": group_label(r, by), "
                        "calls": r.get("calls"), "n": r.get(f"{metric}_n"), "source": r.get(f"{metric}_source")}
                       for r in rows])
 frame["time"] = pd.to_datetime(frame["time"], utc=True)
+start = frame["time"].min()
+end = frame["time"].max() + pd.Timedelta(BUCKET_SPAN[bucket])
 lines = alt.Chart(frame).mark_line(point=True).encode(
-    x=alt.X("time:T", title="time (UTC)"),
+    x=alt.X("time:T", title=f"time (UTC), {bucket} buckets",
+            scale=alt.Scale(domain=[start.isoformat(), end.isoformat()])),
     y=alt.Y("value:Q", title=f"{metric_name} {quantile} (ms)"),
-    color=alt.Color("group:N", title=None, legend=alt.Legend(orient="bottom", columns=2)),
+    color=alt.Color("group:N", title=None, legend=alt.Legend(orient="bottom", columns=2, labelLimit=420)),
     tooltip=["group", "time:T", alt.Tooltip("value:Q", format=",.1f", title=f"{quantile} ms"), "n", "source"])
 chart = lines
 
 versions = views.load("deployment versions", data.deployments, versions="all", deployment_id=deployment,
                       model=model, gpu_type=gpu_type, profile_name=profile, limit=1000)
 if versions and versions["rows"]:
-    start = frame["time"].min()
-    end = frame["time"].max() + pd.Timedelta(BUCKET_SPAN[bucket])
     marks = pd.DataFrame([{"time": v["valid_from"],
                            "label": f"{v['deployment_id']} v{v['version']}",
                            "detail": f"{v.get('nim_image') or '?'} · {v.get('profile_name') or '?'} · "
@@ -100,7 +102,7 @@ if versions and versions["rows"]:
     if not marks.empty:
         rules = alt.Chart(marks).mark_rule(strokeDash=[6, 4], color="#d62728").encode(
             x="time:T", tooltip=["label", "detail", "time:T"])
-        texts = alt.Chart(marks).mark_text(align="left", dx=4, dy=-6, color="#d62728", fontSize=11,
+        texts = alt.Chart(marks).mark_text(align="right", dx=-4, color="#d62728", fontSize=11,
                                            baseline="top").encode(
             x="time:T", y=alt.value(4), text="label")
         chart = lines + rules + texts
