@@ -114,6 +114,7 @@ def deployment_label(row: dict[str, Any]) -> str:
     return f"{row['deployment_id']} v{version}" if version is not None else row["deployment_id"]
 
 
+SEVERITY_DOT = {"critical": "🟥", "high": "🔴", "medium": "🟠", "low": "🔵"}
 SEVERITY_ICON = {"critical": ":material/dangerous:", "high": ":material/error:",
                  "medium": ":material/warning:", "low": ":material/info:"}
 
@@ -124,8 +125,8 @@ def finding_box(finding: dict[str, Any]) -> None:
     detail = finding.get("detail")
     body = (f"**{finding.get('kind')}** ({severity or 'no severity'}) — detected {when(finding.get('detected_at'))}"
             f"  \nsubjects: {', '.join(f'`{s}`' for s in finding.get('subject_ids') or []) or '–'}")
-    if isinstance(detail, dict) and detail.get("message"):
-        body += f"  \n{detail['message']}"
+    if isinstance(detail, dict) and (detail.get("reason") or detail.get("message")):
+        body += f"  \n{detail.get('reason') or detail.get('message')}"
     show = {"critical": st.error, "high": st.error, "medium": st.warning}.get(severity, st.info)
     show(body, icon=SEVERITY_ICON.get(severity, ":material/info:"))
     if detail:

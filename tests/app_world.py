@@ -3,7 +3,8 @@
 The simulator plays its built-in fleet (incident and upgrade included) back to back, its
 spans going through the real OpenTelemetry SDK into an in-memory exporter; the spans are
 encoded as the OTLP exporter would send them and turned into model calls and tool actions
-by the processor's own normaliser and joiner. The fleet's deployment records come from the
+by the processor's own code (its pure core where it has one: normalisers, joiner,
+deployment matching, policy findings). The fleet's deployment records come from the
 files the simulator writes (Helm values, /v1/metadata, governance), through the same
 registration code as `nimtrail deployments register`, each revision valid from its
 rollout. Everything is written to a real warehouse store. This takes a few seconds where
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import simulator
 from nimtrail import records
 from nimtrail.deployments import files, versions
-from processors.join import Joiner
-from processors.spans import evidence_from_request
 from simulator import scenario as scenario_mod
 from warehouse.store import Store
 
@@ -65,12 +65,31 @@ def registered(out_dir: Path, scenario=None) -> list[dict[str, Any]]:
     return existing
 
 
-def processed(spans: list) -> dict[str, list[dict[str, Any]]]:
-    """Model calls and tool actions, as the processor makes them from OTLP requests."""
+def processed(spans: list, deployments: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The records the processor makes from these spans (as one OTLP request) and these
+    registered deployments: model calls, tool actions and, where the processor joins
+    deployments and checks policy, the calls' deployment versions and the findings."""
     payload = encode_spans(spans).SerializeToString()
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for kind, record in Joiner().add(evidence_from_request(payload)):
-        out[kind].append(record)
+    try:
+        from processors.pipeline import Pipeline  # the processor's pure core, where it has one
+    except ImportError:
+        from processors.join import Joiner
+        from processors.spans import evidence_from_request
+
+        for kind, record in Joiner().add(evidence_from_request(payload)):
+            out[kind].append(record)
+        return out
+    from processors import normalize
+
+    pipeline = Pipeline()
+    for record in deployments:
+        pipeline.deployment(records.encode_batch("deployment", [record]), passthrough=False)
+    now = time.time()
+    pipeline.handle(normalize.SPANS, payload, now)
+    pipeline.sweep(now + 24 * 3600)  # everything has waited out its join window
+    for kind, batch in pipeline.take().records.items():
+        out[kind].extend(batch)
     return out
 
 
@@ -98,9 +117,9 @@ def seed(store: Store, out_dir: Path) -> dict[str, Any]:
     """Play the simulator, write what it produced to `store`; returns the incident."""
     sim, spans = play(out_dir)
     deployments = registered(out_dir, sim.scenario)
-    found = processed(spans)
+    found = processed(spans, deployments)
     join_deployments(found["model_call"], deployments)
     store.write(store.frames({"deployment": deployments, "model_call": found["model_call"],
-                              "tool_action": found["tool_action"]}), [])
+                              "tool_action": found["tool_action"], "finding": found["finding"]}), [])
     assert sim.incident, "the simulator's run had no incident"
     return {**sim.incident, "counts": dict(sim.counts)}

@@ -47,9 +47,12 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     stray = unknown_deployment(Identity(namespace="dev", workload="llama-canary", service_name="llama-canary"),
                                app_world.registered(tmp / "sim"), incident["happened_at"])
     store.write(store.frames({"finding": [stray]}), [])
+    found = store.reader().execute("SELECT kind FROM findings WHERE list_contains(subject_ids, ?)",
+                                   [incident["action_id"]]).fetchall()
     open_api, open_url = _api(config, store)
     guarded_api, guarded_url = _api(guarded, store)
-    yield {"url": open_url, "guarded_url": guarded_url, "incident": incident, "stray": stray, "tmp": tmp}
+    yield {"url": open_url, "guarded_url": guarded_url, "incident": incident, "stray": stray, "tmp": tmp,
+           "incident_findings": sorted(k for (k,) in found)}
     open_api.shutdown()
     guarded_api.shutdown()
     store.close()
@@ -122,6 +125,18 @@ def test_trace_back_filters_narrow_the_list(app, world):
     assert set(at.dataframe[0].value["caller"]) == {"alice"}
     ok(at.text_input(key="tb_target").input("nowhere/").run())
     assert "No tool action matches these filters" in text_of(at)
+
+
+def test_findings_lead_to_the_actions_they_were_raised_about(app, world):
+    at = ok(app.run())
+    pills = at.pills(key="tb_finding")
+    ok(pills.select("unknown_deployment").run())  # about a deployment, not an action
+    assert "No tool action in this window has a `unknown_deployment` finding" in text_of(at)
+    for kind in world["incident_findings"]:  # where the processor checks policy
+        ok(at.pills(key="tb_finding").select(kind).run())
+        assert world["incident"]["action_id"] in set(at.dataframe[0].value["action id"]), kind
+        if kind == "purpose_violation":
+            assert list(at.dataframe[0].value["action id"]) == [world["incident"]["action_id"]]
 
 
 @pytest.mark.parametrize("field", ["tool_call_id", "action_id", "call_id"])

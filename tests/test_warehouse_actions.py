@@ -94,6 +94,8 @@ def test_risk_order_puts_the_worst_finding_first_then_destructive_tools(api):
     ({"tool_call_id": "tc-c-refund"}, ["a-refund"]),
     ({"since": ago(days=2), "until": ago(hours=2.5)}, ["a-orphan", "a-incident"]),
     ({"gate": "policy", "caller": "oncall-bot"}, ["a-incident"]),
+    ({"finding_kind": "purpose_violation"}, ["a-incident"]),  # the call's finding reaches its action
+    ({"finding_kind": "unattributed_action"}, ["a-orphan"]),
     ({"target": "x' OR '1'='1"}, []),  # a bound value, never SQL
 ])
 def test_filters(api, params, expected):
@@ -119,5 +121,8 @@ def test_facets_offer_the_values_to_filter_by(api):
     assert doc["deployments"] == ["prod/llama", "prod/mistral"]
     assert doc["tools"] == ["delete_record", "lookup_order", "refund_order"]
     assert doc["gpu_types"] == ["A100", "H100"]
+    assert doc["findings"] == [{"kind": "purpose_violation", "severity": "high", "count": 1},
+                               {"kind": "ungated_action", "severity": "medium", "count": 1},
+                               {"kind": "unattributed_action", "severity": "low", "count": 1}]
     _, recent = _get(api, "facets", since=ago(hours=2.5))
     assert recent["callers"] == ["bob"] and recent["tools"] == ["lookup_order", "refund_order"]

@@ -51,14 +51,25 @@ with c3:
 with c4:
     since, until = views.time_window("tb", default="last 7 days")
 flagged = st.toggle("Only actions with findings or a destructive tool", key="tb_flagged")
+kinds = {f["kind"]: f for f in facets.get("findings") or []}
+finding_kind = None
+if kinds:
+    finding_kind = st.pills("Findings (worst first): pick one to see the actions it was raised about",
+                            list(kinds), key="tb_finding", format_func=lambda k: (
+                                f"{views.SEVERITY_DOT.get(kinds[k]['severity'], '')} {k} · {kinds[k]['count']}"))
 
 result = views.load("actions", data.actions, order="risk", tool_name=tool, target=target or None,
-                    caller=caller, since=since, until=until, flagged=flagged or None, limit=50)
+                    caller=caller, since=since, until=until, flagged=flagged or None,
+                    finding_kind=finding_kind, limit=50)
 if result is None:
     st.stop()
 rows = result["rows"]
 if not rows:
-    if facets.get("tools"):
+    if finding_kind:
+        st.info(f"No tool action in this window has a `{finding_kind}` finding (it may be about a "
+                "model call or a deployment: see Who called what or Deployments).",
+                icon=":material/filter_alt_off:")
+    elif facets.get("tools"):
         st.info("No tool action matches these filters. Widen the time window or clear a filter.",
                 icon=":material/filter_alt_off:")
     else:

@@ -2,8 +2,9 @@
 findings and whether the tool is destructive) and `facets` (the values to filter by).
 
 `actions` with `order=risk` puts first what an incident responder looks at first: actions
-with (or whose model call has) the most severe findings, then destructive tools (named in
-any deployment record's `destructive_tools`), then the newest.
+with (or whose model call has) the most severe findings, then those with the most kinds
+of findings, then destructive tools (named in any deployment record's
+`destructive_tools`), then the newest.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ACTION_FILTERS = {
     "deployment_id": "a.deployment_id = ?",
     "model": "a.model = ?",
 }
-ACTIONS_PARAMS = {*ACTION_FILTERS, "since", "until", "flagged", "order", *PAGE_PARAMS}
+ACTIONS_PARAMS = {*ACTION_FILTERS, "finding_kind", "since", "until", "flagged", "order", *PAGE_PARAMS}
 FACETS_PARAMS = {"since"}
 FACET_LIMIT = 500
 SEVERITY_RANK = "CASE lower(severity) WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 " \
@@ -44,10 +45,15 @@ def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     args: list[Any] = []
     equals(params, ACTION_FILTERS, where, args)
     time_range(params, "a.started_at", where, args)
+    finding_kind = params.text("finding_kind")
+    if finding_kind is not None:
+        where.append("list_contains(a.finding_kinds, ?)")
+        args.append(finding_kind)
     if params.boolean("flagged", False):
         where.append("(finding_severity > 0 OR destructive)")
     order = params.choice("order", ("time", "risk"), "time")
-    ranking = "finding_severity DESC, destructive DESC, " if order == "risk" else ""
+    ranking = ("finding_severity DESC, len(finding_kinds) DESC, destructive DESC, "
+               if order == "risk" else "")
     limit, offset = page(params)
     # Findings are few next to actions: flatten their subjects once, then join by key.
     sql = f"""
@@ -81,9 +87,13 @@ def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
 
 def facets(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     """The distinct values to offer as filters (callers, client services, models,
-    deployments, tools, GPU types and profiles), each sorted, at most FACET_LIMIT."""
+    deployments, tools, GPU types and profiles), each sorted, at most FACET_LIMIT; and the
+    finding kinds with their worst severity and count, worst first."""
     since = params.time("since")
     cond, args = ("WHERE started_at >= ?", [since]) if since else ("", [])
+    kinds = rows(con, f"""SELECT kind, max({SEVERITY_RANK}) AS rank, count(*) AS count FROM findings
+                          {"WHERE detected_at >= ?" if since else ""}
+                          GROUP BY kind ORDER BY rank DESC, kind LIMIT ?""", [*args, FACET_LIMIT])
 
     def distinct(table: str, column: str, condition: str = "", values: list[Any] | None = None) -> list[Any]:
         found = rows(con, f"SELECT DISTINCT {column} AS v FROM {table} {condition} "
@@ -99,4 +109,6 @@ def facets(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
         "tools": distinct("tool_actions", "tool_name", cond, args),
         "gpu_types": distinct("deployments", "gpu_type"),
         "profiles": distinct("deployments", "profile_name"),
+        "findings": [{"kind": k["kind"], "severity": SEVERITY_NAMES.get(k["rank"]), "count": k["count"]}
+                     for k in kinds],
     }
