@@ -114,7 +114,6 @@ def deployment_label(row: dict[str, Any]) -> str:
     return f"{row['deployment_id']} v{version}" if version is not None else row["deployment_id"]
 
 
-SEVERITY_DOT = {"critical": "🟥", "high": "🔴", "medium": "🟠", "low": "🔵"}
 SEVERITY_ICON = {"critical": ":material/dangerous:", "high": ":material/error:",
                  "medium": ":material/warning:", "low": ":material/info:"}
 

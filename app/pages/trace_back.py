@@ -56,7 +56,7 @@ finding_kind = None
 if kinds:
     finding_kind = st.pills("Findings (worst first): pick one to see the actions it was raised about",
                             list(kinds), key="tb_finding", format_func=lambda k: (
-                                f"{views.SEVERITY_DOT.get(kinds[k]['severity'], '')} {k} · {kinds[k]['count']}"))
+                                f"{k} ({kinds[k]['severity'] or 'no severity'}) · {kinds[k]['count']}"))
 
 result = views.load("actions", data.actions, order="risk", tool_name=tool, target=target or None,
                     caller=caller, since=since, until=until, flagged=flagged or None,
