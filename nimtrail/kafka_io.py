@@ -111,7 +111,8 @@ class DeadLetters:
         self._stage = stage
 
     def send(self, value: bytes, *, reason: str, detail: str = "", source: str = "",
-             wait: bool = True) -> None:
+             wait: bool = True):
+        """Send one dead letter; returns the send future (already resolved when `wait`)."""
         headers = [
             ("nimtrail.reason", reason.encode()),
             ("nimtrail.detail", detail[:2000].encode()),
@@ -127,3 +128,4 @@ class DeadLetters:
                                      value=value, headers=headers)
         if wait:
             future.get(timeout=60)
+        return future

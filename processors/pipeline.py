@@ -30,7 +30,7 @@ class Outputs:
     records: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=lambda: defaultdict(list))
     observations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    rejected: list[tuple[bytes, PermanentError]] = dataclasses.field(default_factory=list)
+    rejected: list[tuple[str, bytes, PermanentError]] = dataclasses.field(default_factory=list)  # source
 
     def __len__(self) -> int:
         return (sum(len(v) for v in self.records.values()) + len(self.observations)
@@ -45,13 +45,13 @@ class Pipeline:
         self._out = Outputs()
         self._evidence_counts: dict[str, int] = defaultdict(int)
 
-    def handle(self, kind: str, value: bytes, now: float) -> None:
-        """One input message of `kind` (normalize.SPANS / NIMLOGS / SCRAPES). Bad input is
-        collected in `rejected` for the dead-letter topic, never raised."""
+    def handle(self, kind: str, value: bytes, now: float, source: str = "") -> None:
+        """One input message of `kind` (normalize.SPANS / NIMLOGS / SCRAPES) from the topic
+        `source`. Bad input is collected in `rejected` for the dead-letter topic, never raised."""
         try:
             found = normalize.normalise(kind, value, self.policy)
         except PermanentError as e:
-            self._out.rejected.append((value, e))
+            self._out.rejected.append((source or kind, value, e))
             return
         if found.evidence:
             self.joiner.add(found.evidence, now)
@@ -66,7 +66,7 @@ class Pipeline:
         for line_kind, count in found.line_counts.items():
             LogLinesRead(kind=line_kind, count=count).emit(self.metrics, log, count)
 
-    def deployment(self, value: bytes, passthrough: bool = True) -> None:
+    def deployment(self, value: bytes, passthrough: bool = True, source: str = "deployments") -> None:
         """One message of the deployments topic: registered for the join and, unless it
         was passed through before a restart, passed on to the audit topic."""
         try:
@@ -76,10 +76,10 @@ class Pipeline:
                     DeploymentRegistered(deployment=record["deployment_id"],
                                          version=record["version"]).emit(self.metrics, log)
         except PermanentError as e:
-            self._out.rejected.append((value, e))
+            self._out.rejected.append((source, value, e))
             return
         except ValueError as e:
-            self._out.rejected.append((value, PermanentError("invalid_deployment", str(e))))
+            self._out.rejected.append((source, value, PermanentError("invalid_deployment", str(e))))
             return
         if passthrough:
             self._out.records["deployment"].extend(found.deployments)
