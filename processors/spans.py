@@ -154,7 +154,7 @@ def _client_call(s: _Span, operation: str, policy: ContentPolicy) -> Evidence:
         "operation": INFERENCE_OPERATIONS.get(operation, operation),
         "caller": _caller(attrs, s.resource),
         "client_service": s.resource.get("service.name"),
-        "status": "error" if s.failed else "ok",
+        "status": "error" if s.failed or attrs.get("error.type") else "ok",
         "http_status": _int(_first(attrs, "http.response.status_code", "http.status_code")),
         "finish_reason": finish,
         "input_tokens": _int(_first(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")),
