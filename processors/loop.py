@@ -145,8 +145,10 @@ class Processor:
 
     def _deliver(self, outputs: Outputs) -> None:
         # 1. and 2. Outputs produced and acknowledged (retried as a whole until they are).
-        self._send_all(self._output_messages(outputs), "audit records")
-        faults.point("processor.after_produce")
+        messages = self._output_messages(outputs)
+        if messages:
+            self._send_all(messages, "audit records")
+            faults.point("processor.after_produce")
         # 3. Then the state that produced them, so a restart never skips an output.
         changes = self.pipeline.joiner.state_changes()
         meta = {}
