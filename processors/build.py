@@ -39,10 +39,20 @@ def _ordered(items: Iterable[Evidence], rank: dict[str, int]) -> list[Evidence]:
     return sorted(items, key=lambda e: (rank.get(e.source, 9), e.evidence_id))
 
 
+_FIELDSETS = {kind: frozenset(fields) for kind, fields in records.FIELDS.items()}
+
+
 def _merge(kind: str, ordered: list[Evidence], first: list[Evidence], first_fields: set[str]) -> dict:
-    out = records.new(kind)
-    for name in records.FIELDS[kind]:
-        for item in first if name in first_fields else ordered:
+    """Every canonical field from the highest-ranked evidence that has it (lowest rank
+    written last, so it wins); `first_fields` taken in the order of `first` instead."""
+    out = dict.fromkeys(records.FIELDS[kind])
+    allowed = _FIELDSETS[kind]
+    for item in reversed(ordered):
+        for name, value in item.fields.items():
+            if value is not None and name in allowed:
+                out[name] = value
+    for name in first_fields:
+        for item in first:
             value = item.fields.get(name)
             if value is not None:
                 out[name] = value

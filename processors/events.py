@@ -28,8 +28,8 @@ class InputRejected(Event):
 
 class EvidenceJoined(Event):
     level = logging.DEBUG
-    message = "Joined %(count)s new %(kind)s evidence items"
-    thing, unit, doc = "joined", "evidence", "New evidence items folded into the join state"
+    message = "Read %(count)s evidence items from %(kind)s"
+    thing, unit, doc = "joined", "evidence", "Evidence items handed to the joiner, by source"
     labels = ("kind",)
 
 

@@ -25,6 +25,7 @@ import random
 import re
 import threading
 import time
+import zlib
 from typing import Any, NamedTuple
 
 from kafka.errors import CommitFailedError, KafkaError
@@ -49,6 +50,7 @@ class Message(NamedTuple):
     key: bytes | None
     value: bytes | None
     rejected: PermanentError | None = None  # set for a dead letter (topic = where it came from)
+    partition: int | None = None  # None: the producer's partitioner decides
 
 
 class Processor:
@@ -74,6 +76,7 @@ class Processor:
                                      config.processor.instance_id or config.processor.group_id))
         self.consumer.subscribe(sorted(self.kinds))
         self._last_sweep = time.time()
+        self._closed = False
 
     # -- start ----------------------------------------------------------------------------
 
@@ -156,7 +159,9 @@ class Processor:
             meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
             self._passed_dirty = False
         if changes or meta:
-            self._send_all([Message(*m) for m in self.state.messages(changes, meta)], "join state")
+            partitions = len(self.producer.partitions_for(self.state.topic))
+            self._send_all([Message(topic, key, value, None, zlib.crc32(key) % partitions)
+                            for topic, key, value in self.state.messages(changes, meta)], "join state")
             faults.point("processor.after_state")
 
     def _output_messages(self, outputs: Outputs) -> list[Message]:
@@ -187,7 +192,8 @@ class Processor:
                                                               detail=m.rejected.detail, source=m.topic,
                                                               wait=False))
                     else:
-                        futures.append(self.producer.send(m.topic, key=m.key, value=m.value))
+                        futures.append(self.producer.send(m.topic, key=m.key, value=m.value,
+                                                          partition=m.partition))
                 self.producer.flush()
                 for future in futures:
                     future.get(timeout=60)
@@ -199,6 +205,10 @@ class Processor:
                 delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
 
     def close(self) -> None:
+        """Idempotent. Uncommitted input is simply read again by the next start."""
+        if self._closed:
+            return
+        self._closed = True
         self.consumer.close(autocommit=False)
         self.deployments.close(autocommit=False)
         self.producer.close(timeout=30)

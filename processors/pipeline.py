@@ -53,6 +53,11 @@ class Pipeline:
         except PermanentError as e:
             self._out.rejected.append((source or kind, value, e))
             return
+        except Exception as e:  # noqa: BLE001 - a normaliser bug must not stop the stage
+            log.exception("The %s normaliser failed on a message from %s", kind, source or kind)
+            self._out.rejected.append((source or kind, value,
+                                       PermanentError("normaliser_error", f"{type(e).__name__}: {e}")))
+            return
         if found.evidence:
             self.joiner.add(found.evidence, now)
             for item in found.evidence:
@@ -68,7 +73,8 @@ class Pipeline:
 
     def deployment(self, value: bytes, passthrough: bool = True, source: str = "deployments") -> None:
         """One message of the deployments topic: registered for the join and, unless it
-        was passed through before a restart, passed on to the audit topic."""
+        was passed through before a restart (`passthrough` False), passed on to the audit
+        topic — or, if it is not a usable record, to the dead-letter topic."""
         try:
             found = normalize.normalise(normalize.DEPLOYMENTS, value, self.policy)
             for record in found.deployments:
@@ -76,10 +82,12 @@ class Pipeline:
                     DeploymentRegistered(deployment=record["deployment_id"],
                                          version=record["version"]).emit(self.metrics, log)
         except PermanentError as e:
-            self._out.rejected.append((source, value, e))
+            if passthrough:  # else it went to the dead-letter topic before the restart
+                self._out.rejected.append((source, value, e))
             return
         except ValueError as e:
-            self._out.rejected.append((source, value, PermanentError("invalid_deployment", str(e))))
+            if passthrough:
+                self._out.rejected.append((source, value, PermanentError("invalid_deployment", str(e))))
             return
         if passthrough:
             self._out.records["deployment"].extend(found.deployments)

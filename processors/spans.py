@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from nimtrail.records import iso_from_ns
+import datetime as _dt
 from processors import evidence as ev
 from processors.content import ContentPolicy, canonical, digest
 from processors.evidence import Evidence
@@ -31,6 +31,23 @@ INFERENCE_OPERATIONS = {
 }
 _SERVER = trace_pb2.Span.SPAN_KIND_SERVER
 _ERROR = trace_pb2.Status.STATUS_CODE_ERROR
+
+
+_SECONDS: dict[int, str] = {}
+
+
+def iso_from_ns(ns: int) -> str | None:
+    """records.iso_from_ns, memoised per second: spans arrive in bursts of the same
+    seconds, and strftime is a measurable share of normalising one."""
+    if not ns:
+        return None
+    secs, rem = divmod(ns, 1_000_000_000)
+    base = _SECONDS.get(secs)
+    if base is None:
+        if len(_SECONDS) > 65536:
+            _SECONDS.clear()
+        base = _SECONDS[secs] = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{rem // 1000:06d}Z"
 
 
 def _first(attrs: dict[str, Any], *names: str) -> Any:
@@ -294,6 +311,14 @@ def _agent(s: _Span) -> Evidence:
     return Evidence(ev.AGENT, s.base["span_id"], ev.SPAN_AGENT, s.base["span_id"], fields)
 
 
+# A span carrying none of these (and not named llm_request) is not audited: its attributes
+# are not even converted, which matters when the traces also hold HTTP and database spans.
+MARKERS = frozenset({"gen_ai.operation.name", "gen_ai.request.id", "gen_ai.response.id", "gen_ai.system",
+                     "gen_ai.provider.name", "gen_ai.tool.name", "gen_ai.agent.name", "mcp.method.name",
+                     "llm.request.type"})
+_OPENLLMETRY = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+
+
 def classify(span: trace_pb2.Span, attrs: dict[str, Any], resource: dict[str, Any],
              policy: ContentPolicy) -> Evidence | None:
     """The evidence one span gives, or None for spans nimtrail does not audit."""
@@ -304,7 +329,7 @@ def classify(span: trace_pb2.Span, attrs: dict[str, Any], resource: dict[str, An
         return _nim_call(_Span(span, attrs, resource))
     operation = attrs.get("gen_ai.operation.name")
     if operation is None:
-        operation = span.name.split(" ", 1)[0]
+        operation = _OPENLLMETRY.get(attrs.get("llm.request.type")) or span.name.split(" ", 1)[0]
     if operation == "execute_tool":
         return _tool_action(_Span(span, attrs, resource), policy)
     if operation == "invoke_agent":
@@ -325,6 +350,8 @@ def evidence_from_request(payload: bytes, policy: ContentPolicy) -> Iterator[Evi
         resource = attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
+                if span.name != "llm_request" and not any(kv.key in MARKERS for kv in span.attributes):
+                    continue
                 found = classify(span, attributes(span.attributes), resource, policy)
                 if found is not None:
                     yield found

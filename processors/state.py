@@ -6,6 +6,8 @@ the entry left the state. Compaction keeps the latest value per key, so the topi
 the state itself, not its history. Keys starting `meta|` hold the service's own progress
 (how far the deployments topic has been passed through).
 
+Entries are spread over the topic's partitions by CRC-32 of the key (any stable function
+does: restore reads every partition), which spares the producer its pure-Python murmur2.
 The service writes changed entries after the outputs derived from them are acknowledged
 and before it commits its input offsets; on start, `restore()` reads the topic to its end.
 """

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,10 +53,29 @@ def audit_trail(env: Env) -> Trail:
     return trail
 
 
+def read_all(env: Env, topic: str) -> list:
+    consumer = kafka_io.consumer(env.config, group_id=None)
+    try:
+        return list(read_to_end(consumer, topic))
+    finally:
+        consumer.close()
+
+
 def test_incident_and_upgrade_come_out_right_through_every_stage(tmp_path: Path, kafka_bootstrap: str):
     env = Env(tmp_path, kafka_bootstrap, processor={"join_window": "1s"})
     try:
         register_deployments(env)
+        t = env.config.topics
+        producer = kafka_io.producer(env.config)
+        broken = sc.deployment("prod/broken", 1, T0)
+        broken["version"] = "one"
+        producer.send(t.deployments, key=b"prod/broken@1", value=records.encode_batch("deployment", [broken]))
+        producer.send(t.nimlogs, key=b"x", value=b"not a log batch")
+        producer.send(t.nimlogs, key=b"x", value=sc.nimlog_message([
+            "INFO 03-03 10:00:00 ngc_injector.py:141] Selected profile: " + "c" * 64 + " (vllm-bf16-tp1-pp1)",
+            "INFO 03-03 10:00:00 ngc_injector.py:142] Profile metadata: gpu: H100"], received=T0))
+        producer.flush()
+        producer.close()
         for stage in ("warehouse", "processor", "collector"):
             env.start(stage)
         for stage in ("warehouse", "processor", "collector"):
@@ -95,6 +115,16 @@ def test_incident_and_upgrade_come_out_right_through_every_stage(tmp_path: Path,
         assert calls[after["call_id"]]["deployment_version"] == 2
         assert calls[after["call_id"]]["caller"] == "bob"  # only invoke_agent named him
         assert [a["tool_name"] for a in calls[after["call_id"]]["actions"]] == ["delete_record"]  # by parentage
+
+        # Startup lines became a deployment observation; bad input went to the dead-letter
+        # topic with its reason, untouched, and the processor went on.
+        observations = [json.loads(m.value) for m in read_all(env, t.observations)]
+        assert [(o["deployment"], o["facts"]["profile_id"], o["facts"]["profile_tags"]) for o in observations] == [
+            ("prod/llama-3-1-8b", "c" * 64, {"gpu": "H100"})]
+        dead = {dict(m.headers)["nimtrail.reason"].decode(): m.value for m in read_all(env, t.dlq)}
+        assert dead["malformed_nimlogs"] == b"not a log batch" and "invalid_deployment" in dead
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{env.ports['ops']}/metrics", timeout=5).read().decode()
+        assert 'nimtrail_processor_rejected_messages_total{reason="malformed_nimlogs"' in metrics
     finally:
         env.stop_all()
 
