@@ -209,8 +209,17 @@ class Joiner:
     # -- output -------------------------------------------------------------------------
 
     def _affected(self) -> list[Entry]:
+        """Every entry whose record may have changed: the dirty ones, everything in their
+        traces (parentage links within a trace), and the actions that name a tool call of
+        an affected call (links across traces)."""
         affected = set(self._dirty)
-        for trace_id in self._dirty_traces:
+        traces_touched = set(self._dirty_traces)
+        for entry_id in self._dirty:
+            entry = self.entries.get(entry_id)
+            if entry is not None:
+                traces_touched.update(e.fields["trace_id"] for e in entry.evidence.values()
+                                      if e.fields.get("trace_id"))
+        for trace_id in traces_touched:
             affected |= self.traces.entries(trace_id)
         for entry_id in list(affected):
             entry = self.entries.get(entry_id)

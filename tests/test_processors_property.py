@@ -12,6 +12,7 @@ from tests import corpus, trail
 CONFIG = ProcessorConfig(address_map=corpus.ADDRESS_MAP)
 CORPUS = corpus.build(split_spans=True)
 REFERENCE, _ = trail.run(CORPUS.messages, CONFIG)
+UNSETTLED, _ = trail.run(CORPUS.messages, CONFIG, settle_at=None)
 
 
 @st.composite
@@ -34,6 +35,15 @@ def test_any_order_and_any_duplication_give_the_same_trail(order: list[int]) -> 
     assert got.kept.keys() == REFERENCE.kept.keys()
     for key, record in REFERENCE.kept.items():
         assert got.kept[key] == record, f"{key} differs"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries())
+def test_joins_converge_before_any_join_window_passes(order: list[int]) -> None:
+    """The same without the final sweep: links, versions and deployments must converge on
+    their own, not because settling re-materialises everything."""
+    got, _ = trail.run([CORPUS.messages[i] for i in order], CONFIG, settle_at=None)
+    assert got.kept == UNSETTLED.kept
 
 
 def test_the_reference_trail_says_what_the_corpus_means() -> None:
