@@ -316,6 +316,8 @@ def _agent(s: _Span) -> Evidence:
 MARKERS = frozenset({"gen_ai.operation.name", "gen_ai.request.id", "gen_ai.response.id", "gen_ai.system",
                      "gen_ai.provider.name", "gen_ai.tool.name", "gen_ai.agent.name", "mcp.method.name",
                      "llm.request.type"})
+# Span names of the conventions (`{operation} {target}`), which skip the marker scan.
+_NAMED = frozenset({*INFERENCE_OPERATIONS, "llm_request", "execute_tool", "invoke_agent", "tools/call"})
 _OPENLLMETRY = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
 
 
@@ -350,7 +352,8 @@ def evidence_from_request(payload: bytes, policy: ContentPolicy) -> Iterator[Evi
         resource = attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                if span.name != "llm_request" and not any(kv.key in MARKERS for kv in span.attributes):
+                if (span.name.partition(" ")[0] not in _NAMED
+                        and not any(kv.key in MARKERS for kv in span.attributes)):
                     continue
                 found = classify(span, attributes(span.attributes), resource, policy)
                 if found is not None:
