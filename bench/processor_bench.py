@@ -133,19 +133,31 @@ def _load_input(config: config_mod.Config, messages: list[tuple[str, bytes]]) ->
     producer.close()
 
 
+def _partitions(consumer, topic: str) -> set[int]:
+    deadline = time.monotonic() + 30
+    while not (found := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no metadata for {topic}")
+        time.sleep(0.1)
+    return found
+
+
 def bench_raw(config: config_mod.Config, total: int) -> float:
     """Consume every input message (the same topics and partitions the processor reads)
     and produce it again, acknowledged: the floor any Kafka stage in Python pays."""
     t = config.topics
     consumer = kafka_io.consumer(config, group_id=None)
     partitions = [TopicPartition(topic, p) for topic in (t.otlp_spans, t.nimlogs, t.scrapes)
-                  for p in sorted(consumer.partitions_for_topic(topic) or ())]
+                  for p in sorted(_partitions(consumer, topic))]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     producer = kafka_io.producer(config)
     started = time.perf_counter()
     seen = 0
+    deadline = started + 600
     while seen < total:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"raw consumer saw {seen} of {total} messages")
         for _tp, messages in consumer.poll(timeout_ms=200, max_records=500).items():
             for message in messages:
                 producer.send("raw-out." + t.otlp_spans, key=message.key, value=message.value)
@@ -162,6 +174,8 @@ def bench_processor(config: config_mod.Config, total: int) -> float:
     started = time.perf_counter()
     seen = 0
     while seen < total:
+        if time.perf_counter() > started + 600:
+            raise TimeoutError(f"the processor saw {seen} of {total} messages")
         seen += processor.run_once(timeout_ms=200)
     elapsed = time.perf_counter() - started
     processor.close()
