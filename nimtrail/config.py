@@ -10,6 +10,7 @@ deployment's configuration anywhere.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -123,6 +124,8 @@ class TopicsConfig:
     findings: str = topics.AUDIT_FINDINGS
     digests: str = topics.AUDIT_DIGESTS
     dlq: str = topics.DLQ
+    processor_state: str = topics.PROCESSOR_STATE  # compacted: the joiner's changelog
+    log_events: str = topics.LOG_EVENTS  # log lines that became no record, kept for replay
 
     def audit(self) -> dict[str, str]:
         """Record kind -> the audit topic that carries it."""
@@ -226,11 +229,44 @@ class CollectorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContentConfig:
+    """What the processor keeps of prompts, responses and tool arguments. They are always
+    hashed; their text is kept only where enabled here, and redacted first."""
+
+    keep_prompts: bool = False
+    keep_responses: bool = False
+    keep_arguments: bool = False
+    redact_patterns: tuple[str, ...] = ()  # extra regular expressions to redact
+
+    def validate(self, path: str) -> None:
+        for i, pattern in enumerate(self.redact_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"{path}.redact_patterns[{i}]: not a regular expression ({e})") from e
+
+
+@dataclasses.dataclass(frozen=True)
 class ProcessorConfig:
     ops: HostPort = HostPort("127.0.0.1:8701")  # /healthz and /metrics
     group_id: str = "nimtrail-processor"
+    # Static group membership: a restarted processor takes its partitions back at once
+    # instead of waiting for its old session to time out. Empty: the group id.
+    instance_id: str = ""
     join_window: Duration = Duration(300)
+    state_ttl: Duration = Duration(3600)  # a record untouched this long leaves the join state
     max_poll_records: int = 500
+    address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller
+    content: ContentConfig = ContentConfig()
+
+    def validate(self, path: str) -> None:
+        for key in self.address_map:
+            try:
+                ipaddress.ip_network(key, strict=False)
+            except ValueError as e:
+                raise ConfigError(f"{path}.address_map.{key}: expected an IP address or CIDR") from e
+        if self.state_ttl < self.join_window:
+            raise ConfigError(f"{path}.state_ttl: must not be shorter than join_window")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +345,7 @@ def _type_name(tp: Any) -> str:
              Duration: "a duration such as 15s", HostPort: "host:port"}
     if tp in names:
         return names[tp]
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
         return "a mapping"
     return "a list"
 
@@ -320,6 +356,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, path)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(key_tp, k, f"{path}.{k}"): _coerce(value_tp, v, f"{path}.{k}")
+                for k, v in value.items()}
     if origin in (tuple, list):
         (item_tp, *_rest) = typing.get_args(tp)
         if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
@@ -450,6 +492,8 @@ def as_dict(config: Any) -> Any:
         return {f.name: as_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, tuple):
         return [as_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: as_dict(v) for k, v in config.items()}
     if isinstance(config, Duration):
         return float(config)
     if isinstance(config, HostPort):

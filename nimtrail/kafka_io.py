@@ -200,9 +200,11 @@ class DeadLetters:
         self._stage = stage
 
     def send(self, value: bytes, *, reason: str, detail: str = "", source: str = "",
-             wait: bool = True) -> None:
+             wait: bool = True):
+        """Send one dead letter; returns the send future (already resolved when `wait`)."""
         value, headers = dead_letter(value, reason=reason, detail=detail, stage=self._stage)
         future = self._producer.send(self._topic, key=(source or self._stage).encode(),
                                      value=value, headers=headers)
         if wait:
             future.get(timeout=60)
+        return future
