@@ -16,7 +16,9 @@ annotated `nimtrail.io/scrape: "true"` becomes a scrape target, and with
 | `nimtrail.io/scheme` | `http` or `https` | `http` |
 | `nimtrail.io/metadata` | `"true"` to poll `/v1/metadata`, `/v1/version`, … | off |
 
-Targets are `<scheme>://<name>.<namespace>.svc:<port><path>`, scraped every
+Targets are `<scheme>://<name>.<namespace>.svc:<port><path>` (with `address: cluster_ip`,
+the Service's cluster IP instead of its DNS name, for pods without cluster DNS; a
+headless Service keeps its name), scraped every
 `scrape_interval` and polled every `metadata_interval`. They are handed to the
 prometheus and nim-metadata receivers whenever the set changes: a new Service is scraped
 right away, a removed one no more, one that stays keeps its cadence. A failed list is
@@ -87,6 +89,14 @@ def _port(service: dict[str, Any], wanted: str | None) -> int:
     raise ValueError("the Service has no ports; set nimtrail.io/port")
 
 
+def _host(service: dict[str, Any], address: str) -> str:
+    meta = service.get("metadata") or {}
+    ip = (service.get("spec") or {}).get("clusterIP") or ""
+    if address == "cluster_ip" and ip and ip != "None":
+        return f"[{ip}]" if ":" in ip else ip
+    return f"{meta.get('name', '')}.{meta.get('namespace', '')}.svc"
+
+
 def targets_from(services: list[dict[str, Any]], config: KubernetesDiscoveryConfig
                  ) -> tuple[Targets, list[str]]:
     """The targets the annotated Services describe, and one problem per unusable Service
@@ -114,7 +124,7 @@ def targets_from(services: list[dict[str, Any]], config: KubernetesDiscoveryConf
             continue
         deployment = notes.get(DEPLOYMENT)
         deployment = f"{namespace}/{name}" if deployment is None else str(deployment).strip()
-        base = f"{scheme}://{name}.{namespace}.svc:{port}"
+        base = f"{scheme}://{_host(service, config.address)}:{port}"
         scrapes.append(ScrapeTarget(url=base + path, deployment=deployment,
                                     interval=config.scrape_interval,
                                     timeout=min(config.timeout, config.scrape_interval)))

@@ -238,10 +238,13 @@ class KubernetesDiscoveryConfig:
     timeout: Duration = Duration(10)
     scrape_interval: Duration = Duration(15)
     metadata_interval: Duration = Duration(60)
+    address: str = "dns"  # dns: <name>.<namespace>.svc | cluster_ip: the Service's IP (headless: dns)
 
     def validate(self, path: str) -> None:
         if not self.api_url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}.api_url: expected an http:// or https:// URL")
+        if self.address not in ("dns", "cluster_ip"):
+            raise ConfigError(f"{path}.address: expected dns or cluster_ip")
         for key in ("interval", "timeout", "scrape_interval", "metadata_interval"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{path}.{key}: expected a duration above 0")

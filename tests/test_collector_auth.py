@@ -15,26 +15,15 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from prometheus_client.parser import text_string_to_metric_families
 
 from collector import auth
 from nimtrail.errors import ConfigError
-from tests.collector_support import TopicReader, headers, running
+from tests.collector_support import TopicReader, counter, headers, running
 from tests.harness import Env, wait_for
 
 NIM_TOKEN = "nim-" + "a1" * 16
 SHIPPER_TOKEN = "shipper-" + "b2" * 16
 WRONG_TOKEN = "wrong-" + "c3" * 16
-
-
-def counter(collector, name: str, **labels: str) -> float:
-    """A sample of the collector's /metrics, read in-process (the endpoint needs a token)."""
-    total = 0.0
-    for family in text_string_to_metric_families(collector.metrics.exposition().decode()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def _request(tag: str) -> trace_service_pb2.ExportTraceServiceRequest:
