@@ -317,6 +317,7 @@ class WarehouseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AppConfig:
+    address: str = "127.0.0.1"  # the app has no login of its own: widen only behind one
     port: int = 8501
     api_url: str = ""  # empty: derived from warehouse.api
 
