@@ -3,7 +3,8 @@
 Counters (on the collector's /metrics, names nimtrail_collector_<thing>_<unit>_total):
 received, forwarded (durable in Kafka), buffered (durable on disk, Kafka pending),
 rejected (sent to the dead-letter topic, by reason), retry_later (client told to retry,
-by reason), drained (buffered messages that reached Kafka), scrapes and files events.
+by reason), drained (buffered messages that reached Kafka), scrapes and files events,
+unauthenticated requests (by reason), token file and Kubernetes discovery updates.
 """
 
 import logging

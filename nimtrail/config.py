@@ -74,6 +74,7 @@ class KafkaConfig:
     port: int = 9092  # the bundled broker's client port
     client_id: str = "nimtrail"
     partitions: int = 2  # for topics nimtrail creates
+    replication_factor: int = 1  # for topics nimtrail creates; 3 on a production cluster
     compression: str = "lz4"
     # Security, passed through to every producer, consumer and admin client.
     security_protocol: str = "PLAINTEXT"
@@ -87,6 +88,8 @@ class KafkaConfig:
     sasl_password: str = ""  # for NIMTRAIL_KAFKA__SASL_PASSWORD; never put it in the YAML
 
     def validate(self, path: str) -> None:
+        if self.replication_factor < 1:
+            raise ConfigError(f"{path}.replication_factor: expected at least 1")
         if self.compression not in {"none", "gzip", "lz4", "snappy", "zstd"}:
             raise ConfigError(f"{path}.compression: expected one of none, gzip, lz4, snappy, zstd")
         protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
