@@ -27,11 +27,14 @@ class Collector:
 
     def __init__(self, config: Config):
         self.config = config
+        self.metrics = StageMetrics("collector")
         t = config.topics
         c = config.collector
+        # Token and certificate files are checked before anything touches the network.
+        guard = auth.build(c, self.metrics)  # None: no tokens, no client certificates
+        tls_context = tls.server_context(c.tls)
         kafka_io.ensure_topics(config, [t.otlp_spans, t.otlp_logs, t.otlp_metrics, t.nimlogs,
                                         t.scrapes, t.observations, t.dlq], compacted=[t.deployments])
-        self.metrics = StageMetrics("collector")
         def producer():
             return kafka_io.producer(
                 config,
@@ -46,9 +49,8 @@ class Collector:
         self.forwarder = Forwarder(producer, buffer, self.metrics, ack_timeout=float(c.ack_timeout),
                                    delivery_timeout=DELIVERY_TIMEOUT_S, dlq_topic=t.dlq)
         self.sink = Sink(self.forwarder, t.dlq, self.metrics)
-        guard = auth.build(c, self.metrics)  # None: no tokens, no client certificates
         self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics,
-                               guard=guard.http if guard else None, tls=tls.server_context(c.tls))
+                               guard=guard.http if guard else None, tls=tls_context)
         otlp_http.build(c, t, self.http, self.sink)
         http_logs.build(c, t, self.http, self.sink)
         self.grpc = otlp_grpc.build(c, t, self.sink, guard)

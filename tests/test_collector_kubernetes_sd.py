@@ -6,13 +6,13 @@ service account's bearer token; the NIM behind the Services is a real HTTP serve
 from __future__ import annotations
 
 import copy
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
-import ssl
 
 from collector.kubernetes_sd import targets_from
 from nimtrail import config as config_mod
