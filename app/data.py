@@ -16,4 +16,4 @@ def api_url() -> str:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def query(name: str, params: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
-    return api_client.query(api_url(), name, dict(params), token=os.environ.get("NIMTRAIL_TOKEN"))
+    return api_client.query(api_url(), name, dict(params), token=api_client.env_token())

@@ -17,6 +17,6 @@ def run_app(config: Config) -> int:
     env["NIMTRAIL_API"] = config.api_url
     cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY),
            "--server.port", str(config.app.port), "--server.headless", "true",
-           "--server.address", "127.0.0.1",
+           "--server.address", config.app.address,
            "--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
     return subprocess.call(cmd, env=env)

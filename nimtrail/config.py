@@ -25,8 +25,8 @@ from nimtrail.errors import ConfigError
 
 ENV_PREFIX = "NIMTRAIL_"
 # Variables that steer the CLI itself rather than naming config keys.
-RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_FAULTS",
-                "NIMTRAIL_API"}
+RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_TOKEN_FILE",
+                "NIMTRAIL_FAULTS", "NIMTRAIL_API"}
 
 
 class Duration(float):
@@ -75,6 +75,7 @@ class KafkaConfig:
     port: int = 9092  # the bundled broker's client port
     client_id: str = "nimtrail"
     partitions: int = 2  # for topics nimtrail creates
+    replication_factor: int = 1  # for topics nimtrail creates; 3 on a production cluster
     compression: str = "lz4"
     # Security, passed through to every producer, consumer and admin client.
     security_protocol: str = "PLAINTEXT"
@@ -88,6 +89,8 @@ class KafkaConfig:
     sasl_password: str = ""  # for NIMTRAIL_KAFKA__SASL_PASSWORD; never put it in the YAML
 
     def validate(self, path: str) -> None:
+        if self.replication_factor < 1:
+            raise ConfigError(f"{path}.replication_factor: expected at least 1")
         if self.compression not in {"none", "gzip", "lz4", "snappy", "zstd"}:
             raise ConfigError(f"{path}.compression: expected one of none, gzip, lz4, snappy, zstd")
         protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -203,6 +206,60 @@ class BufferConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    """Bearer tokens the collector's receivers require (docs/collector.md, Security)."""
+
+    tokens_file: str = ""  # one token per line, or YAML token -> sender name; empty: no tokens
+    protect_metrics: bool = False  # /metrics needs a token too (/healthz never does)
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """TLS on both collector listeners; with client_ca_file, mutual TLS."""
+
+    cert_file: str = ""  # PEM certificate chain; empty: plain TCP
+    key_file: str = ""
+    client_ca_file: str = ""  # PEM CA(s) that client certificates must be signed by
+
+    def validate(self, path: str) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(f"{path}.key_file: cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise ConfigError(f"{path}.client_ca_file: needs cert_file and key_file (mutual TLS is TLS)")
+
+
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclasses.dataclass(frozen=True)
+class KubernetesDiscoveryConfig:
+    """Scrape and metadata targets from Services annotated nimtrail.io/scrape: "true"."""
+
+    enabled: bool = False
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (needs a ClusterRole)
+    api_url: str = "https://kubernetes.default.svc"
+    token_file: str = f"{SERVICE_ACCOUNT}/token"  # re-read on every list: tokens rotate
+    ca_file: str = f"{SERVICE_ACCOUNT}/ca.crt"  # empty: the system's CAs
+    interval: Duration = Duration(30)  # how often Services are listed
+    timeout: Duration = Duration(10)
+    scrape_interval: Duration = Duration(15)
+    metadata_interval: Duration = Duration(60)
+    address: str = "dns"  # dns: <name>.<namespace>.svc | cluster_ip: the Service's IP (headless: dns)
+
+    def validate(self, path: str) -> None:
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}.api_url: expected an http:// or https:// URL")
+        if self.address not in ("dns", "cluster_ip"):
+            raise ConfigError(f"{path}.address: expected dns or cluster_ip")
+        for key in ("interval", "timeout", "scrape_interval", "metadata_interval"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{path}.{key}: expected a duration above 0")
+        for i, namespace in enumerate(self.namespaces):
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
+                raise ConfigError(f"{path}.namespaces[{i}]: {namespace!r} is not a namespace name")
+
+
+@dataclasses.dataclass(frozen=True)
 class CollectorConfig:
     otlp_grpc: HostPort = HostPort("0.0.0.0:4317")
     otlp_http: HostPort = HostPort("0.0.0.0:4318")
@@ -215,6 +272,9 @@ class CollectorConfig:
     scrape: tuple[ScrapeTarget, ...] = ()
     scrape_file: str = ""  # a YAML/JSON list of scrape targets, re-read when it changes
     nim_metadata: tuple[MetadataTarget, ...] = ()
+    kubernetes_discovery: KubernetesDiscoveryConfig = KubernetesDiscoveryConfig()
+    auth: AuthConfig = AuthConfig()
+    tls: TlsConfig = TlsConfig()
 
     def validate(self, path: str) -> None:
         if not 1024 <= self.max_line_bytes <= 2 * 1024 * 1024:
@@ -296,6 +356,7 @@ class WarehouseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AppConfig:
+    address: str = "127.0.0.1"  # the app has no login of its own: widen only behind one
     port: int = 8501
     api_url: str = ""  # empty: derived from warehouse.api
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
 import socket
 import subprocess
@@ -142,7 +141,7 @@ class Demo:
         try:
             found = api_client.query(self.config.api_url, "trace-back",
                                      {"tool_call_id": self._incident["tool_call_id"]},
-                                     token=os.environ.get("NIMTRAIL_TOKEN"), timeout=2.0)
+                                     token=api_client.env_token(), timeout=2.0)
         except (api_client.ApiError, ValueError):  # not up yet: ask again on the next poll
             return False
         return bool(found.get("found") and found.get("call"))

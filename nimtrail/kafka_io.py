@@ -146,9 +146,11 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
     admin = admin_client(config, timeout)
     try:
         existing = set(admin.list_topics())
+        # Messages up to MAX_MESSAGE_BYTES on every topic, whatever the cluster's default.
+        size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         new = [
-            NewTopic(name, config.kafka.partitions, 1,
-                     topic_configs={"cleanup.policy": "compact"} if name in compacted else {})
+            NewTopic(name, config.kafka.partitions, config.kafka.replication_factor,
+                     topic_configs={**size, "cleanup.policy": "compact"} if name in compacted else size)
             for name in wanted if name not in existing
         ]
         if new:
