@@ -26,7 +26,7 @@ from nimtrail.errors import ConfigError
 ENV_PREFIX = "NIMTRAIL_"
 # Variables that steer the CLI itself rather than naming config keys.
 RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_TOKEN_FILE",
-                "NIMTRAIL_FAULTS", "NIMTRAIL_API"}
+                "NIMTRAIL_FAULTS", "NIMTRAIL_API", "NIMTRAIL_CLI_NAME"}
 
 
 class Duration(float):

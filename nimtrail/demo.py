@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from nimtrail import api_client, config as config_mod
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 
+DEMO_JOIN_WINDOW = "15s"
 TRACEABLE_WAIT = 30.0  # seconds to wait for the pipeline to record the incident before printing
 
 
@@ -99,9 +101,14 @@ class Demo:
             scrape.append({"url": f"http://127.0.0.1:{dcgm}/metrics", "deployment": spec.id,
                            "interval": 15.0})
             metadata.append({"url": f"http://127.0.0.1:{api}", "deployment": spec.id, "interval": 60.0})
-        return {"NIMTRAIL_COLLECTOR__FILELOG": json.dumps(filelog),
-                "NIMTRAIL_COLLECTOR__SCRAPE": json.dumps(scrape),
-                "NIMTRAIL_COLLECTOR__NIM_METADATA": json.dumps(metadata)}
+        overrides = {"NIMTRAIL_COLLECTOR__FILELOG": json.dumps(filelog),
+                     "NIMTRAIL_COLLECTOR__SCRAPE": json.dumps(scrape),
+                     "NIMTRAIL_COLLECTOR__NIM_METADATA": json.dumps(metadata)}
+        if self.config.processor.join_window == config_mod.ProcessorConfig().join_window:
+            # Findings are judged once a record has settled for the join window; a demo
+            # viewer should not wait the production default of five minutes to see them.
+            overrides["NIMTRAIL_PROCESSOR__JOIN_WINDOW"] = DEMO_JOIN_WINDOW
+        return overrides
 
     def announce(self, supervisor: Any = None) -> None:
         self._supervisor = supervisor
@@ -135,7 +142,9 @@ class Demo:
         _say(f"incident: {inc['client_service']} ({inc['caller']}) ran {inc['tool']} on {inc['target']} "
              f"through {inc['deployment_id']}, gate {inc['gate']} ({inc['gate_decision']})")
         _say("trace it back with:")
-        print(f"    nimtrail {config}trace-back --tool-call-id {inc['tool_call_id']}", flush=True)
+        # ./dev sets NIMTRAIL_CLI_NAME so the printed command works as pasted.
+        cli = os.environ.get("NIMTRAIL_CLI_NAME") or "nimtrail"
+        print(f"    {cli} {config}trace-back --tool-call-id {inc['tool_call_id']}", flush=True)
 
     def _recorded(self) -> bool:
         try:
