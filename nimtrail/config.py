@@ -13,7 +13,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -166,12 +165,17 @@ class ScrapeTarget:
     job: str = ""  # empty: "dcgm" for port 9400, else "nim"
 
     def validate(self, path: str) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
-        if not self.interval > 0:
-            raise ConfigError(f"{path}.interval: expected a duration above 0")
-        if not self.timeout > 0:
-            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
+        _validate_polled(self, path)
+
+
+def _validate_polled(target: "ScrapeTarget | MetadataTarget", path: str) -> None:
+    """What every endpoint nimtrail polls on a schedule must satisfy."""
+    if not target.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
+    if not target.interval > 0:
+        raise ConfigError(f"{path}.interval: expected a duration above 0")
+    if not target.timeout > 0:
+        raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,12 +186,7 @@ class MetadataTarget:
     timeout: Duration = Duration(5)
 
     def validate(self, path: str) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
-        if not self.interval > 0:
-            raise ConfigError(f"{path}.interval: expected a duration above 0")
-        if not self.timeout > 0:
-            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
+        _validate_polled(self, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -511,6 +510,22 @@ def _resolve_strings(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Parse a YAML file; errors name the file and say what it was meant to be."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from e
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+
+
 def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
     """Load and validate the configuration.
 
@@ -523,14 +538,7 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     source = "defaults"
     if path:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read the config file ({e.strerror})") from e
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        loaded = read_yaml(path, "the config file")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
