@@ -118,8 +118,7 @@ def _count(env: Env) -> dict[str, int]:
 
 
 def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None]) -> dict:
-    log_file = work / "sustained" / "nim.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    (work / "sustained").mkdir(parents=True, exist_ok=True)
     env = Env(work / "sustained", bootstrap, collector={"filelog": [
         {"include": [str(work / "sustained" / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -168,9 +167,10 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
 
 def freshness(work: Path, bootstrap: str, rate: int, seconds: float, say: Callable[[str], None]) -> dict:
     """Spans at `rate`/s for `seconds`; emit → queryable per call."""
+    (work / f"fresh-{rate}").mkdir(parents=True, exist_ok=True)
     env = Env(work / f"fresh-{rate}", bootstrap)
     traces = int(rate * seconds / SPANS_PER_TRACE)
-    t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(seconds=60)
+    t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) 
     requests, spans = _traces(traces, t0, rate=rate)
     pids = _start(env)
     sent: dict[str, float] = {}
