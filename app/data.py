@@ -1,7 +1,8 @@
 """All of the app's data access: the warehouse query API, results cached briefly.
 
 Every read goes through the query API (the warehouse owns the DuckDB file), with the token
-from NIMTRAIL_TOKEN; the API decides what the token's role may see and logs each read.
+from NIMTRAIL_TOKEN (or the file NIMTRAIL_TOKEN_FILE names); the API decides what the
+token's role may see and logs each read.
 Functions raise `ApiError` (unreachable API, refused token, bad parameter) for the pages
 to show; errors are never cached. Nothing here runs at import time.
 """
@@ -29,7 +30,8 @@ def api_url() -> str:
 
 
 def _token() -> str | None:
-    return os.environ.get("NIMTRAIL_TOKEN") or None
+    """$NIMTRAIL_TOKEN, else the file $NIMTRAIL_TOKEN_FILE names (a mounted secret)."""
+    return api_client.env_token()
 
 
 def _params(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:

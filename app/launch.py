@@ -23,7 +23,7 @@ def run_app(config: Config) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY),
            "--server.port", str(config.app.port), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+           "--server.address", config.app.address, "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
            "--client.toolbarMode", "minimal"]
     # Streamlit replaces this process, so that whoever started `nimtrail app` (the supervisor,

@@ -3,7 +3,8 @@
 Counters (on the collector's /metrics, names nimtrail_collector_<thing>_<unit>_total):
 received, forwarded (durable in Kafka), buffered (durable on disk, Kafka pending),
 rejected (sent to the dead-letter topic, by reason), retry_later (client told to retry,
-by reason), drained (buffered messages that reached Kafka), scrapes and files events.
+by reason), drained (buffered messages that reached Kafka), scrapes and files events,
+unauthenticated requests (by reason), token file and Kubernetes discovery updates.
 """
 
 import logging
@@ -88,3 +89,32 @@ class TargetsReloaded(Event):
     message = "Scrape targets file %(path)s: %(outcome)s %(detail)s"
     thing, unit, doc = "target_reloads", "total", "Re-reads of the scrape targets file"
     labels = ("outcome",)
+
+
+class RequestUnauthenticated(Event):
+    level = logging.WARNING
+    message = "Refused a request on %(receiver)s from %(peer)s (%(reason)s)%(detail)s; nothing of it was kept"
+    thing, unit = "unauthenticated", "requests"
+    doc = "Requests refused for a missing or unknown token, or a failed TLS handshake (never stored)"
+    labels = ("receiver", "reason")
+
+
+class TokensReloaded(Event):
+    level = logging.INFO
+    message = "Ingestion tokens file %(path)s: %(outcome)s %(detail)s"
+    thing, unit, doc = "token_reloads", "total", "Re-reads of the ingestion tokens file"
+    labels = ("outcome",)
+
+
+class DiscoveryChanged(Event):
+    level = logging.INFO
+    message = "Kubernetes discovery: %(scrape)s scrape and %(metadata)s metadata targets from annotated Services"
+    thing, unit, doc = "discovery_updates", "total", "Changes of the targets found on annotated Services"
+    labels = ()
+
+
+class DiscoveryFailed(Event):
+    level = logging.WARNING
+    message = "Kubernetes discovery could not list Services (%(reason)s), keeping the previous targets: %(detail)s"
+    thing, unit, doc = "discovery_failures", "total", "Failed lists of Services; the previous targets stay"
+    labels = ("reason",)

@@ -51,15 +51,20 @@ def _reason(error: BaseException) -> str:
     return "unreachable"
 
 
-def fetch(url: str, *, timeout: float, accept: str = "*/*", max_bytes: int = 16 * 1024 * 1024) -> Fetched:
+def fetch(url: str, *, timeout: float, accept: str = "*/*", max_bytes: int = 16 * 1024 * 1024,
+          headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None) -> Fetched:
     """The response to GET `url` (any status); FetchError when there is none in `timeout`
-    (each socket operation waits at most `timeout`; the whole answer is cut off after it)."""
+    (each socket operation waits at most `timeout`; the whole answer is cut off after it).
+    `headers` are added to the request; `context` verifies an https server."""
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"Accept": accept, "Accept-Encoding": "gzip",
                                                    "User-Agent": USER_AGENT})
+    for name, value in (headers or {}).items():
+        request.add_unredirected_header(name, value)  # a credential must not follow a redirect
     try:
         try:
-            response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - configured targets
+            response = urllib.request.urlopen(request, timeout=timeout,  # noqa: S310 - configured targets
+                                              context=context)
         except urllib.error.HTTPError as e:
             response = e  # a 4xx/5xx answer is still an answer
         with response:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from collector import nimlogs
+from collector.auth import sender_headers
 from collector.events import ItemsReceived
 from collector.forward import Entry
 from collector.http_body import BodyTooLarge, inflate, read_raw
@@ -134,7 +135,8 @@ class HttpLogsReceiver:
                 raise PermanentError("invalid_utf8", f"body is not UTF-8 text: {e}") from e
             as_array = ctype == "application/json" and text.lstrip()[:1] in ("[", "")
             lines = parse(text, as_array)
-            accepted = self._forward(lines, source, deployment, request.client_address[0])
+            accepted = self._forward(lines, source, deployment, request.client_address[0],
+                                     getattr(request, "sender", None))
         except BodyTooLarge as e:
             self.sink.reject(RECEIVER, e, body, source)
             return error_response(413, e, True, close=True)
@@ -147,7 +149,7 @@ class HttpLogsReceiver:
         return Response(200, orjson.dumps({"accepted": accepted}))
 
     def _forward(self, lines: list[tuple[str, str | None, str | None]], source: str,
-                 deployment: str | None, host: str) -> int:
+                 deployment: str | None, host: str, sender: str | None = None) -> int:
         ItemsReceived(receiver=RECEIVER, items=len(lines)).emit(self.sink.metrics, log, len(lines))
         limit = self.collector.max_line_bytes
         out, overflow = [], []
@@ -165,7 +167,8 @@ class HttpLogsReceiver:
             return 0
         values = nimlogs.encode_batches(out, receiver="http", source=source, deployment=deployment,
                                         file=None, host=host)
-        entries = [Entry(self.topics.nimlogs, source.encode(), v) for v in values]
+        headers = sender_headers(sender)
+        entries = [Entry(self.topics.nimlogs, source.encode(), v, headers) for v in values]
         self.sink.forward_many(RECEIVER, entries, {self.topics.nimlogs: len(out)})
         return len(out)
 

@@ -1,14 +1,18 @@
 """The collector's HTTP front door: one threaded server on the OTLP/HTTP port, to which
-receivers add routes. It also answers /healthz and /metrics."""
+receivers add routes. It also answers /healthz and /metrics. With a guard (collector/auth.py)
+every request but /healthz is checked before its route runs; with a TLS context
+(collector/tls.py) the listener speaks only TLS."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from collector.tls import TlsHttpServer
 from nimtrail.ops import StageMetrics, health_response
 
 log = logging.getLogger(__name__)
@@ -24,11 +28,14 @@ class Response:
 
 
 Route = Callable[[BaseHTTPRequestHandler], Response]
+# Before any route: None to go on (having set `request.sender`), or the refusal to send.
+Guard = Callable[[BaseHTTPRequestHandler, str], "Response | None"]
 
 
 class HttpServer:
     def __init__(self, host: str, port: int, metrics: StageMetrics,
-                 healthy: Callable[[], bool] = lambda: True):
+                 healthy: Callable[[], bool] = lambda: True, *, guard: Guard | None = None,
+                 tls: ssl.SSLContext | None = None):
         self._routes: dict[tuple[str, str], Route] = {}
         routes = self._routes
 
@@ -38,7 +45,10 @@ class HttpServer:
             def _dispatch(self, method: str) -> None:
                 path = self.path.split("?", 1)[0]
                 route = routes.get((method, path))
-                if route is not None:
+                refusal = guard(self, path) if guard is not None else None
+                if refusal is not None:
+                    response = refusal
+                elif route is not None:
                     try:
                         response = route(self)
                     except Exception:  # a bug must not kill the server thread silently
@@ -69,7 +79,10 @@ class HttpServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        if tls is None:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        else:
+            self._server = TlsHttpServer((host, port), Handler, tls, metrics)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -2,7 +2,7 @@
 itself, when that changes, as observations (nimtrail/raw.py, topic
 TopicsConfig.observations, keyed by deployment).
 
-Every `interval` (collector.nim_metadata) it GETs `/v1/metadata`, `/v1/version`,
+Every `interval` (collector.nim_metadata, plus the targets Kubernetes discovery finds) it GETs `/v1/metadata`, `/v1/version`,
 `/v1/models` and `/v1/health/ready`. The facts are {"metadata", "version", "models":
 the JSON answers, each left out when its endpoint did not answer with JSON; "ready":
 whether /v1/health/ready answered 200}. An observation with all of them is sent on the
@@ -55,6 +55,8 @@ def stable(facts: dict[str, Any]) -> bytes:
 class NimMetadataReceiver:
     def __init__(self, collector: CollectorConfig, topics: TopicsConfig, sink: Sink):
         self.targets = collector.nim_metadata
+        self._discovered: tuple[MetadataTarget, ...] = ()
+        self._discovery = collector.kubernetes_discovery.enabled
         self.topic = topics.observations
         self.sink = sink
         self.scheduler = Scheduler("collector-nim-metadata", workers=2)
@@ -62,10 +64,21 @@ class NimMetadataReceiver:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        if self.targets:
-            self.scheduler.set_jobs({f"{t.url}|{t.deployment}": (float(t.interval), lambda t=t: self.poll(t))
-                                     for t in self.targets})
+        if self.targets or self._discovery:
+            self._set_jobs()
             self.scheduler.start()
+
+    def _set_jobs(self) -> None:
+        with self._lock:
+            targets = self.targets + self._discovered
+            self.scheduler.set_jobs({f"{t.url}|{t.deployment}": (float(t.interval), lambda t=t: self.poll(t))
+                                     for t in targets})
+
+    def set_discovered(self, targets: tuple[MetadataTarget, ...]) -> None:
+        """Replace the discovered targets; a target that stays keeps its cadence."""
+        with self._lock:
+            self._discovered = tuple(targets)
+        self._set_jobs()
 
     def stop(self) -> None:
         self.scheduler.stop()

@@ -17,6 +17,7 @@ import logging
 from google.protobuf.message import Message
 
 from collector import otlp_codec
+from collector.auth import sender_headers
 from collector.events import ItemsReceived
 from collector.sink import Sink
 from nimtrail.config import TopicsConfig
@@ -33,8 +34,9 @@ class OtlpExport:
     topics: TopicsConfig
 
     def accept(self, signal: otlp_codec.Signal, body: bytes, *, as_json: bool, receiver: str,
-               source: str) -> Message:
+               source: str, sender: str | None = None) -> Message:
         """Forward one export request; returns the response to send once it is durable.
+        `sender` (who authenticated) goes with it as the Kafka header nimtrail.sender.
 
         Raises PermanentError for a request that can never be accepted (the caller
         dead-letters it) and TransientError when it cannot be made durable now."""
@@ -56,5 +58,5 @@ class OtlpExport:
             payload = body if not (as_json or rejected) else message.SerializeToString()
             topic = getattr(self.topics, signal.topic_key)
             self.sink.forward(receiver, topic, otlp_codec.routing_key(signal, message), payload,
-                              items - rejected)
+                              items - rejected, sender_headers(sender))
         return otlp_codec.partial_success(signal, rejected, why)

@@ -20,7 +20,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from collector import otlp_codec
+from collector import otlp_codec, tls
+from collector.auth import Guard
 from collector.buffer import BufferFull
 from collector.otlp_export import RETRY_AFTER_SECONDS, OtlpExport
 from collector.sink import Sink
@@ -35,15 +36,19 @@ class _Export:
 
     signal: otlp_codec.Signal
 
-    def __init__(self, export: OtlpExport, sink: Sink):
+    def __init__(self, export: OtlpExport, sink: Sink, guard: Guard | None = None):
         self._export = export
         self._sink = sink
+        self._guard = guard
 
     def Export(self, request: bytes, context: grpc.ServicerContext):  # noqa: N802 (gRPC's naming)
         receiver = f"otlp_grpc/{self.signal.name}"
         source = f"{receiver}:{context.peer()}"
+        # Before anything is decoded or kept: an unauthenticated call ends here (UNAUTHENTICATED).
+        sender = self._guard.grpc(context, receiver) if self._guard is not None else None
         try:
-            return self._export.accept(self.signal, request, as_json=False, receiver=receiver, source=source)
+            return self._export.accept(self.signal, request, as_json=False, receiver=receiver, source=source,
+                                       sender=sender)
         except PermanentError as e:
             self._sink.reject(receiver, e, request, source)
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, str(e))
@@ -101,8 +106,10 @@ class OtlpGrpcReceiver:
         self.server.stop(grace).wait()
 
 
-def build(collector: CollectorConfig, topics: TopicsConfig, sink: Sink) -> OtlpGrpcReceiver:
-    """Create the gRPC server with the three OTLP services, bound but not yet started."""
+def build(collector: CollectorConfig, topics: TopicsConfig, sink: Sink,
+          guard: Guard | None = None) -> OtlpGrpcReceiver:
+    """Create the gRPC server with the three OTLP services, bound but not yet started;
+    with `guard`, every call is authenticated first; with collector.tls, it speaks TLS."""
     limit = collector.max_body_bytes
     server = grpc.server(
         ThreadPoolExecutor(max_workers=collector.grpc_workers, thread_name_prefix="collector-grpc"),
@@ -112,14 +119,18 @@ def build(collector: CollectorConfig, topics: TopicsConfig, sink: Sink) -> OtlpG
     export = OtlpExport(sink, topics)
     handlers = []
     for service, servicer_cls in SERVICES.items():
-        servicer = servicer_cls(export, sink)
+        servicer = servicer_cls(export, sink, guard)
         method = grpc.unary_unary_rpc_method_handler(
             servicer.Export, request_deserializer=None,  # raw bytes: decoded (and judged) by us
             response_serializer=lambda m: m.SerializeToString())
         handlers.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
     server.add_generic_rpc_handlers(tuple(handlers))
     address = collector.otlp_grpc
-    port = server.add_insecure_port(f"{address.host}:{address.port}")
+    credentials = tls.grpc_credentials(collector.tls)
+    if credentials is None:
+        port = server.add_insecure_port(f"{address.host}:{address.port}")
+    else:
+        port = server.add_secure_port(f"{address.host}:{address.port}", credentials)
     if port == 0:
         raise OSError(f"collector.otlp_grpc: cannot listen on {address}")
     return OtlpGrpcReceiver(server, port)

@@ -57,7 +57,8 @@ class OtlpHttpReceiver:
             if ctype not in (PROTOBUF, JSON):
                 raise PermanentError("unsupported_content_type",
                                      f"Content-Type {ctype or '(none)'!r}; send {PROTOBUF} or {JSON}")
-            response = self.export.accept(signal, body, as_json=as_json, receiver=receiver, source=source)
+            response = self.export.accept(signal, body, as_json=as_json, receiver=receiver, source=source,
+                                          sender=getattr(request, "sender", None))
         except BodyTooLarge as e:
             # Only what was sent is kept (a gzip bomb stays compressed); an over-long body was
             # not read at all, so the connection cannot be reused.

@@ -2,7 +2,7 @@
 
 Targets: collector.scrape (static), plus collector.scrape_file, a YAML or JSON list of
 the same entries, re-read when it changes (an invalid file is reported and the previous
-targets stay). Each target is scraped every `interval` within `timeout`, asking for
+targets stay), plus those Kubernetes discovery finds (`set_discovered`). Each target is scraped every `interval` within `timeout`, asking for
 OpenMetrics and accepting the Prometheus text format; the body is parsed with
 prometheus_client's parsers and forwarded as one scrapes-topic message (nimtrail/raw.py).
 
@@ -103,12 +103,15 @@ class PrometheusReceiver:
         self.sink = sink
         self.scheduler = Scheduler("collector-scrape")
         self._file_targets: tuple[ScrapeTarget, ...] = ()
+        self._discovered: tuple[ScrapeTarget, ...] = ()
+        self._discovery = collector.kubernetes_discovery.enabled
+        self._jobs_lock = threading.Lock()  # one source's update never undoes another's
         self._file_stamp: tuple[int, int] | None = None
         self._fallback: dict[str, str] = {}  # configured url -> the URL that answered instead
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        if not self.static and self.file is None:
+        if not self.static and self.file is None and not self._discovery:
             return
         self._reload_file()
         self.scheduler.start()
@@ -118,7 +121,7 @@ class PrometheusReceiver:
 
     def _jobs(self) -> dict:
         jobs: dict = {}
-        for target in self.static + self._file_targets:
+        for target in self.static + self._file_targets + self._discovered:
             jobs[f"{target.url}|{target.deployment}"] = (float(target.interval),
                                                         lambda t=target: self.scrape(t))
         if self.file is not None:
@@ -143,7 +146,14 @@ class PrometheusReceiver:
                     event = TargetsReloaded(path=str(self.file), outcome="invalid",
                                             detail=f"(keeping the previous targets): {e}")
                     event.emit(self.sink.metrics, log)
-        self.scheduler.set_jobs(self._jobs())
+        with self._jobs_lock:
+            self.scheduler.set_jobs(self._jobs())
+
+    def set_discovered(self, targets: tuple[ScrapeTarget, ...]) -> None:
+        """Replace the discovered targets; a target that stays keeps its cadence."""
+        with self._jobs_lock:
+            self._discovered = tuple(targets)
+            self.scheduler.set_jobs(self._jobs())
 
     def scrape(self, target: ScrapeTarget) -> dict[str, Any]:
         """Scrape one target and forward the result (or its failure); returns the message."""

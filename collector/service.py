@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from collector import filelog, http_logs, nim_metadata, otlp_grpc, otlp_http, prometheus
+from collector import (auth, filelog, http_logs, kubernetes_sd, nim_metadata, otlp_grpc, otlp_http,
+                       prometheus, tls)
 from collector.buffer import DiskBuffer
 from collector.forward import Forwarder
 from collector.http_server import HttpServer
@@ -26,11 +27,14 @@ class Collector:
 
     def __init__(self, config: Config):
         self.config = config
+        self.metrics = StageMetrics("collector")
         t = config.topics
         c = config.collector
+        # Token and certificate files are checked before anything touches the network.
+        guard = auth.build(c, self.metrics)  # None: no tokens, no client certificates
+        tls_context = tls.server_context(c.tls)
         kafka_io.ensure_topics(config, [t.otlp_spans, t.otlp_logs, t.otlp_metrics, t.nimlogs,
                                         t.scrapes, t.observations, t.dlq], compacted=[t.deployments])
-        self.metrics = StageMetrics("collector")
         def producer():
             return kafka_io.producer(
                 config,
@@ -45,13 +49,15 @@ class Collector:
         self.forwarder = Forwarder(producer, buffer, self.metrics, ack_timeout=float(c.ack_timeout),
                                    delivery_timeout=DELIVERY_TIMEOUT_S, dlq_topic=t.dlq)
         self.sink = Sink(self.forwarder, t.dlq, self.metrics)
-        self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics)
+        self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics,
+                               guard=guard.http if guard else None, tls=tls_context)
         otlp_http.build(c, t, self.http, self.sink)
         http_logs.build(c, t, self.http, self.sink)
-        self.grpc = otlp_grpc.build(c, t, self.sink)
+        self.grpc = otlp_grpc.build(c, t, self.sink, guard)
         self.filelog = filelog.build(c, t, self.sink, config.collector_path)
         self.prometheus = prometheus.build(c, t, self.sink)
         self.nim_metadata = nim_metadata.build(c, t, self.sink)
+        self.discovery = kubernetes_sd.build(c, self.metrics, self.prometheus, self.nim_metadata)
         self._stopped = False
 
     def start(self) -> "Collector":
@@ -61,6 +67,7 @@ class Collector:
         self.filelog.start()
         self.prometheus.start()
         self.nim_metadata.start()
+        self.discovery.start()
         log.info("Collector listening for OTLP/HTTP and NIM logs on port %s, OTLP/gRPC on port %s",
                  self.http.port, self.grpc.port)
         return self
@@ -74,6 +81,7 @@ class Collector:
         self.http.shutdown()
         self.grpc.stop()
         self.filelog.stop()
+        self.discovery.stop()
         self.prometheus.stop()
         self.nim_metadata.stop()
         self.forwarder.close()

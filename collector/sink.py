@@ -29,9 +29,10 @@ class Sink:
     dlq_topic: str
     metrics: StageMetrics
 
-    def forward(self, receiver: str, topic: str, key: bytes | None, value: bytes, items: int) -> str:
+    def forward(self, receiver: str, topic: str, key: bytes | None, value: bytes, items: int,
+                headers: tuple[tuple[str, bytes], ...] = ()) -> str:
         """Make one message durable and count its items; raises like Forwarder.send."""
-        return self.forward_many(receiver, [Entry(topic, key or None, value)], {topic: items})
+        return self.forward_many(receiver, [Entry(topic, key or None, value, headers)], {topic: items})
 
     def forward_many(self, receiver: str, entries: list[Entry], items: dict[str, int]) -> str:
         """Make several messages durable; `items` counts what they carry, per topic."""

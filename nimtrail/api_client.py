@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +21,22 @@ class ApiError(NimtrailError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+def env_token(env: dict[str, str] | None = None) -> str | None:
+    """The query API token of this process: $NIMTRAIL_TOKEN, else the contents of the file
+    $NIMTRAIL_TOKEN_FILE names (a mounted secret). Never a command-line flag: arguments
+    show in `ps` and shell history."""
+    env = os.environ if env is None else env
+    if env.get("NIMTRAIL_TOKEN"):
+        return env["NIMTRAIL_TOKEN"].strip()
+    path = env.get("NIMTRAIL_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as e:
+        raise ApiError(f"NIMTRAIL_TOKEN_FILE: cannot read {path} ({e.strerror})") from e
 
 
 def _clean(params: dict[str, Any] | None) -> dict[str, Any]:

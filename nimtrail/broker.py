@@ -19,7 +19,6 @@ import time
 import uuid
 from pathlib import Path
 
-from nimtrail.errors import ConfigError
 
 POM = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
 STATE_FILE = "broker.json"
@@ -142,7 +141,7 @@ def _server_properties(data_dir: Path, host: str, port: int, cport: int,
 def _java_cmd(libs: Path, data_dir: Path, main: str, *args: str, heap: str = "768m") -> list[str]:
     java = _require("java", "Java 17 or newer")
     return [
-        java, f"-Xms128m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        java, "-Xms128m", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
         "-cp", f"{libs}/*", main, *args,
     ]

@@ -10,9 +10,9 @@ deployment's configuration anywhere.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from nimtrail.errors import ConfigError
 
 ENV_PREFIX = "NIMTRAIL_"
 # Variables that steer the CLI itself rather than naming config keys.
-RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_FAULTS",
-                "NIMTRAIL_API"}
+RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_TOKEN_FILE",
+                "NIMTRAIL_FAULTS", "NIMTRAIL_API", "NIMTRAIL_CLI_NAME"}
 
 
 class Duration(float):
@@ -74,6 +74,7 @@ class KafkaConfig:
     port: int = 9092  # the bundled broker's client port
     client_id: str = "nimtrail"
     partitions: int = 2  # for topics nimtrail creates
+    replication_factor: int = 1  # for topics nimtrail creates; 3 on a production cluster
     compression: str = "lz4"
     # Security, passed through to every producer, consumer and admin client.
     security_protocol: str = "PLAINTEXT"
@@ -87,6 +88,8 @@ class KafkaConfig:
     sasl_password: str = ""  # for NIMTRAIL_KAFKA__SASL_PASSWORD; never put it in the YAML
 
     def validate(self, path: str) -> None:
+        if self.replication_factor < 1:
+            raise ConfigError(f"{path}.replication_factor: expected at least 1")
         if self.compression not in {"none", "gzip", "lz4", "snappy", "zstd"}:
             raise ConfigError(f"{path}.compression: expected one of none, gzip, lz4, snappy, zstd")
         protocols = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
@@ -123,6 +126,8 @@ class TopicsConfig:
     findings: str = topics.AUDIT_FINDINGS
     digests: str = topics.AUDIT_DIGESTS
     dlq: str = topics.DLQ
+    processor_state: str = topics.PROCESSOR_STATE  # compacted: the joiner's changelog
+    log_events: str = topics.LOG_EVENTS  # log lines that became no record, kept for replay
 
     def audit(self) -> dict[str, str]:
         """Record kind -> the audit topic that carries it."""
@@ -160,12 +165,17 @@ class ScrapeTarget:
     job: str = ""  # empty: "dcgm" for port 9400, else "nim"
 
     def validate(self, path: str) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
-        if not self.interval > 0:
-            raise ConfigError(f"{path}.interval: expected a duration above 0")
-        if not self.timeout > 0:
-            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
+        _validate_polled(self, path)
+
+
+def _validate_polled(target: "ScrapeTarget | MetadataTarget", path: str) -> None:
+    """What every endpoint nimtrail polls on a schedule must satisfy."""
+    if not target.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
+    if not target.interval > 0:
+        raise ConfigError(f"{path}.interval: expected a duration above 0")
+    if not target.timeout > 0:
+        raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +186,7 @@ class MetadataTarget:
     timeout: Duration = Duration(5)
 
     def validate(self, path: str) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
-        if not self.interval > 0:
-            raise ConfigError(f"{path}.interval: expected a duration above 0")
-        if not self.timeout > 0:
-            raise ConfigError(f"{path}.timeout: expected a duration above 0 (it is cut to the interval)")
+        _validate_polled(self, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +205,60 @@ class BufferConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    """Bearer tokens the collector's receivers require (docs/collector.md, Security)."""
+
+    tokens_file: str = ""  # one token per line, or YAML token -> sender name; empty: no tokens
+    protect_metrics: bool = False  # /metrics needs a token too (/healthz never does)
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """TLS on both collector listeners; with client_ca_file, mutual TLS."""
+
+    cert_file: str = ""  # PEM certificate chain; empty: plain TCP
+    key_file: str = ""
+    client_ca_file: str = ""  # PEM CA(s) that client certificates must be signed by
+
+    def validate(self, path: str) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(f"{path}.key_file: cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise ConfigError(f"{path}.client_ca_file: needs cert_file and key_file (mutual TLS is TLS)")
+
+
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclasses.dataclass(frozen=True)
+class KubernetesDiscoveryConfig:
+    """Scrape and metadata targets from Services annotated nimtrail.io/scrape: "true"."""
+
+    enabled: bool = False
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (needs a ClusterRole)
+    api_url: str = "https://kubernetes.default.svc"
+    token_file: str = f"{SERVICE_ACCOUNT}/token"  # re-read on every list: tokens rotate
+    ca_file: str = f"{SERVICE_ACCOUNT}/ca.crt"  # empty: the system's CAs
+    interval: Duration = Duration(30)  # how often Services are listed
+    timeout: Duration = Duration(10)
+    scrape_interval: Duration = Duration(15)
+    metadata_interval: Duration = Duration(60)
+    address: str = "dns"  # dns: <name>.<namespace>.svc | cluster_ip: the Service's IP (headless: dns)
+
+    def validate(self, path: str) -> None:
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}.api_url: expected an http:// or https:// URL")
+        if self.address not in ("dns", "cluster_ip"):
+            raise ConfigError(f"{path}.address: expected dns or cluster_ip")
+        for key in ("interval", "timeout", "scrape_interval", "metadata_interval"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{path}.{key}: expected a duration above 0")
+        for i, namespace in enumerate(self.namespaces):
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
+                raise ConfigError(f"{path}.namespaces[{i}]: {namespace!r} is not a namespace name")
+
+
+@dataclasses.dataclass(frozen=True)
 class CollectorConfig:
     otlp_grpc: HostPort = HostPort("0.0.0.0:4317")
     otlp_http: HostPort = HostPort("0.0.0.0:4318")
@@ -212,6 +271,9 @@ class CollectorConfig:
     scrape: tuple[ScrapeTarget, ...] = ()
     scrape_file: str = ""  # a YAML/JSON list of scrape targets, re-read when it changes
     nim_metadata: tuple[MetadataTarget, ...] = ()
+    kubernetes_discovery: KubernetesDiscoveryConfig = KubernetesDiscoveryConfig()
+    auth: AuthConfig = AuthConfig()
+    tls: TlsConfig = TlsConfig()
 
     def validate(self, path: str) -> None:
         if not 1024 <= self.max_line_bytes <= 2 * 1024 * 1024:
@@ -226,11 +288,44 @@ class CollectorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContentConfig:
+    """What the processor keeps of prompts, responses and tool arguments. They are always
+    hashed; their text is kept only where enabled here, and redacted first."""
+
+    keep_prompts: bool = False
+    keep_responses: bool = False
+    keep_arguments: bool = False
+    redact_patterns: tuple[str, ...] = ()  # extra regular expressions to redact
+
+    def validate(self, path: str) -> None:
+        for i, pattern in enumerate(self.redact_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"{path}.redact_patterns[{i}]: not a regular expression ({e})") from e
+
+
+@dataclasses.dataclass(frozen=True)
 class ProcessorConfig:
     ops: HostPort = HostPort("127.0.0.1:8701")  # /healthz and /metrics
     group_id: str = "nimtrail-processor"
+    # Static group membership: a restarted processor takes its partitions back at once
+    # instead of waiting for its old session to time out. Empty: the group id.
+    instance_id: str = ""
     join_window: Duration = Duration(300)
+    state_ttl: Duration = Duration(3600)  # a record untouched this long leaves the join state
     max_poll_records: int = 500
+    address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller
+    content: ContentConfig = ContentConfig()
+
+    def validate(self, path: str) -> None:
+        for key in self.address_map:
+            try:
+                ipaddress.ip_network(key, strict=False)
+            except ValueError as e:
+                raise ConfigError(f"{path}.address_map.{key}: expected an IP address or CIDR") from e
+        if self.state_ttl < self.join_window:
+            raise ConfigError(f"{path}.state_ttl: must not be shorter than join_window")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +355,7 @@ class WarehouseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AppConfig:
+    address: str = "127.0.0.1"  # the app has no login of its own: widen only behind one
     port: int = 8501
     api_url: str = ""  # empty: derived from warehouse.api
 
@@ -309,7 +405,7 @@ def _type_name(tp: Any) -> str:
              Duration: "a duration such as 15s", HostPort: "host:port"}
     if tp in names:
         return names[tp]
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
         return "a mapping"
     return "a list"
 
@@ -320,6 +416,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, path)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(key_tp, k, f"{path}.{k}"): _coerce(value_tp, v, f"{path}.{k}")
+                for k, v in value.items()}
     if origin in (tuple, list):
         (item_tp, *_rest) = typing.get_args(tp)
         if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
@@ -408,6 +510,22 @@ def _resolve_strings(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Parse a YAML file; errors name the file and say what it was meant to be."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from e
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+
+
 def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
     """Load and validate the configuration.
 
@@ -420,14 +538,7 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     source = "defaults"
     if path:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read the config file ({e.strerror})") from e
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        loaded = read_yaml(path, "the config file")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -450,6 +561,8 @@ def as_dict(config: Any) -> Any:
         return {f.name: as_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, tuple):
         return [as_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: as_dict(v) for k, v in config.items()}
     if isinstance(config, Duration):
         return float(config)
     if isinstance(config, HostPort):

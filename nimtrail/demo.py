@@ -23,6 +23,7 @@ from nimtrail import api_client, config as config_mod
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 
+DEMO_JOIN_WINDOW = "15s"
 TRACEABLE_WAIT = 30.0  # seconds to wait for the pipeline to record the incident before printing
 
 
@@ -104,9 +105,14 @@ class Demo:
             scrape.append({"url": f"http://127.0.0.1:{dcgm}/metrics", "deployment": spec.id,
                            "interval": 15.0})
             metadata.append({"url": f"http://127.0.0.1:{api}", "deployment": spec.id, "interval": 60.0})
-        return {"NIMTRAIL_COLLECTOR__FILELOG": json.dumps(filelog),
-                "NIMTRAIL_COLLECTOR__SCRAPE": json.dumps(scrape),
-                "NIMTRAIL_COLLECTOR__NIM_METADATA": json.dumps(metadata)}
+        overrides = {"NIMTRAIL_COLLECTOR__FILELOG": json.dumps(filelog),
+                     "NIMTRAIL_COLLECTOR__SCRAPE": json.dumps(scrape),
+                     "NIMTRAIL_COLLECTOR__NIM_METADATA": json.dumps(metadata)}
+        if self.config.processor.join_window == config_mod.ProcessorConfig().join_window:
+            # Findings are judged once a record has settled for the join window; a demo
+            # viewer should not wait the production default of five minutes to see them.
+            overrides["NIMTRAIL_PROCESSOR__JOIN_WINDOW"] = DEMO_JOIN_WINDOW
+        return overrides
 
     def announce(self, supervisor: Any = None) -> None:
         self._supervisor = supervisor
@@ -141,7 +147,9 @@ class Demo:
         _say(f"incident: {inc['client_service']} ({inc['caller']}) ran {inc['tool']} on {inc['target']} "
              f"through {inc['deployment_id']}, gate {inc['gate']} ({inc['gate_decision']})")
         _say("trace it back with:")
-        print(f"    nimtrail {config}trace-back --tool-call-id {inc['tool_call_id']}", flush=True)
+        # ./dev sets NIMTRAIL_CLI_NAME so the printed command works as pasted.
+        cli = os.environ.get("NIMTRAIL_CLI_NAME") or "nimtrail"
+        print(f"    {cli} {config}trace-back --tool-call-id {inc['tool_call_id']}", flush=True)
         _say("or in the app (its Trace back page lists it among the recent actions):")
         print(f"    {self.app_url}/?tool_call_id={inc['tool_call_id']}", flush=True)
 
@@ -149,7 +157,7 @@ class Demo:
         try:
             found = api_client.query(self.config.api_url, "trace-back",
                                      {"tool_call_id": self._incident["tool_call_id"]},
-                                     token=os.environ.get("NIMTRAIL_TOKEN"), timeout=2.0)
+                                     token=api_client.env_token(), timeout=2.0)
         except (api_client.ApiError, ValueError):  # not up yet: ask again on the next poll
             return False
         return bool(found.get("found") and found.get("call"))

@@ -146,9 +146,11 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
     admin = admin_client(config, timeout)
     try:
         existing = set(admin.list_topics())
+        # Messages up to MAX_MESSAGE_BYTES on every topic, whatever the cluster's default.
+        size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         new = [
-            NewTopic(name, config.kafka.partitions, 1,
-                     topic_configs={"cleanup.policy": "compact"} if name in compacted else {})
+            NewTopic(name, config.kafka.partitions, config.kafka.replication_factor,
+                     topic_configs={**size, "cleanup.policy": "compact"} if name in compacted else size)
             for name in wanted if name not in existing
         ]
         if new:
@@ -200,9 +202,11 @@ class DeadLetters:
         self._stage = stage
 
     def send(self, value: bytes, *, reason: str, detail: str = "", source: str = "",
-             wait: bool = True) -> None:
+             wait: bool = True):
+        """Send one dead letter; returns the send future (already resolved when `wait`)."""
         value, headers = dead_letter(value, reason=reason, detail=detail, stage=self._stage)
         future = self._producer.send(self._topic, key=(source or self._stage).encode(),
                                      value=value, headers=headers)
         if wait:
             future.get(timeout=60)
+        return future

@@ -15,3 +15,5 @@ AUDIT_SAMPLES = "nimtrail.audit.samples"
 AUDIT_FINDINGS = "nimtrail.audit.findings"
 AUDIT_DIGESTS = "nimtrail.audit.digests"  # signed ledger checkpoints (copies of the digest files)
 DLQ = "nimtrail.dlq"
+PROCESSOR_STATE = "nimtrail.processor.state"
+LOG_EVENTS = "nimtrail.processor.logevents"

@@ -1,4 +1,4 @@
-"""The processor's internal events."""
+"""The processor's internal events: each logs a sentence and counts under the same labels."""
 
 import logging
 
@@ -24,3 +24,49 @@ class InputRejected(Event):
     message = "Sent a message from %(topic)s to the dead-letter topic because of %(reason)s: %(detail)s"
     thing, unit, doc = "rejected", "messages", "Input messages sent to the dead-letter topic"
     labels = ("topic", "reason")
+
+
+class EvidenceJoined(Event):
+    level = logging.DEBUG
+    message = "Read %(count)s evidence items from %(kind)s"
+    thing, unit, doc = "joined", "evidence", "Evidence items handed to the joiner, by source"
+    labels = ("kind",)
+
+
+class LogLinesRead(Event):
+    level = logging.DEBUG
+    message = "Read %(count)s NIM log lines of kind %(kind)s"
+    thing, unit, doc = "read", "log_lines", "NIM log lines by what they turned out to be"
+    labels = ("kind",)
+
+
+class FindingRaised(Event):
+    level = logging.INFO
+    message = "Finding %(kind)s (%(status)s) on %(subject)s"
+    thing, unit, doc = "raised", "findings", "Policy findings produced (open or resolved)"
+    labels = ("kind", "status")
+
+
+class RecordsSettled(Event):
+    level = logging.DEBUG
+    message = "%(count)s records passed their join window"
+    thing, unit, doc = "settled", "records", "Records whose join window passed (findings judged)"
+
+
+class DeploymentRegistered(Event):
+    level = logging.INFO
+    message = "Registered deployment %(deployment)s version %(version)s"
+    thing, unit, doc = "registered", "deployments", "Deployment versions read from the deployments topic"
+
+
+class ProduceRetried(Event):
+    level = logging.WARNING
+    message = "Kafka did not acknowledge %(what)s (%(error)s); retrying in %(delay).1fs"
+    thing, unit, doc = "retried", "produces", "Output batches produced again after a failure"
+    labels = ("what",)
+
+
+class StateRestored(Event):
+    level = logging.INFO
+    message = "Restored %(count)s join state entries from %(topic)s in %(seconds).1fs"
+    thing, unit, doc = "restored", "entries", "Join state entries read back from the changelog"

@@ -1,108 +1,318 @@
-"""The joiner: merges evidence into model calls and tool actions, and links each action to
-the model call whose response asked for it.
+"""The joiner: the processor's one stateful piece.
 
-Merging is order-independent, which is what makes replays and out-of-order arrival
-harmless:
-- a record is materialised from the *set* of evidence seen for it; when two views disagree
-  on a field, a fixed precedence decides (the client's view for who/what, NIM's view for
-  timings), never arrival order;
-- a record's `version` counts its evidence and links, so a better-informed emission always
-  has a higher version, and the same evidence seen twice yields the same version (the
-  warehouse treats that as a no-op).
+State is the set of evidence seen per record (plus, per record, whether its join window
+has passed and what was last emitted for it). Everything else — indexes, links, versions —
+is derived from that state, so it can be rebuilt from the changelog after a restart.
+
+- `add()` folds evidence in; `add_deployment()` registers a deployment version and marks
+  the calls it may match; `sweep()` settles records whose join window has passed.
+- `flush()` materialises every record the changes may have touched and returns those whose
+  content or version changed (records and findings), ready to produce.
+- `state_changes()` returns the changelog entries (key, value or None for a tombstone)
+  changed since the last call; the service writes them after the outputs are acknowledged.
+
+Merging is order-independent (see build.py): any interleaving and any duplication of the
+same input yields the same final records.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 from typing import Any, Iterable
 
+import orjson
+
 from nimtrail import records
-from nimtrail.records import now_iso
-from processors.spans import Evidence
+from nimtrail.config import ProcessorConfig
+from processors import evidence as ev, traces
+from processors.build import AddressMap, Builder, Built
+from processors.deployments import Registry
+from processors.evidence import Evidence
 
-# Lower rank wins. Client spans know the caller and the tool calls; NIM knows the timings.
-_RANK = {"span.client": 0, "span.nim": 1, "log.nim": 2}
-_NIM_FIRST = {"ttft_ms", "queue_ms", "e2e_ms", "model", "input_tokens", "output_tokens"}
+_ROLE = {(ev.MODEL_CALL, ev.SPAN_CLIENT): traces.CLIENT, (ev.MODEL_CALL, ev.SPAN_NIM): traces.NIM,
+         (ev.TOOL_ACTION, ev.SPAN_TOOL): traces.ACTION, (ev.AGENT, ev.SPAN_AGENT): traces.AGENT,
+         (ev.MCP, ev.SPAN_MCP_CLIENT): traces.MCP_CLIENT, (ev.MCP, ev.SPAN_MCP_SERVER): traces.MCP_SERVER,
+         (ev.CALL_SPAN, ev.SPAN_CLIENT): traces.CALL_SPAN}
 
 
-def _merge(kind: str, evidence: dict[str, Evidence]) -> dict[str, Any]:
-    fields = records.FIELDS[kind]
-    ordered = sorted(evidence.values(), key=lambda e: (_RANK.get(e.source, 9), e.evidence_id))
-    nim_ordered = sorted(ordered, key=lambda e: (e.source != "span.nim", _RANK.get(e.source, 9),
-                                                 e.evidence_id))
-    out = records.new(kind)
-    for name in fields:
-        for item in (nim_ordered if name in _NIM_FIRST else ordered):
-            value = item.fields.get(name)
-            if value is not None:
-                out[name] = value
-                break
-    return out
+def fingerprint(record: dict[str, Any]) -> str:
+    return hashlib.blake2b(records.canonical_bytes(record), digest_size=12).hexdigest()
+
+
+class Entry:
+    """The evidence of one record (or of one agent / MCP / orphan span), and its history."""
+
+    __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "settled", "emitted", "raised")
+
+    def __init__(self, kind: str, key: str, now: float):
+        self.id = f"{kind}|{key}"
+        self.kind = kind
+        self.key = key
+        self.evidence: dict[str, Evidence] = {}
+        self.first_seen = now
+        self.touched = now
+        self.settled = False
+        self.emitted: str | None = None  # fingerprint of the last record produced
+        self.raised: dict[str, dict[str, Any]] = {}  # finding id -> what was last produced
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"ev": [e.as_list() for e in self.evidence.values()], "fs": self.first_seen,
+                             "t": self.touched, "s": self.settled, "h": self.emitted, "r": self.raised})
+
+    @classmethod
+    def decode(cls, entry_id: str, value: bytes) -> "Entry":
+        doc = orjson.loads(value)
+        kind, _, key = entry_id.partition("|")
+        entry = cls(kind, key, doc["fs"])
+        entry.touched, entry.settled, entry.emitted, entry.raised = doc["t"], doc["s"], doc["h"], doc["r"]
+        for item in doc["ev"]:
+            e = Evidence.from_list(item)
+            entry.evidence[e.evidence_id] = e
+        return entry
 
 
 class Joiner:
-    """In-memory join state. `add()` takes evidence and returns the records whose content
-    changed, ready to emit."""
+    def __init__(self, config: ProcessorConfig = ProcessorConfig(), registry: Registry | None = None):
+        self.window = float(config.join_window)
+        self.ttl = float(config.state_ttl)
+        self.registry = registry or Registry()
+        self.address_map = AddressMap(config.address_map)
+        self.entries: dict[str, Entry] = {}
+        self.traces = traces.TraceIndex()
+        self.calls_by_tool_call: dict[str, set[str]] = {}
+        self.actions_by_tool_call: dict[str, set[str]] = {}
+        self.calls_by_identity: dict[str, set[str]] = {}
+        self.calls_by_nim_parent: dict[str, set[str]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._expiry: list[tuple[float, str]] = []
+        self._dirty: set[str] = set()
+        self._dirty_traces: set[str] = set()
+        self._changed: set[str] = set()
 
-    def __init__(self) -> None:
-        self._calls: dict[str, dict[str, Evidence]] = {}
-        self._actions: dict[str, dict[str, Evidence]] = {}
-        self._call_by_tool_call: dict[str, str] = {}
-        self._actions_by_tool_call: dict[str, set[str]] = {}
-        self._emitted: dict[tuple[str, str], bytes] = {}
+    # -- input --------------------------------------------------------------------------
 
-    # -- materialisation --------------------------------------------------------------
-
-    def _call(self, call_id: str) -> dict[str, Any]:
-        evidence = self._calls[call_id]
-        record = _merge("model_call", evidence)
-        record["signals"] = sorted({e.source for e in evidence.values()})
-        record["version"] = len(evidence)
-        return record
-
-    def _action(self, action_id: str) -> dict[str, Any]:
-        evidence = self._actions[action_id]
-        record = _merge("tool_action", evidence)
-        call_id = self._call_by_tool_call.get(record["tool_call_id"] or "")
-        record["call_id"] = call_id
-        record["version"] = len(evidence) + (1 if call_id else 0)
-        return record
-
-    # -- input ------------------------------------------------------------------------
-
-    def add(self, items: Iterable[Evidence]) -> list[tuple[str, dict[str, Any]]]:
-        """Fold evidence into the state; return (kind, record) for every changed record."""
-        touched: set[tuple[str, str]] = set()
+    def add(self, items: Iterable[Evidence], now: float) -> int:
+        """Fold evidence into the state; returns how many items were new."""
+        new = 0
         for item in items:
-            if item.kind == "model_call":
-                seen = self._calls.setdefault(item.key, {})
-                if item.evidence_id in seen:
-                    continue
-                seen[item.evidence_id] = item
-                touched.add(("model_call", item.key))
-                for tool_call_id in item.fields.get("tool_call_ids") or ():
-                    if self._call_by_tool_call.setdefault(tool_call_id, item.key) == item.key:
-                        for action_id in self._actions_by_tool_call.get(tool_call_id, ()):
-                            touched.add(("tool_action", action_id))
-            elif item.kind == "tool_action":
-                seen = self._actions.setdefault(item.key, {})
-                if item.evidence_id in seen:
-                    continue
-                seen[item.evidence_id] = item
-                touched.add(("tool_action", item.key))
-                tool_call_id = item.fields.get("tool_call_id")
-                if tool_call_id:
-                    self._actions_by_tool_call.setdefault(tool_call_id, set()).add(item.key)
-        return self._changed(sorted(touched))
-
-    def _changed(self, touched: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        observed = now_iso()
-        for kind, key in touched:
-            record = self._call(key) if kind == "model_call" else self._action(key)
-            fingerprint = records.canonical_bytes(record)
-            if self._emitted.get((kind, key)) == fingerprint:
+            entry_id = f"{item.kind}|{item.key}"
+            entry = self.entries.get(entry_id)
+            if entry is None:
+                entry = self.entries[entry_id] = Entry(item.kind, item.key, now)
+                if item.kind != ev.AGENT:
+                    heapq.heappush(self._deadlines, (now + self.window, entry_id))
+                heapq.heappush(self._expiry, (now + self.ttl, entry_id))
+            elif item.evidence_id in entry.evidence:
                 continue
-            self._emitted[(kind, key)] = fingerprint
-            record["observed_at"] = observed
-            out.append((kind, record))
+            entry.evidence[item.evidence_id] = item
+            entry.touched = now
+            self._index(entry, item)
+            self._dirty.add(entry_id)
+            self._changed.add(entry_id)
+            new += 1
+        return new
+
+    def _index(self, entry: Entry, item: Evidence) -> None:
+        f = item.fields
+        trace_id, span_id = f.get("trace_id"), f.get("span_id")
+        role = _ROLE.get((item.kind, item.source))
+        if trace_id and span_id and role:
+            self.traces.add(trace_id, traces.Node(entry.id, role, f))
+            self._dirty_traces.add(trace_id)
+        if item.kind == ev.MODEL_CALL:
+            for tool_call_id in f.get("tool_call_ids") or ():
+                self.calls_by_tool_call.setdefault(tool_call_id, set()).add(entry.id)
+            for identity in f.get("identities") or ():
+                self.calls_by_identity.setdefault(identity, set()).add(entry.id)
+            if item.source == ev.SPAN_NIM and f.get("parent_span_id"):
+                self.calls_by_nim_parent.setdefault(f["parent_span_id"], set()).add(entry.id)
+        elif item.kind == ev.TOOL_ACTION and f.get("tool_call_id"):
+            self.actions_by_tool_call.setdefault(f["tool_call_id"], set()).add(entry.id)
+        elif item.kind == ev.CALL_SPAN:
+            for identity in f.get("identities") or ():
+                self.calls_by_identity.setdefault(identity, set()).add(entry.id)
+
+    def add_deployment(self, record: dict[str, Any]) -> bool:
+        """Register a deployment version (ValueError if it is not a usable record) and
+        mark every call it may now match. False when the version was known already."""
+        added = self.registry.add(record)
+        if added is None:
+            return False
+        keys, prefixes = added
+        for key in keys:
+            self._dirty.update(self.calls_by_identity.get(key, ()))
+        for identity, entry_ids in self.calls_by_identity.items():
+            if identity.startswith("pod:") and any(identity[4:].startswith(p) for p in prefixes):
+                self._dirty.update(entry_ids)
+        return True
+
+    def sweep(self, now: float) -> int:
+        """Settle records whose join window has passed (their findings are judged from now
+        on) and drop state untouched for state_ttl. Returns how many settled."""
+        settled = 0
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, entry_id = heapq.heappop(self._deadlines)
+            entry = self.entries.get(entry_id)
+            if entry is None or entry.settled:
+                continue
+            entry.settled = True
+            self._dirty.add(entry_id)
+            self._changed.add(entry_id)
+            settled += 1
+        later = []
+        while self._expiry and self._expiry[0][0] <= now:
+            _, entry_id = heapq.heappop(self._expiry)
+            if entry_id in self.entries:
+                retry = self._expire(entry_id, now)
+                if retry is not None:
+                    later.append((retry, entry_id))
+        for item in later:
+            heapq.heappush(self._expiry, item)
+        return settled
+
+    def _expire(self, entry_id: str, now: float) -> float | None:
+        """Evict a record with everything in its traces, or none of it: evicting part of a
+        trace would shrink the versions of what stays. Returns when to look again, if not
+        evicted now."""
+        group = {entry_id}
+        for item in self.entries[entry_id].evidence.values():
+            if item.fields.get("trace_id"):
+                group |= self.traces.entries(item.fields["trace_id"])
+        members = [self.entries[g] for g in group if g in self.entries]
+        latest = max(e.touched for e in members)
+        if (latest + self.ttl > now or any(e.id in self._dirty for e in members)
+                or not all(e.settled or e.kind == ev.AGENT for e in members)):
+            return max(latest + self.ttl, now + self.window)
+        for entry in members:
+            del self.entries[entry.id]
+            for item in entry.evidence.values():
+                self._unindex(entry, item)
+            self._changed.add(entry.id)
+        return None
+
+    def _unindex(self, entry: Entry, item: Evidence) -> None:
+        f = item.fields
+        if f.get("trace_id") and f.get("span_id"):
+            self.traces.remove(f["trace_id"], f["span_id"])
+        for index, keys in ((self.calls_by_tool_call, f.get("tool_call_ids") or ()),
+                            (self.calls_by_identity, f.get("identities") or ()),
+                            (self.actions_by_tool_call, [f["tool_call_id"]] if f.get("tool_call_id") else ()),
+                            (self.calls_by_nim_parent, [f["parent_span_id"]] if f.get("parent_span_id") else ())):
+            for key in keys:
+                ids = index.get(key)
+                if ids is not None:
+                    ids.discard(entry.id)
+                    if not ids:
+                        del index[key]
+
+    # -- output -------------------------------------------------------------------------
+
+    def _affected(self) -> list[Entry]:
+        """Every entry whose record may have changed: the dirty ones, everything in their
+        traces (parentage links within a trace), and the actions that name a tool call of
+        an affected call (links across traces)."""
+        affected = set(self._dirty)
+        traces_touched = set(self._dirty_traces)
+        for entry_id in self._dirty:
+            entry = self.entries.get(entry_id)
+            if entry is not None:
+                traces_touched.update(e.fields["trace_id"] for e in entry.evidence.values()
+                                      if e.fields.get("trace_id"))
+        for trace_id in traces_touched:
+            affected |= self.traces.entries(trace_id)
+        for entry_id in list(affected):
+            entry = self.entries.get(entry_id)
+            if entry is not None and entry.kind == ev.MODEL_CALL:
+                for item in entry.evidence.values():
+                    for tool_call_id in item.fields.get("tool_call_ids") or ():
+                        affected |= self.actions_by_tool_call.get(tool_call_id, set())
+        self._dirty.clear()
+        self._dirty_traces.clear()
+        return [self.entries[e] for e in sorted(affected) if e in self.entries]
+
+    def flush(self) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, record) for every record and finding whose content or version changed.
+        `observed_at` is stamped here: it is the only field that differs between replays."""
+        builder = Builder(self, self.address_map)
+        out: list[tuple[str, dict[str, Any]]] = []
+        observed = records.now_iso()
+        for entry in self._affected():
+            built = self._build(builder, entry)
+            if built is None:
+                continue
+            record = built.record
+            mark = fingerprint(record)
+            if mark != entry.emitted:
+                entry.emitted = mark
+                self._changed.add(entry.id)
+                out.append((built.kind, {**record, "observed_at": observed}))
+            if entry.settled:
+                out.extend(self._judge(entry, built, observed))
         return out
+
+    @staticmethod
+    def _build(builder: Builder, entry: Entry) -> Built | None:
+        if entry.kind == ev.MODEL_CALL:
+            return builder.call(entry)
+        if entry.kind == ev.TOOL_ACTION:
+            return builder.action(entry)
+        if entry.kind == ev.MCP and entry.settled:
+            return builder.standalone_mcp(entry)
+        if entry.kind == ev.CALL_SPAN and entry.settled:
+            return builder.standalone_call(entry)
+        return None
+
+    def _judge(self, entry: Entry, built: Built, observed: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        version = built.record["version"]
+        current = {f["finding_id"]: f for f in built.findings()}
+        for finding_id, finding in current.items():
+            finding["version"] = version
+            mark = fingerprint(finding)
+            if entry.raised.get(finding_id, {}).get("h") != mark:
+                entry.raised[finding_id] = {"h": mark, "f": finding}
+                self._changed.add(entry.id)
+                out.append(("finding", {**finding, "observed_at": observed}))
+        for finding_id, last in entry.raised.items():
+            if finding_id in current or last["f"]["detail"].get("status") == "resolved":
+                continue
+            resolved = {**last["f"], "version": max(version, last["f"]["version"] + 1),
+                        "detail": {**last["f"]["detail"], "status": "resolved"}}
+            entry.raised[finding_id] = {"h": fingerprint(resolved), "f": resolved}
+            self._changed.add(entry.id)
+            out.append(("finding", {**resolved, "observed_at": observed}))
+        return out
+
+    # -- the changelog ------------------------------------------------------------------
+
+    def state_changes(self) -> list[tuple[str, bytes | None]]:
+        """Changelog entries changed since the last call: (entry id, value or None)."""
+        out = []
+        for entry_id in sorted(self._changed):
+            entry = self.entries.get(entry_id)
+            out.append((entry_id, entry.encode() if entry is not None else None))
+        self._changed.clear()
+        return out
+
+    def restore(self, state: dict[str, bytes], now: float) -> None:
+        """Rebuild from the changelog's latest value per entry. Unsettled records get a
+        whole join window from now: the time the processor was down does not count, since
+        their counterparts may be waiting unread in Kafka."""
+        for entry_id, value in state.items():
+            entry = Entry.decode(entry_id, value)
+            self.entries[entry_id] = entry
+            for item in entry.evidence.values():
+                self._index(entry, item)
+            if not entry.settled and entry.kind != ev.AGENT:
+                heapq.heappush(self._deadlines, (now + self.window, entry_id))
+            heapq.heappush(self._expiry, (max(entry.touched + self.ttl, now + self.window), entry_id))
+        # Re-materialise everything once: what differs from what was last produced (say,
+        # deployments registered while the processor was down) goes out with the next flush.
+        self._dirty.update(self.entries)
+        self._dirty_traces.clear()
+        self._changed.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+

@@ -26,4 +26,10 @@ def any_value(value: Any) -> Any:
 
 
 def attributes(pairs: Iterable[Any]) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in pairs}
+    out = {}
+    for kv in pairs:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # Strings are most attributes: read them without a call per value.
+        out[kv.key] = value.string_value if kind == "string_value" else any_value(value)
+    return out

@@ -13,11 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 # The configuration loader already does exactly what a scenario needs (typed fields,
 # unknown keys named); sharing it keeps the two files' error messages alike.
-from nimtrail.config import Duration, _build
+from nimtrail.config import Duration, build_section, parse_yaml, read_yaml
 from nimtrail.errors import ConfigError
 
 ENGINES = ("vllm", "tensorrt_llm", "sglang")
@@ -285,7 +284,7 @@ def parse(data: Any, source: str = "scenario") -> Scenario:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
-        return _build(Scenario, data, "")
+        return build_section(Scenario, data, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from e
 
@@ -293,16 +292,7 @@ def parse(data: Any, source: str = "scenario") -> Scenario:
 def load(path: str | Path | None = None) -> Scenario:
     """Load a scenario file; without a path, the one shipped with the package."""
     if path is None:
-        text = resources.files("simulator.scenarios").joinpath(DEFAULT).read_text()
         source = f"built-in scenario {DEFAULT}"
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read the scenario ({e.strerror})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from e
-    return parse(data, source)
+        text = resources.files("simulator.scenarios").joinpath(DEFAULT).read_text()
+        return parse(parse_yaml(text, source), source)
+    return parse(read_yaml(path, "the scenario"), str(path))

@@ -74,3 +74,14 @@ def metric(url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def counter(collector: Collector, name: str, **labels: str) -> float:
+    """A sample of an in-process collector's metrics (for when /metrics needs a token or
+    a client certificate); 0 when absent."""
+    total = 0.0
+    for family in text_string_to_metric_families(collector.metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

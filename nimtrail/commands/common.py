@@ -21,8 +21,9 @@ def print_json(doc: Any) -> None:
 
 
 def token() -> str | None:
-    """The query API token: NIMTRAIL_TOKEN, never a command-line flag (it would show in ps)."""
-    return os.environ.get("NIMTRAIL_TOKEN")
+    """The query API token: NIMTRAIL_TOKEN or the file NIMTRAIL_TOKEN_FILE names, never a
+    command-line flag (it would show in ps)."""
+    return api_client.env_token()
 
 
 def query(args: argparse.Namespace, name: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""End-to-end benchmark: raw limits, the whole pipeline, and the queries, in one run.
+
+    python -m bench                # < 15 minutes: 1M calls for the queries
+    python -m bench --quick        # < 3 minutes, small sizes
+    python -m bench --full         # queries at 10M model calls
+    python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
+
+Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
+description and each figure's ratio to its raw limit). See bench/raw.py (the limits),
+bench/pipeline.py (end to end, freshness, RSS) and bench/warehouse_bench.py (queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from bench import pipeline, raw, report
+from nimtrail import broker
+
+SIZES = {
+    "quick": {"kafka_msgs": 2000, "arrow_rows": 100_000, "traces": 1500, "log_calls": 300,
+              "fresh_s": 5, "calls": 100_000, "requests": 20},
+    "default": {"kafka_msgs": 6000, "arrow_rows": 1_000_000, "traces": 8000, "log_calls": 2000,
+                "fresh_s": 10, "calls": 1_000_000, "requests": 100},
+}
+RATES = (1000, 5000)
+
+
+def machine() -> dict:
+    import duckdb
+    import kafka
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    mem = next((int(l.split()[1]) // 1024 for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal")), None)
+    return {"nproc": os.cpu_count(), "memory_mb": mem, "cpu": cpu, "python": platform.python_version(),
+            "duckdb": duckdb.__version__, "kafka_python": kafka.__version__, "kafka_broker": broker.kafka_version(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
+    parser.add_argument("--full", action="store_true", help="queries at 10M model calls")
+    parser.add_argument("--bootstrap", default="", help="use this broker instead of starting one")
+    parser.add_argument("--work", help="directory for the files (default: a temporary one)")
+    parser.add_argument("--skip", action="append", default=[], choices=["raw", "pipeline", "queries"])
+    args = parser.parse_args()
+    size = dict(SIZES["quick" if args.quick else "default"])
+    if args.full:
+        size.update(calls=10_000_000, requests=20)
+    work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    began = time.monotonic()
+    out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "mode": "quick" if args.quick else ("full" if args.full else "default"),
+                 "machine": machine(), "sizes": size}
+    started = None
+    bootstrap = args.bootstrap
+    if not bootstrap:
+        started = work / "kafka"
+        bootstrap = broker.start(started, port=0, timeout=180).bootstrap
+    out["broker"] = "shared" if args.bootstrap else "bundled"
+    try:
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        sample, spans = pipeline._traces(pipeline.TRACES_PER_REQUEST, now)
+        body = sample[0][0]
+        out["request"] = {"bytes": len(body), "spans": spans}
+        if "raw" not in args.skip:
+            say(f"raw limits (messages of {len(body):,} bytes = one export request of {spans} spans):")
+            out["raw_kafka_python"] = r = raw.kafka_python(bootstrap, body, size["kafka_msgs"])
+            say(f"  kafka-python: produce {r['produce_msgs_per_s']:,.0f} msg/s, consume {r['consume_msgs_per_s']:,.0f}"
+                f" msg/s, produce+consume {r['produce_consume_msgs_per_s']:,.0f} msg/s")
+            out["raw_kafka_java"] = r = raw.java_tools(bootstrap, len(body), size["kafka_msgs"])
+            say(f"  Kafka perf tools: {r}")
+            out["raw_duckdb"] = r = raw.duckdb_arrow(work, size["arrow_rows"])
+            say(f"  DuckDB Arrow insert: {r['rows_per_s']:,.0f} rows/s ({r['rows']:,} rows, one frame)")
+        if "pipeline" not in args.skip:
+            say("pipeline (collector + processor + warehouse processes):")
+            out["sustained"] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say)
+            out["freshness"] = [pipeline.freshness(work, bootstrap, rate, size["fresh_s"], say) for rate in RATES]
+    finally:
+        if started:
+            broker.stop(started)
+    if "queries" not in args.skip:
+        from bench.warehouse_bench import bench_queries
+        say(f"queries at {size['calls']:,} model calls, {size['requests']} requests each, over HTTP:")
+        out["queries"] = bench_queries(work, size["calls"], size["requests"], say)
+    out["seconds"] = time.monotonic() - began
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{out['started'][:19].replace(':', '')}-{out['mode']}.json"
+    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    table = report.markdown(out)
+    report.update(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", out["mode"], table)
+    say(table)
+    say(f"wrote {path} and BENCHMARKS.md in {out['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

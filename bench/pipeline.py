@@ -1,0 +1,233 @@
+"""The whole pipeline as real processes: collector → Kafka → processor → Kafka → warehouse.
+
+Traffic has the simulator's shape: agent traces (invoke_agent → chat + NIM llm_request →
+execute_tool → MCP client and server; 6 spans, one model call and one tool action each)
+exported over OTLP/HTTP and OTLP/gRPC in requests of ~100 spans, plus NIM log lines
+(request received/finished pairs, access lines, health probes) tailed by filelog. An
+*event* is a span or a log line.
+
+- sustained: every event is sent as fast as the collector accepts it; the clock stops
+  when every model call and tool action is queryable through the warehouse API;
+- freshness: traces sent at a fixed span rate, each call's emit time kept; the calls
+  query is polled and a call's freshness is (first seen queryable) − (sent).
+Peak RSS of each stage is its process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import random
+import re
+import statistics
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import orjson
+
+from bench.collector_bench import _send_grpc, _send_http
+from tests import scenarios as sc
+from tests.harness import Env, wait_for
+
+SPANS_PER_TRACE = 6
+TRACES_PER_REQUEST = 16  # ~100 spans, as an SDK batch exporter sends
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _traces(n: int, start: dt.datetime, rate: float | None = None) -> tuple[list[tuple[bytes, list[str], float]], int]:
+    """Export requests as (body, call ids, planned send offset in s)."""
+    world, rng = sc.World(), random.Random(7)
+    out, spans, ids = [], 0, []
+    per_s = (rate / SPANS_PER_TRACE) if rate else None
+    for i in range(n):
+        offset = i / per_s if per_s else 0.0
+        got = sc.agent_run(world, start + dt.timedelta(seconds=offset), caller=f"user{rng.randrange(50)}",
+                           gate=rng.choice(["policy", "human", "none"]), mcp=True)
+        ids.append(got["call_id"])
+        if len(ids) == TRACES_PER_REQUEST or i == n - 1:
+            batch = world.take()
+            spans += len(batch)
+            out.append((sc.World.otlp(batch), ids, offset))
+            ids = []
+    return out, spans
+
+
+def _log_lines(calls: int, when: dt.datetime) -> list[str]:
+    lines = []
+    for j in range(calls):
+        call = f"chatcmpl-log{uuid.uuid4().hex}"
+        stamp = (when + dt.timedelta(milliseconds=j)).strftime("%Y-%m-%d %H:%M:%S")
+        lines += [
+            f'{{"level":"INFO","time":"{stamp}","file_name":"logger.py","line_number":39,'
+            f'"message":"Received request {call}: params: SamplingParams(n=1, max_tokens=256)"}}',
+            f'{{"level":"INFO","time":"{stamp}","file_name":"logger.py","line_number":40,'
+            f'"message":"Finished request {call}."}}',
+            f'INFO:     10.28.{j % 250}.1:4{j % 10000:04d} - "POST /v1/chat/completions HTTP/1.1" 200 OK',
+            'INFO:     10.0.0.2:5000 - "GET /v1/health/ready HTTP/1.1" 200 OK']
+    return lines
+
+
+def _written(env: Env) -> dict[str, float]:
+    with urllib.request.urlopen(f"{env.api}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^nimtrail_warehouse_written_records_total\{kind="(\w+)"\} ([\d.e+]+)$', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def _get(env: Env, name: str, **params: object) -> dict:
+    url = f"{env.api}/v1/query/{name}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return orjson.loads(r.read())
+
+
+def _found(env: Env, call_id: str) -> bool:
+    return bool(_get(env, "trace-back", call_id=call_id).get("found"))
+
+
+def _start(env: Env) -> dict[str, int]:
+    pids = {}
+    for stage in ("warehouse", "processor", "collector"):
+        pids[stage] = env.start(stage).pid
+        env.wait_ready(stage, timeout=120)
+    return pids
+
+
+def _count(env: Env) -> dict[str, int]:
+    con = duckdb.connect(str(env.config.warehouse_path), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("model_calls", "tool_actions")}
+    finally:
+        con.close()
+
+
+def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None]) -> dict:
+    (work / "sustained").mkdir(parents=True, exist_ok=True)
+    env = Env(work / "sustained", bootstrap, collector={"filelog": [
+        {"include": [str(work / "sustained" / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    requests, spans = _traces(traces, now)
+    lines = _log_lines(log_calls, now)
+    say(f"  {traces:,} traces ({spans:,} spans in {len(requests)} requests) + {len(lines):,} log lines prepared")
+    pids = _start(env)
+    try:
+        bodies = [b for b, _, _ in requests]
+        half = len(bodies) // 2
+        began = time.perf_counter()
+        log_path = work / "sustained" / "nim.log.jsonl"
+        log_path.write_text("\n".join(lines) + "\n")
+        senders = [threading.Thread(target=_send_http, args=(env.ports["http"], bodies[:half])),
+                   threading.Thread(target=_send_grpc, args=(env.ports["grpc"], bodies[half:]))]
+        for s in senders:
+            s.start()
+        for s in senders:
+            s.join()
+        accepted = time.perf_counter() - began
+        expected = traces + log_calls
+        last = [requests[-1][1][-1], requests[half - 1][1][-1]]
+
+        def done() -> bool:
+            w = _written(env)
+            return (w.get("model_call", 0) >= expected and w.get("tool_action", 0) >= traces
+                    and all(_found(env, c) for c in last))
+
+        wait_for(done, timeout=max(120.0, traces / 50), interval=0.2, what="every call queryable")
+        elapsed = time.perf_counter() - began
+        rss = {stage: peak_rss_mb(pid) for stage, pid in pids.items()}
+    finally:
+        env.stop_all()
+    counts = _count(env)
+    events = spans + len(lines)
+    out = {"traces": traces, "spans": spans, "log_lines": len(lines), "events": events,
+           "collector_accept_s": accepted, "end_to_end_s": elapsed, "events_per_s": events / elapsed,
+           "spans_per_s": spans / elapsed, "collector_events_per_s": events / accepted,
+           "expected": {"model_calls": expected, "tool_actions": traces}, "found": counts,
+           "peak_rss_mb": rss, "request_bytes": statistics.mean(len(b) for b in bodies)}
+    say(f"  sustained: {events:,} events in {elapsed:.1f}s = {events / elapsed:,.0f} events/s end to end "
+        f"(collector accepted them in {accepted:.1f}s); rows {counts} of expected {out['expected']}; "
+        f"peak RSS MB {({k: round(v or 0) for k, v in rss.items()})}")
+    return out
+
+
+def freshness(work: Path, bootstrap: str, rate: int, seconds: float, say: Callable[[str], None]) -> dict:
+    """Spans at `rate`/s for `seconds`; emit → queryable per call."""
+    (work / f"fresh-{rate}").mkdir(parents=True, exist_ok=True)
+    env = Env(work / f"fresh-{rate}", bootstrap)
+    traces = int(rate * seconds / SPANS_PER_TRACE)
+    t0 = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) 
+    requests, spans = _traces(traces, t0, rate=rate)
+    pids = _start(env)
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set() or len(seen) < len(sent):
+            pending = [c for c in sent if c not in seen]
+            if stop.is_set() and not pending:
+                break
+            since = (t0 - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            if pending:
+                oldest = min(planned[c] for c in pending)
+                since = (t0 + dt.timedelta(seconds=oldest - 1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            offset = 0
+            while True:
+                page = _get(env, "calls", since=since, limit=1000, offset=offset)
+                at = time.monotonic()
+                for row in page["rows"]:
+                    seen.setdefault(row["call_id"], at)
+                if page.get("next_offset") is None:
+                    break
+                offset = page["next_offset"]
+            if stop.is_set() and time.monotonic() > give_up:
+                break
+            time.sleep(0.05)
+
+    planned = {c: off for _, ids, off in requests for c in ids}
+    conn = http.client.HTTPConnection("127.0.0.1", env.ports["http"], timeout=60)
+    give_up = float("inf")
+    poller = threading.Thread(target=poll, daemon=True)
+    try:
+        poller.start()
+        began = time.monotonic()
+        for body, ids, offset in requests:
+            delay = began + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            at = time.monotonic()
+            conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+            response = conn.getresponse()
+            response.read()
+            for c in ids:
+                sent[c] = at
+        give_up = time.monotonic() + 60
+        stop.set()
+        poller.join(timeout=90)
+        rss = {stage: peak_rss_mb(pid) for stage, pid in pids.items()}
+    finally:
+        stop.set()
+        conn.close()
+        env.stop_all()
+    lags = sorted((seen[c] - sent[c]) * 1000 for c in sent if c in seen)
+    pct = lambda q: lags[min(len(lags) - 1, int(q * (len(lags) - 1)))] if lags else None  # noqa: E731
+    out = {"rate_spans_per_s": rate, "seconds": seconds, "calls": len(sent), "seen": len(lags),
+           "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": lags[-1] if lags else None, "peak_rss_mb": rss}
+    say(f"  freshness at {rate:,} spans/s for {seconds:.0f}s: {len(lags)}/{len(sent)} calls seen, "
+        f"p50 {out['p50_ms'] or 0:,.0f} ms, p99 {out['p99_ms'] or 0:,.0f} ms")
+    return out

@@ -1,0 +1,79 @@
+"""The benchmark's table for BENCHMARKS.md: each figure next to its raw limit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TARGETS = {"events_per_s": 50_000, "ratio": 0.5, "fresh_p99_ms": 2000, "trace_back_p95_ms": 50,
+           "calls_p95_ms": 100, "latency_ms": 500, "rss_mb": 500}
+
+
+def _n(v, unit: str = "") -> str:
+    return "–" if v is None else f"{v:,.0f}{unit}"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"Run `{r['mode']}` at {r['started']} with a {r.get('broker', '')} broker, "
+             f"{r['seconds']:.0f} s. Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_mb']:,} MB, "
+             f"load average at start {', '.join(f'{x:.1f}' for x in m['load_average_at_start'])}; "
+             f"Python {m['python']}, DuckDB {m['duckdb']}, kafka-python {m['kafka_python']}, "
+             f"Kafka {m['kafka_broker']}.", "",
+             "| figure | measured | raw limit | ratio | target |", "|---|---|---|---|---|"]
+    req = r.get("request", {})
+    kp, kj, dd = r.get("raw_kafka_python"), r.get("raw_kafka_java"), r.get("raw_duckdb")
+    spans_per_msg = req.get("spans", 1)
+    if kp:
+        lines.append(f"| kafka-python produce, {req['bytes']:,} B messages | {_n(kp['produce_msgs_per_s'])} msg/s "
+                     f"({_n(kp['produce_mb_per_s'])} MB/s) | Kafka ProducerPerformance {_n(kj.get('produce_msgs_per_s'))} msg/s | "
+                     f"{kp['produce_msgs_per_s'] / kj['produce_msgs_per_s']:.2f} | |" if kj and kj.get("produce_msgs_per_s") else
+                     f"| kafka-python produce | {_n(kp['produce_msgs_per_s'])} msg/s | – | – | |")
+        lines.append(f"| kafka-python consume | {_n(kp['consume_msgs_per_s'])} msg/s | Kafka ConsumerPerformance "
+                     f"{_n(kj.get('consume_msgs_per_s') if kj else None)} msg/s | "
+                     + (f"{kp['consume_msgs_per_s'] / kj['consume_msgs_per_s']:.2f}" if kj and kj.get("consume_msgs_per_s") else "–")
+                     + " | |")
+    s = r.get("sustained")
+    if s:
+        limit = kp["produce_consume_msgs_per_s"] * spans_per_msg if kp else None
+        lines.append(f"| end to end, spans + log lines in → queryable | {_n(s['events_per_s'])} events/s "
+                     f"({_n(s['spans_per_s'])} spans/s) | kafka-python produce+consume of the same requests "
+                     f"{_n(limit)} spans/s | " + (f"{s['events_per_s'] / limit:.2f}" if limit else "–")
+                     + f" | ≥ 50,000/s, ≥ 0.5 |")
+        lines.append(f"| collector accept (same run) | {_n(s['collector_events_per_s'])} events/s | "
+                     f"kafka-python produce {_n(kp['produce_msgs_per_s'] * spans_per_msg if kp else None)} spans/s | "
+                     + (f"{s['collector_events_per_s'] / (kp['produce_msgs_per_s'] * spans_per_msg):.2f}" if kp else "–")
+                     + " | |")
+        found = s["found"]
+        lines.append(f"| rows queryable after the sustained run | {found['model_calls']:,} calls, "
+                     f"{found['tool_actions']:,} actions | expected {s['expected']['model_calls']:,} / "
+                     f"{s['expected']['tool_actions']:,} | | all |")
+        for stage, mb in s["peak_rss_mb"].items():
+            lines.append(f"| peak RSS {stage} (sustained run) | {_n(mb, ' MB')} | | | ≤ 500 MB |")
+    for f in r.get("freshness", []):
+        lines.append(f"| freshness at {f['rate_spans_per_s']:,} spans/s, {f['seconds']} s "
+                     f"({f['seen']}/{f['calls']} calls seen) | p50 {_n(f['p50_ms'], ' ms')}, p99 {_n(f['p99_ms'], ' ms')} "
+                     f"| | | p99 ≤ 2,000 ms |")
+    q = r.get("queries")
+    if q:
+        for name, v in q["queries"].items():
+            target = ("p95 ≤ 50 ms" if name.startswith("trace-back") else "p95 ≤ 100 ms"
+                      if name.startswith("calls newest") else "≤ 500 ms" if name == "latency by profile" else "")
+            lines.append(f"| {name} at {q['calls']:,} calls | p50 {v['p50_ms']:,.1f} ms, p95 {v['p95_ms']:,.1f} ms "
+                         f"| | | {target} |")
+    if dd:
+        lines.append(f"| (raw) DuckDB Arrow insert, one frame of {dd['rows']:,} calls | {_n(dd['rows_per_s'])} rows/s "
+                     f"| | | |")
+    return "\n".join(lines)
+
+
+def update(path: Path, mode: str, table: str) -> None:
+    """Replace the section of this mode in BENCHMARKS.md (or add it)."""
+    text = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- bench:{mode}:begin -->", f"<!-- bench:{mode}:end -->"
+    block = f"{begin}\n### `{mode}`\n\n{table}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

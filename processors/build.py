@@ -1,0 +1,262 @@
+"""Materialising records from the join state: merge evidence, link, and version.
+
+The rule that makes the audit trail converge whatever the order of arrival: a record's
+content is a function of the state it depends on, and its `version` counts that state
+(its evidence, plus every candidate it was chosen among). State only grows, so the version
+only grows, and it grows whenever the content could have changed. The final emission of a
+record therefore carries both its final content and its highest version, and the
+warehouse's rule (keep the highest version) keeps exactly that.
+
+Dependencies, and what each version counts:
+- model_call: its evidence (and that of a client span without response id whose NIM child
+  it is); every registered version of every deployment its identities point at; the
+  known ancestors and the invoke_agent spans of its client span's trace.
+- tool_action: its evidence; the MCP spans of its trace and their known ancestors; the
+  execute_tool spans of its trace; its ancestors and agents; the full version of every
+  candidate call (calls in the same trace, calls listing its tool_call_id).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any, Iterable
+
+from nimtrail import records
+from processors import evidence as ev, policy, traces
+from processors.evidence import Evidence
+
+if TYPE_CHECKING:
+    from processors.join import Entry, Joiner
+
+# Lower rank wins. Client spans know the caller and the tool calls; NIM knows the timings.
+_CALL_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1, ev.LOG_GATEWAY: 2, ev.LOG_NIM: 3, ev.LOG_ACCESS: 4}
+_NIM_FIRST = {"ttft_ms", "queue_ms", "e2e_ms", "model", "input_tokens", "output_tokens"}
+_ACTION_RANK = {ev.SPAN_TOOL: 0, ev.SPAN_MCP_CLIENT: 1, ev.SPAN_MCP_SERVER: 2}
+_SERVER_FIRST = {"mcp_server"}
+
+
+def _ordered(items: Iterable[Evidence], rank: dict[str, int]) -> list[Evidence]:
+    return sorted(items, key=lambda e: (rank.get(e.source, 9), e.evidence_id))
+
+
+_FIELDSETS = {kind: frozenset(fields) for kind, fields in records.FIELDS.items()}
+
+
+def _merge(kind: str, ordered: list[Evidence], first: list[Evidence], first_fields: set[str]) -> dict:
+    """Every canonical field from the highest-ranked evidence that has it (lowest rank
+    written last, so it wins); `first_fields` taken in the order of `first` instead."""
+    out = dict.fromkeys(records.FIELDS[kind])
+    allowed = _FIELDSETS[kind]
+    for item in reversed(ordered):
+        for name, value in item.fields.items():
+            if value is not None and name in allowed:
+                out[name] = value
+    for name in first_fields:
+        for item in first:
+            value = item.fields.get(name)
+            if value is not None:
+                out[name] = value
+                break
+    return out
+
+
+def _value(ordered: list[Evidence], name: str, sources: tuple[str, ...] | None = None) -> Any:
+    for item in ordered:
+        if sources is None or item.source in sources:
+            value = item.fields.get(name)
+            if value is not None:
+                return value
+    return None
+
+
+class AddressMap:
+    """processor.address_map: the caller behind a client address, most specific match first."""
+
+    def __init__(self, mapping: dict[str, str]):
+        nets = [(ipaddress.ip_network(k, strict=False), v) for k, v in mapping.items()]
+        self._nets = sorted(nets, key=lambda nv: -nv[0].prefixlen)
+
+    def lookup(self, address: Any) -> str | None:
+        if not address or not self._nets:
+            return None
+        try:
+            ip = ipaddress.ip_address(str(address))
+        except ValueError:
+            return None
+        return next((caller for net, caller in self._nets if ip in net), None)
+
+
+class Built:
+    """One materialised record, what it was judged against, and its findings."""
+
+    __slots__ = ("kind", "record", "deployment", "call", "aliases")
+
+    def __init__(self, kind: str, record: dict[str, Any], deployment: dict | None = None,
+                 call: dict | None = None, aliases: list[str] | None = None):
+        self.kind = kind
+        self.record = record
+        self.deployment = deployment
+        self.call = call
+        self.aliases = aliases or []
+
+    def findings(self) -> list[dict[str, Any]]:
+        if self.kind == "model_call":
+            return policy.call_findings(self.record, self.deployment)
+        return policy.action_findings(self.record, self.call, self.deployment, self.aliases)
+
+
+class Builder:
+    def __init__(self, joiner: "Joiner", address_map: AddressMap):
+        self.j = joiner
+        self.address_map = address_map
+        self.cache: dict[str, Built] = {}
+
+    # -- model calls ------------------------------------------------------------------
+
+    def call_evidence(self, entry: "Entry") -> list[Evidence]:
+        items = list(entry.evidence.values())
+        for item in entry.evidence.values():
+            if item.source == ev.SPAN_NIM and item.fields.get("parent_span_id"):
+                orphan = self.j.entries.get(f"{ev.CALL_SPAN}|{item.fields['parent_span_id']}")
+                if orphan is not None:
+                    items.extend(orphan.evidence.values())
+        return items
+
+    def call(self, entry: "Entry", call_id: str | None = None) -> Built:
+        if entry.id in self.cache:
+            return self.cache[entry.id]
+        items = self.call_evidence(entry) if entry.kind == ev.MODEL_CALL else list(entry.evidence.values())
+        ordered = _ordered(items, _CALL_RANK)
+        nim_first = sorted(ordered, key=lambda e: e.source != ev.SPAN_NIM)
+        record = _merge("model_call", ordered, nim_first, _NIM_FIRST)
+        record["call_id"] = call_id or entry.key
+        record["signals"] = sorted({e.source for e in items})
+        identities: set[str] = set()
+        for item in items:
+            identities.update(item.fields.get("identities") or ())
+        deployment_id, weight = self.j.registry.match(identities)
+        version = None
+        if deployment_id is not None:
+            version = self.j.registry.as_of(deployment_id, record["started_at"])
+        record["deployment_id"], record["deployment_version"] = deployment_id, version
+        agent_caller = None
+        for item in ordered:
+            if item.source != ev.SPAN_CLIENT or not item.fields.get("trace_id"):
+                continue
+            node = self.j.traces.nodes(item.fields["trace_id"]).get(item.fields["span_id"])
+            if node is None:
+                continue
+            agents, w = self.j.traces.agents_for(item.fields["trace_id"], node)
+            weight += w
+            if agent_caller is None:
+                agent_caller = next((a.fields.get("caller") for a in agents if a.fields.get("caller")), None)
+        # Caller: the calling span, else its invoke_agent ancestor, else a gateway's log,
+        # else the configured address map. Never a raw credential.
+        record["caller"] = (_value(ordered, "caller", (ev.SPAN_CLIENT,)) or agent_caller
+                            or _value(ordered, "caller", (ev.LOG_GATEWAY,))
+                            or self.address_map.lookup(record["client_address"]))
+        record["version"] = len(items) + weight
+        built = Built("model_call", record, self.j.registry.get(deployment_id, version))
+        self.cache[entry.id] = built
+        return built
+
+    # -- tool actions -----------------------------------------------------------------
+
+    def mcp_owner(self, trace_id: str, node: traces.Node) -> str | None:
+        """The entry an MCP span belongs to: its execute_tool ancestor; for a server span,
+        whatever its client span belongs to (or that client span itself); else the
+        innermost execute_tool of the same tool containing it in time."""
+        t = self.j.traces
+        for ancestor in t.path(trace_id, node):
+            if ancestor.role == traces.ACTION:
+                return ancestor.entry
+            if ancestor.role == traces.MCP_CLIENT and node.role == traces.MCP_SERVER:
+                return self.mcp_owner(trace_id, ancestor) or ancestor.entry
+        rpc_id = node.fields.get("jsonrpc_id")
+        if node.role == traces.MCP_SERVER and rpc_id is not None:
+            for client in t.with_role(trace_id, traces.MCP_CLIENT):
+                if client.fields.get("jsonrpc_id") == rpc_id and client.fields.get("mcp_session") in (
+                        None, node.fields.get("mcp_session")):
+                    return self.mcp_owner(trace_id, client) or client.entry
+        tool = node.fields.get("tool_name")
+        actions = [a for a in t.with_role(trace_id, traces.ACTION) if a.fields.get("tool_name") == tool]
+        containing = t.innermost(actions, node)
+        return containing.entry if containing else None
+
+    def action(self, entry: "Entry") -> Built:
+        if entry.id in self.cache:
+            return self.cache[entry.id]
+        own = list(entry.evidence.values())
+        first = min(own, key=lambda e: e.evidence_id)
+        trace_id, t = first.fields.get("trace_id") or "", self.j.traces
+        weight = 0
+        items = list(own)
+        for m in t.with_role(trace_id, traces.MCP_CLIENT) + t.with_role(trace_id, traces.MCP_SERVER):
+            weight += 1 + len(t.path(trace_id, m))
+            if m.entry != entry.id and self.mcp_owner(trace_id, m) == entry.id:
+                items.extend(self.j.entries[m.entry].evidence.values())
+        weight += t.role_count(trace_id, traces.ACTION)
+        ordered = _ordered(items, _ACTION_RANK)
+        server_first = sorted(ordered, key=lambda e: e.source != ev.SPAN_MCP_SERVER)
+        record = _merge("tool_action", ordered, server_first, _SERVER_FIRST)
+        record["action_id"] = entry.key
+        record["gate"] = record["gate"] or "none"
+        node = t.nodes(trace_id).get(first.fields.get("span_id") or "")
+        agents, w = t.agents_for(trace_id, node) if node else ([], 0)
+        weight += w
+        record["executed_by"] = (agents[0].fields.get("agent_name") if agents else None) \
+            or _value(ordered, "service")
+        call, call_weight = self._link(record, trace_id)
+        record["call_id"] = call.record["call_id"] if call else None
+        record["version"] = len(own) + weight + call_weight
+        aliases = sorted({a for e in items for a in e.fields.get("mcp_aliases") or ()})
+        built = Built("tool_action", record, call.deployment if call else None,
+                      call.record if call else None, aliases)
+        self.cache[entry.id] = built
+        return built
+
+    def _link(self, action: dict[str, Any], trace_id: str) -> tuple[Built | None, int]:
+        """The model call an action followed: by tool_call_id, else the latest call in the
+        same trace that ended before the action started and asked for this tool."""
+        j = self.j
+        by_id = sorted(j.calls_by_tool_call.get(action["tool_call_id"] or "", ()))
+        in_trace = sorted(k for k in j.traces.entries(trace_id) if k.startswith(ev.MODEL_CALL + "|"))
+        weight = 0
+        built: dict[str, Built] = {}
+        for key in sorted(set(by_id) | set(in_trace)):
+            built[key] = self.call(j.entries[key])
+            weight += built[key].record["version"]
+        if by_id:
+            chosen = min((built[k] for k in by_id),
+                         key=lambda b: (b.record["started_at"] or "", b.record["call_id"]))
+            return chosen, weight
+        started = action["started_at"] or ""
+        best = None
+        for key in in_trace:
+            call = built[key].record
+            if (action["tool_name"] in (call["tool_names"] or ()) and call["ended_at"]
+                    and call["ended_at"] <= started):
+                if best is None or (call["ended_at"], call["call_id"]) > (
+                        best.record["ended_at"], best.record["call_id"]):
+                    best = built[key]
+        return best, weight
+
+    # -- spans that become records only when nothing claims them -----------------------
+
+    def standalone_mcp(self, entry: "Entry") -> Built | None:
+        """An MCP tools/call span with no execute_tool to belong to, once settled, is the
+        tool action itself (agents that call MCP servers directly emit no execute_tool)."""
+        item = next(iter(entry.evidence.values()))
+        trace_id = item.fields.get("trace_id") or ""
+        node = self.j.traces.nodes(trace_id).get(item.fields.get("span_id") or "")
+        if node is None or self.mcp_owner(trace_id, node) is not None:
+            return None
+        return self.action(entry)
+
+    def standalone_call(self, entry: "Entry") -> Built | None:
+        """A client inference span without a response id, once settled and claimed by no
+        NIM span, is a model call of its own, keyed by its span."""
+        span_id = entry.key
+        if self.j.calls_by_nim_parent.get(span_id):
+            return None
+        return self.call(entry, call_id=f"span-{span_id}")

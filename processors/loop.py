@@ -1,0 +1,215 @@
+"""The processor's consume loop: Kafka in, the pure pipeline, Kafka out — exactly once.
+
+Delivery (the order matters; every step is numbered where it happens):
+  1. produce the outputs of a polled batch: audit records, observations, log events and
+     dead letters;
+  2. wait until Kafka has acknowledged every one of them (acks=all), producing the whole
+     batch again on failure — duplicates of a (key, version) are no-ops downstream;
+  3. produce the changed join-state entries to the changelog and wait for those too;
+  4. only then commit the input offsets.
+A crash before 3 restores the previous state and re-processes the batch, emitting the same
+records with the same versions. A crash between 3 and 4 re-reads input whose evidence the
+state already holds: nothing new comes out, and everything it caused was already
+acknowledged in 2. Nothing is lost, and the warehouse's rule (keep the highest version;
+same version = no-op) makes the repeats harmless.
+
+The deployments topic is read whole at start (every processor needs every deployment,
+like a global table) and followed afterwards; how far it has been passed through to
+nimtrail.audit.deployments is kept in the changelog, so a restart re-passes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+import zlib
+from typing import Any, NamedTuple
+
+from kafka.errors import CommitFailedError, KafkaError
+
+from nimtrail import faults, kafka_io, raw, records
+from nimtrail.config import Config
+from nimtrail.errors import PermanentError
+from nimtrail.kafka_io import DeadLetters
+from nimtrail.ops import StageMetrics
+from processors import normalize
+from processors.events import InputRejected, MessagesConsumed, ProduceRetried, StateRestored
+from processors.pipeline import Outputs, Pipeline
+from processors.state import DEPLOYMENTS_PASSED, StateStore, read_to_end
+
+log = logging.getLogger(__name__)
+
+RECORDS_PER_MESSAGE = 1000
+
+
+class Message(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    rejected: PermanentError | None = None  # set for a dead letter (topic = where it came from)
+    partition: int | None = None  # None: the producer's partitioner decides
+
+
+class Processor:
+    def __init__(self, config: Config, stop: threading.Event | None = None):
+        self.config = config
+        self.stop = stop or threading.Event()
+        t = config.topics
+        self.audit_topics = t.audit()
+        kafka_io.ensure_topics(config, [t.otlp_spans, t.nimlogs, t.scrapes, t.observations, t.log_events,
+                                        t.dlq, *self.audit_topics.values()],
+                               compacted=[t.deployments, t.processor_state])
+        self.metrics = StageMetrics("processor")
+        self.producer = kafka_io.producer(config)
+        self.dead_letters = DeadLetters(self.producer, t.dlq, "processor")
+        self.pipeline = Pipeline(config.processor, self.metrics)
+        self.state = StateStore(config)
+        self.kinds = {t.otlp_spans: normalize.SPANS, t.nimlogs: normalize.NIMLOGS,
+                      t.scrapes: normalize.SCRAPES}
+        self._restore()
+        self.consumer = kafka_io.consumer(
+            config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,
+            group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-",
+                                     config.processor.instance_id or config.processor.group_id))
+        self.consumer.subscribe(sorted(self.kinds))
+        self._last_sweep = time.time()
+        self._closed = False
+
+    # -- start ----------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        started = time.monotonic()
+        entries, meta = self.state.restore()
+        self.pipeline.joiner.restore(entries, time.time())
+        StateRestored(count=len(entries), topic=self.state.topic,
+                      seconds=time.monotonic() - started).emit(self.metrics, log, len(entries))
+        self._passed = {int(p): o for p, o in (meta.get("deployments") or {}).items()}
+        self._passed_dirty = False
+        self.deployments = kafka_io.consumer(self.config, group_id=None)
+        for message in read_to_end(self.deployments, self.config.topics.deployments):
+            self._deployment(message)
+        # Whatever differs from what was produced before the restart (deployments that
+        # arrived meanwhile) goes out now, before any new input.
+        self._deliver(self.pipeline.take())
+
+    def _deployment(self, message: Any) -> None:
+        if message.value is None:
+            return  # a tombstone: versions are immutable, nothing to undo
+        passed = message.offset < self._passed.get(message.partition, 0)
+        self.pipeline.deployment(message.value, passthrough=not passed, source=message.topic)
+        self._passed[message.partition] = max(self._passed.get(message.partition, 0), message.offset + 1)
+        self._passed_dirty = True
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run_once(self, timeout_ms: int = 500) -> int:
+        """Process one polled batch end to end; returns the number of input messages."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        now = time.time()
+        for _tp, messages in self.deployments.poll(timeout_ms=0).items():
+            for message in messages:
+                self._deployment(message)
+        count = 0
+        for tp, messages in polled.items():
+            kind = self.kinds[tp.topic]
+            for message in messages:
+                self.pipeline.handle(kind, message.value or b"", now, tp.topic)
+            count += len(messages)
+            MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
+        # Judge records whose join window passed only once the input is read up to its end
+        # (or at least once a window): a backlog may hold the counterpart of any of them.
+        if self._caught_up() or now - self._last_sweep > self.pipeline.joiner.window:
+            self.pipeline.sweep(now)
+            self._last_sweep = now
+        self._deliver(self.pipeline.take())
+        if polled:
+            # 4. Only now is the input consumed for good.
+            try:
+                self.consumer.commit()
+            except CommitFailedError as e:
+                # A rebalance took the partitions: their next owner re-reads this batch,
+                # whose evidence the changelog already holds.
+                log.warning("Could not commit input offsets: %s", e)
+            faults.point("processor.after_commit")
+        return count
+
+    def _caught_up(self) -> bool:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        for tp in assignment:
+            high = self.consumer.highwater(tp)
+            if high is None or self.consumer.position(tp) < high:
+                return False
+        return True
+
+    def _deliver(self, outputs: Outputs) -> None:
+        # 1. and 2. Outputs produced and acknowledged (retried as a whole until they are).
+        messages = self._output_messages(outputs)
+        if messages:
+            self._send_all(messages, "audit records")
+            faults.point("processor.after_produce")
+        # 3. Then the state that produced them, so a restart never skips an output.
+        changes = self.pipeline.joiner.state_changes()
+        meta = {}
+        if self._passed_dirty:
+            meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
+            self._passed_dirty = False
+        if changes or meta:
+            partitions = len(self.producer.partitions_for(self.state.topic))
+            self._send_all([Message(topic, key, value, None, zlib.crc32(key) % partitions)
+                            for topic, key, value in self.state.messages(changes, meta)], "join state")
+            faults.point("processor.after_state")
+
+    def _output_messages(self, outputs: Outputs) -> list[Message]:
+        out: list[Message] = []
+        for kind, batch in outputs.records.items():
+            for start in range(0, len(batch), RECORDS_PER_MESSAGE):
+                out.append(Message(self.audit_topics[kind], None,
+                                   records.encode_batch(kind, batch[start:start + RECORDS_PER_MESSAGE])))
+        t = self.config.topics
+        for doc in outputs.observations:
+            key = (doc["deployment"] or doc["endpoint"] or "").encode()
+            out.append(Message(t.observations, key, raw.encode(doc)))
+        for doc in outputs.log_events:
+            out.append(Message(t.log_events, doc["source"].encode(), raw.encode(doc)))
+        for source, value, error in outputs.rejected:
+            InputRejected(topic=source, reason=error.reason, detail=error.detail[:300]).emit(self.metrics, log)
+            out.append(Message(source, None, value, error))
+        return out
+
+    def _send_all(self, messages: list[Message], what: str) -> None:
+        delay = 0.5
+        while True:
+            futures = []
+            try:
+                for m in messages:
+                    if m.rejected is not None:
+                        futures.append(self.dead_letters.send(m.value or b"", reason=m.rejected.reason,
+                                                              detail=m.rejected.detail, source=m.topic,
+                                                              wait=False))
+                    else:
+                        futures.append(self.producer.send(m.topic, key=m.key, value=m.value,
+                                                          partition=m.partition))
+                self.producer.flush()
+                for future in futures:
+                    future.get(timeout=60)
+                return
+            except KafkaError as e:
+                ProduceRetried(what=what, error=repr(e), delay=delay).emit(self.metrics, log)
+                if self.stop.wait(delay):
+                    raise  # stopping: the input stays uncommitted, the restart redoes it
+                delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+
+    def close(self) -> None:
+        """Idempotent. Uncommitted input is simply read again by the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        self.consumer.close(autocommit=False)
+        self.deployments.close(autocommit=False)
+        self.producer.close(timeout=30)
+

@@ -1,0 +1,114 @@
+"""Normalise and join without Kafka: what the processor does to each message, as a pure
+core the service, the tests and the benchmark all drive the same way.
+
+`handle(kind, value, now)` takes one input message; `deployment(value)` one message from
+the deployments topic; `sweep(now)` settles what passed its join window; `take()` returns
+everything to produce since the last call. Nothing here talks to the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from typing import Any
+
+from nimtrail.config import ProcessorConfig
+from nimtrail.errors import PermanentError
+from nimtrail.ops import StageMetrics
+from processors import normalize
+from processors.content import ContentPolicy
+from processors.events import (DeploymentRegistered, EvidenceJoined, FindingRaised, LogLinesRead,
+                               RecordsEmitted, RecordsSettled)
+from processors.join import Joiner
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Outputs:
+    records: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    observations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    log_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rejected: list[tuple[str, bytes, PermanentError]] = dataclasses.field(default_factory=list)  # source
+
+    def __len__(self) -> int:
+        return (sum(len(v) for v in self.records.values()) + len(self.observations)
+                + len(self.log_events) + len(self.rejected))
+
+
+class Pipeline:
+    def __init__(self, config: ProcessorConfig = ProcessorConfig(), metrics: StageMetrics | None = None):
+        self.policy = ContentPolicy(config.content)
+        self.joiner = Joiner(config)
+        self.metrics = metrics or StageMetrics("processor")
+        self._out = Outputs()
+        self._evidence_counts: dict[str, int] = defaultdict(int)
+
+    def handle(self, kind: str, value: bytes, now: float, source: str = "") -> None:
+        """One input message of `kind` (normalize.SPANS / NIMLOGS / SCRAPES) from the topic
+        `source`. Bad input is collected in `rejected` for the dead-letter topic, never raised."""
+        try:
+            found = normalize.normalise(kind, value, self.policy)
+        except PermanentError as e:
+            self._out.rejected.append((source or kind, value, e))
+            return
+        except Exception as e:  # noqa: BLE001 - a normaliser bug must not stop the stage
+            log.exception("The %s normaliser failed on a message from %s", kind, source or kind)
+            self._out.rejected.append((source or kind, value,
+                                       PermanentError("normaliser_error", f"{type(e).__name__}: {e}")))
+            return
+        if found.evidence:
+            self.joiner.add(found.evidence, now)
+            for item in found.evidence:
+                self._evidence_counts[item.source] += 1
+        if found.samples:
+            self._out.records["metric_sample"].extend(found.samples)
+        if found.observation:
+            self._out.observations.append(found.observation)
+        if found.log_events:
+            self._out.log_events.append(found.log_events)
+        for line_kind, count in found.line_counts.items():
+            LogLinesRead(kind=line_kind, count=count).emit(self.metrics, log, count)
+
+    def deployment(self, value: bytes, passthrough: bool = True, source: str = "deployments") -> None:
+        """One message of the deployments topic: registered for the join and, unless it
+        was passed through before a restart (`passthrough` False), passed on to the audit
+        topic — or, if it is not a usable record, to the dead-letter topic."""
+        try:
+            found = normalize.normalise(normalize.DEPLOYMENTS, value, self.policy)
+            for record in found.deployments:
+                if self.joiner.add_deployment(record):
+                    DeploymentRegistered(deployment=record["deployment_id"],
+                                         version=record["version"]).emit(self.metrics, log)
+        except PermanentError as e:
+            if passthrough:  # else it went to the dead-letter topic before the restart
+                self._out.rejected.append((source, value, e))
+            return
+        except ValueError as e:
+            if passthrough:
+                self._out.rejected.append((source, value, PermanentError("invalid_deployment", str(e))))
+            return
+        if passthrough:
+            self._out.records["deployment"].extend(found.deployments)
+
+    def sweep(self, now: float) -> None:
+        settled = self.joiner.sweep(now)
+        if settled:
+            RecordsSettled(count=settled).emit(self.metrics, log, settled)
+
+    def take(self) -> Outputs:
+        """Everything to produce since the last call (the joiner's changed records too)."""
+        for kind, record in self.joiner.flush():
+            self._out.records[kind].append(record)
+            if kind == "finding":
+                FindingRaised(kind=record["kind"], status=record["detail"].get("status"),
+                              subject=",".join(record["subject_ids"])).emit(self.metrics, log)
+        for source, count in self._evidence_counts.items():
+            EvidenceJoined(kind=source, count=count).emit(self.metrics, log, count)
+        self._evidence_counts.clear()
+        for kind, batch in self._out.records.items():
+            if batch:
+                RecordsEmitted(kind=kind, count=len(batch)).emit(self.metrics, log, len(batch))
+        out, self._out = self._out, Outputs()
+        return out

@@ -1,0 +1,233 @@
+"""The processor on the real broker: the incident and a deployment upgrade through every
+stage (OTel SDK exporter → collector → Kafka → processor → warehouse → CLI), and a
+processor killed at random points that must end with exactly the trail of one that was not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nimtrail import kafka_io, records
+from processors.state import read_to_end
+from tests import corpus, scenarios as sc
+from tests.harness import Env, wait_for
+from tests.trail import Trail
+
+pytestmark = pytest.mark.integration
+T0 = corpus.T0
+
+
+def register_deployments(env: Env) -> None:
+    t = env.config.topics
+    kafka_io.ensure_topics(env.config, [t.otlp_spans, t.nimlogs, t.scrapes], compacted=[t.deployments])
+    producer = kafka_io.producer(env.config)
+    for record in corpus.deployments():
+        key, value = sc.deployment_message(record)
+        producer.send(t.deployments, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def audit_trail(env: Env) -> Trail:
+    """The audit topics reduced by the warehouse's rule (also checking that no key was ever
+    emitted twice with one version and different content)."""
+    trail = Trail()
+    consumer = kafka_io.consumer(env.config, group_id=None)
+    try:
+        for topic in sorted(set(env.config.topics.audit().values())):
+            for message in read_to_end(consumer, topic):
+                kind, batch = records.decode_batch(message.value)
+                for record in batch:
+                    trail.add(kind, record)
+    finally:
+        consumer.close()
+    return trail
+
+
+def read_all(env: Env, topic: str) -> list:
+    consumer = kafka_io.consumer(env.config, group_id=None)
+    try:
+        return list(read_to_end(consumer, topic))
+    finally:
+        consumer.close()
+
+
+def test_incident_and_upgrade_come_out_right_through_every_stage(tmp_path: Path, kafka_bootstrap: str):
+    env = Env(tmp_path, kafka_bootstrap, processor={"join_window": "1s"})
+    try:
+        register_deployments(env)
+        t = env.config.topics
+        producer = kafka_io.producer(env.config)
+        broken = sc.deployment("prod/broken", 1, T0)
+        broken["version"] = "one"
+        producer.send(t.deployments, key=b"prod/broken@1", value=records.encode_batch("deployment", [broken]))
+        producer.send(t.nimlogs, key=b"x", value=b"not a log batch")
+        producer.send(t.nimlogs, key=b"x", value=sc.nimlog_message([
+            "INFO 03-03 10:00:00 ngc_injector.py:141] Selected profile: " + "c" * 64 + " (vllm-bf16-tp1-pp1)",
+            "INFO 03-03 10:00:00 ngc_injector.py:142] Profile metadata: gpu: H100"], received=T0))
+        producer.flush()
+        producer.close()
+        for stage in ("warehouse", "processor", "collector"):
+            env.start(stage)
+        for stage in ("warehouse", "processor", "collector"):
+            env.wait_ready(stage)
+        world = sc.World()
+        incident = sc.agent_run(world, T0 + dt.timedelta(minutes=10), caller="alice")  # before the upgrade
+        after = sc.agent_run(world, T0 + dt.timedelta(minutes=45), caller="bob", gate="human",
+                             decision="approved", link_by_id=False)  # after it
+        sc.World.send(env.otlp_http, world.take())
+
+        def chain():
+            out = env.cli("trace-back", "--tool-call-id", incident["tool_call_id"], "--json", check=False)
+            doc = json.loads(out.stdout) if out.stdout.strip() else {}
+            kinds = {f["kind"] for f in doc.get("findings") or ()}
+            if doc.get("deployment") and {"ungated_action", "purpose_violation"} <= kinds:
+                return doc
+            return None
+
+        doc = wait_for(chain, timeout=90, what="the incident's chain with its findings")
+        action = doc["actions"][0]
+        assert action["call_id"] == incident["call_id"] and action["tool_name"] == "delete_record"
+        assert action["gate"] == "policy" and action["mcp_server"] == "crm-mcp"
+        assert doc["caller"]["caller"] == "alice" and doc["caller"]["client_service"] == "ops-agent"
+        assert (doc["deployment"]["deployment_id"], doc["deployment"]["version"]) == ("prod/llama-3-1-8b", 1)
+        assert doc["deployment"]["destructive_tools"] == ["delete_record"]
+        for kind in ("ungated_action", "purpose_violation"):
+            found = [f for f in doc["findings"] if f["kind"] == kind and action["action_id"] in f["subject_ids"]]
+            assert found and found[0]["detail"]["deployment_version"] == 1, kind
+
+        def both_calls():
+            rows = json.loads(env.cli("calls", "--json").stdout)["rows"]
+            by_id = {r["call_id"]: r for r in rows}
+            return by_id if {incident["call_id"], after["call_id"]} <= set(by_id) else None
+
+        calls = wait_for(both_calls, timeout=60, what="both calls in the warehouse")
+        assert calls[incident["call_id"]]["deployment_version"] == 1
+        assert calls[after["call_id"]]["deployment_version"] == 2
+        assert calls[after["call_id"]]["caller"] == "bob"  # only invoke_agent named him
+        assert [a["tool_name"] for a in calls[after["call_id"]]["actions"]] == ["delete_record"]  # by parentage
+
+        # Startup lines became a deployment observation; bad input went to the dead-letter
+        # topic with its reason, untouched, and the processor went on.
+        observations = [json.loads(m.value) for m in read_all(env, t.observations)]
+        assert [(o["deployment"], o["facts"]["profile_id"], o["facts"]["profile_tags"]) for o in observations] == [
+            ("prod/llama-3-1-8b", "c" * 64, {"gpu": "H100"})]
+        dead = {dict(m.headers)["nimtrail.reason"].decode(): m.value for m in read_all(env, t.dlq)}
+        assert dead["malformed_nimlogs"] == b"not a log batch" and "invalid_deployment" in dead
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{env.ports['ops']}/metrics", timeout=5).read().decode()
+        assert 'nimtrail_processor_rejected_messages_total{reason="malformed_nimlogs"' in metrics
+    finally:
+        env.stop_all()
+
+
+def _round_input(world: sc.World, round_no: int) -> tuple[list, list[bytes]]:
+    """One burst of input: agent traces and log batches. Each trace is exported in two
+    requests — the model call, then the agent and its tool run (which name the caller) —
+    so that a crash can fall between the halves of a join."""
+    traces = []
+    for i in range(4):
+        sc.agent_run(world, T0 + dt.timedelta(minutes=10 * round_no, seconds=i), caller=f"user{i}",
+                     gate="policy" if i % 2 else "human")
+        spans = world.take()
+        call = [s for s in spans if s.name == "llm_request" or s.name.startswith("chat ")]
+        traces += [call, [s for s in spans if s not in call]]
+    log_call, unknown_call = f"chatcmpl-log{round_no:04d}", f"chatcmpl-unk{round_no:04d}"
+    logs = [sc.nimlog_message([
+        f"INFO 2026-03-03 12:{round_no:02d}:00.000 logger.py:1] Received request {log_call}: params: x",
+        f"INFO 2026-03-03 12:{round_no:02d}:01.000 logger.py:2] Finished request {log_call}.",
+        f"INFO 03-03 12:{round_no:02d}:05 metrics.py:351] Avg prompt throughput: 1.0 tokens/s, Avg generation "
+        f"throughput: {round_no}.5 tokens/s, Running: 1 reqs, GPU KV cache usage: 1.0%",
+    ], received=T0 + dt.timedelta(minutes=round_no), first_offset=round_no * 10_000),
+        sc.nimlog_message([
+            f"INFO 2026-03-03 12:{round_no:02d}:02.000 logger.py:1] Received request {unknown_call}: params: x",
+        ], source="staging/pod", deployment="staging/unregistered", received=T0, first_offset=round_no)]
+    return traces, logs
+
+
+def test_a_processor_killed_at_random_points_ends_with_the_uninterrupted_trail(tmp_path: Path,
+                                                                                kafka_bootstrap: str):
+    seed = int(os.environ.get("NIMTRAIL_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    for name in ("steady", "crashy"):
+        (tmp_path / name).mkdir()
+    steady = Env(tmp_path / "steady", kafka_bootstrap, processor={"join_window": "2s"})
+    # The second processor reads the same input topics and writes its own outputs and state.
+    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
+    crashy = Env(tmp_path / "crashy", kafka_bootstrap, processor={"join_window": "2s"}, topics=shared)
+    points = ["processor.after_produce", "processor.after_state", "processor.after_commit"]
+    kills: list[str] = []  # the fault armed at each start, and SIGKILLs
+    crashes = [0]
+    try:
+        register_deployments(steady)
+        steady.start("collector")
+        steady.start("processor")
+        steady.wait_ready("collector")
+        steady.wait_ready("processor")
+        producer = kafka_io.producer(steady.config)
+        world = sc.World()
+
+        def restart_crashy() -> subprocess.Popen:
+            fault = f"{rng.choice(points)}:{rng.randint(1, 4)}"
+            kills.append(fault)
+            return crashy.start("processor", faults=fault)
+
+        victim = restart_crashy()
+        rounds = 6
+        for round_no in range(rounds):
+            traces, logs = _round_input(world, round_no)
+            for spans in traces:
+                sc.World.send(steady.otlp_http, spans)
+            for value in logs:
+                producer.send(steady.config.topics.nimlogs, key=b"src", value=value)
+            producer.flush()
+            if victim.poll() is not None:  # it hit its fault point: restart it with another
+                assert victim.returncode == 137, crashy.log("processor")[-2000:]
+                crashes[0] += 1
+                victim = restart_crashy()
+            elif rng.random() < 0.5:
+                try:
+                    wait_for(lambda: victim.poll() is not None, timeout=rng.uniform(0.2, 2.5), interval=0.05)
+                except AssertionError:
+                    victim.send_signal(signal.SIGKILL)
+                    victim.wait()
+                    kills.append("SIGKILL")
+                crashes[0] += 1
+                victim = restart_crashy()
+        producer.close()
+        running = [victim]
+        expected_calls = rounds * (4 + 2)
+
+        def converged():
+            if running[0].poll() is not None:  # its last fault fired: finish without one
+                assert running[0].returncode == 137, crashy.log("processor")[-2000:]
+                crashes[0] += 1
+                running[0] = crashy.start("processor")
+            a, b = audit_trail(steady), audit_trail(crashy)
+            settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
+            if len(a.of("model_call")) == expected_calls and settled and a.kept == b.kept:
+                return a
+            return None
+
+        final = wait_for(converged, timeout=180, interval=1.0,
+                         what=f"the killed processor's trail to equal the steady one (seed {seed}, kills {kills})")
+        assert len(final.of("tool_action")) == rounds * 4
+        assert all(a["call_id"] for a in final.of("tool_action").values())
+        assert all(c["caller"] for c in final.of("model_call").values() if c["client_service"])
+        kinds = sorted(f["kind"] for f in final.of("finding").values())
+        assert len(kinds) == rounds * 11
+        assert kinds.count("ungated_action") == rounds * 2  # the policy-approved half
+        assert kinds.count("unknown_deployment") == rounds
+        assert crashes[0] >= 2, kills
+        print(f"seed {seed}: {crashes[0]} crashes, armed {kills}")
+    finally:
+        crashy.stop_all()
+        steady.stop_all()
