@@ -2,12 +2,11 @@
 
 The simulator plays its built-in fleet (incident and upgrade included) back to back, its
 spans going through the real OpenTelemetry SDK into an in-memory exporter; the spans are
-encoded as the OTLP exporter would send them and turned into model calls and tool actions
-by the processor's own code (its pure core where it has one: normalisers, joiner,
-deployment matching, policy findings). The fleet's deployment records come from the
-files the simulator writes (Helm values, /v1/metadata, governance), through the same
-registration code as `nimtrail deployments register`, each revision valid from its
-rollout. Everything is written to a real warehouse store. This takes a few seconds where
+encoded as the OTLP exporter would send them and turned into records by the processor's
+own pure core (`processors.pipeline`: normalisers, joiner, deployment matching, policy
+findings). The fleet's deployment records come from the files the simulator writes (Helm
+values, /v1/metadata, governance), through the same registration code as `nimtrail
+deployments register`, each revision valid from its rollout. Everything is written to a real warehouse store. This takes a few seconds where
 the full Kafka pipeline takes a minute, and the pipeline itself is tested elsewhere
 (tests/test_simulator_pipeline.py).
 """
@@ -27,6 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import simulator
 from nimtrail import records
 from nimtrail.deployments import files, versions
+from processors import normalize
+from processors.pipeline import Pipeline
 from simulator import scenario as scenario_mod
 from warehouse.store import Store
 
@@ -66,51 +67,19 @@ def registered(out_dir: Path, scenario=None) -> list[dict[str, Any]]:
 
 
 def processed(spans: list, deployments: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The records the processor makes from these spans (as one OTLP request) and these
-    registered deployments: model calls, tool actions and, where the processor joins
-    deployments and checks policy, the calls' deployment versions and the findings."""
-    payload = encode_spans(spans).SerializeToString()
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    try:
-        from processors.pipeline import Pipeline  # the processor's pure core, where it has one
-    except ImportError:
-        from processors.join import Joiner
-        from processors.spans import evidence_from_request
-
-        for kind, record in Joiner().add(evidence_from_request(payload)):
-            out[kind].append(record)
-        return out
-    from processors import normalize
-
+    """What the processor makes of these spans (as one OTLP request) with these deployments
+    registered: model calls joined to their deployment version, tool actions joined to
+    their calls, and the policy findings."""
     pipeline = Pipeline()
     for record in deployments:
         pipeline.deployment(records.encode_batch("deployment", [record]), passthrough=False)
     now = time.time()
-    pipeline.handle(normalize.SPANS, payload, now)
+    pipeline.handle(normalize.SPANS, encode_spans(spans).SerializeToString(), now)
     pipeline.sweep(now + 24 * 3600)  # everything has waited out its join window
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for kind, batch in pipeline.take().records.items():
         out[kind].extend(batch)
     return out
-
-
-def join_deployments(calls: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
-    """The deployment version each call ran on, where the processor left it open: matched by
-    the served model name (an identity the design allows when a single registered deployment
-    serves that model), as of the call's start."""
-    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d in deployments:
-        by_model[d.get("model_id")].append(d)
-    for call in calls:
-        if call.get("deployment_id") or not call.get("started_at"):
-            continue
-        serving = by_model.get(call.get("model"), [])
-        if len({d["deployment_id"] for d in serving}) != 1:
-            continue
-        at = versions.parse_time(call["started_at"])
-        valid = [d for d in serving if versions.parse_time(d["valid_from"]) <= at]
-        if valid:
-            chosen = max(valid, key=lambda d: d["version"])
-            call["deployment_id"], call["deployment_version"] = chosen["deployment_id"], chosen["version"]
 
 
 def seed(store: Store, out_dir: Path) -> dict[str, Any]:
@@ -118,7 +87,6 @@ def seed(store: Store, out_dir: Path) -> dict[str, Any]:
     sim, spans = play(out_dir)
     deployments = registered(out_dir, sim.scenario)
     found = processed(spans, deployments)
-    join_deployments(found["model_call"], deployments)
     store.write(store.frames({"deployment": deployments, "model_call": found["model_call"],
                               "tool_action": found["tool_action"], "finding": found["finding"]}), [])
     assert sim.incident, "the simulator's run had no incident"

@@ -90,6 +90,7 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 2400}, accept_downloads=True)
             page.set_default_timeout(30_000)
+            expect.set_options(timeout=30_000)  # a shared 2-core machine can take a while
             page.goto(url)
             main = page.get_by_role("main")
             expect(main.get_by_role("heading", name="Trace back")).to_be_visible()
