@@ -174,6 +174,12 @@ def bench_queries(work: Path, n: int, requests: int, say: Callable[[str], None])
                                          for t in _timed(q("calls", caller=rnd.choice(callers), limit=50))],
         "calls by caller, last day": lambda: [t for _ in range(requests) for t in _timed(
             q("calls", caller=rnd.choice(callers), since=since, limit=50))],
+        "actions, riskiest first (50)": lambda: _timed(q("actions", order="risk", limit=50), max(5, requests // 20)),
+        "actions, riskiest first, last day": lambda: _timed(q("actions", order="risk", since=since, limit=50),
+                                                            max(5, requests // 20)),
+        "actions by caller (50)": lambda: [t for _ in range(max(5, requests // 20))
+                                           for t in _timed(q("actions", caller=rnd.choice(callers), limit=50))],
+        "facets (the app's filters)": lambda: _timed(q("facets"), max(5, requests // 20)),
         "latency by profile": lambda: _timed(q("latency"), max(5, requests // 20)),
         "latency by model": lambda: _timed(q("latency", by="model"), max(5, requests // 20)),
         "latency by deployment, last day, 1h": lambda: _timed(

@@ -75,6 +75,10 @@ class Demo:
             stale.unlink(missing_ok=True)
 
     @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.app.port}"
+
+    @property
     def collector_http(self) -> str:
         return f"http://127.0.0.1:{self.config.collector.otlp_http.port}"
 
@@ -118,7 +122,8 @@ class Demo:
             api, dcgm = self.ports[spec.id]
             _say(f"  {spec.id:<22} http://127.0.0.1:{api}/v1/metrics  http://127.0.0.1:{dcgm}/metrics (DCGM)")
         _say(f"the incident ({self.scenario.incident.client} runs {self.scenario.incident.tool}) "
-             f"happens about {float(self.scenario.incident.at):g}s after the simulator starts")
+             f"happens about {float(self.scenario.incident.at):g}s after the simulator starts; "
+             f"open the app at {self.app_url} to trace it back")
 
     def poll(self) -> None:
         """Called by the supervisor's watch loop: register what the simulated fleet rolls
@@ -145,6 +150,8 @@ class Demo:
         # ./dev sets NIMTRAIL_CLI_NAME so the printed command works as pasted.
         cli = os.environ.get("NIMTRAIL_CLI_NAME") or "nimtrail"
         print(f"    {cli} {config}trace-back --tool-call-id {inc['tool_call_id']}", flush=True)
+        _say("or in the app (its Trace back page lists it among the recent actions):")
+        print(f"    {self.app_url}/?tool_call_id={inc['tool_call_id']}", flush=True)
 
     def _recorded(self) -> bool:
         try:

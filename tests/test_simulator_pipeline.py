@@ -14,7 +14,7 @@ from pathlib import Path
 
 import simulator
 from simulator import scenario as scenario_mod
-from tests.harness import REPO, wait_for
+from tests.harness import REPO, http_ok, wait_for
 
 
 def _trace_back(env, tool_call_id: str):
@@ -93,6 +93,9 @@ def _demo(env, run: int, earlier_incidents: tuple[dict, ...] = ()) -> dict:
         assert doc["caller"]["caller"] == "oncall-bot"
         printed = log_path.read_text()
         assert f"nimtrail --config {env.path} {command}" in printed  # ready to paste
+        app_url = f"http://127.0.0.1:{env.ports['app']}"
+        assert f"{app_url}/?tool_call_id={found['tool_call_id']}" in printed  # the app, opened on it
+        wait_for(lambda: http_ok(f"{app_url}/_stcore/health"), timeout=30, what="the demo's app to serve")
         # The simulated fleet is up where the demo said it would be.
         described = json.loads((data / "simulator" / simulator.RUN_FILE).read_text())
         assert described["deployments"][0]["metrics_url"] in printed and "(DCGM)" in printed

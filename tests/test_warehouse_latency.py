@@ -118,3 +118,13 @@ def test_histogram_quantile_edges():
     assert histogram_quantile(0.5, {0.1: 0, float("inf"): 0}) is None
     # everything above the highest finite bound: the estimate is that bound
     assert histogram_quantile(0.99, {0.1: 0, 0.5: 0, float("inf"): 10}) == 0.5
+
+
+@pytest.mark.parametrize("bucket, seconds", [("10s", 10), ("30s", 30)])
+def test_sub_minute_buckets_for_short_windows(store, bucket, seconds):
+    s, _at = store
+    rows = _latency(s, by="deployment", bucket=bucket, deployment_id="prod/llama", source="calls")["rows"]
+    starts = {r["deployment_version"]: dt.datetime.fromisoformat(r["bucket_start"].replace("Z", "+00:00"))
+              for r in rows}
+    assert sorted(starts) == [1, 2] and all(t.second % seconds == 0 and not t.microsecond for t in starts.values())
+    assert [r["calls"] for r in rows] == [100, 100]

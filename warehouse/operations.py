@@ -20,6 +20,7 @@ from warehouse import archive, digests, holds, report, retention
 from warehouse.access import (ANY_ROLE, COMPLIANCE_ROLES, Principal, Refused, authorize,
                               log_access, mask_content)
 from warehouse.params import BadParameter, Params
+from warehouse.queries.actions import ACTIONS_PARAMS, FACETS_PARAMS, actions, facets
 from warehouse.queries.calls import CALLS_PARAMS, TRACE_BACK_PARAMS, calls, trace_back
 from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, time_range, where_sql
 from warehouse.queries.governance import DEPLOYMENTS_PARAMS, FINDINGS_PARAMS, deployments, findings
@@ -149,6 +150,8 @@ def _q(fn: Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]]) -> Cal
 _ALL = (
     Operation("query", "calls", frozenset(CALLS_PARAMS), ANY_ROLE, _q(calls)),
     Operation("query", "trace-back", frozenset(TRACE_BACK_PARAMS), ANY_ROLE, _q(trace_back)),
+    Operation("query", "actions", frozenset(ACTIONS_PARAMS), ANY_ROLE, _q(actions)),
+    Operation("query", "facets", frozenset(FACETS_PARAMS), ANY_ROLE, _q(facets)),
     Operation("query", "latency", frozenset(LATENCY_PARAMS), ANY_ROLE, _q(latency)),
     Operation("query", "deployments", frozenset(DEPLOYMENTS_PARAMS), ANY_ROLE, _q(deployments)),
     Operation("query", "findings", frozenset(FINDINGS_PARAMS), ANY_ROLE, _q(findings)),

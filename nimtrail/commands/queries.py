@@ -138,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat = sub.add_parser("latency", help="TTFT / end-to-end / queue percentiles by GPU profile, "
                                          "deployment version or model")
     lat.add_argument("--by", choices=list(LATENCY_GROUPS), default="profile")
-    lat.add_argument("--bucket", choices=["none", "1m", "5m", "15m", "1h", "6h", "1d"], default="none")
+    lat.add_argument("--bucket", choices=["none", "10s", "30s", "1m", "5m", "15m", "1h", "6h", "1d"], default="none")
     lat.add_argument("--source", choices=["auto", "calls", "metrics"], default="auto")
     for flag in ("since", "until", "deployment", "model", "gpu-type", "profile"):
         lat.add_argument(f"--{flag}")

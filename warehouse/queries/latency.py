@@ -28,7 +28,7 @@ METRICS = ("ttft_ms", "e2e_ms", "queue_ms")
 # Histogram base names (after any `vllm:` / `sglang:` prefix and `_bucket` suffix), in seconds.
 HISTOGRAMS = {"time_to_first_token_seconds": "ttft_ms", "e2e_request_latency_seconds": "e2e_ms",
               "request_queue_time_seconds": "queue_ms"}
-BUCKETS = {"1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes", "1h": "1 hour",
+BUCKETS = {"10s": "10 seconds", "30s": "30 seconds", "1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes", "1h": "1 hour",
            "6h": "6 hours", "1d": "1 day"}
 # group -> (its columns read from calls, the same columns read from metric samples)
 GROUPS = {

@@ -1,0 +1,141 @@
+"""What the pages share: loading with a spinner and errors as messages, time windows,
+formatting, filters, and the empty states that say what to do."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, TypeVar
+
+import orjson
+import streamlit as st
+
+from app.data import ApiError
+
+T = TypeVar("T")
+ANY = "(any)"
+WINDOWS = {"last 15 minutes": dt.timedelta(minutes=15), "last hour": dt.timedelta(hours=1),
+           "last 6 hours": dt.timedelta(hours=6), "last 24 hours": dt.timedelta(days=1),
+           "last 7 days": dt.timedelta(days=7), "last 30 days": dt.timedelta(days=30),
+           "all time": None, "custom range": None}
+NO_DATA = ("Nothing has reached the warehouse yet. Start everything with `nimtrail up --demo` "
+           "(a simulated NIM fleet, incident included), or point your agents' OpenTelemetry "
+           "exporter at the collector (`OTEL_EXPORTER_OTLP_ENDPOINT=http://<host>:4318`).")
+REGISTER = ("Register a deployment from its Helm values (and its governance file) with "
+            "`nimtrail deployments register values.yaml governance.yaml --deployment ns/name`.")
+
+
+def load(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Run one data call under a spinner; an API error becomes a message on the page (and
+    None), never a traceback."""
+    try:
+        with st.spinner(f"Loading {what}…"):
+            return fn(*args, **kwargs)
+    except ApiError as e:
+        st.error(f"Could not load {what}: {e}", icon=":material/error:")
+        if e.status is None:  # nothing answered: the rest of the page cannot load either
+            st.stop()
+        if e.status in (401, 403):
+            st.caption("The app reads with the token in `NIMTRAIL_TOKEN` (set before `nimtrail app`); "
+                       "ask for a token whose role may run this query (see docs/warehouse.md, "
+                       "Access control).")
+        return None
+
+
+def iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def time_window(key: str, default: str = "last 24 hours") -> tuple[str | None, str | None]:
+    """A time-window picker: (since, until) as ISO-8601 UTC, None for open ends. `since` is
+    rounded down to the minute so that reruns within a minute hit the cache."""
+    names = list(WINDOWS)
+    choice = st.selectbox("Time", names, index=names.index(default), key=f"{key}_window")
+    now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
+    if choice == "custom range":
+        today = now.date()
+        picked = st.date_input("From – to (UTC)", (today - dt.timedelta(days=7), today),
+                               key=f"{key}_range")
+        if isinstance(picked, (tuple, list)) and len(picked) == 2:
+            start = dt.datetime.combine(picked[0], dt.time(), dt.timezone.utc)
+            end = dt.datetime.combine(picked[1], dt.time(), dt.timezone.utc) + dt.timedelta(days=1)
+            return iso(start), iso(end)
+        return None, None
+    span = WINDOWS[choice]
+    return (iso(now - span) if span else None), None
+
+
+def pick(label: str, options: list[str] | None, key: str) -> str | None:
+    """A filter select box with an "(any)" first choice; None when any."""
+    choice = st.selectbox(label, [ANY, *(options or [])], key=key)
+    return None if choice == ANY else choice
+
+
+def when(value: Any) -> str:
+    """An API timestamp (ISO-8601, microseconds, Z) for people: to the millisecond, UTC."""
+    if not value:
+        return "–"
+    text = str(value).replace("T", " ").rstrip("Z")
+    return text[:23] if "." in text else text
+
+
+def text(value: Any) -> str:
+    if value is None or value == "" or value == []:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def ms(value: Any) -> str:
+    return "–" if value is None else f"{float(value):,.1f} ms"
+
+
+def short(value: str | None, keep: int = 16) -> str:
+    if not value:
+        return "–"
+    return value if len(value) <= keep else value[:keep] + "…"
+
+
+def gpu(deployment: dict[str, Any] | None) -> str:
+    if not deployment:
+        return "–"
+    count, kind = deployment.get("gpu_count"), deployment.get("gpu_type")
+    if not kind:
+        return "–"
+    return f"{count}× {kind}" if count else str(kind)
+
+
+def deployment_label(row: dict[str, Any]) -> str:
+    if not row.get("deployment_id"):
+        return "–"
+    version = row.get("deployment_version")
+    return f"{row['deployment_id']} v{version}" if version is not None else row["deployment_id"]
+
+
+SEVERITY_ICON = {"critical": ":material/dangerous:", "high": ":material/error:",
+                 "medium": ":material/warning:", "low": ":material/info:"}
+
+
+def finding_box(finding: dict[str, Any]) -> None:
+    """One finding as an alert whose colour follows its severity."""
+    severity = (finding.get("severity") or "").lower()
+    detail = finding.get("detail")
+    body = (f"**{finding.get('kind')}** ({severity or 'no severity'}) — detected {when(finding.get('detected_at'))}"
+            f"  \nsubjects: {', '.join(f'`{s}`' for s in finding.get('subject_ids') or []) or '–'}")
+    if isinstance(detail, dict) and (detail.get("reason") or detail.get("message")):
+        body += f"  \n{detail.get('reason') or detail.get('message')}"
+    show = {"critical": st.error, "high": st.error, "medium": st.warning}.get(severity, st.info)
+    show(body, icon=SEVERITY_ICON.get(severity, ":material/info:"))
+    if detail:
+        with st.expander("detail", expanded=False):
+            st.json(detail)
+
+
+def refresh_button(key: str) -> None:
+    """Forget cached answers and read again."""
+    from app import data
+
+    if st.button("Refresh", key=key, icon=":material/refresh:", help="read the warehouse again"):
+        data.clear()

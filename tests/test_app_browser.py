@@ -1,0 +1,150 @@
+"""The app end to end in a real browser: `nimtrail warehouse` serving a store seeded by the
+simulator, `nimtrail app` in front of it, and Debian's Chromium driven headless by
+Playwright. The incident is traced back by typing its tool call id; every page is opened
+and photographed (the screenshots are left in the test's directory)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import app_world
+from tests.harness import Env, http_ok, wait_for
+from warehouse.store import Store
+
+CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else (shutil.which("chromium") or "")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+# Each page: its path, title, and a text it shows last (the run is complete once it is there).
+PAGES = [("calls", "Who called what", "Deployment version"),
+         ("latency", "Latency by GPU profile", "At each deployment change"),
+         ("deployments", "Deployments", "Unknown deployments"),
+         ("compliance", "Compliance", "Legal holds")]
+
+# Rendered: no script running, every table drawn, every code block filled, every chart drawn.
+SETTLED = """() => !document.querySelector('[data-testid="stStatusWidget"]')
+  && !document.querySelector('[data-testid="stSpinner"]')
+  && !document.querySelector('[data-testid="stSkeleton"]')
+  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(f => f.checkVisibility()).every(f => f.querySelector('canvas'))
+  && [...document.querySelectorAll('[data-testid="stCode"]')].filter(c => c.checkVisibility()).every(c => c.innerText.trim().length > 0)
+  && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].filter(c => c.checkVisibility()).every(c => c.querySelector('canvas, svg'))"""
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed at /usr/bin/chromium "
+                                                      "(apt-get install chromium; .ci/run does it); the "
+                                                      "browser is never downloaded")]
+
+
+@pytest.fixture
+def running_app(tmp_path: Path, kafka_bootstrap: str):
+    env = Env(tmp_path, kafka_bootstrap)
+    store = Store(env.config.warehouse_path)
+    incident = app_world.seed(store, tmp_path / "sim")
+    store.close()  # the warehouse process owns the file from here on
+    env.start("warehouse")
+    env.wait_ready("warehouse")
+    env.start("app")
+    url = f"http://127.0.0.1:{env.ports['app']}"
+    app = env.processes[-1]
+
+    def up() -> bool:
+        assert app.poll() is None, env.log("app")[-3000:]
+        return http_ok(f"{url}/_stcore/health")
+
+    wait_for(up, timeout=60, what="the app to serve")
+    yield url, incident, tmp_path
+    env.stop_all()
+
+
+def settle(page) -> None:
+    try:
+        page.wait_for_function(SETTLED)
+    except Exception as e:
+        state = page.evaluate("""() => ({
+          running: !!document.querySelector('[data-testid="stStatusWidget"]'),
+          spinner: !!document.querySelector('[data-testid="stSpinner"]'),
+          skeleton: !!document.querySelector('[data-testid="stSkeleton"]'),
+          frames: [...document.querySelectorAll('[data-testid="stDataFrame"]')].map(f => !!f.querySelector('canvas')),
+          codes: [...document.querySelectorAll('[data-testid="stCode"]')].map(c => c.innerText.trim().length),
+          charts: [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].map(c => !!c.querySelector('canvas, svg'))})""")
+        raise AssertionError(f"the page did not settle: {state}") from e
+
+
+def shoot(page, path: Path) -> None:
+    settle(page)
+    page.screenshot(path=str(path), full_page=True)
+
+
+def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, incident, tmp_path = running_app
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 2400}, accept_downloads=True)
+            page.set_default_timeout(30_000)
+            expect.set_options(timeout=30_000)  # a shared 2-core machine can take a while
+            page.goto(url)
+            main = page.get_by_role("main")
+            expect(main.get_by_role("heading", name="Trace back")).to_be_visible()
+            # Without typing: the recent actions, and the riskiest one's chain under them.
+            expect(main.get_by_text("Recent actions, riskiest first")).to_be_visible()
+            expect(main.get_by_text("1. Action")).to_be_visible()
+            shoot(page, shots / "trace-back-recent.png")
+
+            box = main.get_by_label("Action id, tool call id or model call id")
+            box.fill(incident["tool_call_id"])
+            box.press("Enter")
+            expect(main.get_by_text("Found by tool call id")).to_be_visible()
+            expect(main.get_by_text("Deployment version").first).to_be_visible()
+            settle(page)  # the earlier chain is replaced, not just covered
+            chain = main.inner_text()
+            for seen in ("prod/llama-3-1-8b", "oncall-bot", "ops-agent", "delete_records", "prod-db/customers",
+                         "auto_approved", "vllm-bf16-tp1-pp1", "1× H100", incident["call_id"]):
+                assert seen in chain, seen
+            assert f"id={incident['tool_call_id']}" in page.url  # a link to this chain
+            shoot(page, shots / "trace-back-incident.png")
+
+            for path, title, last in PAGES:
+                page.get_by_role("link", name=title).click()
+                expect(main.get_by_role("heading", name=title)).to_be_visible()
+                expect(main.get_by_text(last).first).to_be_visible()
+                if path == "latency":
+                    main.get_by_role("combobox", name="Time").click()
+                    page.get_by_role("option", name="last 15 minutes").click()
+                    expect(main.get_by_text("10s buckets")).to_be_attached()
+                    expect(main.get_by_text(last).first).to_be_visible()
+                    expect(main.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
+                if path == "compliance":
+                    expect(main.get_by_text("What is held now")).to_be_visible()
+                    shoot(page, shots / "compliance.png")
+                    main.get_by_role("tab", name="Ledger").click()
+                    main.get_by_role("button", name="Verify the ledger now").click()
+                    expect(main.get_by_text("The ledger verifies")).to_be_visible()
+                    shoot(page, shots / "compliance-ledger.png")
+                    main.get_by_role("tab", name="Report and export").click()
+                    main.get_by_role("button", name="Prepare the export").click()
+                    shown = main.get_by_text(re.compile(r"SHA-256 [0-9a-f]{64}"))
+                    expect(shown).to_be_visible()
+                    with page.expect_download() as download:
+                        main.get_by_role("button", name=re.compile(r"Download retention-.*\.csv")).click()
+                    body = Path(download.value.path()).read_bytes()
+                    assert hashlib.sha256(body).hexdigest() in shown.inner_text()
+                assert "Traceback" not in main.inner_text()
+                shoot(page, shots / (f"{path}.png" if path != "compliance" else "compliance-export.png"))
+                if path == "calls":  # one call, opened on the Trace back page
+                    main.get_by_role("link", name="Open in Trace back").click()
+                    expect(main.get_by_text("Found by call id")).to_be_visible()
+                    expect(main.get_by_role("heading", name="Trace back")).to_be_visible()
+        finally:
+            browser.close()
+    assert sorted(p.name for p in shots.iterdir()) == sorted(
+        ["trace-back-recent.png", "trace-back-incident.png", *(f"{p[0]}.png" for p in PAGES),
+         "compliance-ledger.png", "compliance-export.png"])

@@ -1,0 +1,114 @@
+"""Finding an action to trace back: `actions` (tool actions with their caller, deployment,
+findings and whether the tool is destructive) and `facets` (the values to filter by).
+
+`actions` with `order=risk` puts first what an incident responder looks at first: actions
+with (or whose model call has) the most severe findings, then those with the most kinds
+of findings, then destructive tools (named in any deployment record's
+`destructive_tools`), then the newest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from warehouse.params import Params
+from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, rows, time_range, where_sql
+
+ACTION_FILTERS = {
+    "action_id": "a.action_id = ?",
+    "tool_call_id": "a.tool_call_id = ?",
+    "call_id": "a.call_id = ?",
+    "tool_name": "a.tool_name = ?",
+    "target": "starts_with(a.target, ?)",  # a target and everything under it
+    "gate": "a.gate = ?",
+    "outcome": "a.outcome = ?",
+    "caller": "a.caller = ?",
+    "client_service": "a.client_service = ?",
+    "deployment_id": "a.deployment_id = ?",
+    "model": "a.model = ?",
+}
+ACTIONS_PARAMS = {*ACTION_FILTERS, "finding_kind", "since", "until", "flagged", "order", *PAGE_PARAMS}
+FACETS_PARAMS = {"since"}
+FACET_LIMIT = 500
+SEVERITY_RANK = "CASE lower(severity) WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 " \
+                "WHEN 'low' THEN 1 ELSE 0 END"
+SEVERITY_NAMES = {4: "critical", 3: "high", 2: "medium", 1: "low"}
+
+
+def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    """Tool actions with who asked for them and what was found about them; newest first, or
+    riskiest first with order=risk; flagged=true keeps only actions with findings or a
+    destructive tool."""
+    where: list[str] = []
+    args: list[Any] = []
+    equals(params, ACTION_FILTERS, where, args)
+    time_range(params, "a.started_at", where, args)
+    finding_kind = params.text("finding_kind")
+    if finding_kind is not None:
+        where.append("list_contains(a.finding_kinds, ?)")
+        args.append(finding_kind)
+    if params.boolean("flagged", False):
+        where.append("(finding_severity > 0 OR destructive)")
+    order = params.choice("order", ("time", "risk"), "time")
+    ranking = ("finding_severity DESC, len(finding_kinds) DESC, destructive DESC, "
+               if order == "risk" else "")
+    limit, offset = page(params)
+    # Findings are few next to actions: flatten their subjects once, then join by key.
+    sql = f"""
+        WITH flags AS (
+            SELECT subject, list(DISTINCT kind ORDER BY kind) AS kinds, max(rank) AS rank,
+                   count(*) AS n
+            FROM (SELECT unnest(subject_ids) AS subject, kind, {SEVERITY_RANK} AS rank FROM findings)
+            GROUP BY subject),
+        destructive_tools AS (SELECT DISTINCT unnest(destructive_tools) AS tool FROM deployments),
+        listed AS (
+            SELECT a.* EXCLUDE (row_hash), c.caller, c.client_service, c.model, c.deployment_id,
+                   c.deployment_version,
+                   list_distinct(list_concat(coalesce(fa.kinds, []), coalesce(fc.kinds, [])))
+                       AS finding_kinds,
+                   coalesce(fa.n, 0) + coalesce(fc.n, 0) AS findings,
+                   greatest(coalesce(fa.rank, 0), coalesce(fc.rank, 0)) AS finding_severity,
+                   a.tool_name IN (SELECT tool FROM destructive_tools) AS destructive
+            FROM tool_actions a
+            LEFT JOIN model_calls c ON c.call_id = a.call_id
+            LEFT JOIN flags fa ON fa.subject = a.action_id
+            LEFT JOIN flags fc ON fc.subject = a.call_id)
+        SELECT * FROM listed a {where_sql(where)}
+        ORDER BY {ranking}a.started_at DESC NULLS LAST, a.action_id"""
+    result = paged(con, sql, args, limit, offset)
+    for row in result["rows"]:
+        row["finding_kinds"] = sorted(row["finding_kinds"] or [])
+        row["finding_severity"] = SEVERITY_NAMES.get(row["finding_severity"])
+    result["order"] = order
+    return result
+
+
+def facets(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    """The distinct values to offer as filters (callers, client services, models,
+    deployments, tools, GPU types and profiles), each sorted, at most FACET_LIMIT; and the
+    finding kinds with their worst severity and count, worst first."""
+    since = params.time("since")
+    cond, args = ("WHERE started_at >= ?", [since]) if since else ("", [])
+    kinds = rows(con, f"""SELECT kind, max({SEVERITY_RANK}) AS rank, count(*) AS count FROM findings
+                          {"WHERE detected_at >= ?" if since else ""}
+                          GROUP BY kind ORDER BY rank DESC, kind LIMIT ?""", [*args, FACET_LIMIT])
+
+    def distinct(table: str, column: str, condition: str = "", values: list[Any] | None = None) -> list[Any]:
+        found = rows(con, f"SELECT DISTINCT {column} AS v FROM {table} {condition} "
+                          "ORDER BY v NULLS LAST LIMIT ?", [*(values or []), FACET_LIMIT])
+        return [r["v"] for r in found if r["v"] is not None]
+
+    return {
+        "callers": distinct("model_calls", "caller", cond, args),
+        "client_services": distinct("model_calls", "client_service", cond, args),
+        "models": distinct("model_calls", "model", cond, args),
+        "deployments": sorted(set(distinct("model_calls", "deployment_id", cond, args))
+                              | set(distinct("deployments", "deployment_id"))),
+        "tools": distinct("tool_actions", "tool_name", cond, args),
+        "gpu_types": distinct("deployments", "gpu_type"),
+        "profiles": distinct("deployments", "profile_name"),
+        "findings": [{"kind": k["kind"], "severity": SEVERITY_NAMES.get(k["rank"]), "count": k["count"]}
+                     for k in kinds],
+    }
