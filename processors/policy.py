@@ -42,6 +42,17 @@ def _finding(kind: str, subject: str, subject_ids: list[str], detected_at: str |
     return record
 
 
+def _server_names(servers: list[str]) -> set[str]:
+    """Every name a listed tool server may appear under in telemetry. Governance files
+    write servers as names (`orders-mcp`), `host:port`, or URLs (`mcp://host:port/path`);
+    spans carry a service name, `host:port` or a host."""
+    names: set[str] = set()
+    for server in servers:
+        address = server.split("://", 1)[-1].split("/", 1)[0]
+        names.update({server, address, address.rsplit(":", 1)[0]})
+    return names
+
+
 def _deployment_ref(deployment: dict[str, Any]) -> dict[str, Any]:
     return {"deployment_id": deployment["deployment_id"], "deployment_version": deployment["version"],
             "purpose": deployment.get("purpose")}
@@ -130,7 +141,7 @@ def action_findings(action: dict[str, Any], call: dict[str, Any] | None,
             "policy_id": action.get("policy_id"), "approver": action.get("approver"),
             "target": action.get("target"), **ref}))
     servers = deployment.get("tool_servers")
-    if mcp_aliases and servers is not None and not set(mcp_aliases) & set(servers):
+    if mcp_aliases and servers is not None and not set(mcp_aliases) & _server_names(servers):
         out.append(_finding("unlisted_tool_server", action_id, subjects, when, {
             "reason": "the tool ran on an MCP server the deployment's callers may not reach",
             "mcp_server": action.get("mcp_server"), "tool_servers": list(servers), **ref}))

@@ -167,3 +167,10 @@ def test_records_leave_the_state_after_the_ttl_with_tombstones():
     assert len(joiner) == 0
     tombstones = joiner.state_changes()
     assert tombstones and all(value is None for _, value in tombstones)
+
+
+def test_tool_servers_listed_as_urls_match_the_spans_addresses():
+    from processors.policy import _server_names
+
+    names = _server_names(["mcp://orders-mcp.tools.svc:8080", "docs-mcp"])
+    assert {"orders-mcp.tools.svc:8080", "orders-mcp.tools.svc", "docs-mcp"} <= names
