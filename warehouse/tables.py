@@ -149,7 +149,9 @@ class Table:
         if self.time_columns:
             view = view.with_columns(pl.col(c).dt.strftime(POLARS_TIME_FORMAT) for c in self.time_columns)
         json_columns = self.json_columns
-        for values in view.iter_rows():
+        # Column by column into Python values, then zipped into rows: the same values as
+        # iter_rows() at a fraction of its per-row cost.
+        for values in zip(*(view.get_column(c).to_list() for c in columns)):
             row = dict(zip(columns, values))
             for c in json_columns:
                 if row[c] is not None:
