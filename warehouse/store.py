@@ -110,8 +110,9 @@ class Store:
             return ledger_items(table, fresh, [])
         hashes = table.row_hashes(fresh)
         fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
-        for part, upsert in ((fresh.filter(pl.col("_new")), False),
-                             (fresh.filter(~pl.col("_new")), True)):
+        parts = ((fresh, False),) if fresh["_new"].all() else (
+            (fresh.filter(pl.col("_new")), False), (fresh.filter(~pl.col("_new")), True))
+        for part, upsert in parts:
             if not part.height:
                 continue
             part = part.drop("_new")
@@ -139,8 +140,8 @@ class Store:
             # NULL semantics of the SQL: a null version is never higher
             keep.append(not known or (version is not None and stored[key] is not None
                                       and version > stored[key]))
-        return (frame.with_columns(pl.Series("_new", new, dtype=pl.Boolean))
-                .filter(pl.Series(keep, dtype=pl.Boolean)))
+        frame = frame.with_columns(pl.Series("_new", new, dtype=pl.Boolean))
+        return frame if all(keep) else frame.filter(pl.Series(keep, dtype=pl.Boolean))
 
     def record(self, con: duckdb.DuckDBPyConnection, table_name: str,
                rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -126,6 +126,8 @@ class Table:
                 for c in self.time_columns)
         # DuckDB's ON CONFLICT keeps the first of two rows with the same key silently:
         # reduce the batch to the newest version per key first.
+        if frame.height <= 1:
+            return frame
         return frame.sort("version", descending=True).unique(subset=self.key, keep="first")
 
     def values_sql(self, n: int, upsert: bool) -> str:
