@@ -31,6 +31,8 @@ from warehouse.sql import one
 from warehouse.tables import iso
 
 GENESIS = "0" * 64
+# Up to this many lines, bound values instead of a registered Arrow frame (cheaper).
+SMALL_ENTRY = 64
 ITEM_SCHEMA = {"tbl": pl.Utf8, "key": pl.Utf8, "version": pl.Int32, "row_hash": pl.Utf8}
 
 
@@ -86,7 +88,13 @@ class Ledger:
         con.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [seq, prev, entry, at, kind, canonical_bytes(detail).decode(),
                      items.height, digest])
-        if items.height:
+        if 0 < items.height <= SMALL_ENTRY:
+            con.execute("INSERT INTO ledger_rows (seq, pos, tbl, key, version, row_hash) VALUES "
+                        + ", ".join("(?, ?, ?, ?, ?, ?)" for _ in range(items.height)),
+                        [v for pos, (tbl, key, version, row_hash) in enumerate(
+                            items.select("tbl", "key", "version", "row_hash").iter_rows())
+                         for v in (seq, pos, tbl, key, version, row_hash)])
+        elif items.height:
             lines = items.with_columns(pl.lit(seq, pl.Int64).alias("seq"),
                                        pl.int_range(items.height, dtype=pl.Int32).alias("pos"))
             con.register("ledger_items", lines.to_arrow())

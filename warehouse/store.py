@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 TABLES = RECORD_TABLES  # record kind -> table (kept for callers of the earlier API)
 LEDGER_MIGRATION = "0002_ledger.sql"
+# Up to this many rows, a write binds its values instead of registering Arrow frames
+# (an access-log entry, a hold: registering costs more than the rows themselves).
+SMALL_WRITE = 64
 
 
 class Store:
@@ -94,24 +97,51 @@ class Store:
     def put(self, con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
         """Upsert `frame` (newest version per key) inside an open transaction; returns the
         ledger lines of the rows that actually changed the table."""
-        con.register("frame", frame.to_arrow())
-        try:
-            fresh = con.sql(table.fresh_sql).pl()
-        finally:
-            con.unregister("frame")
+        small = frame.height <= SMALL_WRITE
+        if small:
+            fresh = self._fresh_small(con, table, frame)
+        else:
+            con.register("frame", frame.to_arrow())
+            try:
+                fresh = con.sql(table.fresh_sql).pl()
+            finally:
+                con.unregister("frame")
         if fresh.height == 0:
             return ledger_items(table, fresh, [])
         hashes = table.row_hashes(fresh)
         fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
-        for part, sql in ((fresh.filter(pl.col("_new")), table.insert_sql),
-                          (fresh.filter(~pl.col("_new")), table.upsert_sql)):
-            if part.height:
-                con.register("frame", part.drop("_new").to_arrow())
-                try:
-                    con.execute(sql)
-                finally:
-                    con.unregister("frame")
+        parts = ((fresh, False),) if fresh["_new"].all() else (
+            (fresh.filter(pl.col("_new")), False), (fresh.filter(~pl.col("_new")), True))
+        for part, upsert in parts:
+            if not part.height:
+                continue
+            part = part.drop("_new")
+            if small:
+                con.execute(table.values_sql(part.height, upsert),
+                            [v for row in part.select(*table.columns, "row_hash").iter_rows() for v in row])
+                continue
+            con.register("frame", part.to_arrow())
+            try:
+                con.execute(table.upsert_sql if upsert else table.insert_sql)
+            finally:
+                con.unregister("frame")
         return ledger_items(table, fresh, hashes)
+
+    @staticmethod
+    def _fresh_small(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
+        """`table.fresh_sql` for a few rows, by point lookups of their keys: the rows that
+        are new (`_new`) or carry a higher version than the stored one."""
+        keys = list(frame.select(table.key).iter_rows())
+        stored = table.stored_versions(con, keys)
+        new, keep = [], []
+        for key, version in zip(keys, frame["version"].to_list()):
+            known = key in stored
+            new.append(not known)
+            # NULL semantics of the SQL: a null version is never higher
+            keep.append(not known or (version is not None and stored[key] is not None
+                                      and version > stored[key]))
+        frame = frame.with_columns(pl.Series("_new", new, dtype=pl.Boolean))
+        return frame if all(keep) else frame.filter(pl.Series(keep, dtype=pl.Boolean))
 
     def record(self, con: duckdb.DuckDBPyConnection, table_name: str,
                rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import duckdb
 
 from warehouse.params import BadParameter, Params
-from warehouse.queries.common import equals, page, paged, rows, time_range, where_sql
+from warehouse.queries.common import equals, page, rows, time_range, where_sql
+from warehouse.sql import one
 
 CALL_FILTERS = {
     "caller": "c.caller = ?",
@@ -19,6 +21,12 @@ CALL_FILTERS = {
 CALLS_PARAMS = {*CALL_FILTERS, "since", "until", "limit", "offset"}
 TRACE_BACK_PARAMS = {"action_id", "tool_call_id", "call_id"}
 
+CALLS_ORDER = "ORDER BY c.started_at DESC NULLS LAST, c.call_id"
+# The newest page first looks at the last hour before the newest call, then a window 16
+# times wider, until the page is full or the window covers every call.
+FIRST_WINDOW = dt.timedelta(hours=1)
+WINDOW_GROWTH = 16
+
 
 def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     """Who called what model, and what action followed; newest first, paginated."""
@@ -27,8 +35,16 @@ def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     equals(params, CALL_FILTERS, where, args)
     time_range(params, "c.started_at", where, args)
     limit, offset = page(params)
-    result = paged(con, f"""SELECT c.* EXCLUDE (row_hash) FROM model_calls c {where_sql(where)}
-                            ORDER BY c.started_at DESC NULLS LAST, c.call_id""", args, limit, offset)
+    # (one call_id names at most one call: no window to try)
+    windowed = params.text("call_id") is None
+    ids = _page_ids(con, where, args, limit, offset, params.time("since"), params.time("until"),
+                    windowed)
+    # Then the whole rows of that page only (sorting every column of every call to keep
+    # 50 of them costs ten times more); call_id is the key, so the page is the same.
+    found = rows(con, f"SELECT c.* EXCLUDE (row_hash) FROM model_calls c WHERE c.call_id IN "
+                      f"({', '.join('?' for _ in ids[:limit])}) {CALLS_ORDER}",
+                 ids[:limit]) if ids else []
+    result = {"rows": found, "next_offset": offset + limit if len(ids) > limit else None}
     # The page's actions in a second query: a correlated subquery would be evaluated for
     # every action in the store before the LIMIT applies.
     ids = [r["call_id"] for r in result["rows"]]
@@ -41,6 +57,34 @@ def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     for row in result["rows"]:
         row["actions"] = actions[row["call_id"]] or None
     return result
+
+
+def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any], limit: int,
+              offset: int, since: dt.datetime | None, until: dt.datetime | None,
+              windowed: bool = True) -> list[str]:
+    """The call ids of one page (and of the first row after it), in page order.
+
+    `ORDER BY started_at DESC ... LIMIT` sorts every matching call. Calls with
+    `started_at >= cutoff` come before all others in that order, so when a window
+    [cutoff, ...) already holds the page and the row after it, its page is the page: try
+    growing windows back from the newest call first, and the whole table last."""
+    query = f"SELECT c.call_id FROM model_calls c {{}} {CALLS_ORDER} LIMIT ? OFFSET ?"
+    oldest, newest = (one(con, "SELECT min(started_at), max(started_at) FROM model_calls")
+                      if windowed else (None, None))
+    if newest is not None and until is not None:
+        newest = min(newest, until)
+    window = FIRST_WINDOW
+    while newest is not None and oldest is not None:
+        cutoff = newest - window
+        if cutoff <= oldest or (since is not None and cutoff <= since):
+            break
+        found = con.execute(query.format(where_sql([*where, "c.started_at >= ?"])),
+                            [*args, cutoff, limit + 1, offset]).fetchall()
+        if len(found) > limit:
+            return [r[0] for r in found]
+        window *= WINDOW_GROWTH
+    return [r[0] for r in con.execute(query.format(where_sql(where)),
+                                      [*args, limit + 1, offset]).fetchall()]
 
 
 def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
