@@ -67,10 +67,12 @@ def _traces(n: int, start: dt.datetime, rate: float | None = None) -> tuple[list
     return out, spans
 
 
-def _log_lines(calls: int, when: dt.datetime) -> list[str]:
+def nim_log_lines(calls: int, when: dt.datetime, new_id=lambda: uuid.uuid4().hex) -> list[str]:
+    """NIM log lines for `calls` requests: the lifecycle pair in 2.x JSON, an access line,
+    and a health probe, as a NIM container mixes them."""
     lines = []
     for j in range(calls):
-        call = f"chatcmpl-log{uuid.uuid4().hex}"
+        call = f"chatcmpl-{new_id()}"
         stamp = (when + dt.timedelta(milliseconds=j)).strftime("%Y-%m-%d %H:%M:%S")
         lines += [
             f'{{"level":"INFO","time":"{stamp}","file_name":"logger.py","line_number":39,'
@@ -123,7 +125,7 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
         {"include": [str(work / "sustained" / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     requests, spans = _traces(traces, now)
-    lines = _log_lines(log_calls, now)
+    lines = nim_log_lines(log_calls, now)
     say(f"  {traces:,} traces ({spans:,} spans in {len(requests)} requests) + {len(lines):,} log lines prepared")
     pids = _start(env)
     try:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kafka import TopicPartition
 
+from bench.pipeline import nim_log_lines
 from nimtrail import broker, config as config_mod, kafka_io
 from processors import normalize
 from processors.loop import Processor
@@ -58,17 +59,7 @@ def workload(traces: int, seed: int = 7) -> tuple[list[tuple[str, bytes]], int]:
             events += len(pending)
             pending = []
         if i % 25 == 24:
-            lines = []
-            for j in range(25):
-                call = f"chatcmpl-{uuid.UUID(int=rng.getrandbits(128)).hex}"
-                stamp = (when + dt.timedelta(milliseconds=j)).strftime("%Y-%m-%d %H:%M:%S")
-                lines += [
-                    f'{{"level":"INFO","time":"{stamp}","file_name":"logger.py","line_number":39,'
-                    f'"message":"Received request {call}: params: SamplingParams(n=1, max_tokens=256)"}}',
-                    f'{{"level":"INFO","time":"{stamp}","file_name":"logger.py","line_number":40,'
-                    f'"message":"Finished request {call}."}}',
-                    f'INFO:     10.28.{j}.1:4{j:04d} - "POST /v1/chat/completions HTTP/1.1" 200 OK',
-                    'INFO:     10.0.0.2:5000 - "GET /v1/health/ready HTTP/1.1" 200 OK']
+            lines = nim_log_lines(25, when, lambda: uuid.UUID(int=rng.getrandbits(128)).hex)
             lines.append(f"INFO {when:%m-%d %H:%M:%S} metrics.py:351] Avg prompt throughput: 1.2 tokens/s, "
                          "Avg generation throughput: 30.5 tokens/s, Running: 2 reqs, Swapped: 0 reqs, "
                          "Pending: 0 reqs, GPU KV cache usage: 3.1%, CPU KV cache usage: 0.0%.")

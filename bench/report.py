@@ -39,7 +39,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| end to end, spans + log lines in → queryable | {_n(s['events_per_s'])} events/s "
                      f"({_n(s['spans_per_s'])} spans/s) | kafka-python produce+consume of the same requests "
                      f"{_n(limit)} spans/s | " + (f"{s['events_per_s'] / limit:.2f}" if limit else "–")
-                     + f" | ≥ 50,000/s, ≥ 0.5 |")
+                     + " | ≥ 50,000/s, ≥ 0.5 |")
         lines.append(f"| collector accept (same run) | {_n(s['collector_events_per_s'])} events/s | "
                      f"kafka-python produce {_n(kp['produce_msgs_per_s'] * spans_per_msg if kp else None)} spans/s | "
                      + (f"{s['collector_events_per_s'] / (kp['produce_msgs_per_s'] * spans_per_msg):.2f}" if kp else "–")

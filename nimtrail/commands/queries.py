@@ -92,30 +92,29 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_page(args: argparse.Namespace, result: dict, columns: list[str]) -> int:
+    """One page of a paginated query: JSON with --json, else a table and where more begins."""
+    if args.json:
+        print_json(result)
+        return 0
+    print(table.render(result["rows"], columns, max_width=60))
+    if result.get("next_offset") is not None:
+        print(f"(more: --offset {result['next_offset']})")
+    return 0
+
+
 def cmd_findings(args: argparse.Namespace) -> int:
     result = query(args, "findings", {
         "kind": args.kind, "severity": args.severity, "subject_id": args.subject,
         "since": args.since, "until": args.until, "limit": args.limit, "offset": args.offset})
-    if args.json:
-        print_json(result)
-        return 0
-    print(table.render(result["rows"], FINDING_COLUMNS, max_width=60))
-    if result.get("next_offset") is not None:
-        print(f"(more: --offset {result['next_offset']})")
-    return 0
+    return _print_page(args, result, FINDING_COLUMNS)
 
 
 def cmd_access_log(args: argparse.Namespace) -> int:
     result = query(args, "access-log", {
         "principal": args.principal, "operation": args.operation, "since": args.since,
         "until": args.until, "limit": args.limit, "offset": args.offset})
-    if args.json:
-        print_json(result)
-        return 0
-    print(table.render(result["rows"], ACCESS_COLUMNS, max_width=60))
-    if result.get("next_offset") is not None:
-        print(f"(more: --offset {result['next_offset']})")
-    return 0
+    return _print_page(args, result, ACCESS_COLUMNS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
