@@ -29,7 +29,8 @@ def attributes(pairs: Iterable[Any]) -> dict[str, Any]:
     out = {}
     for kv in pairs:
         value = kv.value
-        kind = value.WhichOneof("value")
-        # Strings are most attributes: read them without a call per value.
-        out[kv.key] = value.string_value if kind == "string_value" else any_value(value)
+        # Strings are most attributes: read them without a call per value. An unset oneof
+        # member reads as "", so only an empty string needs the full look.
+        text = value.string_value
+        out[kv.key] = text if text else any_value(value)
     return out
