@@ -35,12 +35,13 @@ def _received(reader: TopicReader) -> list[str]:
     return [line["text"] for doc in reader.docs() for line in doc["lines"]]
 
 
-def test_restarts_while_the_file_grows_lose_and_repeat_nothing(tmp_path, kafka_bootstrap):
+def test_restarts_while_the_file_grows_lose_and_repeat_nothing(tmp_path, kafka_bootstrap, request):
     logs = tmp_path / "logs"
     logs.mkdir()
     app = logs / "nim.log"
     env = Env(tmp_path, kafka_bootstrap, collector={"filelog": [
         {"include": [str(logs / "*.log")], "deployment": "prod/llama-3-1-8b", "poll_interval": "50ms"}]})
+    request.addfinalizer(env.stop_all)
     reader = TopicReader(kafka_bootstrap, env.config.topics.nimlogs)
     writer = Writer(app)
     writer.start()
@@ -76,12 +77,14 @@ def test_restarts_while_the_file_grows_lose_and_repeat_nothing(tmp_path, kafka_b
     reader.close()
 
 
-def test_a_crash_before_the_offsets_are_saved_repeats_one_batch_and_loses_nothing(tmp_path, kafka_bootstrap):
+def test_a_crash_before_the_offsets_are_saved_repeats_one_batch_and_loses_nothing(tmp_path, kafka_bootstrap,
+                                                                                 request):
     """Killed between Kafka's acknowledgement and the offsets file: at-least-once, as documented."""
     logs = tmp_path / "logs"
     logs.mkdir()
     env = Env(tmp_path, kafka_bootstrap, collector={"filelog": [
         {"include": [str(logs / "*.log")], "poll_interval": "50ms"}]})
+    request.addfinalizer(env.stop_all)
     reader = TopicReader(kafka_bootstrap, env.config.topics.nimlogs)
     writer = Writer(logs / "nim.log")
     writer.start()
