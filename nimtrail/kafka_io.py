@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import (AuthorizationError, KafkaError, SaslAuthenticationFailedError,
                           TopicAlreadyExistsError)
@@ -191,6 +191,30 @@ def dead_letter(value: bytes, *, reason: str, detail: str, stage: str) -> tuple[
         headers.append(("nimtrail.truncated_from", str(len(value)).encode()))
         value = value[: 1024 * 1024]
     return value, headers
+
+
+def read_to_end(consumer: KafkaConsumer, topic: str, timeout: float = 120.0):
+    """Yield every message of `topic` below its end offsets as of now (assign, no group).
+
+    The consumer's position passes an end once the last data message, or the transaction
+    marker after it, has been fetched. TimeoutError when the topic has no metadata or
+    cannot be read to its end in time.
+    """
+    deadline = time.monotonic() + min(timeout, 30)
+    while (ids := consumer.partitions_for_topic(topic)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no metadata for topic {topic}")
+        time.sleep(0.2)
+    partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    end = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + timeout
+    while any(consumer.position(tp) < end[tp] for tp in partitions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic} to its end took longer than {timeout:.0f}s")
+        for tp, messages in consumer.poll(timeout_ms=500).items():
+            yield from (m for m in messages if m.offset < end[tp])
 
 
 class DeadLetters:

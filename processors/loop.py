@@ -38,7 +38,8 @@ from nimtrail.ops import StageMetrics
 from processors import normalize
 from processors.events import InputRejected, MessagesConsumed, ProduceRetried, StateRestored
 from processors.pipeline import Outputs, Pipeline
-from processors.state import DEPLOYMENTS_PASSED, StateStore, read_to_end
+from nimtrail.kafka_io import read_to_end
+from processors.state import DEPLOYMENTS_PASSED, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -14,36 +14,15 @@ and before it commits its input offsets; on start, `restore()` reads the topic t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 from nimtrail import kafka_io
 from nimtrail.config import Config
 
 META = "meta|"
 DEPLOYMENTS_PASSED = META + "deployments"
-
-
-def read_to_end(consumer: KafkaConsumer, topic: str, timeout: float = 120.0):
-    """Yield every message of `topic` up to the end offsets as of now (assign, no group)."""
-    deadline = time.monotonic() + 30
-    while (ids := consumer.partitions_for_topic(topic)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no metadata for topic {topic}")
-        time.sleep(0.2)
-    partitions = [TopicPartition(topic, p) for p in sorted(ids)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    end = consumer.end_offsets(partitions)
-    deadline = time.monotonic() + timeout
-    while any(consumer.position(tp) < end[tp] for tp in partitions):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic} to its end took longer than {timeout:.0f}s")
-        for _tp, messages in consumer.poll(timeout_ms=500).items():
-            yield from messages
 
 
 class StateStore:
@@ -56,7 +35,7 @@ class StateStore:
         consumer = kafka_io.consumer(self._config, group_id=None)
         latest: dict[str, bytes | None] = {}
         try:
-            for message in read_to_end(consumer, self.topic):
+            for message in kafka_io.read_to_end(consumer, self.topic):
                 latest[message.key.decode()] = message.value
         finally:
             consumer.close(autocommit=False)

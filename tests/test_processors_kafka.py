@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nimtrail import kafka_io, records
-from processors.state import read_to_end
+from nimtrail.kafka_io import read_to_end
 from tests import corpus, scenarios as sc
 from tests.harness import Env, wait_for
 from tests.trail import Trail

@@ -14,10 +14,8 @@ appear together or not at all; readers use read_committed.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-from kafka import TopicPartition
 from kafka.errors import InvalidProducerEpochError, KafkaError, ProducerFencedError
 
 from nimtrail import kafka_io, records
@@ -76,43 +74,21 @@ def read_all(config: Config, timeout: float = 60.0) -> list[dict[str, Any]]:
     except KafkaError as e:
         raise TopicError(f"cannot read topic {topic}: {e}") from e
     try:
-        deadline = time.monotonic() + timeout
-        partitions = None
-        while not partitions:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                if time.monotonic() > deadline:
-                    raise TopicError(f"topic {topic} has no partitions; is Kafka reachable?")
-                time.sleep(0.2)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        ends = consumer.end_offsets(assigned)
         by_key: dict[bytes, dict[str, Any]] = {}
-        pending = {tp for tp in assigned if ends[tp] > 0}
-        while pending:
-            if time.monotonic() > deadline:
-                raise TopicError(f"timed out reading topic {topic}")
-            for tp, messages in consumer.poll(timeout_ms=500).items():
-                for message in messages:
-                    if message.offset >= ends[tp]:
-                        continue
-                    try:
-                        record = decode(message.key, message.value)
-                    except ValueError as e:
-                        log.warning("Skipped a malformed message at %s[%s]@%s: %s",
-                                    topic, tp.partition, message.offset, e)
-                        continue
-                    key = message.key or (key_of(record) if record else b"")
-                    if record is None:
-                        by_key.pop(key, None)
-                    else:
-                        by_key[key] = record
-            # The position passes the end once the last data message (or the transaction
-            # marker after it) has been fetched.
-            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+        for message in kafka_io.read_to_end(consumer, topic, timeout):
+            try:
+                record = decode(message.key, message.value)
+            except ValueError as e:
+                log.warning("Skipped a malformed message at %s[%s]@%s: %s",
+                            topic, message.partition, message.offset, e)
+                continue
+            key = message.key or (key_of(record) if record else b"")
+            if record is None:
+                by_key.pop(key, None)
+            else:
+                by_key[key] = record
         return sorted(by_key.values(), key=lambda r: (r["deployment_id"], r["version"]))
-    except KafkaError as e:
+    except (KafkaError, TimeoutError) as e:
         raise TopicError(f"cannot read topic {topic}: {e}") from e
     finally:
         consumer.close()
