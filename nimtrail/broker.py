@@ -8,6 +8,7 @@ data directory it is given, which is what lets `nimtrail kafka stop|status` find
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -19,12 +20,24 @@ import time
 import uuid
 from pathlib import Path
 
+from nimtrail.errors import NimtrailError
+
 
 POM = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
 STATE_FILE = "broker.json"
 
 
-class BrokerError(RuntimeError):
+def new_cluster_id() -> str:
+    """A Kafka cluster id: a base64url UUID without padding (22 characters). Like Kafka's own
+    Uuid.randomUuid, never one starting with '-', which the storage tool would read as an
+    option."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
+class BrokerError(NimtrailError):
     """The bundled broker could not be resolved, started or stopped."""
 
 
@@ -218,11 +231,9 @@ def start(data_dir: Path, *, host: str = "127.0.0.1", port: int = 9092, controll
     _write_log_config(data_dir)
     meta = data_dir / "kraft-logs" / "meta.properties"
     if not meta.exists():
-        cluster_id = (data_dir / "cluster.id")
-        if not cluster_id.exists():
-            # A Kafka cluster id is a base64url UUID without padding (22 characters).
-            import base64
-            cluster_id.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        cluster_id = data_dir / "cluster.id"
+        if not cluster_id.exists() or cluster_id.read_text().startswith("-"):
+            cluster_id.write_text(new_cluster_id())
         scram = []
         for name, password in (scram_users or {}).items():
             for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
