@@ -27,9 +27,9 @@ from collector import nimlogs
 from collector.auth import sender_headers
 from collector.events import ItemsReceived
 from collector.forward import Entry
-from collector.http_body import BodyTooLarge, inflate, read_raw
+from collector.http_body import inflate, read_raw
 from collector.http_server import HttpServer, Response
-from collector.otlp_http import UNREAD, content_length, error_response, retry_response
+from collector.otlp_http import content_length, refuse
 from collector.sink import Sink
 from nimtrail.config import CollectorConfig, TopicsConfig
 from nimtrail.errors import PermanentError, TransientError
@@ -137,15 +137,8 @@ class HttpLogsReceiver:
             lines = parse(text, as_array)
             accepted = self._forward(lines, source, deployment, request.client_address[0],
                                      getattr(request, "sender", None))
-        except BodyTooLarge as e:
-            self.sink.reject(RECEIVER, e, body, source)
-            return error_response(413, e, True, close=True)
-        except PermanentError as e:
-            self.sink.reject(RECEIVER, e, body, source)
-            status = {"unsupported_content_type": 415, "too_large_for_kafka": 413}.get(e.reason, 400)
-            return error_response(status, e, True, close=e.reason in UNREAD)
-        except TransientError as e:
-            return retry_response(e, True)
+        except (PermanentError, TransientError) as e:
+            return refuse(self.sink, RECEIVER, e, body, source, True)
         return Response(200, orjson.dumps({"accepted": accepted}))
 
     def _forward(self, lines: list[tuple[str, str | None, str | None]], source: str,

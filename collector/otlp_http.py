@@ -59,21 +59,28 @@ class OtlpHttpReceiver:
                                      f"Content-Type {ctype or '(none)'!r}; send {PROTOBUF} or {JSON}")
             response = self.export.accept(signal, body, as_json=as_json, receiver=receiver, source=source,
                                           sender=getattr(request, "sender", None))
-        except BodyTooLarge as e:
-            # Only what was sent is kept (a gzip bomb stays compressed); an over-long body was
-            # not read at all, so the connection cannot be reused.
-            self.sink.reject(receiver, e, body, source)
-            return error_response(413, e, as_json, close=True)
-        except PermanentError as e:
-            self.sink.reject(receiver, e, body, source)
-            status = {"unsupported_content_type": 415, "too_large_for_kafka": 413}.get(e.reason, 400)
-            # A body that could not be read leaves the connection unusable.
-            return error_response(status, e, as_json, close=e.reason in UNREAD)
-        except TransientError as e:
-            return retry_response(e, as_json)
+        except (PermanentError, TransientError) as e:
+            return refuse(self.sink, receiver, e, body, source, as_json)
         if as_json:
             return Response(200, orjson.dumps(json_format.MessageToDict(response)), JSON)
         return Response(200, response.SerializeToString(), PROTOBUF)
+
+
+def refuse(sink, receiver: str, error: PermanentError | TransientError, body: bytes, source: str,
+           as_json: bool) -> Response:
+    """The answer to input that was not accepted, shared by every HTTP receiver: bad input
+    goes to the dead-letter topic and gets its 4xx; a Kafka that cannot take it now gets a
+    retry hint."""
+    if isinstance(error, TransientError):
+        return retry_response(error, as_json)
+    sink.reject(receiver, error, body, source)
+    if isinstance(error, BodyTooLarge):
+        # Only what was sent is kept (a gzip bomb stays compressed); an over-long body was
+        # not read at all, so the connection cannot be reused.
+        return error_response(413, error, as_json, close=True)
+    status = {"unsupported_content_type": 415, "too_large_for_kafka": 413}.get(error.reason, 400)
+    # A body that could not be read leaves the connection unusable.
+    return error_response(status, error, as_json, close=error.reason in UNREAD)
 
 
 def retry_response(error: TransientError, as_json: bool) -> Response:
