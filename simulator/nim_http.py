@@ -58,6 +58,9 @@ class Server:
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever to acknowledge: on a server that never started
+        # (the fleet failed to start part way) it would wait forever.
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
         self.httpd.server_close()
-        self._thread.join(timeout=5)

@@ -228,3 +228,10 @@ def test_scenario_errors_name_the_key(tmp_path):
     doc["deployments"][0]["gpuu"] = "H100"
     with pytest.raises(ConfigError, match=r"deployments\[0\]\.gpuu: unknown key"):
         scenario_mod.parse(doc)
+
+
+def test_a_server_that_never_started_stops_at_once():
+    from simulator.nim_http import Server
+
+    server = Server(0, {})
+    server.stop()  # must not wait for a serve_forever that never ran
