@@ -70,3 +70,16 @@ class StateRestored(Event):
     level = logging.INFO
     message = "Restored %(count)s join state entries from %(topic)s in %(seconds).1fs"
     thing, unit, doc = "restored", "entries", "Join state entries read back from the changelog"
+
+
+class ContentDropped(Event):
+    level = logging.WARNING
+    message = "A %(kind)s record is too large for one Kafka message; its text was dropped, its hashes kept"
+    thing, unit, doc = "dropped", "records", "Records whose kept text exceeded one Kafka message"
+    labels = ("kind",)
+
+
+class ProducerReplaced(Event):
+    level = logging.WARNING
+    message = "The Kafka producer stopped after %(error)s; a new one replaces it"
+    thing, unit, doc = "replaced", "producers", "Producers replaced after a non-retriable error"

@@ -33,17 +33,36 @@ from kafka.errors import CommitFailedError, KafkaError
 from nimtrail import faults, kafka_io, raw, records
 from nimtrail.config import Config
 from nimtrail.errors import PermanentError
-from nimtrail.kafka_io import DeadLetters
+from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
-from processors.events import InputRejected, MessagesConsumed, ProduceRetried, StateRestored
+from processors.events import (ContentDropped, InputRejected, MessagesConsumed, ProduceRetried,
+                               ProducerReplaced, StateRestored)
 from processors.pipeline import Outputs, Pipeline
-from nimtrail.kafka_io import read_to_end
+from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore
 
 log = logging.getLogger(__name__)
 
 RECORDS_PER_MESSAGE = 1000
+# Room under Kafka's message limit for the record batch header and headers.
+MAX_BATCH_BYTES = kafka_io.MAX_MESSAGE_BYTES - 64 * 1024
+
+
+def encode_batches(kind: str, batch: list[dict[str, Any]],
+                   limit: int = MAX_BATCH_BYTES) -> tuple[list[bytes], int]:
+    """`batch` as audit messages each small enough for Kafka (halved until it fits), and how
+    many records lost their text: one record that cannot fit alone (kept prompt or response
+    text of many megabytes) goes without it; its hashes still prove what the text was."""
+    value = records.encode_batch(kind, batch)
+    if len(value) <= limit:
+        return [value], 0
+    if len(batch) > 1:
+        half = len(batch) // 2
+        (first, a), (second, b) = encode_batches(kind, batch[:half], limit), encode_batches(kind, batch[half:], limit)
+        return first + second, a + b
+    bare = {**batch[0], **dict.fromkeys(records.CONTENT_FIELDS & batch[0].keys())}
+    return [records.encode_batch(kind, [bare])], 1
 
 
 class Message(NamedTuple):
@@ -76,7 +95,7 @@ class Processor:
             group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-",
                                      config.processor.instance_id or config.processor.group_id))
         self.consumer.subscribe(sorted(self.kinds))
-        self._last_sweep = time.time()
+        self.horizon = Horizon(interval=min(1.0, self.pipeline.joiner.window / 4))
         self._closed = False
 
     # -- start ----------------------------------------------------------------------------
@@ -120,11 +139,11 @@ class Processor:
                 self.pipeline.handle(kind, message.value or b"", now, tp.topic)
             count += len(messages)
             MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
-        # Judge records whose join window passed only once the input is read up to its end
-        # (or at least once a window): a backlog may hold the counterpart of any of them.
-        if self._caught_up() or now - self._last_sweep > self.pipeline.joiner.window:
-            self.pipeline.sweep(now)
-            self._last_sweep = now
+        # Judge records whose join window passed only up to the time by which every input
+        # is known to be read: a backlog may hold the counterpart of any of them.
+        reached = self._horizon(now)
+        if reached is not None:
+            self.pipeline.sweep(reached)
         self._deliver(self.pipeline.take())
         if polled:
             # 4. Only now is the input consumed for good.
@@ -137,15 +156,22 @@ class Processor:
             faults.point("processor.after_commit")
         return count
 
-    def _caught_up(self) -> bool:
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return False
-        for tp in assignment:
-            high = self.consumer.highwater(tp)
-            if high is None or self.consumer.position(tp) < high:
-                return False
-        return True
+    def _horizon(self, now: float) -> float | None:
+        inputs = self.consumer.assignment()
+        if not inputs:
+            return None  # not a member yet: nothing is known to be read
+        deployments = self.deployments.assignment()
+        consumer_of = {tp: self.consumer for tp in inputs} | {tp: self.deployments for tp in deployments}
+
+        def end_offsets():
+            return {**self.consumer.end_offsets(list(inputs)), **self.deployments.end_offsets(list(deployments))}
+
+        try:
+            return self.horizon.advance(now, frozenset(consumer_of), end_offsets,
+                                        lambda tp: consumer_of[tp].position(tp))
+        except KafkaError as e:  # the broker is away: settle nothing until it is back
+            log.warning("Could not read the input's end offsets: %s", e)
+            return None
 
     def _deliver(self, outputs: Outputs) -> None:
         # 1. and 2. Outputs produced and acknowledged (retried as a whole until they are).
@@ -169,8 +195,10 @@ class Processor:
         out: list[Message] = []
         for kind, batch in outputs.records.items():
             for start in range(0, len(batch), RECORDS_PER_MESSAGE):
-                out.append(Message(self.audit_topics[kind], None,
-                                   records.encode_batch(kind, batch[start:start + RECORDS_PER_MESSAGE])))
+                values, dropped = encode_batches(kind, batch[start:start + RECORDS_PER_MESSAGE])
+                out += [Message(self.audit_topics[kind], None, value) for value in values]
+                if dropped:
+                    ContentDropped(kind=kind).emit(self.metrics, log, dropped)
         t = self.config.topics
         for doc in outputs.observations:
             key = (doc["deployment"] or doc["endpoint"] or "").encode()
@@ -200,10 +228,20 @@ class Processor:
                     future.get(timeout=60)
                 return
             except KafkaError as e:
+                if not e.retriable:
+                    self._replace_producer(e)
                 ProduceRetried(what=what, error=repr(e), delay=delay).emit(self.metrics, log)
                 if self.stop.wait(delay):
                     raise  # stopping: the input stays uncommitted, the restart redoes it
                 delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+
+    def _replace_producer(self, error: KafkaError) -> None:
+        """kafka-python's idempotent producer refuses every send after a non-retriable error:
+        retire it. The batch is then produced again in whole by the new one."""
+        ProducerReplaced(error=repr(error)).emit(self.metrics, log)
+        self.producer.close(timeout=0)
+        self.producer = kafka_io.producer(self.config)
+        self.dead_letters = DeadLetters(self.producer, self.config.topics.dlq, "processor")
 
     def close(self) -> None:
         """Idempotent. Uncommitted input is simply read again by the next start."""
