@@ -29,6 +29,7 @@ class Normalised:
     observations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     line_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped_points: dict[str, int] = dataclasses.field(default_factory=dict)  # OTLP metrics, by reason
     # (identities, samples and observations among the above that name no deployment): the
     # pipeline places them by the identities against the deployment registry.
     unplaced: list[tuple[list[str], list[dict[str, Any]]]] = dataclasses.field(default_factory=list)
@@ -81,7 +82,7 @@ def normalise(kind: str, value: bytes, policy: ContentPolicy) -> Normalised:
             unplaced = [s for s in resource.samples if s["deployment_id"] is None]
             if unplaced and resource.identities:
                 out.unplaced.append((resource.identities, unplaced))
-        out.line_counts.update(counts)
+        out.skipped_points = counts
     elif kind == SCRAPES:
         try:
             doc = raw.decode(value, raw.SCRAPES_REQUIRED)

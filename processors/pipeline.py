@@ -19,7 +19,7 @@ from nimtrail.ops import StageMetrics
 from processors import normalize
 from processors.content import ContentPolicy
 from processors.events import (DeploymentRegistered, EvidenceJoined, FindingRaised, LogLinesRead,
-                               RecordsEmitted, RecordsSettled)
+                               MetricPointsSkipped, RecordsEmitted, RecordsSettled)
 from processors.join import Joiner
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Pipeline:
         self._out.log_events.extend(found.log_events)
         for line_kind, count in found.line_counts.items():
             LogLinesRead(kind=line_kind, count=count).emit(self.metrics, log, count)
+        for reason, count in found.skipped_points.items():
+            MetricPointsSkipped(reason=reason, count=count).emit(self.metrics, log, count)
 
     def _place(self, identities: list[str], items: list[dict[str, Any]]) -> None:
         """Samples and observations that came with identities but no deployment (OTLP

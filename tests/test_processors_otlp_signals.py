@@ -252,7 +252,7 @@ def test_dcgm_summary_exponential_and_delta_points():
     assert by[("rpc_latency_seconds_sum", None)]["value"] == 2.5
     assert by[("rpc_latency_seconds_count", None)]["value"] == 10.0
     assert ("vllm:num_requests_waiting", None) not in by and ("vllm:generation_tokens_total", None) not in by
-    assert found.line_counts == {"no_recorded_value": 1, "delta_point": 1}
+    assert found.skipped_points == {"no_recorded_value": 1, "delta_point": 1}
     assert found.unplaced == []  # the resource named its deployment
 
 
