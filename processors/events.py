@@ -40,6 +40,13 @@ class LogLinesRead(Event):
     labels = ("kind",)
 
 
+class MetricPointsSkipped(Event):
+    level = logging.DEBUG
+    message = "Skipped %(count)s OTLP metric points: %(reason)s"
+    thing, unit, doc = "skipped", "metric_points", "OTLP metric points that became no sample, by why"
+    labels = ("reason",)
+
+
 class FindingRaised(Event):
     level = logging.INFO
     message = "Finding %(kind)s (%(status)s) on %(subject)s"

@@ -79,7 +79,8 @@ class Processor:
         self.stop = stop or threading.Event()
         t = config.topics
         self.audit_topics = t.audit()
-        kafka_io.ensure_topics(config, [t.otlp_spans, t.nimlogs, t.scrapes, t.observations, t.log_events,
+        kafka_io.ensure_topics(config, [t.otlp_spans, t.otlp_logs, t.otlp_metrics, t.nimlogs, t.scrapes,
+                                        t.observations, t.log_events,
                                         t.dlq, *self.audit_topics.values()],
                                compacted=[t.deployments, t.processor_state])
         self.metrics = StageMetrics("processor")
@@ -88,7 +89,8 @@ class Processor:
         self.pipeline = Pipeline(config.processor, self.metrics)
         self.state = StateStore(config)
         self.kinds = {t.otlp_spans: normalize.SPANS, t.nimlogs: normalize.NIMLOGS,
-                      t.scrapes: normalize.SCRAPES}
+                      t.scrapes: normalize.SCRAPES, t.otlp_logs: normalize.OTLP_LOGS,
+                      t.otlp_metrics: normalize.OTLP_METRICS}
         self._restore()
         self.consumer = kafka_io.consumer(
             config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,

@@ -39,7 +39,7 @@ _JSON_TIME = re.compile(r"^(?:(?P<year>\d{4})-)?(?P<md>\d\d-\d\d)[ T](?P<hms>\d\
 
 @dataclasses.dataclass(slots=True)
 class Line:
-    shape: str  # json2 | json1 | text | trtllm | uvicorn | json | plain
+    shape: str  # json2 | json1 | text | trtllm | uvicorn | json | plain (| message: see nimlogs)
     level: str | None
     time: str | None  # ISO-8601 UTC (see iso())
     message: str

@@ -22,7 +22,7 @@ from nimtrail.records import sha256_hex
 from processors import evidence as ev
 from processors.content import ContentPolicy, digest
 from processors.evidence import Evidence
-from processors.nimlog_lines import iso, parse, parse_iso
+from processors.nimlog_lines import Line, iso, parse, parse_iso
 
 _ACCESS = re.compile(r'^(?P<peer>\S+) - "(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})\b')
 _RECEIVED = re.compile(r"^(?:Received|Added) request (?P<id>[^\s:]+):?(?P<rest>.*)$", re.S)
@@ -66,12 +66,13 @@ def _stat_metric(name: str, unit: str | None) -> str:
 
 
 class _Batch:
-    def __init__(self, doc: dict[str, Any], policy: ContentPolicy):
+    def __init__(self, doc: dict[str, Any], policy: ContentPolicy, identities: list[str] | None = None):
         self.doc = doc
         self.policy = policy
         self.source = str(doc.get("source") or "")
         self.deployment = doc.get("deployment") or None
         self.identities = [f"dep:{self.deployment}"] if self.deployment else []
+        self.identities += [i for i in identities or () if i not in self.identities]
         self.received = parse_iso(doc.get("received_at"))
         self.out = NimlogResult()
         self.events: list[dict[str, Any]] = []
@@ -88,7 +89,7 @@ class _Batch:
     def line_id(self, item: dict[str, Any], text: str) -> str:
         if item.get("offset") is not None:
             return f"{self.source}|{self.doc.get('file') or ''}|{item['offset']}"
-        return sha256_hex(f"{self.source}|{item.get('time') or ''}|{text}")[:32]
+        return sha256_hex(f"{self.source}|{item.get('time') or item.get('observed') or ''}|{text}")[:32]
 
     def keep(self, kind: str, item: dict[str, Any], text: str, when: str | None, **extra: Any) -> None:
         self.count(kind)
@@ -106,12 +107,18 @@ class _Batch:
             self.count("empty")
             return
         runtime = parse_iso(item.get("time"))
-        reference = runtime or self.received
+        # `observed` (when a shipper read the line) stands in for the batch's receive time.
+        received = parse_iso(item.get("observed")) or self.received
+        reference = runtime or received
         parsed = parse(text, reference) if reference else None
         if parsed is None:
             self.keep("unparsed", item, text, None, reason="no timestamp")
             return
-        when = iso(runtime) if runtime else parsed.time or (iso(self.received) if self.received else None)
+        if parsed.shape == "plain" and item.get("level"):
+            # A logger's message without the logger's framing (what an OpenTelemetry log
+            # bridge exports: the level and time travel beside it).
+            parsed = Line("message", str(item["level"]), None, text.rstrip("\r\n"))
+        when = iso(runtime) if runtime else parsed.time or (iso(received) if received else None)
         if parsed.shape == "json":
             self.gateway(item, text, parsed.fields or {}, when)
             return
@@ -237,10 +244,15 @@ class _Batch:
         return self.out
 
 
-def normalise(doc: dict[str, Any], policy: ContentPolicy) -> NimlogResult:
+def normalise(doc: dict[str, Any], policy: ContentPolicy,
+              identities: list[str] | None = None) -> NimlogResult:
     """Everything one nimlogs message says. `doc` is the decoded message (raw.decode);
-    lines that are not objects are counted as malformed, never raised."""
-    batch = _Batch(doc, policy)
+    lines that are not objects are counted as malformed, never raised. `identities` are
+    added to the configured deployment's for the calls the lines name (an OTLP resource's
+    `k8s:`, `pod:`, `svc:`). A line may carry `observed` (ISO; when it was read: the
+    reference for a time without a year, and the time of a line that has none) and `level`
+    (its text is then a bare message when no line shape fits)."""
+    batch = _Batch(doc, policy, identities)
     lines = doc.get("lines")
     for item in lines if isinstance(lines, list) else ():
         if isinstance(item, dict):

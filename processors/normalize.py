@@ -13,11 +13,12 @@ from google.protobuf.message import DecodeError
 
 from nimtrail import raw, records
 from nimtrail.errors import PermanentError
-from processors import nimlogs, scrapes, spans
+from processors import nimlogs, otlp_logs, otlp_metrics, scrapes, spans
 from processors.content import ContentPolicy
 from processors.evidence import Evidence
 
 SPANS, NIMLOGS, SCRAPES, DEPLOYMENTS = "spans", "nimlogs", "scrapes", "deployments"
+OTLP_LOGS, OTLP_METRICS = "otlp_logs", "otlp_metrics"
 
 
 @dataclasses.dataclass
@@ -25,13 +26,33 @@ class Normalised:
     evidence: list[Evidence] = dataclasses.field(default_factory=list)
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    observation: dict[str, Any] | None = None
-    log_events: dict[str, Any] | None = None
+    observations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    log_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     line_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped_points: dict[str, int] = dataclasses.field(default_factory=dict)  # OTLP metrics, by reason
+    # (identities, samples and observations among the above that name no deployment): the
+    # pipeline places them by the identities against the deployment registry.
+    unplaced: list[tuple[list[str], list[dict[str, Any]]]] = dataclasses.field(default_factory=list)
+
+    def add_nimlogs(self, result: nimlogs.NimlogResult, identities: list[str] | None = None) -> None:
+        self.evidence += result.evidence
+        self.samples += result.samples
+        if result.observation:
+            self.observations.append(result.observation)
+        if result.log_events:
+            self.log_events.append(result.log_events)
+        for kind, count in result.counts.items():
+            self.line_counts[kind] = self.line_counts.get(kind, 0) + count
+        if identities:
+            unplaced = [s for s in result.samples if s["deployment_id"] is None]
+            if result.observation and result.observation["deployment"] is None:
+                unplaced.append(result.observation)
+            if unplaced:
+                self.unplaced.append((identities, unplaced))
 
 
 def normalise(kind: str, value: bytes, policy: ContentPolicy) -> Normalised:
-    """`kind` is one of SPANS, NIMLOGS, SCRAPES, DEPLOYMENTS."""
+    """`kind` is one of SPANS, NIMLOGS, SCRAPES, OTLP_LOGS, OTLP_METRICS, DEPLOYMENTS."""
     out = Normalised()
     if kind == SPANS:
         try:
@@ -43,9 +64,25 @@ def normalise(kind: str, value: bytes, policy: ContentPolicy) -> Normalised:
             doc = raw.decode(value, raw.NIMLOGS_REQUIRED)
         except ValueError as e:
             raise PermanentError("malformed_nimlogs", str(e)) from e
-        result = nimlogs.normalise(doc, policy)
-        out.evidence, out.samples = result.evidence, result.samples
-        out.observation, out.log_events, out.line_counts = result.observation, result.log_events, result.counts
+        out.add_nimlogs(nimlogs.normalise(doc, policy))
+    elif kind == OTLP_LOGS:
+        try:
+            found = otlp_logs.normalise(value, policy)
+        except DecodeError as e:
+            raise PermanentError("malformed_protobuf", f"not an OTLP logs request: {e}") from e
+        for resource in found:
+            out.add_nimlogs(resource.result, resource.identities)
+    elif kind == OTLP_METRICS:
+        try:
+            found_metrics, counts = otlp_metrics.normalise(value)
+        except DecodeError as e:
+            raise PermanentError("malformed_protobuf", f"not an OTLP metrics request: {e}") from e
+        for resource in found_metrics:
+            out.samples += resource.samples
+            unplaced = [s for s in resource.samples if s["deployment_id"] is None]
+            if unplaced and resource.identities:
+                out.unplaced.append((resource.identities, unplaced))
+        out.skipped_points = counts
     elif kind == SCRAPES:
         try:
             doc = raw.decode(value, raw.SCRAPES_REQUIRED)

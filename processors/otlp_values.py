@@ -34,3 +34,42 @@ def attributes(pairs: Iterable[Any]) -> dict[str, Any]:
         text = value.string_value
         out[kv.key] = text if text else any_value(value)
     return out
+
+
+# The resource attribute a sender may set (OTEL_RESOURCE_ATTRIBUTES) to name its deployment
+# outright, as a log source's configured deployment does.
+DEPLOYMENT_ATTRIBUTE = "nimtrail.deployment"
+
+
+def resource_identities(resource: dict[str, Any]) -> list[str]:
+    """The deployment identities an OTLP resource carries, strongest first (see
+    processors/deployments.py): `dep:`, `k8s:<ns>/<deployment|statefulset>`, `pod:<ns>/<pod>`,
+    `svc:<service.name>`."""
+    identities = []
+    if resource.get(DEPLOYMENT_ATTRIBUTE):
+        identities.append(f"dep:{resource[DEPLOYMENT_ATTRIBUTE]}")
+    namespace = resource.get("k8s.namespace.name")
+    if namespace:
+        for name in (resource.get("k8s.deployment.name"), resource.get("k8s.statefulset.name")):
+            if name:
+                identities.append(f"k8s:{namespace}/{name}")
+        if resource.get("k8s.pod.name"):
+            identities.append(f"pod:{namespace}/{resource['k8s.pod.name']}")
+    if resource.get("service.name"):
+        identities.append(f"svc:{resource['service.name']}")
+    return identities
+
+
+def resource_source(resource: dict[str, Any]) -> str:
+    """A stable name for what sent an OTLP resource, in the place a log source's path goes:
+    `otlp:<ns>/<pod>[/<container>]`, else `otlp:<service.name>[@<instance or host>]`,
+    else `otlp:<host>`, else `otlp`."""
+    namespace, pod = resource.get("k8s.namespace.name"), resource.get("k8s.pod.name")
+    if pod:
+        container = resource.get("k8s.container.name")
+        return f"otlp:{namespace or ''}/{pod}" + (f"/{container}" if container else "")
+    where = resource.get("service.instance.id") or resource.get("host.name")
+    service = resource.get("service.name")
+    if service:
+        return f"otlp:{service}" + (f"@{where}" if where else "")
+    return f"otlp:{where}" if where else "otlp"

@@ -19,7 +19,7 @@ from nimtrail.ops import StageMetrics
 from processors import normalize
 from processors.content import ContentPolicy
 from processors.events import (DeploymentRegistered, EvidenceJoined, FindingRaised, LogLinesRead,
-                               RecordsEmitted, RecordsSettled)
+                               MetricPointsSkipped, RecordsEmitted, RecordsSettled)
 from processors.join import Joiner
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ class Pipeline:
         self._evidence_counts: dict[str, int] = defaultdict(int)
 
     def handle(self, kind: str, value: bytes, now: float, source: str = "") -> None:
-        """One input message of `kind` (normalize.SPANS / NIMLOGS / SCRAPES) from the topic
-        `source`. Bad input is collected in `rejected` for the dead-letter topic, never raised."""
+        """One input message of `kind` (normalize.SPANS / NIMLOGS / SCRAPES / OTLP_LOGS /
+        OTLP_METRICS) from the topic `source`. Bad input is collected in `rejected` for the
+        dead-letter topic, never raised."""
         try:
             found = normalize.normalise(kind, value, self.policy)
         except PermanentError as e:
@@ -62,14 +63,28 @@ class Pipeline:
             self.joiner.add(found.evidence, now)
             for item in found.evidence:
                 self._evidence_counts[item.source] += 1
+        for identities, items in found.unplaced:
+            self._place(identities, items)
         if found.samples:
             self._out.records["metric_sample"].extend(found.samples)
-        if found.observation:
-            self._out.observations.append(found.observation)
-        if found.log_events:
-            self._out.log_events.append(found.log_events)
+        self._out.observations.extend(found.observations)
+        self._out.log_events.extend(found.log_events)
         for line_kind, count in found.line_counts.items():
             LogLinesRead(kind=line_kind, count=count).emit(self.metrics, log, count)
+        for reason, count in found.skipped_points.items():
+            MetricPointsSkipped(reason=reason, count=count).emit(self.metrics, log, count)
+
+    def _place(self, identities: list[str], items: list[dict[str, Any]]) -> None:
+        """Samples and observations that came with identities but no deployment (OTLP
+        resources) get the deployment those identities name now. Unlike a call they are
+        not re-joined when a deployment is registered later: a sample never changes."""
+        deployment, _ = self.joiner.registry.match(identities)
+        if deployment is None:
+            return
+        for item in items:
+            field = "deployment_id" if "deployment_id" in item else "deployment"
+            if item.get(field) is None:
+                item[field] = deployment
 
     def deployment(self, value: bytes, passthrough: bool = True, source: str = "deployments") -> None:
         """One message of the deployments topic: registered for the join and, unless it

@@ -24,9 +24,8 @@ def run(config: Config, stop: threading.Event) -> None:
     processor = build(config, stop)
     ops = serve_ops((config.processor.ops.host, config.processor.ops.port), processor.metrics,
                     lambda: not stop.is_set())
-    t = config.topics
-    log.info("Processor consuming %s, %s and %s; %s join state entries",
-             t.otlp_spans, t.nimlogs, t.scrapes, len(processor.pipeline.joiner))
+    log.info("Processor consuming %s; %s join state entries",
+             ", ".join(sorted(processor.kinds)), len(processor.pipeline.joiner))
     try:
         while not stop.is_set():
             processor.run_once()
