@@ -51,14 +51,21 @@ def normalise(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     out: list[dict[str, Any]] = []
     malformed = 0
 
+    # Like Prometheus, every series gets its target as `instance` (and the job), unless the
+    # exposition names them itself: two pods of one deployment export the same series, and
+    # their cumulative counters must not be read as one.
+    target_labels = {"job": doc["job"]} if doc.get("job") else {}
+    if target:
+        target_labels["instance"] = target
+
     def emit(metric: str, labels: dict[str, Any], ts: str | None, value: float | None,
              buckets: list | None = None) -> None:
+        labels = {**target_labels, **labels}
         sample_id = sha256_hex([target, metric, labels, ts])[:32]
         out.append(records.new("metric_sample", sample_id=sample_id, ts=ts, deployment_id=deployment,
                                metric=metric, labels=labels, value=value, buckets=buckets, version=1))
 
-    job_labels = {"job": doc["job"]} if doc.get("job") else {}
-    emit("up", {**job_labels, "target": target}, scraped_at, 1.0 if doc.get("up") else 0.0)
+    emit("up", {"target": target}, scraped_at, 1.0 if doc.get("up") else 0.0)
     histograms: dict[tuple[str, bytes], dict[str, Any]] = {}
     for sample in doc.get("samples") or ():
         if not isinstance(sample, dict) or not isinstance(sample.get("name"), str):

@@ -230,7 +230,8 @@ def test_a_processor_killed_at_random_points_ends_with_the_uninterrupted_trail(t
             a, b = audit_trail(steady), audit_trail(crashy)
             differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
             detail = [(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]
-            raise AssertionError(f"{e}; {len(differ)} records differ, first: {detail}") from None
+            raise AssertionError(f"{e}; {len(differ)} records differ, first: {detail}; "
+                                 f"the killed processor's log ends:\n{crashy.log('processor')[-4000:]}") from None
         assert len(final.of("tool_action")) == rounds * 4
         assert all(a["call_id"] for a in final.of("tool_action").values())
         assert all(c["caller"] for c in final.of("model_call").values() if c["client_service"])

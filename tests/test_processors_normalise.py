@@ -188,12 +188,26 @@ def test_scrape_histograms_become_one_sample_with_buckets_and_ids_are_stable():
     by_metric = {s["metric"]: s for s in samples}
     ttft = by_metric["vllm:time_to_first_token_seconds"]
     assert ttft["buckets"] == [[0.05, 1.0], [0.5, 3.0], ["+Inf", 4.0]] and ttft["value"] == 0.9
-    assert ttft["labels"] == {"model_name": "m"} and ttft["deployment_id"] == "prod/llama-3-1-8b"
+    target = {"job": "nim", "instance": "http://llama:8000/v1/metrics"}
+    assert ttft["labels"] == {**target, "model_name": "m"} and ttft["deployment_id"] == "prod/llama-3-1-8b"
     assert by_metric["vllm:num_requests_running"]["ts"] == "2026-03-03T12:00:00.000000Z"
     assert by_metric["up"]["value"] == 1.0 and malformed == 1
     again, _ = scrapes.normalise(raw.decode(message, raw.SCRAPES_REQUIRED))
     assert [s["sample_id"] for s in again] == [s["sample_id"] for s in samples]
     assert all(set(s) == set(records.METRIC_SAMPLE_FIELDS) for s in samples)
+
+
+def test_two_pods_of_one_deployment_export_distinct_series():
+    def ttft(target: str) -> dict:
+        message = sc.scrape_message(target, T, [
+            {"name": "vllm:time_to_first_token_seconds_bucket", "labels": {"model_name": "m", "le": "+Inf"},
+             "value": 4.0, "timestamp": None}])
+        samples, _ = scrapes.normalise(raw.decode(message, raw.SCRAPES_REQUIRED))
+        return next(s for s in samples if s["metric"] == "vllm:time_to_first_token_seconds")
+
+    a, b = ttft("http://llama-0:8000/v1/metrics"), ttft("http://llama-1:8000/v1/metrics")
+    assert a["deployment_id"] == b["deployment_id"] and a["labels"] != b["labels"]
+    assert a["sample_id"] != b["sample_id"]
 
 
 @pytest.mark.parametrize("kind,value,reason", [
