@@ -193,6 +193,17 @@ def dead_letter(value: bytes, *, reason: str, detail: str, stage: str) -> tuple[
     return value, headers
 
 
+def partitions_of(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
+    """Every partition of `topic`, once the consumer's metadata knows them (TimeoutError if
+    it does not in time)."""
+    deadline = time.monotonic() + timeout
+    while (ids := consumer.partitions_for_topic(topic)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no metadata for topic {topic}")
+        time.sleep(0.2)
+    return [TopicPartition(topic, p) for p in sorted(ids)]
+
+
 def read_to_end(consumer: KafkaConsumer, topic: str, timeout: float = 120.0):
     """Yield every message of `topic` below its end offsets as of now (assign, no group).
 
@@ -200,12 +211,7 @@ def read_to_end(consumer: KafkaConsumer, topic: str, timeout: float = 120.0):
     marker after it, has been fetched. TimeoutError when the topic has no metadata or
     cannot be read to its end in time.
     """
-    deadline = time.monotonic() + min(timeout, 30)
-    while (ids := consumer.partitions_for_topic(topic)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no metadata for topic {topic}")
-        time.sleep(0.2)
-    partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+    partitions = partitions_of(consumer, topic, timeout=min(timeout, 30))
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     end = consumer.end_offsets(partitions)

@@ -90,3 +90,10 @@ class ProducerReplaced(Event):
     level = logging.WARNING
     message = "The Kafka producer stopped after %(error)s; a new one replaces it"
     thing, unit, doc = "replaced", "producers", "Producers replaced after a non-retriable error"
+
+
+class AssignmentIncomplete(Event):
+    level = logging.WARNING
+    message = ("Assigned %(expected)s input partitions less %(missing)s; rejoining the group "
+               "(one processor must read every input partition)")
+    thing, unit, doc = "rejoined", "times", "Group rejoins because input partitions were not assigned"

@@ -36,7 +36,7 @@ from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
-from processors.events import (ContentDropped, InputRejected, MessagesConsumed, ProduceRetried,
+from processors.events import (AssignmentIncomplete, ContentDropped, InputRejected, MessagesConsumed, ProduceRetried,
                                ProducerReplaced, StateRestored)
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
@@ -45,6 +45,8 @@ from processors.state import DEPLOYMENTS_PASSED, StateStore
 log = logging.getLogger(__name__)
 
 RECORDS_PER_MESSAGE = 1000
+# How often the processor checks that it reads every input partition.
+ASSIGNMENT_GRACE = 10.0
 # Room under Kafka's message limit for the record batch header and headers.
 MAX_BATCH_BYTES = kafka_io.MAX_MESSAGE_BYTES - 64 * 1024
 
@@ -96,7 +98,13 @@ class Processor:
             config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,
             group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-",
                                      config.processor.instance_id or config.processor.group_id))
+        # Metadata for every input topic first: a leader that computes the assignment without
+        # it assigns none of that topic's partitions, and a static member restarting later is
+        # handed that stored assignment back (see _check_assignment).
+        for topic in self.kinds:
+            kafka_io.partitions_of(self.consumer, topic)
         self.consumer.subscribe(sorted(self.kinds))
+        self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, False)
         self.horizon = Horizon(interval=min(1.0, self.pipeline.joiner.window / 4))
         self._closed = False
 
@@ -141,6 +149,7 @@ class Processor:
                 self.pipeline.handle(kind, message.value or b"", now, tp.topic)
             count += len(messages)
             MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
+        self._check_assignment()
         # Judge records whose join window passed only up to the time by which every input
         # is known to be read: a backlog may hold the counterpart of any of them.
         reached = self._horizon(now)
@@ -157,6 +166,25 @@ class Processor:
                 log.warning("Could not commit input offsets: %s", e)
             faults.point("processor.after_commit")
         return count
+
+    def _check_assignment(self) -> None:
+        """One processor reads every input partition (the join needs all of a call's
+        evidence in one process). A static member that rejoins after a crash gets the
+        assignment stored for its instance id back without a rebalance, even when that
+        assignment was computed before a topic's partitions were known or before partitions
+        were added: it would never read them. Missing partitions seen on two checks in a row
+        make it rejoin as the known leader, which the coordinator answers with a rebalance."""
+        due, missed_before = self._assignment_check
+        if time.monotonic() < due:
+            return
+        expected = {tp for topic in self.kinds for tp in kafka_io.partitions_of(self.consumer, topic)}
+        missing = expected - self.consumer.assignment()
+        if missing and missed_before:
+            AssignmentIncomplete(missing=len(missing), expected=len(expected)).emit(self.metrics, log)
+            # kafka-python has no public call for this; the coordinator's own rejoin request
+            # is what a metadata change would have triggered in the leader that assigned.
+            self.consumer._coordinator.request_rejoin()  # noqa: SLF001
+        self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, bool(missing) and not missed_before)
 
     def _horizon(self, now: float) -> float | None:
         inputs = self.consumer.assignment()

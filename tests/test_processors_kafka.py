@@ -153,10 +153,6 @@ def _round_input(world: sc.World, round_no: int) -> tuple[list, list[bytes]]:
     return traces, logs
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known intermittent divergence: about one run in several, after several kills, the killed "
-    "processor's trail does not converge within the deadline (seen with seed 898589770, which "
-    "passed when re-run); the failure message lists the records that differ"))
 def test_a_processor_killed_at_random_points_ends_with_the_uninterrupted_trail(tmp_path: Path,
                                                                                 kafka_bootstrap: str):
     seed = int(os.environ.get("NIMTRAIL_TEST_SEED", random.randrange(1 << 30)))
