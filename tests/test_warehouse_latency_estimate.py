@@ -35,6 +35,9 @@ def _latency(store: Store, **params: str) -> dict:
 
 
 def _histograms(store: Store) -> dict[str, list[tuple]]:
+    """Both tables, the pending changes counted in."""
+    with store.transaction() as con:
+        latency_rollup.fold(con)
     con = store.reader()
     return {table: con.execute(f"SELECT * FROM {table} WHERE n <> 0 ORDER BY ALL").fetchall()
             for table in latency_rollup.LEVELS.values()}
@@ -66,9 +69,13 @@ def store(tmp_path):
     store.close()
 
 
-def test_histograms_follow_new_calls_and_newer_versions(store):
+def test_histograms_follow_new_calls_and_newer_versions(store, monkeypatch):
+    monkeypatch.setattr(latency_rollup, "FOLD_AT", 120)  # writes fold on their own, too
     start = (NOW - dt.timedelta(days=3)).replace(tzinfo=None)
-    write(store, "model_call", _calls(300, start, dt.timedelta(minutes=17)))
+    for i in range(0, 300, 50):
+        write(store, "model_call", _calls(300, start, dt.timedelta(minutes=17))[i:i + 50])
+    pending = store.reader().execute("SELECT count(*) FROM latency_pending").fetchall()[0][0]
+    assert pending < 120 and store.count("model_call") == 300
     # newer versions: another deployment version, other timings, a later hour, no timing;
     # a re-delivered old version changes nothing
     write(store, "model_call", [
@@ -99,7 +106,7 @@ def test_an_existing_store_gets_its_histograms_when_migrated(tmp_path):
     write(store, "model_call", _calls(120, (NOW - dt.timedelta(days=2)).replace(tzinfo=None), dt.timedelta(minutes=23)))
     expected = _histograms(store)
     # as if the store predated migration 0006
-    store.con.execute("DROP TABLE latency_histograms; DROP TABLE latency_histograms_daily; "
+    store.con.execute("DROP TABLE latency_histograms; DROP TABLE latency_histograms_daily; DROP TABLE latency_pending; "
                       "DELETE FROM schema_migrations WHERE id = 6")
     store.close()
     store = Store(path)
@@ -112,9 +119,15 @@ def test_estimates_are_within_the_stated_error_of_the_exact_percentiles(store):
     calls = _calls(2000, start, dt.timedelta(minutes=2, seconds=41))
     calls += _calls(500, start, dt.timedelta(minutes=9), prefix="v2", deployment_version=2)
     write(store, "model_call", calls)
-    # a range with partial hours and partial days at both ends
+    # a range with partial hours and partial days at both ends; with the last writes still
+    # pending, then counted into the tables
     since, until = _iso(start + dt.timedelta(hours=5, minutes=13)), _iso(start + dt.timedelta(days=3, minutes=41))
-    for by in ("profile", "deployment", "model"):
+    assert store.reader().execute("SELECT count(*) FROM latency_pending").fetchall()[0][0] == 2500
+    for by in ("profile", "deployment", "model", "folded"):
+        if by == "folded":
+            with store.transaction() as con:
+                latency_rollup.fold(con)
+            by = "profile"
         exact = _latency(store, by=by, since=since, until=until, precision="exact")
         estimate = _latency(store, by=by, since=since, until=until, precision="estimate")
         assert (exact["precision"], exact["relative_error"]) == ("exact", None)

@@ -15,8 +15,11 @@ can be a primary key; calls without `started_at` belong to no hour and are not c
 
 Kept exact in the same transaction as the calls:
 - `before_put` runs inside the store's write, with the rows about to be written (new keys
-  and newer versions): it adds those rows and subtracts the stored rows they replace;
-- `rebuild` recomputes hours from the calls (retention after deleting calls, the
+  and newer versions): it appends them, and the stored rows they replace with sign -1, to
+  `latency_pending` (no index: an append costs little next to the write itself); when
+  FOLD_AT rows are pending, `fold` counts them into both tables (one upsert for many
+  writes) and empties it. Readers add the pending rows to the tables' (`pending_sql`);
+- `rebuild` recomputes periods from the calls (retention after deleting calls, the
   benchmark generator after writing straight into the table).
 """
 
@@ -30,6 +33,8 @@ import polars as pl
 
 TABLE = "latency_histograms"
 LEVELS = {"hour": TABLE, "day": "latency_histograms_daily"}  # date_trunc unit -> table
+PENDING = "latency_pending"
+FOLD_AT = 50_000
 PER_DOUBLING = 8
 RELATIVE_ERROR = round(2 ** (1 / PER_DOUBLING) - 1, 4)  # the width of one bucket
 ZERO_BUCKET = -32768
@@ -90,10 +95,25 @@ def before_put(con: duckdb.DuckDBPyConnection, table: Any, fresh: pl.DataFrame) 
     delta = pl.concat(parts, how="vertical_relaxed")
     con.register("latency_delta", delta.to_arrow())
     try:
-        for unit, name in LEVELS.items():
-            _add(con, name, histogram_sql("latency_delta", "sign", unit))
+        con.execute(f"INSERT INTO {PENDING} SELECT {', '.join(COLUMNS)}, sign FROM latency_delta "
+                    "WHERE started_at IS NOT NULL")
     finally:
         con.unregister("latency_delta")
+    if con.execute(f"SELECT count(*) FROM {PENDING}").fetchall()[0][0] >= FOLD_AT:
+        fold(con)
+
+
+def fold(con: duckdb.DuckDBPyConnection) -> None:
+    """Count the pending rows into the hourly and daily tables and empty `latency_pending`
+    (inside the caller's transaction)."""
+    for unit, name in LEVELS.items():
+        _add(con, name, histogram_sql(PENDING, "sign", unit))
+    con.execute(f"DELETE FROM {PENDING}")
+
+
+def pending_sql(unit: str, where: str) -> str:
+    """Histogram rows per `unit` of the pending rows `where` selects (on started_at)."""
+    return histogram_sql(f"(SELECT * FROM {PENDING} {where})", "sign", unit)
 
 
 def _stored(con: duckdb.DuckDBPyConnection, call_ids: list[str]) -> pl.DataFrame:
@@ -113,6 +133,7 @@ def _stored(con: duckdb.DuckDBPyConnection, call_ids: list[str]) -> pl.DataFrame
 def rebuild(con: duckdb.DuckDBPyConnection, before: dt.datetime | None = None) -> None:
     """Recompute the periods that start before `before` (all of them without it) from the
     calls, inside the caller's transaction."""
+    fold(con)
     for unit, name in LEVELS.items():
         if before is None:
             con.execute(f"DELETE FROM {name}")

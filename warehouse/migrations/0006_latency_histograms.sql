@@ -4,8 +4,8 @@
 -- bucket: metric 0 counts calls (bucket 0); 1, 2, 3 count ttft_ms, e2e_ms, queue_ms
 -- timings in bucket floor(8 * log2(ms)) (-32768: 0 ms).
 -- No deployment / model is '' and no deployment version -1 (key columns are NOT NULL).
--- Kept in the same transaction as the calls by the store's write; filled here from the
--- calls already stored.
+-- Kept in the same transaction as the calls by the store's write (through latency_pending);
+-- filled here from the calls already stored.
 
 CREATE TABLE latency_histograms (
     period TIMESTAMP NOT NULL,
@@ -27,6 +27,20 @@ CREATE TABLE latency_histograms_daily (
     bucket SMALLINT NOT NULL,
     n BIGINT NOT NULL,
     PRIMARY KEY (period, deployment_id, deployment_version, model, metric, bucket)
+);
+
+-- What the last writes changed, not yet counted into the two tables above: the calls'
+-- columns the histograms need, sign 1 for a row written, -1 for a version it replaced.
+-- Appended by every write (no index), folded into the tables every 50,000 rows.
+CREATE TABLE latency_pending (
+    started_at TIMESTAMP,
+    deployment_id VARCHAR,
+    deployment_version INTEGER,
+    model VARCHAR,
+    ttft_ms DOUBLE,
+    e2e_ms DOUBLE,
+    queue_ms DOUBLE,
+    sign INTEGER NOT NULL
 );
 
 INSERT INTO latency_histograms

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from warehouse.latency_rollup import (LEVELS, METRICS, PER_DOUBLING, RELATIVE_ERROR, ZERO_BUCKET, bucket_bounds,
-                                      histogram_sql)
+                                      histogram_sql, pending_sql)
 from warehouse.params import BadParameter, Params
 from warehouse.queries.common import rows, where_sql
 from warehouse.sql import scalar
@@ -158,11 +158,15 @@ def _parts(since: dt.datetime | None, until: dt.datetime | None,
         parts.append(histogram_sql("(SELECT * FROM model_calls WHERE started_at >= ? AND started_at < ?)"))
         args.extend([start, end])
 
-    def stored(table: str, start: dt.datetime | None, end: dt.datetime | None) -> None:
-        where = [*(["period >= ?"] if start else []), *(["period < ?"] if end else [])]
-        parts.append(f"SELECT period, deployment_id, deployment_version, model, metric, bucket, n "
-                     f"FROM {table} {where_sql(where)}")
-        args.extend(t for t in (start, end) if t)
+    def stored(unit: str, start: dt.datetime | None, end: dt.datetime | None) -> None:
+        """The table's rows, and the pending rows not yet counted into it."""
+        bounds = [t for t in (start, end) if t]
+        for column, source in (("period", LEVELS[unit]), ("started_at", None)):
+            where = where_sql([*([f"{column} >= ?"] if start else []), *([f"{column} < ?"] if end else [])])
+            parts.append(pending_sql(unit, where) if source is None else
+                         f"SELECT period, deployment_id, deployment_version, model, metric, bucket, n "
+                         f"FROM {source} {where}")
+            args.extend(bounds)
 
     hour_lo = _ceil(since, HOUR) if since else None
     hour_hi = _floor(until, HOUR) if until else None
@@ -177,13 +181,13 @@ def _parts(since: dt.datetime | None, until: dt.datetime | None,
         day_lo = _ceil(hour_lo, DAY) if hour_lo else None
         day_hi = _floor(hour_hi, DAY) if hour_hi else None
         if not (day_lo and day_hi and day_lo >= day_hi):
-            stored(LEVELS["day"], day_lo, day_hi)
+            stored("day", day_lo, day_hi)
             if hour_lo and hour_lo < day_lo:
-                stored(LEVELS["hour"], hour_lo, day_lo)
+                stored("hour", hour_lo, day_lo)
             if hour_hi and day_hi < hour_hi:
-                stored(LEVELS["hour"], day_hi, hour_hi)
+                stored("hour", day_hi, hour_hi)
             return parts, args
-    stored(LEVELS["hour"], hour_lo, hour_hi)
+    stored("hour", hour_lo, hour_hi)
     return parts, args
 
 
