@@ -109,7 +109,7 @@ class Store:
                 con.unregister("frame")
         if fresh.height == 0:
             return ledger_items(table, fresh, [])
-        latency_rollup.before_put(con, table, fresh)  # the calls' hourly latency histograms
+        latency_rollup.before_put(con, table, fresh)  # the calls' latency histograms
         hashes = table.row_hashes(fresh)
         fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
         parts = ((fresh, False),) if fresh["_new"].all() else (
