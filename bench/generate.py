@@ -13,7 +13,11 @@ What it writes (deterministic for a given --seed):
   finding for every 1000th call (one per 250 actions).
 Rows are generated with numpy and polars in chunks of 1M and inserted through Arrow. They
 bypass the ledger (no row hashes), so `verify` is not meaningful on this file; it exists
-to time queries.
+to time queries. The calls' latency histograms (warehouse/latency_rollup.py), which the
+store's write keeps, are rebuilt from the calls at the end.
+
+A file that already holds the calls asked for is reused by the benchmarks
+(`python -m bench --work DIR` keeps DIR/queries.duckdb between runs).
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ def generate(con: duckdb.DuckDBPyConnection, n_calls: int, seed: int = 7,
                [action_id, call_id] AS subject_ids, started_at AS detected_at, '{}' AS detail,
                1 AS version, started_at AS observed_at
         FROM tool_actions WHERE right(action_id, 3) = '000'""")
+    from warehouse import latency_rollup
+    latency_rollup.rebuild(con)
     return {"calls": n_calls, "actions": n_actions, "seconds": time.perf_counter() - began}
 
 

@@ -145,9 +145,17 @@ def _pct(values: list[float]) -> tuple[float, float]:
 
 
 def bench_queries(work: Path, n: int, requests: int, say: Callable[[str], None]) -> dict:
-    store = Store(work / "queries.duckdb")
-    generated = generate.generate(store.con, n, log=lambda m: say(m))
-    say(f"  generated {n:,} calls, {generated['actions']:,} actions in {generated['seconds']:.1f}s")
+    path = work / "queries.duckdb"
+    reuse = path.exists()
+    store = Store(path)
+    if reuse and store.count("model_call") == n and store.count("finding"):
+        generated = {"actions": store.count("tool_action")}
+        say(f"  reusing {path} ({n:,} calls, {generated['actions']:,} actions)")
+    else:
+        if reuse:
+            raise SystemExit(f"{path} holds other data than {n:,} generated calls; give another --work")
+        generated = generate.generate(store.con, n, log=lambda m: say(m))
+        say(f"  generated {n:,} calls, {generated['actions']:,} actions in {generated['seconds']:.1f}s")
     store.con.execute("CHECKPOINT")
     con = store.reader()
     ids = con.execute("SELECT action_id, tool_call_id, call_id FROM tool_actions "

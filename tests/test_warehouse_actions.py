@@ -84,6 +84,21 @@ def test_risk_order_puts_the_worst_finding_first_then_destructive_tools(api):
     assert _ids(api, order="risk", flagged="true") == ["a-incident", "a-orphan", "a-refund", "a-old"]
 
 
+@pytest.mark.parametrize("params", [{"order": "risk"}, {"order": "risk", "caller": "bob"}, {"order": "time"},
+                                    {"order": "risk", "flagged": "true"}])
+def test_pages_put_together_are_the_whole_list(api, params):
+    """Small pages are chosen among the flagged actions first, or from the actions before
+    their calls are joined: page after page must still give the whole order, calls included."""
+    _, whole = _get(api, "actions", **params)
+    for limit in (1, 2, 3):
+        rows, offset = [], 0
+        while offset is not None:
+            _, doc = _get(api, "actions", limit=str(limit), offset=str(offset), **params)
+            rows += doc["rows"]
+            offset = doc["next_offset"]
+        assert rows == whole["rows"]
+
+
 @pytest.mark.parametrize("params, expected", [
     ({"tool_name": "delete_record"}, ["a-incident", "a-old"]),
     ({"target": "prod-db/orders"}, ["a-lookup", "a-orphan", "a-old"]),  # a prefix

@@ -29,6 +29,7 @@ import polars as pl
 
 from nimtrail.config import RetentionConfig
 from nimtrail.ops import StageMetrics
+from warehouse import latency_rollup
 from warehouse.access import Principal
 from warehouse.events import RetentionApplied
 from warehouse.holds import held_sql
@@ -107,6 +108,8 @@ def apply(store: Store, config: RetentionConfig, principal: Principal, *, dry_ru
                 continue
             if gone:
                 items.append(_purge(con, table, step, f"{expired} AND NOT {held}", cutoff))
+                if step.table == "model_calls":  # their hours' latency histograms follow
+                    latency_rollup.rebuild(con, before=cutoff)
             purge_rows.append({"purge_id": f"{run_id}-{len(purge_rows) + 1}", "run_id": run_id,
                                "purged_at": iso(at), "principal": principal.name,
                                "policy": step.keep, "keep_days": result["keep_days"],

@@ -19,6 +19,7 @@ import duckdb
 import polars as pl
 
 from nimtrail import faults
+from warehouse import latency_rollup
 from warehouse.ledger import Ledger
 from warehouse.schema import migrate
 from warehouse.sql import scalar
@@ -108,6 +109,7 @@ class Store:
                 con.unregister("frame")
         if fresh.height == 0:
             return ledger_items(table, fresh, [])
+        latency_rollup.before_put(con, table, fresh)  # the calls' latency histograms
         hashes = table.row_hashes(fresh)
         fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
         parts = ((fresh, False),) if fresh["_new"].all() else (

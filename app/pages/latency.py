@@ -60,6 +60,9 @@ series = views.load("latency over time", data.latency, by=by, bucket=bucket, **f
 if series is None:
     st.stop()
 rows = [r for r in series["rows"] if r.get(f"{metric}_{quantile}") is not None]
+if series.get("precision") == "estimate":
+    st.caption(f"Over this many calls the percentiles are estimated from hourly and daily histograms of the calls "
+               f"(source `calls_histogram`): within {series['relative_error']:.1%} of the exact value.")
 if not rows:
     if series["rows"]:
         st.info(f"No {metric_name} timings in this window: the calls carry none (NIM tracing off?) "

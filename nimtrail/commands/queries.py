@@ -69,7 +69,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     result = query(args, "latency", {
         "by": args.by, "bucket": args.bucket, "since": args.since, "until": args.until,
         "deployment_id": args.deployment, "model": args.model, "gpu_type": args.gpu_type,
-        "profile_name": args.profile, "source": args.source})
+        "profile_name": args.profile, "source": args.source, "precision": args.precision})
     if args.json:
         print_json(result)
         return 0
@@ -88,7 +88,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
         rows.append(row)
     metric_columns = [f"{m}_{q}" for m in ("ttft", "e2e", "queue") for q in ("p50", "p95", "p99")]
     print(table.render(rows, columns + metric_columns + ["source"]))
-    print("(milliseconds; source: calls = exact from calls, metrics = estimated from histograms)")
+    print("(milliseconds; source: calls = exact from calls, calls_histogram = estimated from the calls' "
+          "histograms, metrics = estimated from NIM/vLLM histograms)")
+    if result.get("precision") == "estimate":
+        print(f"(calls' percentiles estimated: within {result['relative_error']:.1%} of the exact value; "
+              "--precision exact sorts every call of the range)")
     return 0
 
 
@@ -139,6 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--by", choices=list(LATENCY_GROUPS), default="profile")
     lat.add_argument("--bucket", choices=["none", "10s", "30s", "1m", "5m", "15m", "1h", "6h", "1d"], default="none")
     lat.add_argument("--source", choices=["auto", "calls", "metrics"], default="auto")
+    lat.add_argument("--precision", choices=["auto", "exact", "estimate"], default="auto",
+                     help="auto: estimate from the calls' histograms when the range holds over a million calls")
     for flag in ("since", "until", "deployment", "model", "gpu-type", "profile"):
         lat.add_argument(f"--{flag}")
     lat.add_argument("--json", action="store_true")

@@ -35,6 +35,13 @@ FACET_LIMIT = 500
 SEVERITY_RANK = "CASE lower(severity) WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 " \
                 "WHEN 'low' THEN 1 ELSE 0 END"
 SEVERITY_NAMES = {4: "critical", 3: "high", 2: "medium", 1: "low"}
+RESTRICT = "/* restrict */"
+# the call's columns each action is listed with, and their types
+CALL_COLUMNS = {"caller": "VARCHAR", "client_service": "VARCHAR", "model": "VARCHAR",
+                "deployment_id": "VARCHAR", "deployment_version": "INTEGER"}
+CALL_FILTERS = ("caller", "client_service", "deployment_id", "model")
+FLAGGED_ONLY = ("WHERE a.action_id IN (SELECT subject FROM flags) "
+                "OR a.call_id IN (SELECT subject FROM flags)")
 
 
 def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
@@ -55,8 +62,42 @@ def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     ranking = ("finding_severity DESC, len(finding_kinds) DESC, destructive DESC, "
                if order == "risk" else "")
     limit, offset = page(params)
-    # Findings are few next to actions: flatten their subjects once, then join by key.
-    sql = f"""
+    order_by = f"ORDER BY {ranking}a.started_at DESC NULLS LAST, a.action_id"
+    # First the ids of the page (and of the row after it), from the columns the filters and
+    # the order need: the calls joined only when a filter is on them. Then the page's whole
+    # rows, its calls found by key (joining every action to its call reads the whole calls
+    # table; listing every column of every action before sorting costs more than the rest).
+    with_calls = any(params.text(name) is not None for name in CALL_FILTERS)
+    ids = _page_ids(con, order, _listed(calls=with_calls), where, args, order_by, limit, offset)
+    action_ids = [r["action_id"] for r in ids["rows"]]
+    call_ids = sorted({r["call_id"] for r in ids["rows"] if r["call_id"] is not None})
+    found = rows(con, _listed(actions=_in("a.action_id", action_ids), calls=_in("call_id", call_ids))
+                 + f" SELECT * FROM listed a {order_by}", action_ids + call_ids) if action_ids else []
+    result = {"rows": found, "next_offset": ids["next_offset"]}
+    for row in result["rows"]:
+        row["finding_kinds"] = sorted(row["finding_kinds"] or [])
+        row["finding_severity"] = SEVERITY_NAMES.get(row["finding_severity"])
+    result["order"] = order
+    return result
+
+
+def _in(column: str, values: list[Any]) -> str:
+    return f"WHERE {column} IN ({', '.join('?' for _ in values)})" if values else "WHERE false"
+
+
+def _listed(actions: str = RESTRICT, calls: str | bool = True) -> str:
+    """The CTEs up to `listed`: tool actions (those `actions` selects) with their call's
+    caller, service, model and deployment (calls=False: none; a string: only the calls it
+    selects), their findings and whether the tool is destructive. Findings are few next to
+    actions: their subjects are flattened once, then joined by key."""
+    if calls is False:
+        call_columns = ", ".join(f"NULL::{t} AS {c}" for c, t in CALL_COLUMNS.items())
+        call_join = ""
+    else:
+        call_columns = ", ".join(f"c.{c}" for c in CALL_COLUMNS)
+        source = "model_calls" if calls is True else f"(SELECT * FROM model_calls {calls})"
+        call_join = f"LEFT JOIN {source} c ON c.call_id = a.call_id"
+    return f"""
         WITH flags AS (
             SELECT subject, list(DISTINCT kind ORDER BY kind) AS kinds, max(rank) AS rank,
                    count(*) AS n
@@ -64,26 +105,30 @@ def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
             GROUP BY subject),
         destructive_tools AS (SELECT DISTINCT unnest(destructive_tools) AS tool FROM deployments),
         listed AS (
-            SELECT a.* EXCLUDE (row_hash), c.caller, c.client_service, c.model, c.deployment_id,
-                   c.deployment_version,
+            SELECT a.* EXCLUDE (row_hash), {call_columns},
                    list_distinct(list_concat(coalesce(fa.kinds, []), coalesce(fc.kinds, [])))
                        AS finding_kinds,
                    coalesce(fa.n, 0) + coalesce(fc.n, 0) AS findings,
                    greatest(coalesce(fa.rank, 0), coalesce(fc.rank, 0)) AS finding_severity,
                    a.tool_name IN (SELECT tool FROM destructive_tools) AS destructive
-            FROM tool_actions a
-            LEFT JOIN model_calls c ON c.call_id = a.call_id
+            FROM (SELECT * FROM tool_actions a {actions}) a
+            {call_join}
             LEFT JOIN flags fa ON fa.subject = a.action_id
-            LEFT JOIN flags fc ON fc.subject = a.call_id)
-        SELECT * FROM listed a {where_sql(where)}
-        ORDER BY {ranking}a.started_at DESC NULLS LAST, a.action_id"""
-    result = paged(con, sql, args, limit, offset)
-    for row in result["rows"]:
-        row["finding_kinds"] = sorted(row["finding_kinds"] or [])
-        row["finding_severity"] = SEVERITY_NAMES.get(row["finding_severity"])
-    result["order"] = order
-    return result
+            LEFT JOIN flags fc ON fc.subject = a.call_id)"""
 
+
+def _page_ids(con: duckdb.DuckDBPyConnection, order: str, listed: str, where: list[str],
+              args: list[Any], order_by: str, limit: int, offset: int) -> dict[str, Any]:
+    """action_id and call_id of one page of `listed` under `where`. Riskiest first, every
+    action with a finding (about it or its call) ranks before every action without one;
+    those are few: when they fill the page and the row after it, the page is theirs, and
+    only they need sorting."""
+    sql = f" SELECT a.action_id, a.call_id FROM listed a {where_sql(where)} {order_by}"
+    if order == "risk":
+        found = paged(con, listed.replace(RESTRICT, FLAGGED_ONLY) + sql, args, limit, offset)
+        if found["next_offset"] is not None:
+            return found
+    return paged(con, listed.replace(RESTRICT, "") + sql, args, limit, offset)
 
 def facets(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     """The distinct values to offer as filters (callers, client services, models,

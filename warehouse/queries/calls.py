@@ -22,9 +22,13 @@ CALLS_PARAMS = {*CALL_FILTERS, "since", "until", "limit", "offset"}
 TRACE_BACK_PARAMS = {"action_id", "tool_call_id", "call_id"}
 
 CALLS_ORDER = "ORDER BY c.started_at DESC NULLS LAST, c.call_id"
-# The newest page first looks at the last hour before the newest call, then a window 16
-# times wider, until the page is full or the window covers every call.
-FIRST_WINDOW = dt.timedelta(hours=1)
+# The newest page first looks at a window back from the newest call that holds, at the
+# store's average rate, WINDOW_ROWS times the rows up to the end of the page (at least
+# MIN_WINDOW); then at a window 16 times wider, until the page is full or the window
+# covers every call. A window scans the started_at column (and, where calls were written
+# in time order, only the row groups it covers), so the first try should usually be enough.
+WINDOW_ROWS = 4
+MIN_WINDOW = dt.timedelta(seconds=1)
 WINDOW_GROWTH = 16
 
 
@@ -69,11 +73,15 @@ def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any],
     [cutoff, ...) already holds the page and the row after it, its page is the page: try
     growing windows back from the newest call first, and the whole table last."""
     query = f"SELECT c.call_id FROM model_calls c {{}} {CALLS_ORDER} LIMIT ? OFFSET ?"
-    oldest, newest = (one(con, "SELECT min(started_at), max(started_at) FROM model_calls")
-                      if windowed else (None, None))
-    if newest is not None and until is not None:
+    count, oldest, newest = (one(con, "SELECT count(*), min(started_at), max(started_at) FROM model_calls")
+                             if windowed else (0, None, None))
+    if newest is None or oldest is None or newest <= oldest:
+        newest = None
+    elif until is not None:
         newest = min(newest, until)
-    window = FIRST_WINDOW
+    window = MIN_WINDOW
+    if newest is not None:
+        window = max(MIN_WINDOW, (newest - oldest) * (WINDOW_ROWS * (limit + offset + 1) / count))
     while newest is not None and oldest is not None:
         cutoff = newest - window
         if cutoff <= oldest or (since is not None and cutoff <= since):

@@ -9,6 +9,11 @@ does: the increase of each cumulative bucket over the window (per series, agains
 sample before the window; a counter reset restarts from zero), summed over the group,
 then linear interpolation inside the bucket that holds the rank. Each metric's
 `<metric>_source` says which one a row used.
+
+Ranges holding more than a million calls (`precision=auto`), or any range with
+`precision=estimate`, take the calls' percentiles from their hourly log-scale histograms
+instead (queries/latency_estimate.py; `_source` = calls_histogram): the answer says so in
+`precision` and states the bound of the estimate's error in `relative_error`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import duckdb
 import orjson
 
 from warehouse.params import BadParameter, Params
+from warehouse.queries import latency_estimate
 from warehouse.queries.common import _value, rows, time_range, where_sql
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -44,20 +50,29 @@ FILTERS = {"deployment_id": ("c.deployment_id", "s.deployment_id"),
            "model": ("c.model", "coalesce(d.model_id, s.labels->>'model_name')"),
            "gpu_type": ("d.gpu_type", "d.gpu_type"),
            "profile_name": ("d.profile_name", "d.profile_name")}
-LATENCY_PARAMS = {"by", "bucket", "since", "until", "source", *FILTERS}
+LATENCY_PARAMS = {"by", "bucket", "since", "until", "source", "precision", *FILTERS}
 
 
 def latency(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     by = params.choice("by", tuple(GROUPS), "profile")
     bucket = params.choice("bucket", ("none", *BUCKETS), "none")
     source = params.choice("source", ("auto", "calls", "metrics"), "auto")
+    precision = params.choice("precision", ("auto", "exact", "estimate"), "auto")
     interval = BUCKETS.get(bucket)
     call_cols, sample_cols = GROUPS[by]
     keys = list(call_cols) + (["bucket_start"] if interval else [])
 
     by_key: dict[tuple, dict[str, Any]] = {}
+    used = None
     if source != "metrics":
-        for row in _from_calls(con, params, by, interval):
+        if latency_estimate.estimated(con, params, precision, bucket):
+            used = "estimate"
+            found = latency_estimate.from_histograms(con, params, call_cols, CONTEXT.get(by, {}),
+                                                     {n: c for n, (c, _) in FILTERS.items()}, bucket, interval)
+        else:
+            used = "exact"
+            found = _from_calls(con, params, by, interval)
+        for row in found:
             by_key[tuple(row[k] for k in keys)] = row
     if source != "calls":
         for key, estimates in _from_histograms(con, params, sample_cols, interval, keys).items():
@@ -68,7 +83,9 @@ def latency(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
                 if not row.get(f"{metric}_n"):
                     row.update(values)
     found = sorted(by_key.values(), key=lambda r: [(r[k] is None, r[k]) for k in keys])
-    return {"by": by, "bucket": bucket, "source": source, "rows": found}
+    return {"by": by, "bucket": bucket, "source": source, "precision": used,
+            "relative_error": latency_estimate.RELATIVE_ERROR if used == "estimate" else None,
+            "rows": found}
 
 
 def _empty() -> dict[str, Any]:
