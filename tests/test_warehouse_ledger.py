@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 from tests.harness import REPO
-from tests.warehouse_data import action, call, checkpointer, deployment, write
+from nimtrail import records
+from tests.warehouse_data import action, ago, call, checkpointer, deployment, write
 from warehouse import digests, schema
 from warehouse.store import Store
 from warehouse.verify import verify
@@ -225,3 +227,45 @@ def test_online_verification_sees_one_consistent_moment_while_writes_go_on(tmp_p
         thread.join()
     assert result["ledger"]["entries"] > 1
     store.close()
+
+
+def test_large_batches_keep_the_highest_version_and_verify(tmp_path):
+    """Batches above the small-write size go through Arrow frames: new keys, newer
+    versions, re-deliveries, older versions and a key twice in one batch, with nested
+    JSON in any key order; the store keeps the highest versions, ledgers only what
+    changed, and verifies — and a changed replacement row is still caught."""
+    data = tmp_path / "data"
+    store = Store(data / "audit.duckdb")
+    n = 200
+    write(store, "model_call", [call(f"c{i}") for i in range(n)])
+    findings = [records.new("finding", finding_id=f"f{i}", kind="ungated_action", severity="high",
+                            subject_ids=[f"c{i}"], detected_at=ago(), version=1, observed_at=ago(),
+                            detail={"z": [{"b": 1.5, "a": None}], "a": "é \"quoted\"\n", "n": i})
+                for i in range(n)]
+    write(store, "finding", findings)
+    second = ([call(f"c{i}", version=2, caller="late") for i in range(0, 50)]          # newer
+              + [call(f"c{i}", caller="replayed") for i in range(50, 100)]             # same version
+              + [call(f"c{i}", version=0, caller="older") for i in range(100, 150)]   # older
+              + [call(f"n{i}") for i in range(50)]                                     # new keys
+              + [call("n0", version=3, caller="twice")])                               # same batch
+    before = store.ledger.head.seq
+    write(store, "model_call", second)
+    write(store, "finding", [{**f, "version": 2, "detail": {"n": -1, **{k: v for k, v in f["detail"].items() if k != "n"}}} for f in findings[:100]])
+    con = store.reader()
+    callers = dict(con.execute("SELECT caller, count(*) FROM model_calls GROUP BY 1").fetchall())
+    assert callers == {"alice": 150 + 49, "late": 50, "twice": 1}
+    assert con.execute("SELECT version FROM model_calls WHERE call_id = 'n0'").fetchall() == [(3,)]
+    assert con.execute("SELECT count(*) FROM ledger_rows WHERE seq = ?", [before + 1]).fetchall() == [(100,)]
+    detail = con.execute("SELECT detail FROM findings WHERE finding_id = 'f7'").fetchall()[0][0]
+    assert orjson.loads(detail) == {"z": [{"b": 1.5, "a": None}], "a": "é \"quoted\"\n", "n": -1}
+    result = verify(con, data)
+    assert result["ok"], result["problems"]
+    assert result["rows_checked"] == {**result["rows_checked"], "model_calls": n + 50, "findings": n}
+    con.close()
+    store.close()
+    tamper = duckdb.connect(str(data / "audit.duckdb"))
+    tamper.execute("UPDATE model_calls SET caller = 'mallory' WHERE call_id = 'c7'")
+    tamper.close()
+    result = _verify(data / "audit.duckdb", data)
+    assert not result["ok"]
+    assert result["first_problem"].startswith("model_calls call_id=c7: row content does not match its hash")

@@ -44,11 +44,12 @@ class Head:
 
 
 def rows_digest(lines: Iterable[tuple[str, str, int | None, str | None]]) -> str:
-    h = hashlib.sha256()
-    for line in lines:
-        h.update(canonical_bytes(list(line)))
-        h.update(b"\n")
-    return h.hexdigest()
+    # A line is a flat list of strings, ints and nulls: nothing for canonical_bytes to
+    # sort, so plain orjson gives its bytes. Hashed in one update: the same digest as one
+    # update per line, without a call per line.
+    dumps = orjson.dumps
+    data = b"\n".join([dumps(list(line)) for line in lines])
+    return hashlib.sha256(data + b"\n" if data else b"").hexdigest()
 
 
 def entry_hash(seq: int, prev: str, at: str, kind: str, detail: Any, count: int,
@@ -81,7 +82,7 @@ class Ledger:
         items = items if items is not None else pl.DataFrame(schema=ITEM_SCHEMA)
         seq, prev = self.head.seq + 1, self.head.hash
         at = now()
-        digest = rows_digest(items.select("tbl", "key", "version", "row_hash").iter_rows())
+        digest = rows_digest(zip(*(items.get_column(c).to_list() for c in ("tbl", "key", "version", "row_hash"))))
         # detail round-trips through JSON text in the table; hash what will be read back.
         detail = orjson.loads(canonical_bytes(detail))
         entry = entry_hash(seq, prev, iso(at), kind, detail, items.height, digest)
