@@ -31,6 +31,11 @@ LEDGER_MIGRATION = "0002_ledger.sql"
 # Up to this many rows, a write binds its values instead of registering Arrow frames
 # (an access-log entry, a hold: registering costs more than the rows themselves).
 SMALL_WRITE = 64
+# DuckDB checkpoints (moves the write-ahead log into the file) when the log passes this
+# size. At its 16 MiB default, ingest checkpoints every few polls and the checkpoints cost
+# about as much as the commits; a larger log is replayed on start and held in memory
+# until then, so not much larger. Every commit is durable in the log either way.
+WAL_AUTOCHECKPOINT = "64MB"
 
 
 class Store:
@@ -38,6 +43,7 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
+        self.con.execute(f"SET wal_autocheckpoint = '{WAL_AUTOCHECKPOINT}'")
         applied = migrate(self.con)
         self.by_name: dict[str, Table] = load_tables(self.con)
         self.tables = {kind: self.by_name[name] for kind, name in RECORD_TABLES.items()}
