@@ -300,3 +300,19 @@ def test_row_hashes_in_bulk_are_the_bytes_of_the_definition(tmp_path):
         assert table.row_hashes(frame, json_canonical=True) == reference, kind
         assert table.row_hashes(frame) == reference, kind
     store.close()
+
+
+def test_rows_digest_in_bulk_is_the_bytes_of_the_definition():
+    """The digest of a large entry's lines is built by polars; it must be the one
+    verification recomputes line by line, for any key text and null versions or hashes."""
+    import polars as pl
+
+    from warehouse.ledger import BULK_LINES, items_digest, rows_digest
+    keys = ["plain", "é \"quoted\" \\ /", "\x00\x1f\x7f", "\u2028\ufeff", "\U0001F600", "a|b|3", ""]
+    n = BULK_LINES + 10
+    items = pl.DataFrame({
+        "tbl": ["model_calls", "deployments"] * (n // 2),
+        "key": [keys[i % len(keys)] + str(i) for i in range(n)],
+        "version": pl.Series([None if i % 5 == 0 else i - n // 2 for i in range(n)], dtype=pl.Int32),
+        "row_hash": [None if i % 3 == 0 else f"{i:064x}" for i in range(n)]})
+    assert items_digest(items) == rows_digest(items.iter_rows())

@@ -27,12 +27,15 @@ import orjson
 import polars as pl
 
 from nimtrail.records import canonical_bytes
+from warehouse import rowbytes
 from warehouse.sql import one
 from warehouse.tables import iso
 
 GENESIS = "0" * 64
 # Up to this many lines, bound values instead of a registered Arrow frame (cheaper).
 SMALL_ENTRY = 64
+# From this many lines, the rows digest's bytes are built by polars (warehouse.rowbytes).
+BULK_LINES = 64
 ITEM_SCHEMA = {"tbl": pl.Utf8, "key": pl.Utf8, "version": pl.Int32, "row_hash": pl.Utf8}
 
 
@@ -50,6 +53,14 @@ def rows_digest(lines: Iterable[tuple[str, str, int | None, str | None]]) -> str
     dumps = orjson.dumps
     data = b"\n".join([dumps(list(line)) for line in lines])
     return hashlib.sha256(data + b"\n" if data else b"").hexdigest()
+
+
+def items_digest(items: pl.DataFrame) -> str:
+    """`rows_digest` of a frame of ledger lines (tbl, key, version, row_hash)."""
+    columns = ("tbl", "key", "version", "row_hash")
+    if items.height < BULK_LINES or not rowbytes.encoder_agrees():
+        return rows_digest(zip(*(items.get_column(c).to_list() for c in columns)))
+    return hashlib.sha256(rowbytes.lines_text(items, columns) + b"\n").hexdigest()
 
 
 def entry_hash(seq: int, prev: str, at: str, kind: str, detail: Any, count: int,
@@ -82,7 +93,7 @@ class Ledger:
         items = items if items is not None else pl.DataFrame(schema=ITEM_SCHEMA)
         seq, prev = self.head.seq + 1, self.head.hash
         at = now()
-        digest = rows_digest(zip(*(items.get_column(c).to_list() for c in ("tbl", "key", "version", "row_hash"))))
+        digest = items_digest(items)
         # detail round-trips through JSON text in the table; hash what will be read back.
         detail = orjson.loads(canonical_bytes(detail))
         entry = entry_hash(seq, prev, iso(at), kind, detail, items.height, digest)

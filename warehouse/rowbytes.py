@@ -78,3 +78,17 @@ def row_texts(frame: pl.DataFrame, columns: Iterable[str], json_columns: Iterabl
         segments.append(_plain(*run))
     return frame.select(pl.concat_str([pl.lit("{"), pl.concat_str(segments, separator=","), pl.lit("}")])
                         .alias("row")).to_series()
+
+
+def _value(column: str) -> pl.Expr:
+    """The JSON text of each value of a string/int/bool column, as orjson writes it."""
+    return (pl.struct(pl.col(column)).struct.json_encode()
+            .str.strip_prefix("{" + orjson.dumps(column).decode() + ":").str.strip_suffix("}"))
+
+
+def lines_text(frame: pl.DataFrame, columns: Iterable[str]) -> bytes:
+    """`canonical_bytes([v1, v2, ...])` of each row's values of `columns` (strings, ints,
+    nulls), joined by newlines: the ledger's rows digest input, without its last newline."""
+    text = frame.select(pl.concat_str([pl.lit("["), pl.concat_str([_value(c) for c in columns], separator=","),
+                                       pl.lit("]")]).str.join("\n")).item()
+    return text.encode()
