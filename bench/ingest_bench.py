@@ -50,6 +50,7 @@ from warehouse.verify import verify
 
 RECORDS_PER_MESSAGE = 1000  # as processors.loop sends them
 TOPICS = {kind: f"audit.{kind}" for kind in records.FIELDS}
+PREFILL = "prefill-"  # call ids of the --prefill rows, left out of the raw insert
 
 
 class _NoDeadLetters:
@@ -129,9 +130,39 @@ def messages(n: int, traces: int = 300, seed: int = 5) -> tuple[list[tuple[str, 
     return out, total
 
 
+def prefill(store: Store, n: int, say=print) -> None:
+    """`n` generated model calls (`bench.generate`), written through the store in large
+    transactions (ledgered, hashed), so ingest meets a table that has been running a while."""
+    import datetime as dt
+
+    import numpy as np
+    import polars as pl
+
+    from bench import generate
+    table = store.tables["model_call"]
+    start = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0) - dt.timedelta(days=30)
+    began = time.perf_counter()
+    for first in range(0, n, 100_000):
+        calls = generate.calls(np.random.default_rng(first), first, min(100_000, n - first), start)
+        calls = calls.with_columns((PREFILL + pl.col("call_id")).alias("call_id"))
+        columns = []
+        for c in table.columns:
+            if c not in calls.columns:
+                columns.append(pl.lit(None, pl.Datetime("us") if c in table.time_columns
+                                      else table.schema[c]).alias(c))
+            else:
+                columns.append(pl.col(c) if c in table.time_columns else pl.col(c).cast(table.schema[c]))
+        frame = calls.select(columns)
+        store.write({"model_call": frame}, [])
+    store.con.execute("CHECKPOINT")
+    say(f"prefilled {n:,} model calls in {time.perf_counter() - began:.1f}s")
+
+
 def ingest(work: Path, msgs: list[tuple[str, bytes]], poll: int,
-           profile: cProfile.Profile | None = None) -> tuple[Store, float, list[int]]:
+           profile: cProfile.Profile | None = None, prefilled: int = 0) -> tuple[Store, float, list[int]]:
     store = Store(work / "ingest.duckdb")
+    if prefilled:
+        prefill(store, prefilled)
     writer = BatchWriter(store, StageMetrics("warehouse"), _NoDeadLetters())  # type: ignore[arg-type]
     polls = [[(TOPICS[kind], 0, offset, value) for offset, (kind, value) in
               enumerate(msgs[i:i + poll], start=i)] for i in range(0, len(msgs), poll)]
@@ -153,7 +184,8 @@ def raw_insert(store: Store, chunk: int | None) -> tuple[int, tuple[float, float
     con = store.con
     frames = {}
     for table in RECORD_TABLES.values():
-        frames[table] = con.sql(f"SELECT * EXCLUDE (row_hash) FROM {table}").to_arrow_table()
+        where = f"WHERE NOT starts_with(call_id, '{PREFILL}')" if table == "model_calls" else ""
+        frames[table] = con.sql(f"SELECT * EXCLUDE (row_hash) FROM {table} {where}").to_arrow_table()
         con.execute(f"CREATE OR REPLACE TABLE raw_{table} AS SELECT * EXCLUDE (row_hash) FROM {table} LIMIT 0")
     rows = sum(f.num_rows for f in frames.values())
     began, cpu = time.perf_counter(), time.process_time()
@@ -170,14 +202,16 @@ def raw_insert(store: Store, chunk: int | None) -> tuple[int, tuple[float, float
     return rows, seconds
 
 
-def run(n: int, poll: int, work: Path, profile: bool, say=print) -> dict:
+def run(n: int, poll: int, work: Path, profile: bool, say=print, prefilled: int = 0) -> dict:
     began = time.perf_counter()
     msgs, total = messages(n)
+    if prefilled:
+        say(f"store prefilled with {prefilled:,} model calls")
     say(f"workload: {total:,} records in {len(msgs):,} messages "
         f"({sum(len(v) for _, v in msgs) / 1e6:.1f} MB), built in {time.perf_counter() - began:.1f}s")
     prof = cProfile.Profile() if profile else None
-    store, (seconds, cpu), per_poll = ingest(work, msgs, poll, prof)
-    stored = sum(store.count(kind) for kind in RECORD_TABLES)
+    store, (seconds, cpu), per_poll = ingest(work, msgs, poll, prof, prefilled)
+    stored = sum(store.count(kind) for kind in RECORD_TABLES) - prefilled
     mean_poll = sum(per_poll) / len(per_poll)
     raw_rows, (raw_s, raw_cpu) = raw_insert(store, None)
     _, (chunked_s, chunked_cpu) = raw_insert(store, max(1, int(mean_poll)))
@@ -185,7 +219,7 @@ def run(n: int, poll: int, work: Path, profile: bool, say=print) -> dict:
     result = verify(store.reader(), work)
     verified = time.perf_counter() - began
     assert result["ok"], result["problems"][:3]
-    assert raw_rows == stored
+    assert raw_rows == stored, (raw_rows, stored)
     store.close()
     out = {"records": total, "rows_stored": stored, "messages": len(msgs), "poll_messages": poll,
            "records_per_poll": mean_poll, "ingest_s": seconds, "ingest_cpu_s": cpu,
@@ -220,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--poll", type=int, default=8, help="messages per transaction (one poll)")
     parser.add_argument("--cprofile", action="store_true", help="print a profile of the ingest")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="model calls in the store before ingest starts (its lookups read the key column)")
     parser.add_argument("--work", help="directory for the files (default: a temporary one)")
     args = parser.parse_args(argv)
     if args.work:
-        run(args.records, args.poll, Path(args.work), args.cprofile)
+        run(args.records, args.poll, Path(args.work), args.cprofile, prefilled=args.prefill)
     else:
         with tempfile.TemporaryDirectory(prefix="nimtrail-ingest-") as tmp:
-            run(args.records, args.poll, Path(tmp), args.cprofile)
+            run(args.records, args.poll, Path(tmp), args.cprofile, prefilled=args.prefill)
     return 0
 
 
