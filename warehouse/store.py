@@ -3,8 +3,9 @@
 Rows arrive as canonical records; each batch is written through Arrow (polars) in one
 transaction together with the consumer offsets it advances and the ledger entry that
 hashes it. Upserts keep the highest version of every record; within a batch the newest
-version per key is chosen first, because DuckDB's ON CONFLICT keeps the first of two rows
-with the same key silently.
+version per key is chosen first (a plain INSERT would refuse the second of two rows with
+the same key, and DuckDB's ON CONFLICT would keep the first one silently). Why the write
+path is built the way it is: docs/warehouse.md, "Writing: the transaction".
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ class Store:
 
     @staticmethod
     def _fresh_small(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
-        """`table.fresh_sql` for a few rows, by point lookups of their keys: the rows that
-        are new (`_new`) or carry a higher version than the stored one."""
+        """`_fresh` for a few rows, by point lookups of their keys: the rows that are new
+        (`_new`) or carry a higher version than the stored one."""
         keys = list(frame.select(table.key).iter_rows())
         stored = table.stored_versions(con, keys)
         new, keep = [], []

@@ -93,12 +93,11 @@ class Table:
         self.key_sql = "concat_ws('|', " + ", ".join(f'CAST(t."{k}" AS VARCHAR)' for k in self.key) + ")"
         updates = ", ".join(f'"{c}" = excluded."{c}"' for c in [*self.columns, "row_hash"]
                             if c not in self.key)
-        # New keys go in with a plain INSERT (half the cost of ON CONFLICT); only rows that
-        # replace an older version take the upsert.
+        # Large writes: a plain INSERT of the registered frame (rows they replace deleted
+        # first, see Store.put). Small writes bind values and upsert with ON CONFLICT.
         self.insert_sql = f"INSERT INTO {name} BY NAME SELECT * FROM frame"
         self.on_conflict = (f'ON CONFLICT ({", ".join(self.key)}) DO UPDATE SET {updates} '
                             f'WHERE excluded.version > {name}.version')
-        self.upsert_sql = f'INSERT INTO {name} BY NAME SELECT * FROM frame {self.on_conflict}'
         self._values_head = (f'INSERT INTO {name} ('
                              + ", ".join(f'"{c}"' for c in [*self.columns, "row_hash"]) + ") VALUES ")
         self._row_placeholders = "(" + ", ".join("?" for _ in range(len(self.columns) + 1)) + ")"
