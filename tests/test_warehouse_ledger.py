@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 from tests.harness import REPO
-from tests.warehouse_data import action, call, checkpointer, deployment, write
+from nimtrail import records
+from tests.warehouse_data import action, ago, call, checkpointer, deployment, write
 from warehouse import digests, schema
 from warehouse.store import Store
 from warehouse.verify import verify
@@ -225,3 +227,92 @@ def test_online_verification_sees_one_consistent_moment_while_writes_go_on(tmp_p
         thread.join()
     assert result["ledger"]["entries"] > 1
     store.close()
+
+
+def test_large_batches_keep_the_highest_version_and_verify(tmp_path):
+    """Batches above the small-write size go through Arrow frames: new keys, newer
+    versions, re-deliveries, older versions and a key twice in one batch, with nested
+    JSON in any key order; the store keeps the highest versions, ledgers only what
+    changed, and verifies — and a changed replacement row is still caught."""
+    data = tmp_path / "data"
+    store = Store(data / "audit.duckdb")
+    n = 200
+    write(store, "model_call", [call(f"c{i}") for i in range(n)])
+    findings = [records.new("finding", finding_id=f"f{i}", kind="ungated_action", severity="high",
+                            subject_ids=[f"c{i}"], detected_at=ago(), version=1, observed_at=ago(),
+                            detail={"z": [{"b": 1.5, "a": None}], "a": "é \"quoted\"\n", "n": i})
+                for i in range(n)]
+    write(store, "finding", findings)
+    second = ([call(f"c{i}", version=2, caller="late") for i in range(0, 50)]          # newer
+              + [call(f"c{i}", caller="replayed") for i in range(50, 100)]             # same version
+              + [call(f"c{i}", version=0, caller="older") for i in range(100, 150)]   # older
+              + [call(f"n{i}") for i in range(50)]                                     # new keys
+              + [call("n0", version=3, caller="twice")])                               # same batch
+    before = store.ledger.head.seq
+    write(store, "model_call", second)
+    write(store, "finding", [{**f, "version": 2, "detail": {"n": -1, **{k: v for k, v in f["detail"].items() if k != "n"}}} for f in findings[:100]])
+    con = store.reader()
+    callers = dict(con.execute("SELECT caller, count(*) FROM model_calls GROUP BY 1").fetchall())
+    assert callers == {"alice": 150 + 49, "late": 50, "twice": 1}
+    assert con.execute("SELECT version FROM model_calls WHERE call_id = 'n0'").fetchall() == [(3,)]
+    assert con.execute("SELECT count(*) FROM ledger_rows WHERE seq = ?", [before + 1]).fetchall() == [(100,)]
+    detail = con.execute("SELECT detail FROM findings WHERE finding_id = 'f7'").fetchall()[0][0]
+    assert orjson.loads(detail) == {"z": [{"b": 1.5, "a": None}], "a": "é \"quoted\"\n", "n": -1}
+    result = verify(con, data)
+    assert result["ok"], result["problems"]
+    assert result["rows_checked"] == {**result["rows_checked"], "model_calls": n + 50, "findings": n}
+    con.close()
+    store.close()
+    tamper = duckdb.connect(str(data / "audit.duckdb"))
+    tamper.execute("UPDATE model_calls SET caller = 'mallory' WHERE call_id = 'c7'")
+    tamper.close()
+    result = _verify(data / "audit.duckdb", data)
+    assert not result["ok"]
+    assert result["first_problem"].startswith("model_calls call_id=c7: row content does not match its hash")
+
+
+def test_row_hashes_in_bulk_are_the_bytes_of_the_definition(tmp_path):
+    """Row hashes of large batches are built column by column; a single differing byte
+    would make verification report tampering that never happened. Every table, every
+    column type, with escapes, non-ASCII, extreme numbers, nested JSON and nulls."""
+    from warehouse.tables import BULK_HASH_ROWS, RECORD_TABLES
+    texts = ["", "plain", "é \"quoted\" \\ /", "\x00\x1f\x7f", "\u2028\u2029\ufeff", "\U0001F600", None]
+    floats = [0.0, -0.0, 0.1, 1e-7, 1e16, 1.7976931348623157e308, 5e-324, 42.5, None]
+    ints = [0, -1, 2**31 - 1, -2**31, None]
+    nested = [{"b": [1.5, {"z": None, "a": "é"}], "a": 1e-7}, [], "text", 3, None, {"k": "\u2028"}]
+    values = {"VARCHAR": texts, "DOUBLE": floats, "INTEGER": ints, "BIGINT": [2**63 - 1, -2**63, *ints],
+              "BOOLEAN": [True, False, None], "VARCHAR[]": [[], ["a", None, "\x01é"], None],
+              "JSON": nested, "TIMESTAMP": ["2026-01-31T10:15:00Z", "2026-01-31T10:15:00.123456+02:00", None]}
+    store = Store(tmp_path / "audit.duckdb")
+    n = BULK_HASH_ROWS + 10
+    for kind, name in RECORD_TABLES.items():
+        table = store.tables[kind]
+        types = dict(store.con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                       "WHERE table_name = ?", [name]).fetchall())
+        rows = []
+        for i in range(n):
+            row = {c: values[types[c]][(i + j) % len(values[types[c]])] for j, c in enumerate(table.columns)}
+            row.update({k: f"k{i}" if types[k] == "VARCHAR" else i for k in table.key}, version=i % 7 + 1)
+            rows.append(row)
+        frame = table.frame(rows)
+        assert frame.height == n
+        reference = table.row_hashes_by_row(frame)
+        assert table.row_hashes(frame, json_canonical=True) == reference, kind
+        assert table.row_hashes(frame) == reference, kind
+    store.close()
+
+
+def test_rows_digest_in_bulk_is_the_bytes_of_the_definition():
+    """The digest of a large entry's lines is built by polars; it must be the one
+    verification recomputes line by line, for any key text and null versions or hashes."""
+    import polars as pl
+
+    from warehouse.ledger import BULK_LINES, items_digest, rows_digest
+    keys = ["plain", "é \"quoted\" \\ /", "\x00\x1f\x7f", "\u2028\ufeff", "\U0001F600", "a|b|3", ""]
+    n = BULK_LINES + 10
+    items = pl.DataFrame({
+        "tbl": ["model_calls", "deployments"] * (n // 2),
+        "key": [keys[i % len(keys)] + str(i) for i in range(n)],
+        "version": pl.Series([None if i % 5 == 0 else i - n // 2 for i in range(n)], dtype=pl.Int32),
+        "row_hash": [None if i % 3 == 0 else f"{i:064x}" for i in range(n)]})
+    assert items_digest(items) == rows_digest(items.iter_rows())

@@ -82,14 +82,15 @@ def _add(con: duckdb.DuckDBPyConnection, table: str, rows_sql: str, args: list[A
     con.execute(f"INSERT INTO {table} {rows_sql} HAVING sum(sign) <> 0 {conflict}", args or [])
 
 
-def before_put(con: duckdb.DuckDBPyConnection, table: Any, fresh: pl.DataFrame) -> None:
+def before_put(con: duckdb.DuckDBPyConnection, table: Any, fresh: pl.DataFrame,
+               new: pl.Series | None) -> None:
     """Inside the write transaction, before `fresh` (rows of `table` that are new keys or
-    newer versions, `_new` marking new keys) is written: count them in, and count out the
-    stored rows they replace. Other tables are ignored."""
+    newer versions; `new` marks the new keys, None: all are) is written: count them in,
+    and count out the stored rows they replace. Other tables are ignored."""
     if table.name != "model_calls" or fresh.height == 0:
         return
     parts = [fresh.select(*COLUMNS).with_columns(pl.lit(1, pl.Int64).alias("sign"))]
-    replaced = fresh.filter(~pl.col("_new"))["call_id"].to_list()
+    replaced = [] if new is None else fresh.filter(~new)["call_id"].to_list()
     if replaced:
         parts.append(_stored(con, replaced).with_columns(pl.lit(-1, pl.Int64).alias("sign")))
     delta = pl.concat(parts, how="vertical_relaxed")

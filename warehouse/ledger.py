@@ -27,12 +27,15 @@ import orjson
 import polars as pl
 
 from nimtrail.records import canonical_bytes
+from warehouse import rowbytes
 from warehouse.sql import one
 from warehouse.tables import iso
 
 GENESIS = "0" * 64
 # Up to this many lines, bound values instead of a registered Arrow frame (cheaper).
 SMALL_ENTRY = 64
+# From this many lines, the rows digest's bytes are built by polars (warehouse.rowbytes).
+BULK_LINES = 64
 ITEM_SCHEMA = {"tbl": pl.Utf8, "key": pl.Utf8, "version": pl.Int32, "row_hash": pl.Utf8}
 
 
@@ -44,11 +47,20 @@ class Head:
 
 
 def rows_digest(lines: Iterable[tuple[str, str, int | None, str | None]]) -> str:
-    h = hashlib.sha256()
-    for line in lines:
-        h.update(canonical_bytes(list(line)))
-        h.update(b"\n")
-    return h.hexdigest()
+    # A line is a flat list of strings, ints and nulls: nothing for canonical_bytes to
+    # sort, so plain orjson gives its bytes. Hashed in one update: the same digest as one
+    # update per line, without a call per line.
+    dumps = orjson.dumps
+    data = b"\n".join([dumps(list(line)) for line in lines])
+    return hashlib.sha256(data + b"\n" if data else b"").hexdigest()
+
+
+def items_digest(items: pl.DataFrame) -> str:
+    """`rows_digest` of a frame of ledger lines (tbl, key, version, row_hash)."""
+    columns = ("tbl", "key", "version", "row_hash")
+    if items.height < BULK_LINES or not rowbytes.encoder_agrees():
+        return rows_digest(zip(*(items.get_column(c).to_list() for c in columns)))
+    return hashlib.sha256(rowbytes.lines_text(items, columns) + b"\n").hexdigest()
 
 
 def entry_hash(seq: int, prev: str, at: str, kind: str, detail: Any, count: int,
@@ -81,7 +93,7 @@ class Ledger:
         items = items if items is not None else pl.DataFrame(schema=ITEM_SCHEMA)
         seq, prev = self.head.seq + 1, self.head.hash
         at = now()
-        digest = rows_digest(items.select("tbl", "key", "version", "row_hash").iter_rows())
+        digest = items_digest(items)
         # detail round-trips through JSON text in the table; hash what will be read back.
         detail = orjson.loads(canonical_bytes(detail))
         entry = entry_hash(seq, prev, iso(at), kind, detail, items.height, digest)

@@ -3,8 +3,9 @@
 Rows arrive as canonical records; each batch is written through Arrow (polars) in one
 transaction together with the consumer offsets it advances and the ledger entry that
 hashes it. Upserts keep the highest version of every record; within a batch the newest
-version per key is chosen first, because DuckDB's ON CONFLICT keeps the first of two rows
-with the same key silently.
+version per key is chosen first (a plain INSERT would refuse the second of two rows with
+the same key, and DuckDB's ON CONFLICT would keep the first one silently). Why the write
+path is built the way it is: docs/warehouse.md, "Writing: the transaction".
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ LEDGER_MIGRATION = "0002_ledger.sql"
 # Up to this many rows, a write binds its values instead of registering Arrow frames
 # (an access-log entry, a hold: registering costs more than the rows themselves).
 SMALL_WRITE = 64
+# DuckDB checkpoints (moves the write-ahead log into the file) when the log passes this
+# size. At its 16 MiB default, ingest checkpoints every few polls and the checkpoints cost
+# about as much as the commits; a larger log is replayed on start and held in memory
+# until then, so not much larger. Every commit is durable in the log either way.
+WAL_AUTOCHECKPOINT = "64MB"
 
 
 class Store:
@@ -39,6 +45,7 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
+        self.con.execute(f"SET wal_autocheckpoint = '{WAL_AUTOCHECKPOINT}'")
         applied = migrate(self.con)
         self.by_name: dict[str, Table] = load_tables(self.con)
         self.tables = {kind: self.by_name[name] for kind, name in RECORD_TABLES.items()}
@@ -96,43 +103,72 @@ class Store:
             cursor.close()
 
     def put(self, con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
-        """Upsert `frame` (newest version per key) inside an open transaction; returns the
-        ledger lines of the rows that actually changed the table."""
-        small = frame.height <= SMALL_WRITE
-        if small:
-            fresh = self._fresh_small(con, table, frame)
-        else:
-            con.register("frame", frame.to_arrow())
-            try:
-                fresh = con.sql(table.fresh_sql).pl()
-            finally:
-                con.unregister("frame")
-        if fresh.height == 0:
-            return ledger_items(table, fresh, [])
-        latency_rollup.before_put(con, table, fresh)  # the calls' latency histograms
-        hashes = table.row_hashes(fresh)
-        fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
-        parts = ((fresh, False),) if fresh["_new"].all() else (
-            (fresh.filter(pl.col("_new")), False), (fresh.filter(~pl.col("_new")), True))
-        for part, upsert in parts:
-            if not part.height:
-                continue
-            part = part.drop("_new")
-            if small:
-                con.execute(table.values_sql(part.height, upsert),
-                            [v for row in part.select(*table.columns, "row_hash").iter_rows() for v in row])
-                continue
-            con.register("frame", part.to_arrow())
-            try:
-                con.execute(table.upsert_sql if upsert else table.insert_sql)
-            finally:
+        """Upsert `frame` (from `Table.frame`: newest version per key, canonical JSON text)
+        inside an open transaction; returns the ledger lines of the rows that actually
+        changed the table."""
+        if frame.height <= SMALL_WRITE:
+            return self._put_small(con, table, frame)
+        # One registered frame name, replaced as the write goes on (each registration and
+        # each statement costs about a millisecond, whatever the rows).
+        try:
+            fresh, new = self._fresh(con, table, frame)
+            if fresh.height == 0:
+                return ledger_items(table, fresh, [])
+            latency_rollup.before_put(con, table, fresh, new)  # the calls' latency histograms
+            hashes = table.row_hashes(fresh, json_canonical=True)
+            fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
+            if new is not None and not new.all():
+                # Rows that replace an older version: the old row goes, the new one is
+                # inserted with the new keys below. They were just found to be newer, under
+                # the write lock, so the replacement needs no version condition; in DuckDB
+                # a delete and one insert cost a fraction of ON CONFLICT DO UPDATE.
+                con.register("frame", fresh.filter(~new).select(table.key).to_arrow())
+                con.execute(table.delete_sql)
+            con.register("frame", fresh.to_arrow())
+            con.execute(table.insert_sql)
+        finally:
+            with contextlib.suppress(duckdb.Error):
                 con.unregister("frame")
         return ledger_items(table, fresh, hashes)
 
+    def _put_small(self, con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
+        """`put` for a few rows: key lookups and bound values instead of registered frames."""
+        fresh = self._fresh_small(con, table, frame)
+        if fresh.height == 0:
+            return ledger_items(table, fresh, [])
+        latency_rollup.before_put(con, table, fresh, fresh["_new"])
+        hashes = table.row_hashes(fresh, json_canonical=True)
+        fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
+        for upsert in (False, True):
+            part = fresh.filter(pl.col("_new") != upsert)
+            if part.height:
+                con.execute(table.values_sql(part.height, upsert),
+                            [v for row in part.select(*table.columns, "row_hash").iter_rows() for v in row])
+        return ledger_items(table, fresh, hashes)
+
+    @staticmethod
+    def _fresh(con: duckdb.DuckDBPyConnection, table: Table,
+               frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series | None]:
+        """The rows of `frame` that change the table, and which of them are new keys (None:
+        all of them). A changing row is a new key or a higher version than the stored one;
+        a re-delivered or older version is a no-op and must not enter the ledger either.
+        Only the keys go to DuckDB and only (key, version) of the keys it already holds
+        come back (DuckDB reads just the key and version columns)."""
+        keys = frame.select(table.key)
+        con.register("frame", keys.to_arrow())
+        stored = con.sql(table.stored_join_sql).pl()
+        if stored.height == 0:
+            return frame, None
+        joined = frame.join(stored.cast({k: keys.schema[k] for k in table.key}), on=table.key,
+                            how="left", maintain_order="left")
+        # NULL semantics of SQL: a null version is never higher
+        joined = joined.filter(pl.col("_stored").is_null() | (pl.col("version") > pl.col("_stored")))
+        return joined.drop("_stored"), joined.get_column("_stored").is_null()
+
     @staticmethod
     def _fresh_small(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
-        """`table.fresh_sql` for a few rows, by point lookups of their keys: the rows that
-        are new (`_new`) or carry a higher version than the stored one."""
+        """`_fresh` for a few rows, by point lookups of their keys: the rows that are new
+        (`_new`) or carry a higher version than the stored one."""
         keys = list(frame.select(table.key).iter_rows())
         stored = table.stored_versions(con, keys)
         new, keep = [], []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 from typing import Any, Iterable, Iterator
 
 import duckdb
@@ -21,6 +22,7 @@ import polars as pl
 import pyarrow as pa
 
 from nimtrail import records
+from warehouse import rowbytes
 
 # Record kind -> table, for the canonical records the pipeline produces.
 RECORD_TABLES = {
@@ -62,6 +64,7 @@ _ARROW = {
     "VARCHAR[]": pa.list_(pa.string()),
 }
 
+BULK_HASH_ROWS = 64
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 POLARS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # the same text, from polars
 
@@ -78,8 +81,11 @@ class Table:
         self.kind = kind or name
         columns = [(c, t) for c, t in columns if c != "row_hash"]
         self.columns = [c for c, _ in columns]
+        self.sorted_columns = sorted(self.columns)  # as canonical_bytes orders a row's keys
+        self._fields = operator.itemgetter(*self.columns)
         self.json_columns = [c for c, t in columns if t == "JSON"]
         self.time_columns = [c for c, t in columns if t.startswith("TIMESTAMP")]
+        self.float_columns = [c for c, t in columns if t == "DOUBLE"]
         self.schema = {c: _SCALARS[t] for c, t in columns}
         self.arrow_types = {c: _ARROW[t] for c, t in columns}
         self.key = list(KEYS[name])
@@ -87,12 +93,11 @@ class Table:
         self.key_sql = "concat_ws('|', " + ", ".join(f'CAST(t."{k}" AS VARCHAR)' for k in self.key) + ")"
         updates = ", ".join(f'"{c}" = excluded."{c}"' for c in [*self.columns, "row_hash"]
                             if c not in self.key)
-        # New keys go in with a plain INSERT (half the cost of ON CONFLICT); only rows that
-        # replace an older version take the upsert.
+        # Large writes: a plain INSERT of the registered frame (rows they replace deleted
+        # first, see Store.put). Small writes bind values and upsert with ON CONFLICT.
         self.insert_sql = f"INSERT INTO {name} BY NAME SELECT * FROM frame"
         self.on_conflict = (f'ON CONFLICT ({", ".join(self.key)}) DO UPDATE SET {updates} '
                             f'WHERE excluded.version > {name}.version')
-        self.upsert_sql = f'INSERT INTO {name} BY NAME SELECT * FROM frame {self.on_conflict}'
         self._values_head = (f'INSERT INTO {name} ('
                              + ", ".join(f'"{c}"' for c in [*self.columns, "row_hash"]) + ") VALUES ")
         self._row_placeholders = "(" + ", ".join("?" for _ in range(len(self.columns) + 1)) + ")"
@@ -100,11 +105,12 @@ class Table:
                             f'FROM {name} t WHERE ')
         self._key_match = "(" + " AND ".join(f't."{k}" = ?' for k in self.key) + ")"
         join = " AND ".join(f'f."{k}" = t."{k}"' for k in self.key)
-        # Only rows that change the table: new keys, or a higher version than stored. A
-        # re-delivered or older version is a no-op and must not enter the ledger either.
-        self.fresh_sql = (f'SELECT f.*, t."{self.key[0]}" IS NULL AS _new FROM frame f '
-                          f'LEFT JOIN {name} t ON {join} '
-                          f'WHERE t."{self.key[0]}" IS NULL OR f.version > t.version')
+        # The stored version of each key in `frame` (a frame of key columns): a semi-join
+        # that reads only key and version, so the batch itself never comes back out.
+        self.stored_join_sql = (f'SELECT {", ".join(f"t.{k}" for k in self.key)}, t.version AS _stored '
+                                f'FROM {name} t SEMI JOIN frame f ON {join}')
+        # The rows whose keys are in `frame` (a frame of key columns).
+        self.delete_sql = f'DELETE FROM {name} t USING frame f WHERE {join}'
 
     def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
         """Records (timestamps as ISO strings, JSON values as Python values) -> a frame with
@@ -112,9 +118,18 @@ class Table:
         # Column by column (much cheaper than a frame from row dicts); the caller's records
         # stay untouched, so a failed batch can be retried message by message. Nested
         # values are stored as JSON text.
-        data = {c: [row.get(c) for row in rows] for c in self.columns}
+        try:
+            # Records carry every field (records.new): one C call per row, then transposed.
+            data = dict(zip(self.columns, map(list, zip(*map(self._fields, rows))))) if rows else {}
+        except (KeyError, TypeError):
+            data = {}
+        if len(data) != len(self.columns):  # some record lacks a field: it is null
+            data = {c: [row.get(c) for row in rows] for c in self.columns}
+        # Nested values are stored as their canonical JSON (sorted keys, no spaces): what the
+        # row hash embeds, so hashing at ingest need not parse them again.
+        canonical = records.canonical_bytes
         for c in self.json_columns:
-            data[c] = [None if v is None else orjson.dumps(v).decode() for v in data[c]]
+            data[c] = [None if v is None else canonical(v).decode() for v in data[c]]
         # Through Arrow: its C conversion checks types as strictly and is far cheaper than
         # polars' per-element path for list columns.
         frame = pl.from_arrow(pa.Table.from_arrays(
@@ -125,8 +140,8 @@ class Table:
                 .dt.replace_time_zone(None)
                 for c in self.time_columns)
         # DuckDB's ON CONFLICT keeps the first of two rows with the same key silently:
-        # reduce the batch to the newest version per key first.
-        if frame.height <= 1:
+        # reduce the batch to the newest version per key first (when a key repeats at all).
+        if frame.height <= 1 or not frame.select(self.key).is_duplicated().any():
             return frame
         return frame.sort("version", descending=True).unique(subset=self.key, keep="first")
 
@@ -144,26 +159,56 @@ class Table:
         n = len(self.key)
         return {tuple(r[:n]): r[n] for r in found}
 
-    def canonical_rows(self, frame: pl.DataFrame) -> Iterator[dict[str, Any]]:
-        """Each row's canonical form (see the module docstring), in frame order."""
-        columns = self.columns
+    def canonical_rows(self, frame: pl.DataFrame, json_canonical: bool = False) -> Iterator[dict[str, Any]]:
+        """Each row's canonical form (see the module docstring), in frame order, keys in
+        sorted order.
+
+        `json_canonical`: the frame's JSON columns already hold canonical JSON text (as
+        `frame()` writes it); it is embedded as is (`orjson.Fragment`), which gives the
+        same bytes as parsing it and serialising it again, without doing either."""
+        columns = self.sorted_columns
         view = frame.select(columns)
         if self.time_columns:
             view = view.with_columns(pl.col(c).dt.strftime(POLARS_TIME_FORMAT) for c in self.time_columns)
-        json_columns = self.json_columns
         # Column by column into Python values, then zipped into rows: the same values as
         # iter_rows() at a fraction of its per-row cost.
-        for values in zip(*(view.get_column(c).to_list() for c in columns)):
-            row = dict(zip(columns, values))
-            for c in json_columns:
-                if row[c] is not None:
-                    row[c] = orjson.loads(row[c])
-            yield row
+        values = [view.get_column(c).to_list() for c in columns]
+        parse = orjson.Fragment if json_canonical else orjson.loads
+        for c in self.json_columns:
+            i = columns.index(c)
+            values[i] = [None if v is None else parse(v) for v in values[i]]
+        for row in zip(*values):
+            yield dict(zip(columns, row))
 
-    def row_hashes(self, frame: pl.DataFrame) -> list[str]:
+    def row_hashes(self, frame: pl.DataFrame, json_canonical: bool = False) -> list[str]:
         """SHA-256 of each row's canonical bytes: what the ledger and `row_hash` hold."""
-        sha256, canonical = hashlib.sha256, records.canonical_bytes
-        return [sha256(canonical(row)).hexdigest() for row in self.canonical_rows(frame)]
+        # In bulk (polars, column by column) from a few dozen rows up: below that its fixed
+        # cost is more than the rows' (an access-log entry is one row).
+        if frame.height < BULK_HASH_ROWS or not rowbytes.encoder_agrees():
+            return self.row_hashes_by_row(frame, json_canonical)
+        view = frame.select(self.sorted_columns)
+        if self.time_columns:
+            view = view.with_columns(pl.col(c).dt.strftime(POLARS_TIME_FORMAT) for c in self.time_columns)
+        if not json_canonical:
+            canonical, loads = records.canonical_bytes, orjson.loads
+            view = view.with_columns(
+                pl.Series(c, [None if v is None else canonical(loads(v)).decode()
+                              for v in view.get_column(c).to_list()], dtype=pl.Utf8)
+                for c in self.json_columns)
+        texts = rowbytes.row_texts(view, self.sorted_columns, self.json_columns, self.float_columns)
+        sha256 = hashlib.sha256
+        return [sha256(b).hexdigest() for b in texts.cast(pl.Binary).to_list()]
+
+    def row_hashes_by_row(self, frame: pl.DataFrame, json_canonical: bool = False) -> list[str]:
+        """`row_hashes` one row at a time, straight from the definition (the reference the
+        bulk encoding is checked against)."""
+        sha256, dumps = hashlib.sha256, orjson.dumps
+        # `records.canonical_bytes` sorts keys at every level. The rows' keys come sorted
+        # already; with canonical JSON text embedded, nothing nested is left to sort (list
+        # columns hold strings), so the same bytes need no sorting pass.
+        option = 0 if json_canonical else orjson.OPT_SORT_KEYS
+        return [sha256(dumps(row, option=option)).hexdigest()
+                for row in self.canonical_rows(frame, json_canonical)]
 
     def keys(self, frame: pl.DataFrame) -> pl.Series:
         """The ledger key of each row (`records.key_of`: key values joined by '|')."""
