@@ -72,17 +72,19 @@ def store(tmp_path):
 def test_histograms_follow_new_calls_and_newer_versions(store, monkeypatch):
     monkeypatch.setattr(latency_rollup, "FOLD_AT", 120)  # writes fold on their own, too
     start = (NOW - dt.timedelta(days=3)).replace(tzinfo=None)
-    for i in range(0, 300, 50):
-        write(store, "model_call", _calls(300, start, dt.timedelta(minutes=17))[i:i + 50])
+    for i in range(0, 300, 100):  # writes of more than Store's SMALL_WRITE rows: the bulk path
+        write(store, "model_call", _calls(300, start, dt.timedelta(minutes=17))[i:i + 100])
     pending = store.reader().execute("SELECT count(*) FROM latency_pending").fetchall()[0][0]
     assert pending < 120 and store.count("model_call") == 300
     # newer versions: another deployment version, other timings, a later hour, no timing;
-    # a re-delivered old version changes nothing
+    # a re-delivered old version changes nothing. Many at once (bulk), then a few (point
+    # lookups).
+    write(store, "model_call", [
+        call(f"c-{i}", version=2, deployment_version=2, started_at=_iso(start + dt.timedelta(minutes=17 * i)))
+        for i in range(100, 200)])
     write(store, "model_call", [
         call("c-1", version=2, deployment_version=2, ttft_ms=999.0, started_at=_iso(start + dt.timedelta(hours=30))),
         call("c-2", version=2, ttft_ms=None, e2e_ms=None, queue_ms=None, started_at=_iso(start)),
-        *[call(f"c-{i}", version=2, deployment_version=2, started_at=_iso(start + dt.timedelta(minutes=17 * i)))
-          for i in range(100, 150)],
         call("c-3", version=1, ttft_ms=1.0)])
     incremental = _histograms(store)
     assert sum(r[-1] for r in incremental[latency_rollup.TABLE] if r[4] == 0) == 300
