@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 from collections import defaultdict
 
-from kafka import TopicPartition
 
 from nimtrail import kafka_io, records
 from nimtrail.config import Config
@@ -95,14 +93,7 @@ class Ingest:
         topics = sorted(set(config.topics.audit().values()))
         self.consumer = kafka_io.consumer(config, group_id=None,
                                           max_poll_records=config.warehouse.max_poll_records)
-        partitions = []
-        for topic in topics:
-            deadline = time.monotonic() + 30
-            while (ids := self.consumer.partitions_for_topic(topic)) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no metadata for topic {topic}")
-                time.sleep(0.2)
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        partitions = [tp for topic in topics for tp in kafka_io.partitions_of(self.consumer, topic)]
         self.consumer.assign(partitions)
         stored = store.offsets()
         for tp in partitions:
