@@ -32,7 +32,7 @@ from kafka import TopicPartition
 
 from bench.pipeline import nim_log_lines
 from nimtrail import broker, config as config_mod, kafka_io
-from processors import normalize
+from processors import normalize, service
 from processors.loop import Processor
 from processors.pipeline import Pipeline
 from tests import corpus, scenarios as sc
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="report the best of this many runs")
     parser.add_argument("--bootstrap", default=os.environ.get("NIMTRAIL_BENCH_BOOTSTRAP", ""))
     args = parser.parse_args(argv)
+    service.tune_gc()  # as the processor stage runs
 
     messages, events = workload(args.traces)
     inputs = [m for m in messages if m[0] != normalize.DEPLOYMENTS]
