@@ -58,10 +58,24 @@ def canonical(value: Any) -> Any:
     return value
 
 
+_DIGESTS: dict[str, str] = {}
+
+
 def digest(value: Any) -> str | None:
-    """SHA-256 hex of the canonical form; None for no content."""
+    """SHA-256 hex of the canonical form; None for no content.
+
+    Short text is memoised (a bounded cache): one trace carries the same tool arguments on its
+    execute_tool span and on both MCP spans, and parsing plus re-encoding JSON to hash it
+    is a measurable share of normalising a span."""
     if value is None or value == "":
         return None
+    if isinstance(value, str) and len(value) <= 2048:
+        found = _DIGESTS.get(value)
+        if found is None:
+            if len(_DIGESTS) >= 4096:
+                _DIGESTS.clear()
+            found = _DIGESTS[value] = sha256_hex(canonical(value))
+        return found
     return sha256_hex(canonical(value))
 
 

@@ -56,6 +56,7 @@ class Registry:
         self._timeline: dict[str, list[tuple[str, int]]] = {}
         self._by_identity: dict[str, set[str]] = {}
         self._pod_prefixes: dict[str, set[str]] = {}
+        self._matched: dict[frozenset[str], tuple[str | None, int]] = {}  # cleared by add()
 
     def add(self, record: dict[str, Any]) -> tuple[list[str], list[str]] | None:
         """Register one version; returns the identities it can be matched by (so the joiner
@@ -65,6 +66,7 @@ class Registry:
         if key in self.records:
             return None
         self.records[key] = record
+        self._matched.clear()
         stamp = parse_iso(record.get("valid_from"))
         bisect.insort(self._timeline.setdefault(key[0], []),
                       (iso(stamp) if stamp else _EPOCH, key[1]))
@@ -93,7 +95,17 @@ class Registry:
     def match(self, identities: Iterable[str]) -> tuple[str | None, int]:
         """(deployment id or None, weight). The weight counts every registered version of
         every deployment any identity points at: it only grows as identities and records
-        arrive, which is what keeps the joiner's versions monotonic."""
+        arrive, which is what keeps the joiner's versions monotonic. Memoised per set of
+        identities until the next version is registered: calls share a handful of them."""
+        key = frozenset(identities)
+        found = self._matched.get(key)
+        if found is None:
+            if len(self._matched) > 65536:
+                self._matched.clear()
+            found = self._matched[key] = self._match(key)
+        return found
+
+    def _match(self, identities: Iterable[str]) -> tuple[str | None, int]:
         by_tier: dict[str, set[str]] = {}
         for identity in identities:
             tier = identity.partition(":")[0]

@@ -7,8 +7,7 @@ of the same input (same `evidence_id`) is harmless.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 # Which record an evidence item describes.
 MODEL_CALL = "model_call"
@@ -29,14 +28,16 @@ LOG_ACCESS = "log.access"  # uvicorn access lines tied to a request
 LOG_GATEWAY = "log.gateway"  # a gateway's access log naming the caller
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Evidence:
+class Evidence(NamedTuple):
     """`kind` and `key` say which record; `source` which view; `evidence_id` identifies the
     observation itself (span id, log offset) so that seeing it twice changes nothing.
 
     `fields` holds canonical record fields plus a few join-only ones: `trace_id`,
     `span_id`, `parent_span_id`, `identities` (what may identify the deployment) and,
-    for tool executions, `mcp_aliases`."""
+    for tool executions, `mcp_aliases`.
+
+    A named tuple rather than a frozen dataclass: normalisers make one per span or log
+    line, and a frozen dataclass's constructor costs several times as much."""
 
     kind: str
     key: str

@@ -61,8 +61,8 @@ class Entry:
                              "t": self.touched, "s": self.settled, "h": self.emitted, "r": self.raised})
 
     @classmethod
-    def decode(cls, entry_id: str, value: bytes) -> "Entry":
-        doc = orjson.loads(value)
+    def decode(cls, entry_id: str, value: bytes | dict[str, Any]) -> "Entry":
+        doc = value if isinstance(value, dict) else orjson.loads(value)
         kind, _, key = entry_id.partition("|")
         entry = cls(kind, key, doc["fs"])
         entry.touched, entry.settled, entry.emitted, entry.raised = doc["t"], doc["s"], doc["h"], doc["r"]
@@ -295,7 +295,7 @@ class Joiner:
         self._changed.clear()
         return out
 
-    def restore(self, state: dict[str, bytes], now: float) -> None:
+    def restore(self, state: dict[str, bytes | dict[str, Any]], now: float) -> None:
         """Rebuild from the changelog's latest value per entry. Unsettled records get a
         whole join window from now: the time the processor was down does not count, since
         their counterparts may be waiting unread in Kafka."""

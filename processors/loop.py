@@ -5,7 +5,9 @@ Delivery (the order matters; every step is numbered where it happens):
      dead letters;
   2. wait until Kafka has acknowledged every one of them (acks=all), producing the whole
      batch again on failure — duplicates of a (key, version) are no-ops downstream;
-  3. produce the changed join-state entries to the changelog and wait for those too;
+  3. produce the changed join-state entries to the changelog (packed into chunks, with
+     the tombstones of chunks an earlier, acknowledged write left without a needed
+     record) and wait for those too;
   4. only then commit the input offsets.
 A crash before 3 restores the previous state and re-processes the batch, emitting the same
 records with the same versions. A crash between 3 and 4 re-reads input whose evidence the
@@ -25,7 +27,6 @@ import random
 import re
 import threading
 import time
-import zlib
 from typing import Any, NamedTuple
 
 from kafka.errors import CommitFailedError, KafkaError
@@ -215,10 +216,12 @@ class Processor:
         if self._passed_dirty:
             meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
             self._passed_dirty = False
-        if changes or meta:
+        if changes or meta or self.state.waiting:
             partitions = len(self.producer.partitions_for(self.state.topic))
-            self._send_all([Message(topic, key, value, None, zlib.crc32(key) % partitions)
-                            for topic, key, value in self.state.messages(changes, meta)], "join state")
+            self._send_all([Message(topic, key, value, None, partition)
+                            for topic, key, value, partition in self.state.messages(changes, meta, partitions)],
+                           "join state")
+            self.state.acknowledged()  # chunks left without a needed record: tombstoned next time
             faults.point("processor.after_state")
 
     def _output_messages(self, outputs: Outputs) -> list[Message]:

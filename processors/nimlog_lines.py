@@ -99,6 +99,22 @@ def _clock(year: str | None, md: str, hms: str, frac: str | None,
     return None
 
 
+_CLOCKS: dict[tuple, str | None] = {}
+
+
+def _clock_iso(year: str | None, md: str, hms: str, frac: str | None, reference: dt.datetime) -> str | None:
+    """iso(_clock(...)), memoised: a batch's lines share a handful of timestamps (the
+    reference matters only without a year)."""
+    key = (year, md, hms, frac, None if year else reference)
+    found = _CLOCKS.get(key, False)
+    if found is False:
+        if len(_CLOCKS) > 65536:
+            _CLOCKS.clear()
+        when = _clock(year, md, hms, frac, reference)
+        found = _CLOCKS[key] = iso(when) if when else None
+    return found
+
+
 def parse(text: str, reference: dt.datetime) -> Line:
     """Reduce one line to its level, time and message; `plain` when no shape fits."""
     text = text.rstrip("\r\n")
@@ -116,9 +132,9 @@ def parse(text: str, reference: dt.datetime) -> Line:
             inner.time = iso(stamp)
         return inner
     if match := _TEXT.match(text):
-        when = _clock(match.group("year"), match.group("md"), match.group("hms"),
-                      match.group("frac"), reference)
-        return Line("text", match.group("level"), iso(when) if when else None, match.group("message"))
+        when = _clock_iso(match.group("year"), match.group("md"), match.group("hms"), match.group("frac"),
+                          reference)
+        return Line("text", match.group("level"), when, match.group("message"))
     if match := _TRT.match(text):
         when = parse_iso(f"{match.group('date')}T{match.group('hms')}.{match.group('frac')}")
         return Line("trtllm", match.group("level"), iso(when) if when else None, match.group("message"))
@@ -141,9 +157,10 @@ def _json(doc: dict[str, Any], reference: dt.datetime) -> Line:
     when = None
     raw_time = doc.get("time")
     if isinstance(raw_time, str) and (match := _JSON_TIME.match(raw_time.strip())):
-        when = _clock(match.group("year"), match.group("md"), match.group("hms"),
-                      match.group("frac"), reference)
+        when = _clock_iso(match.group("year"), match.group("md"), match.group("hms"), match.group("frac"),
+                          reference)
     elif isinstance(raw_time, str):
-        when = parse_iso(raw_time)
+        stamp = parse_iso(raw_time)
+        when = iso(stamp) if stamp else None
     level = doc.get("level")
-    return Line(shape, str(level) if level else None, iso(when) if when else None, message)
+    return Line(shape, str(level) if level else None, when, message)

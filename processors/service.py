@@ -5,6 +5,7 @@ to stop. The work itself lives in loop.py (Kafka and delivery order), pipeline.p
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -15,12 +16,22 @@ from processors.loop import Processor
 log = logging.getLogger(__name__)
 
 
+def tune_gc() -> None:
+    """The stage allocates a few objects per span and log line, nearly all freed by
+    reference counting, while its join state is long-lived: with the default thresholds
+    the cyclic collector ran ~250 times per 20 000 events, 7–10 % of the CPU, mostly
+    rescanning the state. Collect the young generation every 50 000 allocations instead
+    of 700, and the older ones correspondingly less often."""
+    gc.set_threshold(50_000, 20, 100)
+
+
 def build(config: Config, stop: threading.Event | None = None) -> Processor:
     """Connect, restore the join state and the deployment registry; ready to run."""
     return Processor(config, stop)
 
 
 def run(config: Config, stop: threading.Event) -> None:
+    tune_gc()
     processor = build(config, stop)
     ops = serve_ops((config.processor.ops.host, config.processor.ops.port), processor.metrics,
                     lambda: not stop.is_set())

@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 import datetime as _dt
+from nimtrail.records import sha256_hex
 from processors import evidence as ev
 from processors.content import ContentPolicy, canonical, digest
 from processors.evidence import Evidence
@@ -47,7 +48,7 @@ def iso_from_ns(ns: int) -> str | None:
         if len(_SECONDS) > 65536:
             _SECONDS.clear()
         base = _SECONDS[secs] = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{rem // 1000:06d}Z"
+    return "%s.%06dZ" % (base, rem // 1000)
 
 
 def _first(attrs: dict[str, Any], *names: str) -> Any:
@@ -113,11 +114,11 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
     return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
 
 
-def _tool_calls(attrs: dict[str, Any], events: Any) -> tuple[list[str], list[str]]:
+def _tool_calls(attrs: dict[str, Any], events: Any, output: Any) -> tuple[list[str], list[str]]:
     """Tool calls the response asked for: `gen_ai.output.messages` parts
     (`{"type":"tool_call","id":..,"name":..}`), the OpenAI-shaped `tool_calls` of a message,
     the flattened OpenLLMetry form `gen_ai.completion.<i>.tool_calls.<j>.id`, or the older
-    `gen_ai.choice` span events."""
+    `gen_ai.choice` span events. `output`: `gen_ai.output.messages`, parsed."""
     ids: list[str] = []
     names: list[str] = []
 
@@ -128,7 +129,7 @@ def _tool_calls(attrs: dict[str, Any], events: Any) -> tuple[list[str], list[str
         ids.append(str(call["id"]))
         names.append(str(call.get("name") or function.get("name") or ""))
 
-    for message in _messages(attrs.get("gen_ai.output.messages")):
+    for message in _messages(output):
         for part in message.get("parts") or ():
             if isinstance(part, dict) and part.get("type") == "tool_call":
                 take(part)
@@ -153,7 +154,9 @@ def _tool_calls(attrs: dict[str, Any], events: Any) -> tuple[list[str], list[str
 
 def _client_call(s: _Span, operation: str, policy: ContentPolicy) -> Evidence:
     attrs = s.attrs
-    ids, names = _tool_calls(attrs, s.span.events)
+    output = attrs.get("gen_ai.output.messages")
+    parsed = canonical(output)  # parsed once: for the tool calls and for the response's hash
+    ids, names = _tool_calls(attrs, s.span.events, parsed)
     finish = attrs.get("gen_ai.response.finish_reasons", attrs.get("gen_ai.response.finish_reason"))
     if isinstance(finish, list):
         finish = finish[0] if finish else None
@@ -182,7 +185,8 @@ def _client_call(s: _Span, operation: str, policy: ContentPolicy) -> Evidence:
         "tool_call_ids": ids or None,
         "tool_names": names or None,
         "prompt_sha256": digest(prompt),
-        "response_sha256": digest(response),
+        "response_sha256": sha256_hex(parsed) if response is not None and response is output
+        else digest(response),
         "prompt_text": policy.keep_prompt(prompt),
         "response_text": policy.keep_response(response),
         "provider": _first(attrs, "gen_ai.provider.name", "gen_ai.system"),

@@ -1,27 +1,33 @@
 """The joiner's state on Kafka: a compacted changelog topic (nimtrail.processor.state).
 
-Key = the joiner entry id (`model_call|chatcmpl-…`, `tool_action|<span id>`, ...), value =
-that entry's evidence set and history (processors.join.Entry.encode), or a tombstone when
-the entry left the state. Compaction keeps the latest value per key, so the topic holds
-the state itself, not its history. Keys starting `meta|` hold the service's own progress
-(how far the deployments topic has been passed through).
+The joiner's changed entries (processors.join.Entry.encode; None when an entry left the
+state) are packed many to a message, a *chunk* keyed `chunk|<sequence>`, all on partition
+0 so that the log orders them; processors/chunks.py keeps which chunk holds the latest
+record of each entry and tombstones a chunk once none does. Compaction therefore still
+leaves the state itself on the topic, not its history, at a few messages per batch instead
+of one per changed entry. Keys starting `meta|` hold the service's own progress (how far
+the deployments topic has been passed through), one key each.
 
-Entries are spread over the topic's partitions by CRC-32 of the key (any stable function
-does: restore reads every partition), which spares the producer its pure-Python murmur2.
-The service writes changed entries after the outputs derived from them are acknowledged
-and before it commits its input offsets; on start, `restore()` reads the topic to its end.
+Any other key is the older layout, one entry per key spread over the partitions by CRC-32
+of the key: it is still read (as one-entry chunks older than every real chunk), and each
+such key is tombstoned once the entry it holds was written in a chunk or left the state.
+
+The service writes the state after the outputs derived from it are acknowledged and before
+it commits its input offsets, then calls `acknowledged()`; on start, `restore()` reads the
+topic to its end.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
 
 from nimtrail import kafka_io
 from nimtrail.config import Config
+from processors.chunks import META, Chunks, is_chunk
 
-META = "meta|"
 DEPLOYMENTS_PASSED = META + "deployments"
 
 
@@ -29,23 +35,45 @@ class StateStore:
     def __init__(self, config: Config):
         self.topic = config.topics.processor_state
         self._config = config
+        self.chunks = Chunks()
 
-    def restore(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+    def restore(self) -> tuple[dict[str, bytes | dict], dict[str, Any]]:
         """(latest value per entry id, meta values) from the changelog."""
         consumer = kafka_io.consumer(self._config, group_id=None)
         latest: dict[str, bytes | None] = {}
+        chunks: list[tuple[int, int, str, bytes | None]] = []
         try:
             for message in kafka_io.read_to_end(consumer, self.topic):
-                latest[message.key.decode()] = message.value
+                key = message.key.decode()
+                if is_chunk(key):
+                    chunks.append((message.partition, message.offset, key, message.value))
+                else:
+                    latest[key] = message.value
         finally:
             consumer.close(autocommit=False)
-        entries = {k: v for k, v in latest.items() if v is not None and not k.startswith(META)}
+        chunks.sort(key=lambda c: c[:2])
+        legacy = {k: v for k, v in latest.items() if v is not None and not k.startswith(META)}
         meta = {k[len(META):]: orjson.loads(v) for k, v in latest.items() if v is not None and k.startswith(META)}
+        entries = self.chunks.restore(legacy, [(key, value) for _, _, key, value in chunks])
         return entries, meta
 
-    def messages(self, changes: list[tuple[str, bytes | None]],
-                 meta: dict[str, Any]) -> list[tuple[str, bytes, bytes | None]]:
-        """(topic, key, value) to produce for these changes."""
-        out = [(self.topic, key.encode(), value) for key, value in changes]
-        out += [(self.topic, (META + k).encode(), orjson.dumps(v)) for k, v in sorted(meta.items())]
+    def messages(self, changes: list[tuple[str, bytes | None]], meta: dict[str, Any],
+                 partitions: int) -> list[tuple[str, bytes, bytes | None, int]]:
+        """(topic, key, value, partition) to produce for these changes; `acknowledged()`
+        once Kafka has acknowledged all of them."""
+        out = []
+        for key, value in self.chunks.write(changes):
+            raw = key.encode()
+            out.append((self.topic, raw, value, 0 if is_chunk(key) else zlib.crc32(raw) % partitions))
+        for k, v in sorted(meta.items()):
+            raw = (META + k).encode()
+            out.append((self.topic, raw, orjson.dumps(v), zlib.crc32(raw) % partitions))
         return out
+
+    def acknowledged(self) -> None:
+        self.chunks.acknowledged()
+
+    @property
+    def waiting(self) -> bool:
+        """Tombstones are due (chunks no longer live): write even without changes."""
+        return self.chunks.waiting

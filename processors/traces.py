@@ -38,15 +38,18 @@ class Node:
 class TraceIndex:
     def __init__(self) -> None:
         self._traces: dict[str, dict[str, Node]] = {}
+        self._roles: dict[str, dict[str, list[Node]]] = {}  # trace -> role -> nodes; see with_role
 
     def add(self, trace_id: str, node: Node) -> bool:
         spans = self._traces.setdefault(trace_id, {})
         if node.span_id in spans:
             return False
         spans[node.span_id] = node
+        self._roles.pop(trace_id, None)
         return True
 
     def remove(self, trace_id: str, span_id: str) -> None:
+        self._roles.pop(trace_id, None)
         spans = self._traces.get(trace_id)
         if spans is not None:
             spans.pop(span_id, None)
@@ -75,11 +78,20 @@ class TraceIndex:
         return out
 
     def role_count(self, trace_id: str, role: str) -> int:
-        return sum(1 for n in self._traces.get(trace_id, {}).values() if n.role == role)
+        return len(self.with_role(trace_id, role))
 
     def with_role(self, trace_id: str, role: str) -> list[Node]:
-        return sorted((n for n in self._traces.get(trace_id, {}).values() if n.role == role),
-                      key=lambda n: n.span_id)
+        """The trace's nodes of `role` by span id (do not modify: the list is kept until
+        the trace changes, since building a record asks for the same ones many times)."""
+        roles = self._roles.get(trace_id)
+        if roles is None:
+            spans = self._traces.get(trace_id)
+            if spans is None:
+                return []
+            roles = self._roles[trace_id] = {}
+            for n in sorted(spans.values(), key=lambda n: n.span_id):
+                roles.setdefault(n.role, []).append(n)
+        return roles.get(role, [])
 
     def innermost(self, nodes: Iterable[Node], inner: Node) -> Node | None:
         """The latest-starting node whose time span contains `inner`'s (ties: span id)."""

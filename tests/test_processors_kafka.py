@@ -240,3 +240,67 @@ def test_a_processor_killed_at_random_points_ends_with_the_uninterrupted_trail(t
     finally:
         crashy.stop_all()
         steady.stop_all()
+
+
+def test_a_processor_restores_a_changelog_of_one_entry_per_key_and_retires_it(tmp_path: Path,
+                                                                               kafka_bootstrap: str):
+    """The changelog's older layout (key = entry id, one entry per message, spread by CRC-32)
+    is restored; the keys whose entries move into chunks are tombstoned, and a restart
+    restores the same state from the mix."""
+    import zlib
+
+    from processors.loop import Processor
+    from processors.pipeline import Pipeline
+    from processors.state import StateStore
+
+    env = Env(tmp_path, kafka_bootstrap, processor={"join_window": "1h"})
+    t = env.config.topics
+    register_deployments(env)
+    kafka_io.ensure_topics(env.config, [], compacted=[t.processor_state])
+    world = sc.World()
+    ids = sc.agent_run(world, T0, mcp=False)
+    spans = world.take()
+    call_part = [s for s in spans if s.name == "llm_request" or s.name.startswith("chat ")]
+    action_part = [s for s in spans if s not in call_part]
+    before = Pipeline(env.config.processor)
+    before.handle("spans", sc.World.otlp(call_part), 0)
+    before.take()
+    producer = kafka_io.producer(env.config)
+    partitions = len(producer.partitions_for(t.processor_state))
+    old = before.joiner.state_changes()
+    assert old
+    for entry_id, value in old:
+        key = entry_id.encode()
+        producer.send(t.processor_state, key=key, value=value, partition=zlib.crc32(key) % partitions)
+    producer.send(t.otlp_spans, key=b"t", value=sc.World.otlp(action_part))
+    producer.flush()
+    producer.close()
+
+    processor = Processor(env.config)
+    try:
+        assert set(processor.pipeline.joiner.entries) == {k for k, _ in old}
+        found = []
+
+        def action_joined():
+            processor.run_once(timeout_ms=200)
+            consumer = kafka_io.consumer(env.config, group_id=None)
+            try:
+                for message in read_to_end(consumer, t.audit()["tool_action"]):
+                    found.extend(records.decode_batch(message.value)[1])
+            finally:
+                consumer.close()
+            return [a for a in found if a["call_id"] == ids["call_id"]]
+
+        wait_for(action_joined, timeout=60, what="the action joined to the call held in the old changelog")
+        for _ in range(3):  # the tombstones of what moved go out with the next writes
+            processor.run_once(timeout_ms=100)
+        state = dict(processor.pipeline.joiner.entries)
+    finally:
+        processor.close()
+    latest = {m.key.decode(): m.value for m in read_all(env, t.processor_state)}
+    call = f"model_call|{ids['call_id']}"
+    assert latest[call] is None  # its entry changed: it lives in a chunk now
+    assert any(k.startswith("chunk|") and v is not None for k, v in latest.items())
+    entries, _meta = StateStore(env.config).restore()
+    assert set(entries) == set(state)
+    assert len(entries[call]["ev"]) == len(state[call].evidence)

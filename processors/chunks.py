@@ -1,0 +1,211 @@
+"""Many join-state entries per changelog message, on a compacted topic.
+
+Compaction keeps the latest message per key. With one entry per key that is the state
+itself; with many entries per message (a *chunk*, key `chunk|<sequence>`) it is not: a
+chunk holds values some of which later chunks superseded. So a chunk stays as long as it
+holds the latest record of any entry, and is then removed with a tombstone of its own key.
+docs/processors.md ("State") gives the argument; in short:
+
+- A chunk maps entry id -> the entry's value, or None (a *deletion marker*: the entry
+  left the state). Chunks are written once and never rewritten; all of them go to one
+  partition, so the log orders them.
+- `home[x]`: the chunk holding x's latest record. A chunk is *live* while it is the home
+  of an entry whose record is still needed: a value always; a deletion marker only while
+  some earlier chunk still holding a value of x has not been tombstoned (else that stale
+  value would come back once the marker's chunk is gone).
+- A chunk that is no longer live is tombstoned in the next write after the writes that
+  made it so were acknowledged — never in the same one, so the log always has a chunk's
+  successors before its tombstone.
+- Restore applies chunks in log order (x = its value, or gone for a marker, and x is
+  attributed to that chunk); a chunk's tombstone drops the entries still attributed to it.
+
+Keys that are neither `chunk|` nor `meta|` are the older layout (one entry per key): they
+are read first, treated as one-entry chunks older than every real chunk, and retired the
+same way (their tombstone is that entry key's own tombstone).
+
+Pure bookkeeping: `write()` turns the joiner's changes into messages, `acknowledged()` is
+called once Kafka has acknowledged them, `restore()` rebuilds both the state and the
+bookkeeping from what the topic holds.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import orjson
+
+CHUNK = "chunk|"
+META = "meta|"
+TARGET_BYTES = 512 * 1024  # a chunk is closed once it holds this much (an entry never splits)
+
+
+def chunk_key(sequence: int) -> str:
+    return f"{CHUNK}{sequence:012d}"
+
+
+def is_chunk(key: str) -> bool:
+    return key.startswith(CHUNK)
+
+
+def encode_chunk(entries: dict[str, bytes | None]) -> bytes:
+    """One chunk value: the entries' encoded values embedded as they are (None = marker)."""
+    return orjson.dumps({"e": {k: (None if v is None else orjson.Fragment(v)) for k, v in entries.items()}})
+
+
+def decode_chunk(value: bytes) -> dict[str, dict | None]:
+    return orjson.loads(value)["e"]
+
+
+class Chunks:
+    def __init__(self) -> None:
+        self.next_sequence = 0
+        self.home: dict[str, str] = {}  # entry id -> chunk holding its latest record
+        self.markers: set[str] = set()  # entries whose latest record is a deletion marker
+        self.holds: dict[str, set[str]] = {}  # un-tombstoned chunk -> entries it has a record of
+        self.holders: dict[str, set[str]] = {}  # entry id -> un-tombstoned chunks with a record of it
+        self.live: dict[str, set[str]] = {}  # chunk -> entries whose needed record it holds
+        self._ready: set[str] = set()  # no longer live, successors acknowledged: tombstone next
+        self._pending: tuple[list[tuple[str, dict[str, bytes | None]]], list[str]] | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Tombstones are due: the next write has something to say even without changes."""
+        return bool(self._ready)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, changes: Iterable[tuple[str, bytes | None]],
+              target: int = TARGET_BYTES) -> list[tuple[str, bytes | None]]:
+        """(key, value) messages for these changes (entry id, encoded entry or None), plus
+        the tombstones of chunks that stopped being live in earlier, acknowledged writes.
+        Call `acknowledged()` once Kafka has acknowledged all of them."""
+        if self._pending is not None:
+            raise RuntimeError("the previous write was not acknowledged")
+        chunks: list[tuple[str, dict[str, bytes | None]]] = []
+        current: dict[str, bytes | None] = {}
+        size = 0
+        for entry_id, value in changes:
+            if value is None and (entry_id not in self.home or entry_id in self.markers):
+                continue  # never written, or already gone: nothing to shadow
+            if current and size + len(value or b"") > target:
+                chunks.append((self._new_key(), current))
+                current, size = {}, 0
+            current[entry_id] = value
+            size += len(value or b"") + len(entry_id) + 8
+        if current:
+            chunks.append((self._new_key(), current))
+        tombstones = sorted(self._ready)
+        self._ready.clear()
+        self._pending = (chunks, tombstones)
+        return [(key, encode_chunk(entries)) for key, entries in chunks] + [(key, None) for key in tombstones]
+
+    def _new_key(self) -> str:
+        key = chunk_key(self.next_sequence)
+        self.next_sequence += 1
+        return key
+
+    def acknowledged(self) -> None:
+        """Everything the last `write()` returned is durable: move the homes, and note the
+        chunks that stopped being live (their tombstones go out with the next write)."""
+        if self._pending is None:
+            return
+        chunks, tombstones = self._pending
+        self._pending = None
+        for key, entries in chunks:
+            self.holds[key] = set(entries)
+            self.live[key] = set()
+            for entry_id, value in entries.items():
+                self._place(entry_id, key, value is None)
+            self._check(key)
+        for key in tombstones:
+            self._retire(key)
+
+    def _place(self, entry_id: str, key: str, marker: bool) -> None:
+        old = self.home.get(entry_id)
+        if old is not None:
+            self._release(old, entry_id)
+        self.home[entry_id] = key
+        self.holders.setdefault(entry_id, set()).add(key)
+        if marker:
+            self.markers.add(entry_id)
+        else:
+            self.markers.discard(entry_id)
+        self.live[key].add(entry_id)
+        self._settle_marker(entry_id)
+
+    def _release(self, key: str, entry_id: str) -> None:
+        live = self.live.get(key)
+        if live is not None:
+            live.discard(entry_id)
+            self._check(key)
+
+    def _check(self, key: str) -> None:
+        if not self.live.get(key) and key in self.holds:
+            self._ready.add(key)
+
+    def _settle_marker(self, entry_id: str) -> None:
+        """A deletion marker is no longer needed once it is the only record of its entry
+        left in un-tombstoned chunks: forget the entry."""
+        if entry_id in self.markers and self.holders.get(entry_id) == {self.home[entry_id]}:
+            key = self.home.pop(entry_id)
+            self.markers.discard(entry_id)
+            del self.holders[entry_id]
+            self._release(key, entry_id)
+
+    def _retire(self, key: str) -> None:
+        """`key`'s tombstone is acknowledged: it holds no record any more."""
+        self.live.pop(key, None)
+        for entry_id in self.holds.pop(key, ()):
+            holders = self.holders.get(entry_id)
+            if holders is None:
+                continue
+            holders.discard(key)
+            if not holders:
+                del self.holders[entry_id]
+            elif entry_id in self.home:
+                self._settle_marker(entry_id)
+
+    # -- restoring ----------------------------------------------------------------------
+
+    def restore(self, legacy: dict[str, bytes], chunks: Iterable[tuple[str, bytes | None]]
+                ) -> dict[str, bytes | dict]:
+        """The state the topic holds, and the bookkeeping to go on writing it. `legacy`:
+        latest value per key of the one-entry-per-key layout (tombstoned keys left out);
+        `chunks`: every `chunk|` message in log order, tombstones (None) included."""
+        state: dict[str, bytes | dict] = dict(legacy)
+        attributed: dict[str, str] = {}
+        holds: dict[str, dict[str, bool]] = {}  # chunk -> entry id -> is a marker
+        for entry_id in legacy:
+            attributed[entry_id] = entry_id
+            holds[entry_id] = {entry_id: False}
+        for key, value in chunks:
+            self.next_sequence = max(self.next_sequence, int(key[len(CHUNK):]) + 1)
+            if value is None:
+                for entry_id in holds.pop(key, {}):
+                    if attributed.get(entry_id) == key:
+                        del attributed[entry_id]
+                        state.pop(entry_id, None)
+                continue
+            entries = decode_chunk(value)
+            holds[key] = {k: v is None for k, v in entries.items()}
+            for entry_id, doc in entries.items():
+                attributed[entry_id] = key
+                if doc is None:
+                    state.pop(entry_id, None)
+                else:
+                    state[entry_id] = doc
+        self.holds = {key: set(entries) for key, entries in holds.items()}
+        self.live = {key: set() for key in holds}
+        for key, entries in holds.items():
+            for entry_id in entries:
+                self.holders.setdefault(entry_id, set()).add(key)
+        for entry_id, key in attributed.items():
+            self.home[entry_id] = key
+            if holds[key][entry_id]:
+                self.markers.add(entry_id)
+            self.live[key].add(entry_id)
+        for entry_id in list(self.markers):
+            self._settle_marker(entry_id)
+        for key in holds:
+            self._check(key)
+        return state
