@@ -24,7 +24,7 @@ from nimtrail.records import sha256_hex
 from processors import evidence as ev
 from processors.content import ContentPolicy, canonical, digest
 from processors.evidence import Evidence
-from processors.otlp_values import attributes
+from processors.otlp_values import attributes, resource_identities
 
 INFERENCE_OPERATIONS = {
     "chat": "chat", "text_completion": "completion", "completion": "completion",
@@ -217,16 +217,7 @@ def _nim_call(s: _Span) -> Evidence | None:
     if e2e is None and None not in (queue, prefill, decode):
         e2e = round(queue + prefill + decode, 3)
     model = _first(attrs, "gen_ai.response.model", "gen_ai.request.model")
-    namespace = resource.get("k8s.namespace.name")
-    identities = []
-    if namespace:
-        for name in (resource.get("k8s.deployment.name"), resource.get("k8s.statefulset.name")):
-            if name:
-                identities.append(f"k8s:{namespace}/{name}")
-        if resource.get("k8s.pod.name"):
-            identities.append(f"pod:{namespace}/{resource['k8s.pod.name']}")
-    if resource.get("service.name"):
-        identities.append(f"svc:{resource['service.name']}")
+    identities = resource_identities(resource)
     if model:
         identities.append(f"model:{model}")
     finish = attrs.get("gen_ai.response.finish_reasons")
