@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.full:
-        size.update(calls=10_000_000, requests=20)
+        size.update(calls=10_000_000, requests=50)
     work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     say = lambda m: print(m, flush=True)  # noqa: E731
