@@ -24,6 +24,16 @@ REGISTER = ("Register a deployment from its Helm values (and its governance file
             "`nimtrail deployments register values.yaml governance.yaml --deployment ns/name`.")
 
 
+def stop_with_nothing_found(one: str, many: str, filtered: bool) -> None:
+    """A page with no rows says why — its filters, or nothing stored at all — and stops."""
+    if filtered:
+        st.info(f"No {one} matches these filters. Widen the time window or clear a filter.",
+                icon=":material/filter_alt_off:")
+    else:
+        st.info(f"No {many} yet. " + NO_DATA, icon=":material/inbox:")
+    st.stop()
+
+
 def load(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Run one data call under a spinner; an API error becomes a message on the page (and
     None), never a traceback."""

@@ -82,18 +82,17 @@ class Processor:
         self.stop = stop or threading.Event()
         t = config.topics
         self.audit_topics = t.audit()
-        kafka_io.ensure_topics(config, [t.otlp_spans, t.otlp_logs, t.otlp_metrics, t.nimlogs, t.scrapes,
-                                        t.observations, t.log_events,
-                                        t.dlq, *self.audit_topics.values()],
+        self.kinds = {t.otlp_spans: normalize.SPANS, t.nimlogs: normalize.NIMLOGS,
+                      t.scrapes: normalize.SCRAPES, t.otlp_logs: normalize.OTLP_LOGS,
+                      t.otlp_metrics: normalize.OTLP_METRICS}  # input topic -> what it carries
+        kafka_io.ensure_topics(config, [*self.kinds, t.observations, t.log_events, t.dlq,
+                                        *self.audit_topics.values()],
                                compacted=[t.deployments, t.processor_state])
         self.metrics = StageMetrics("processor")
         self.producer = kafka_io.producer(config)
         self.dead_letters = DeadLetters(self.producer, t.dlq, "processor")
         self.pipeline = Pipeline(config.processor, self.metrics)
         self.state = StateStore(config)
-        self.kinds = {t.otlp_spans: normalize.SPANS, t.nimlogs: normalize.NIMLOGS,
-                      t.scrapes: normalize.SCRAPES, t.otlp_logs: normalize.OTLP_LOGS,
-                      t.otlp_metrics: normalize.OTLP_METRICS}
         self._restore()
         self.consumer = kafka_io.consumer(
             config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,

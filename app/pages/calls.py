@@ -35,12 +35,7 @@ rows = result["rows"]
 if with_actions:
     rows = [r for r in rows if r.get("actions")]
 if not rows:
-    if facets.get("models") or facets.get("callers"):
-        st.info("No model call matches these filters. Widen the time window or clear a filter.",
-                icon=":material/filter_alt_off:")
-    else:
-        st.info("No model calls yet. " + views.NO_DATA, icon=":material/inbox:")
-    st.stop()
+    views.stop_with_nothing_found("model call", "model calls", bool(facets.get("models") or facets.get("callers")))
 
 
 def _actions(row: dict) -> str:

@@ -67,12 +67,8 @@ if not rows:
     if series["rows"]:
         st.info(f"No {metric_name} timings in this window: the calls carry none (NIM tracing off?) "
                 "and no latency histograms were scraped. Try another latency or a wider window.")
-    elif facets.get("models"):
-        st.info("No calls match these filters in this window. Clear a filter or widen the window.",
-                icon=":material/filter_alt_off:")
-    else:
-        st.info("No model calls in this window. " + views.NO_DATA, icon=":material/inbox:")
-    st.stop()
+        st.stop()
+    views.stop_with_nothing_found("model call", "model calls", bool(facets.get("models")))
 if by == "profile" and all(group_label(r, by) == "unregistered deployment" for r in rows):
     st.warning("No call is matched to a registered deployment, so there is no GPU profile to group by. "
                + views.REGISTER, icon=":material/help:")

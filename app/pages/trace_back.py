@@ -69,12 +69,8 @@ if not rows:
         st.info(f"No tool action in this window has a `{finding_kind}` finding (it may be about a "
                 "model call or a deployment: see Who called what or Deployments).",
                 icon=":material/filter_alt_off:")
-    elif facets.get("tools"):
-        st.info("No tool action matches these filters. Widen the time window or clear a filter.",
-                icon=":material/filter_alt_off:")
-    else:
-        st.info("No tool actions yet. " + views.NO_DATA, icon=":material/inbox:")
-    st.stop()
+        st.stop()
+    views.stop_with_nothing_found("tool action", "tool actions", bool(facets.get("tools")))
 
 
 def _flags(row: dict) -> str:
