@@ -19,14 +19,33 @@ COMMAND_MODULES = (
 )
 
 
+def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """--config and --log-level. The top-level parser holds their defaults; every command
+    accepts them too (`nimtrail check --config FILE`), without a default of its own so that
+    one given before the command name is not overwritten."""
+    p.add_argument("--config", default=os.environ.get("NIMTRAIL_CONFIG") if defaults else argparse.SUPPRESS,
+                   help="YAML configuration file (default: $NIMTRAIL_CONFIG, else built-in defaults)")
+    p.add_argument("--log-level", default="INFO" if defaults else argparse.SUPPRESS)
+
+
+def _commands(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `p`, however deeply commands nest (`deployments register`)."""
+    found = []
+    for action in p._actions:  # noqa: SLF001 - argparse has no public walk of subcommands
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_commands(child)]
+    return found
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nimtrail", description=__doc__)
-    p.add_argument("--config", default=os.environ.get("NIMTRAIL_CONFIG"),
-                   help="YAML configuration file (default: $NIMTRAIL_CONFIG, else built-in defaults)")
-    p.add_argument("--log-level", default="INFO")
+    _global_options(p, defaults=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         import_module(module).register(sub)
+    for command in _commands(p):
+        _global_options(command, defaults=False)
     return p
 
 

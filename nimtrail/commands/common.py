@@ -16,6 +16,14 @@ def load(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config)
 
 
+def load_for_kafka(args: argparse.Namespace) -> config_mod.Config:
+    """The config of a command that talks to Kafka itself: an empty kafka.bootstrap means
+    the bundled broker of data_dir, found the same way the stages find it."""
+    from nimtrail.runtime import with_bootstrap
+
+    return with_bootstrap(load(args))
+
+
 def print_json(doc: Any) -> None:
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
 

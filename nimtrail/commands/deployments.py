@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from nimtrail import records, table
-from nimtrail.commands.common import load, print_json
+from nimtrail.commands.common import load_for_kafka, print_json
 from nimtrail.deployments import files, topic, versions
 from nimtrail.errors import NimtrailError
 
@@ -51,9 +51,9 @@ def _text(value: Any) -> str:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    config = load(args)
     # Every file is read and checked before Kafka is touched: one bad file, nothing registered.
     groups = files.group(args.files, args.deployment)
+    config = load_for_kafka(args)
     now = records.now_iso()
     topic.ensure(config)
     with topic.Writer(config) as writer:
@@ -81,7 +81,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load_for_kafka(args)
     topic.ensure(config)
     rows = list(versions.latest(topic.read_all(config)).values())
     if args.json:
@@ -92,7 +92,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load_for_kafka(args)
     topic.ensure(config)
     record = _version(_history(config, args.deployment_id), args.version)
     if args.json:
@@ -108,7 +108,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load_for_kafka(args)
     topic.ensure(config)
     found = _history(config, args.deployment_id)
     new = _version(found, args.to_version)
