@@ -69,8 +69,10 @@ class Demo:
         self._incident: dict[str, Any] | None = None
         self._incident_seen = 0.0
         self._printed = False
-        # An earlier run's incident and rollouts are not this run's to report or register.
-        (self.out_dir / simulator.INCIDENT_FILE).unlink(missing_ok=True)
+        # The simulator resumes the scenario where an earlier run on this data directory left
+        # it: its incident, if it happened, is the one to report; its rollouts are written anew.
+        if not simulator.read_progress(self.out_dir).incident:
+            (self.out_dir / simulator.INCIDENT_FILE).unlink(missing_ok=True)
         for stale in self.out_dir.glob("deployments/*/*/rollouts.json"):
             stale.unlink(missing_ok=True)
 
@@ -87,7 +89,7 @@ class Demo:
         return [("simulator", [sys.executable, "-m", "nimtrail", *config_args, "simulate",
                                "--out", str(self.out_dir), "--otlp", self.collector_http,
                                "--seed", str(self.seed), "--duration", "0",
-                               "--port-base", str(self.port_base),
+                               "--port-base", str(self.port_base), "--resume",
                                "--wait-for", f"{self.collector_http}/healthz"])]
 
     def env(self) -> dict[str, str]:

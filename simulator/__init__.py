@@ -11,7 +11,8 @@ starting anything. Formats and files: docs/simulator.md.
 
 from simulator import scenario
 from simulator.manifests import deployment_facts
-from simulator.runner import INCIDENT_FILE, RUN_FILE, SUMMARY_FILE, Options, Simulation, log_glob, run
+from simulator.runner import (INCIDENT_FILE, RUN_FILE, SUMMARY_FILE, Options, Simulation, log_glob, read_progress,
+                              run)
 
-__all__ = ["scenario", "deployment_facts", "Options", "Simulation", "run", "log_glob", "INCIDENT_FILE",
-           "RUN_FILE", "SUMMARY_FILE"]
+__all__ = ["scenario", "deployment_facts", "Options", "Simulation", "run", "log_glob", "read_progress",
+           "INCIDENT_FILE", "RUN_FILE", "SUMMARY_FILE"]

@@ -67,8 +67,9 @@ class Deployment:
     def ports(self) -> tuple[int, int]:
         return self.api.port, self.dcgm_server.port
 
-    def start(self, at: dt.datetime) -> None:
-        self._roll_out(1, at)
+    def start(self, at: dt.datetime, revision: int = 1) -> None:
+        """Start serving the given revision (a resumed run starts where the last one was)."""
+        self._roll_out(revision, at)
         self.api.start()
         self.dcgm_server.start()
 

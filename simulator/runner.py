@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 INCIDENT_FILE = "incident.json"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
+# How far the scenario has been played in this directory, over every run: a resumed run
+# continues from there instead of replaying upgrades and the incident.
+PROGRESS_FILE = "progress.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Options:
     port_base: int = 0  # >0: deployment i listens on port_base+2i (API) and +2i+1 (DCGM)
     realtime: bool = True
     span_exporter: Any = None  # instead of OTLP: an SDK SpanExporter (tests)
+    resume: bool = False  # continue the scenario's clock from out_dir's progress file
 
 
 def _utc(ns: int) -> dt.datetime:
@@ -66,6 +70,23 @@ def schedule(at: float, duration: float, share: float) -> float:
     return at if not duration or at < duration * 0.8 else duration * share
 
 
+@dataclasses.dataclass
+class Progress:
+    played: float = 0.0  # scenario seconds played by earlier runs
+    revisions: dict[str, int] = dataclasses.field(default_factory=dict)  # deployment -> revision in force
+    incident: bool = False  # the incident has happened
+
+
+def read_progress(out_dir: Path) -> Progress:
+    """How far earlier runs played the scenario in `out_dir` (nothing, if none did)."""
+    try:
+        doc = json.loads((Path(out_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return Progress()  # nothing played here yet (or unreadable): start the scenario
+    return Progress(played=float(doc.get("played", 0.0)), revisions=dict(doc.get("revisions") or {}),
+                    incident=bool(doc.get("incident")))
+
+
 class Simulation:
     def __init__(self, scenario: Scenario, options: Options):
         self.scenario = scenario
@@ -84,12 +105,28 @@ class Simulation:
         self._started_ns = 0
         self._event_ns = 0
         self._closed = False
+        self.progress = self._read_progress() if options.resume else Progress()
+
+    def _read_progress(self) -> "Progress":
+        progress = read_progress(self.out_dir)
+        # A scenario edited since may have fewer revisions: never start past its last one.
+        last = {spec.id: len(spec.upgrades) + 1 for spec in self.scenario.deployments}
+        progress.revisions = {d: min(int(r), last[d]) for d, r in progress.revisions.items() if d in last}
+        return progress
+
+    def _save_progress(self) -> None:
+        offset = max(0.0, (self._event_ns - self._started_ns) / 1e9) if self._event_ns else 0.0
+        self._write(PROGRESS_FILE, {
+            "played": self.progress.played + offset,
+            "revisions": {d: dep.pod.revision for d, dep in self.fleet.items() if dep.pod is not None},
+            "incident": self.progress.incident or self.incident is not None})
 
     # -- start ------------------------------------------------------------------------
 
     def start(self) -> "Simulation":
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / INCIDENT_FILE).unlink(missing_ok=True)  # a previous run's
+        if not self.progress.incident:
+            (self.out_dir / INCIDENT_FILE).unlink(missing_ok=True)  # a previous run's
         self._started_ns = time.time_ns()
         at = _utc(self._started_ns)
         base = self.options.port_base
@@ -97,13 +134,14 @@ class Simulation:
             ports = (base + 2 * i, base + 2 * i + 1) if base else (0, 0)
             self.fleet[spec.id] = Deployment(self.scenario, spec, out_dir=self.out_dir, seed=self.seed,
                                              telemetry=self.telemetry, port=ports[0], dcgm_port=ports[1])
-        for deployment in self.fleet.values():
-            deployment.start(at)
+        for d, deployment in self.fleet.items():
+            deployment.start(at, revision=self.progress.revisions.get(d, 1))
         all_facts = self.deployment_facts()
         for spec in self.scenario.deployments:
             manifests.write_static(self.out_dir, self.scenario, spec, [f for f in all_facts if f["deployment_id"] == spec.id])
         self.emitter = Emitter(self.scenario, self.fleet, self.telemetry)
         self._write(RUN_FILE, self.describe())
+        self._save_progress()
         return self
 
     def deployment_facts(self) -> list[dict[str, Any]]:
@@ -145,14 +183,20 @@ class Simulation:
             push(stagger + 1.0, lambda d=d: d.probe(self._now(), self._r),
                  lambda t: t + float(settings.probe_interval))
             for revision, upgrade in enumerate(d.spec.upgrades, start=2):
-                push(schedule(float(upgrade.at), self.duration, 0.5),
-                     lambda d=d, rev=revision: self._upgrade(d, rev))
-        push(schedule(float(self.scenario.incident.at), self.duration, 0.3), self._incident)
+                if revision > d.pod.revision:  # a resumed run does not roll out again
+                    push(self._one_off(float(upgrade.at), 0.5), lambda d=d, rev=revision: self._upgrade(d, rev))
+        if not self.progress.incident:
+            push(self._one_off(float(self.scenario.incident.at), 0.3), self._incident)
         while heap:
             at, _, action, every = heapq.heappop(heap)
             if every is not None:
                 push(every(at), action, every)
             yield at, action
+
+    def _one_off(self, at: float, share: float) -> float:
+        """When a one-off event happens in this run: on the scenario's clock, which a resumed
+        run continues (an event whose time passed while nothing ran happens at once)."""
+        return max(0.0, schedule(at, self.duration, share) - self.progress.played)
 
     def _now(self) -> dt.datetime:
         return _utc(self._event_ns)
@@ -192,6 +236,7 @@ class Simulation:
     def _upgrade(self, deployment: Deployment, revision: int) -> None:
         facts = deployment.upgrade(revision, self._now())
         self.counts["upgrades"] += 1
+        self._save_progress()
         log.info("Upgraded %s to %s (%s)", deployment.spec.id, facts["nim_image"], facts["profile_name"])
 
     def _incident(self) -> None:
@@ -225,6 +270,7 @@ class Simulation:
             "command": f"nimtrail trace-back --tool-call-id {action['tool_call_id']}",
         }
         self._write(INCIDENT_FILE, self.incident)
+        self._save_progress()
         log.info("Incident: %s ran %s on %s through %s (tool_call_id %s)", client.service, tool.name,
                  inc.target, inc.deployment, action["tool_call_id"])
 
@@ -238,6 +284,8 @@ class Simulation:
         at = dt.datetime.now(dt.timezone.utc)
         for deployment in self.fleet.values():
             deployment.close(at)
+        if self._started_ns:
+            self._save_progress()
         self._write(SUMMARY_FILE, {**self.counts, "seed": self.seed,
                                    "calls_by_deployment": self.calls_served()})
 

@@ -235,3 +235,22 @@ def test_a_server_that_never_started_stops_at_once():
 
     server = Server(0, {})
     server.stop()  # must not wait for a serve_forever that never ran
+
+
+def test_a_resumed_run_continues_the_scenario_instead_of_replaying_it(tmp_path):
+    sc = small_logs(scenario_mod.load(), rotate_bytes=20_000, keep=2)
+    first = simulator.run(sc, simulator.Options(out_dir=tmp_path, duration=30, rate=2, realtime=False, seed=11))
+    assert first.incident is not None and first.counts["upgrades"] == 1
+    incident = json.loads((tmp_path / simulator.INCIDENT_FILE).read_text())
+
+    again = simulator.run(sc, simulator.Options(out_dir=tmp_path, duration=30, rate=2, realtime=False, seed=12,
+                                                resume=True))
+    # No second incident, no rollout again, no rollback to the image the upgrade replaced.
+    assert again.incident is None and again.counts["upgrades"] == 0
+    assert json.loads((tmp_path / simulator.INCIDENT_FILE).read_text()) == incident
+    rollouts = json.loads((tmp_path / "deployments" / "prod" / "llama-3-3-70b" / "rollouts.json").read_text())
+    assert [r["revision"] for r in rollouts] == [2]
+    assert simulator.read_progress(tmp_path).played == pytest.approx(60, abs=1)
+
+    fresh = simulator.run(sc, simulator.Options(out_dir=tmp_path, duration=30, rate=2, realtime=False, seed=13))
+    assert fresh.incident is not None, "without --resume the scenario starts over"

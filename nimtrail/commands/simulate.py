@@ -36,7 +36,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.wait_for and not wait_for_urls(args.wait_for, stop, timeout=args.wait_timeout):
         return 0 if stop.is_set() else 1
     options = simulator.Options(out_dir=out, seed=args.seed, rate=args.rate, duration=args.duration,
-                                otlp=otlp, port_base=args.port_base)
+                                otlp=otlp, port_base=args.port_base, resume=args.resume)
 
     def announce(sim: simulator.Simulation) -> None:
         doc = sim.describe()
@@ -71,4 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-for", action="append", default=[], metavar="URL",
                    help="wait until this URL answers 200 before starting (repeatable)")
     p.add_argument("--wait-timeout", type=float, default=180.0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the scenario where the last run in --out stopped: deployments keep "
+                        "their revision, upgrades and the incident that happened are not played again")
     p.set_defaults(func=cmd_simulate)
