@@ -24,6 +24,38 @@ pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).parent / "fixtures" / "deployments"
 
 
+def start_demo(config: Path, env: dict[str, str], out: Path) -> tuple[subprocess.Popen, str]:
+    """`nimtrail up --demo` as a user starts it; returns it once it printed the incident."""
+    with open(out, "wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "nimtrail", "--config", str(config), "up", "--demo"],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def incident() -> str | None:
+        if up.poll() is not None:
+            raise AssertionError(f"nimtrail up exited with {up.returncode}:\n{out.read_text()[-3000:]}")
+        found = re.search(r"trace-back --tool-call-id (\S+)", out.read_text())
+        return found and found.group(1)
+
+    try:
+        return up, wait_for(incident, 300, interval=0.5, what="the demo to print the incident")
+    except BaseException:
+        stop_demo(up)
+        raise
+
+
+def stop_demo(up: subprocess.Popen) -> int:
+    """Ctrl-C, as a user stops it."""
+    if up.poll() is None:
+        os.killpg(up.pid, signal.SIGINT)
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    return up.returncode
+
+
 @pytest.fixture
 def running_demo(tmp_path: Path):
     config = tmp_path / "nimtrail.yaml"
@@ -37,29 +69,14 @@ def running_demo(tmp_path: Path):
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
     out = tmp_path / "up.log"
-    with open(out, "wb") as log:
-        up = subprocess.Popen([sys.executable, "-m", "nimtrail", "--config", str(config), "up", "--demo"],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+    up, tool_call_id = start_demo(config, env, out)
     try:
-        def incident() -> str | None:
-            if up.poll() is not None:
-                raise AssertionError(f"nimtrail up exited with {up.returncode}:\n{out.read_text()[-3000:]}")
-            found = re.search(r"trace-back --tool-call-id (\S+)", out.read_text())
-            return found and found.group(1)
-
-        tool_call_id = wait_for(incident, 300, interval=0.5, what="the demo to print the incident")
         yield config, env, tool_call_id, up, out
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)
-            try:
-                up.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait()
+        stop_demo(up)
 
 
+@pytest.mark.timeout(900)  # two demo starts, each with its own broker
 def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tmp_path):
     config, env, tool_call_id, up, out = running_demo
 
@@ -103,6 +120,21 @@ def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tm
     diff = orjson.loads(nimtrail("deployments", "diff", "test/llama", "--json", "--config", str(config)).stdout)
     assert [c["field"] for c in diff["changes"]] == ["nim_image"]
 
-    os.killpg(up.pid, signal.SIGINT)
-    assert up.wait(timeout=90) == 0
+    assert stop_demo(up) == 0
     assert "nimtrail: stopped" in out.read_text()
+
+    # Started again on the same data directory, the demo continues: the same incident, and
+    # the upgraded deployment keeps its version (no rollback to the old image registered).
+    again = tmp_path / "up-again.log"
+    up, resumed_id = start_demo(config, env, again)
+    try:
+        assert resumed_id == tool_call_id
+        logs = config.parent / "data" / "logs"
+        wait_for(lambda: "prod/llama-3-3-70b: unchanged, still version 2" in again.read_text(), 120,
+                 what="the resumed demo to re-register the 70b's revision in force\n" + again.read_text()
+                 + (logs / "simulator.log").read_text()[-4000:])
+        latest = {row["deployment_id"]: row["version"] for row in orjson.loads(
+            nimtrail("deployments", "list", "--json", "--config", str(config)).stdout)["rows"]}
+        assert latest["prod/llama-3-3-70b"] == 2
+    finally:
+        stop_demo(up)
