@@ -317,9 +317,10 @@ class ProcessorConfig:
     # Bounds on the join state, whatever the input rate: past either, the oldest settled
     # records leave first (and, with none left, the oldest unsettled settle early).
     state_max_entries: int = 200_000
-    state_max_bytes: int = 256 * 1024 * 1024  # the entries' encoded size, as on the changelog
-    # Ids of records that left the state, kept so that a late duplicate changes nothing and a
-    # late tool action still finds its call; the oldest are forgotten past this many.
+    state_max_bytes: int = 192 * 1024 * 1024  # the entries' encoded size, as on the changelog
+    # Evidence ids (and tool-call ids) of records that left the state, kept so that a late
+    # duplicate changes nothing and a late tool action still finds its call; the oldest are
+    # forgotten past this many (~80 bytes each).
     state_forgotten_ids: int = 500_000
     max_poll_records: int = 100  # OTLP messages of ~100 spans: ~10,000 events per batch
     address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller

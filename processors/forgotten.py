@@ -10,10 +10,11 @@ still held:
   model asked for it): the action must still be joined to it, so the few fields an action
   and its findings take from the call are kept (`CallLink`).
 
-Ids are kept as Python string hashes: 8 bytes of entropy each, a few dozen bytes per record
-instead of the kilobytes of its evidence. The index lives only in memory and is not
-restored after a restart (the changelog holds live entries only); it is bounded by count,
-the oldest forgotten first.
+Evidence is kept as the Python hash of (entry id, evidence id): 64 bits, about 80 bytes of
+memory per item instead of the kilobytes of the record's evidence. The index lives only in
+memory and is not restored after a restart (the changelog holds live entries only); it
+holds at most `processor.state_forgotten_ids` evidence ids and as many tool-call ids, the
+oldest forgotten first.
 """
 
 from __future__ import annotations
@@ -33,34 +34,27 @@ class CallLink(NamedTuple):
 class Forgotten:
     def __init__(self, limit: int):
         self.limit = limit
-        self._evidence: dict[int, tuple[int, ...]] = {}  # hash(entry id) -> hashes of evidence ids
-        self._calls: dict[str, CallLink] = {}  # tool-call id -> the call that asked for it
-        self._tool_calls: dict[int, tuple[tuple[str, ...], CallLink | None]] = {}  # hash(entry id) -> its links
+        self._evidence: dict[int, None] = {}  # hash((entry id, evidence id)), oldest first
+        self._calls: dict[str, CallLink] = {}  # tool-call id -> the call that asked for it, oldest first
 
     def add(self, entry_id: str, evidence_ids: Iterable[str], link: CallLink | None = None,
             tool_call_ids: Iterable[str] = ()) -> None:
-        key = hash(entry_id)
-        # Re-inserted last, so the newest is forgotten last; a record that came back (late
-        # evidence started it afresh) and left again keeps what both times held.
-        held = set(self._evidence.pop(key, ()))
-        self._evidence[key] = tuple(held | {hash(e) for e in evidence_ids})
-        ids = tuple(tool_call_ids) if link is not None else ()
-        for tool_call_id in ids:
-            self._calls[tool_call_id] = link
-        if ids:
-            self._tool_calls[key] = (ids, link)
-        while len(self._evidence) > self.limit:
-            oldest = next(iter(self._evidence))
-            del self._evidence[oldest]
-            ids, link = self._tool_calls.pop(oldest, ((), None))
-            for tool_call_id in ids:
-                if self._calls.get(tool_call_id) is link:  # not since claimed by a newer call
-                    del self._calls[tool_call_id]
+        # Re-inserted last, so that the newest is forgotten last.
+        for evidence_id in evidence_ids:
+            key = hash((entry_id, evidence_id))
+            self._evidence.pop(key, None)
+            self._evidence[key] = None
+        if link is not None:
+            for tool_call_id in tool_call_ids:
+                self._calls.pop(tool_call_id, None)
+                self._calls[tool_call_id] = link
+        for index in (self._evidence, self._calls):
+            while len(index) > self.limit:
+                del index[next(iter(index))]
 
     def seen(self, entry_id: str, evidence_id: str) -> bool:
         """Whether this evidence was part of a record that left the state."""
-        held = self._evidence.get(hash(entry_id))
-        return held is not None and hash(evidence_id) in held
+        return hash((entry_id, evidence_id)) in self._evidence
 
     def call(self, tool_call_id: str | None) -> CallLink | None:
         return self._calls.get(tool_call_id) if tool_call_id else None

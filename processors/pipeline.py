@@ -150,5 +150,5 @@ class Pipeline:
         j = self.joiner
         self.metrics.gauge("state", "entries", "Entries in the join state").set(len(j))
         self.metrics.gauge("state", "bytes", "Encoded size of the join state's entries").set(j.bytes)
-        self.metrics.gauge("forgotten", "entries", "Records that left the join state, still known by id"
+        self.metrics.gauge("forgotten", "evidence", "Evidence ids of records that left the join state, still known"
                            ).set(len(j.forgotten))
