@@ -4,10 +4,12 @@
     python -m bench --quick        # < 3 minutes, small sizes
     python -m bench --full         # queries at 10M model calls
     python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
+    python -m bench --soak [--minutes 30] [--rate 5000]   # steady load, then a processor restart
 
 Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
 description and each figure's ratio to its raw limit). See bench/raw.py (the limits),
 bench/pipeline.py (end to end, freshness, RSS) and bench/warehouse_bench.py (queries).
+The soak (bench/soak.py) writes bench/results/<timestamp>-soak.json only.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", default="", help="use this broker instead of starting one")
     parser.add_argument("--work", help="directory for the files (default: a temporary one)")
     parser.add_argument("--skip", action="append", default=[], choices=["raw", "pipeline", "queries"])
+    parser.add_argument("--soak", action="store_true", help="steady load for --minutes at --rate, then a restart")
+    parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
+    parser.add_argument("--rate", type=float, default=5000.0, help="soak spans per second (default 5000)")
     args = parser.parse_args()
+    if args.soak:
+        return soak_main(args)
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.full:
         size.update(calls=10_000_000, requests=50)
@@ -104,6 +111,30 @@ def main() -> None:
     report.update(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", out["mode"], table)
     say(table)
     say(f"wrote {path} and BENCHMARKS.md in {out['seconds']:.0f}s")
+
+
+def soak_main(args: argparse.Namespace) -> None:
+    from bench import soak
+    work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-soak-"))
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "soak",
+                 "machine": machine()}
+    started = None
+    bootstrap = args.bootstrap
+    if not bootstrap:
+        started = work / "kafka"
+        bootstrap = broker.start(started, port=0, timeout=180).bootstrap
+    out["broker"] = "shared" if args.bootstrap else "bundled"
+    try:
+        out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say)
+    finally:
+        if started:
+            broker.stop(started)
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{out['started'][:19].replace(':', '')}-soak.json"
+    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    say(f"wrote {path}")
 
 
 if __name__ == "__main__":
