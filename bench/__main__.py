@@ -15,14 +15,17 @@ The soak (bench/soak.py) writes bench/results/<timestamp>-soak.json only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import orjson
+import yaml
 
 from bench import pipeline, raw, report
 from nimtrail import broker
@@ -48,6 +51,20 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+@contextlib.contextmanager
+def kafka(args: argparse.Namespace, work: Path) -> Iterator[str]:
+    """The broker's bootstrap: --bootstrap's, or a bundled one started for the run."""
+    if args.bootstrap:
+        yield args.bootstrap
+        return
+    data = work / "kafka"
+    handle = broker.start(data, port=0, timeout=180)
+    try:
+        yield handle.bootstrap
+    finally:
+        broker.stop(data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
@@ -58,6 +75,8 @@ def main() -> None:
     parser.add_argument("--soak", action="store_true", help="steady load for --minutes at --rate, then a restart")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
     parser.add_argument("--rate", type=float, default=5000.0, help="soak spans per second (default 5000)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config key for the soak's stages, e.g. processor.state_max_entries=50000")
     args = parser.parse_args()
     if args.soak:
         return soak_main(args)
@@ -71,13 +90,8 @@ def main() -> None:
     out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "mode": "quick" if args.quick else ("full" if args.full else "default"),
                  "machine": machine(), "sizes": size}
-    started = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        started = work / "kafka"
-        bootstrap = broker.start(started, port=0, timeout=180).bootstrap
     out["broker"] = "shared" if args.bootstrap else "bundled"
-    try:
+    with kafka(args, work) as bootstrap:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         sample, spans = pipeline._traces(pipeline.TRACES_PER_REQUEST, now)
         body = sample[0][0]
@@ -95,9 +109,6 @@ def main() -> None:
             say("pipeline (collector + processor + warehouse processes):")
             out["sustained"] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say)
             out["freshness"] = [pipeline.freshness(work, bootstrap, rate, size["fresh_s"], say) for rate in RATES]
-    finally:
-        if started:
-            broker.stop(started)
     if "queries" not in args.skip:
         from bench.warehouse_bench import bench_queries
         say(f"queries at {size['calls']:,} model calls, {size['requests']} requests each, over HTTP:")
@@ -113,23 +124,27 @@ def main() -> None:
     say(f"wrote {path} and BENCHMARKS.md in {out['seconds']:.0f}s")
 
 
+def overrides(settings: list[str]) -> dict[str, dict]:
+    """`section.key=value` settings as config sections (values read as YAML: 5000 → int)."""
+    out: dict[str, dict] = {}
+    for setting in settings:
+        path, sep, value = setting.partition("=")
+        section, dot, key = path.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set {setting}: expected SECTION.KEY=VALUE")
+        out.setdefault(section, {})[key] = yaml.safe_load(value)
+    return out
+
+
 def soak_main(args: argparse.Namespace) -> None:
     from bench import soak
     work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-soak-"))
     say = lambda m: print(m, flush=True)  # noqa: E731
     out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "soak",
-                 "machine": machine()}
-    started = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        started = work / "kafka"
-        bootstrap = broker.start(started, port=0, timeout=180).bootstrap
+                 "machine": machine(), "settings": args.set}
     out["broker"] = "shared" if args.bootstrap else "bundled"
-    try:
-        out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say)
-    finally:
-        if started:
-            broker.stop(started)
+    with kafka(args, work) as bootstrap:
+        out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set))
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)
     path = results / f"{out['started'][:19].replace(':', '')}-soak.json"

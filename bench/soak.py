@@ -2,6 +2,7 @@
 steady span rate for a long time, then the processor killed and restarted.
 
     python -m bench --soak [--minutes 30] [--rate 5000] [--bootstrap HOST:PORT]
+                           [--set processor.join_window=30s ...]
 
 Load: export requests of 16 agent traces (96 spans: invoke_agent, chat + NIM llm_request,
 execute_tool, MCP client and server) sent over OTLP/HTTP at `rate` spans/s. Generating
@@ -31,7 +32,6 @@ import signal
 import threading
 import time
 import types
-import urllib.request
 from pathlib import Path
 from typing import Callable
 from unittest import mock
@@ -41,9 +41,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.resources import Resource
 
-from bench.pipeline import TRACES_PER_REQUEST, _found
+from bench.pipeline import TRACES_PER_REQUEST, _found, status_mb
 from tests import scenarios as sc
-from tests.harness import Env, wait_for
+from tests.harness import Env, scrape, wait_for
 
 MARK = b"\x9e\x37\x79\xb9"  # the first 4 bytes of every trace and span id in a template
 MARK_HEX = b"c0ffee5a"  # the first 8 hex digits of every response and tool-call id in one
@@ -110,37 +110,12 @@ def _instance(body: bytes, sequence: int) -> bytes:
 
 # -- reading the stages -----------------------------------------------------------------
 
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def _cpu_s(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _metrics(url: str) -> dict[str, float]:
-    """Prometheus text → {name or name{labels}: value}; {} when the stage does not answer."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def _sum(metrics: dict[str, float], prefix: str) -> float:
@@ -193,9 +168,10 @@ class _Probes:
             return [s for at, s in self.fresh if at >= t]
 
 
-def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[[str], None]) -> dict:
+def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[[str], None],
+         overrides: dict[str, dict] | None = None) -> dict:
     (work / "soak").mkdir(parents=True, exist_ok=True)
-    env = Env(work / "soak", bootstrap)
+    env = Env(work / "soak", bootstrap, **(overrides or {}))
     bodies = templates(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     spans_per_request = bodies[0][1]
     say(f"  soak: {minutes:g} min at {rate:,.0f} spans/s ({spans_per_request} spans per request, "
@@ -220,7 +196,7 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
             raise RuntimeError(f"the collector answered {response.status}")
 
     def snapshot() -> dict:
-        p, w = _metrics(ops), _metrics(f"{env.api}/metrics")
+        p, w = scrape(ops), scrape(f"{env.api}/metrics")
         return {"t": time.monotonic(), "sent": sent_spans[0], "cpu": {s: _cpu_s(pid) for s, pid in pids.items()},
                 "joined": _sum(p, "nimtrail_processor_joined_evidence_total"),
                 "written": _sum(w, "nimtrail_warehouse_written_records_total"),
@@ -233,7 +209,7 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
         cpu = sum(after["cpu"].values()) - sum(before["cpu"].values())
         fresh = probes.since(before["t"])
         sent = after["sent"] - before["sent"]
-        row = {"minute": minute, "rss_mb": {s: _rss_mb(pid) for s, pid in pids.items()},
+        row = {"minute": minute, "rss_mb": {s: status_mb("VmRSS", pid) for s, pid in pids.items()},
                "fresh_p50_ms": None if not fresh else _pct(fresh, 0.5) * 1000,
                "fresh_p99_ms": None if not fresh else _pct(fresh, 0.99) * 1000, "probes": len(fresh),
                "spans_in_per_s": sent / span, "evidence_out_per_s": (after["joined"] - before["joined"]) / span,
@@ -299,7 +275,7 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
 
 def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None]) -> dict:
     """SIGKILL the processor and start it again: how long until it serves, and its state."""
-    before = _metrics(ops)
+    before = scrape(ops)
     os.kill(pids["processor"], signal.SIGKILL)
     for p in env.processes:
         if p.pid == pids["processor"]:
@@ -308,14 +284,14 @@ def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None
     pids["processor"] = env.start("processor").pid
     env.wait_ready("processor", timeout=600)
     ready = time.monotonic() - started
-    after = wait_for(lambda: _metrics(ops) or None, timeout=30, what="the restarted processor's metrics")
+    after = wait_for(lambda: scrape(ops) or None, timeout=30, what="the restarted processor's metrics")
     restored = re.findall(r"Restored (\d+) join state entries from \S+ in ([\d.]+)s", env.log("processor"))
     out = {"entries_before_kill": before.get("nimtrail_processor_state_entries"),
            "bytes_before_kill": before.get("nimtrail_processor_state_bytes"),
            "restored_entries": int(restored[-1][0]) if restored else None,
            "restore_read_s": after.get("nimtrail_processor_restore_seconds"),
            "start_to_ready_s": ready, "state_bytes": after.get("nimtrail_processor_state_bytes"),
-           "rss_mb_after": _rss_mb(pids["processor"])}
+           "rss_mb_after": status_mb("VmRSS", pids["processor"])}
     say(f"  restart after SIGKILL: {out['restored_entries']} entries ({(out['state_bytes'] or 0) / 1e6:,.1f} MB "
         f"encoded) read back in {out['restore_read_s'] or 0:.1f}s; ready {ready:.1f}s after start; "
         f"RSS {out['rss_mb_after'] or 0:,.0f} MB (before the kill: {out['entries_before_kill'] or 0:,.0f} entries)")

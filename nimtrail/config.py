@@ -316,8 +316,8 @@ class ProcessorConfig:
     state_ttl: Duration = Duration(3600)  # a record untouched this long leaves the join state
     # Bounds on the join state, whatever the input rate: past either, the oldest settled
     # records leave first (and, with none left, the oldest unsettled settle early).
-    state_max_entries: int = 200_000
-    state_max_bytes: int = 192 * 1024 * 1024  # the entries' encoded size, as on the changelog
+    state_max_entries: int = 150_000
+    state_max_bytes: int = 128 * 1024 * 1024  # the entries' encoded size, as on the changelog
     # Evidence ids (and tool-call ids) of records that left the state, kept so that a late
     # duplicate changes nothing and a late tool action still finds its call; the oldest are
     # forgotten past this many (~80 bytes each).

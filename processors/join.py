@@ -159,12 +159,16 @@ class Joiner:
             for identity in f.get("identities") or ():
                 self.calls_by_identity.setdefault(identity, set()).add(entry.id)
 
-    def add_deployment(self, record: dict[str, Any]) -> bool:
+    def add_deployment(self, record: dict[str, Any], mark: bool = True) -> bool:
         """Register a deployment version (ValueError if it is not a usable record) and
-        mark every call it may now match. False when the version was known already."""
+        mark every call it may now match — unless `mark` is False: a version registered
+        before the state was written, whose effects the state's records already show.
+        False when the version was known already."""
         added = self.registry.add(record)
         if added is None:
             return False
+        if not mark:
+            return True
         keys, prefixes = added
         for key in keys:
             self._dirty.update(self.calls_by_identity.get(key, ()))
@@ -226,6 +230,14 @@ class Joiner:
                 and all(e.settled or e.kind == ev.AGENT for e in members))
 
     def _evict(self, members: list[Entry], reason: str) -> None:
+        # A call restored and not changed since has no link yet: build it while its whole
+        # trace is still here (its version counts the trace).
+        builder = None
+        for entry in members:
+            if entry.kind == ev.MODEL_CALL and entry.link is None and any(
+                    e.fields.get("tool_call_ids") for e in entry.evidence.values()):
+                builder = builder or Builder(self, self.address_map)
+                entry.link = self._link(builder.call(entry).record)
         for entry in members:
             del self.entries[entry.id]
             self._settled_order.pop(entry.id, None)
@@ -251,7 +263,9 @@ class Joiner:
         oldest of it now, before its join window ends: it is judged in the next flush and
         can leave in the next call. The cap then shortens the join window, which is what
         a full state must give up (the other choice is running out of memory)."""
-        tries = len(self._settled_order)
+        # Bounded, so that a state whose oldest settled records all sit in traces still
+        # joining costs a batch little (what is passed over goes to the back).
+        tries = min(len(self._settled_order), 2 * max(0, len(self.entries) - self.max_entries) + 1000)
         while (reason := self._over_cap()) is not None and tries > 0 and self._settled_order:
             tries -= 1
             entry_id = next(iter(self._settled_order))
@@ -330,9 +344,7 @@ class Joiner:
             record = built.record
             mark = fingerprint(record)
             if entry.kind == ev.MODEL_CALL:
-                entry.link = CallLink(record["call_id"], record["version"], record["started_at"],
-                                      record["deployment_id"], record["deployment_version"]) \
-                    if record.get("tool_call_ids") else None
+                entry.link = self._link(record)
             if mark != entry.emitted:
                 entry.emitted = mark
                 self._changed.add(entry.id)
@@ -340,6 +352,14 @@ class Joiner:
             if entry.settled:
                 out.extend(self._judge(entry, built, observed))
         return out
+
+    @staticmethod
+    def _link(record: dict[str, Any]) -> CallLink | None:
+        """What a tool action needs of this call once it left the state."""
+        if not record.get("tool_call_ids"):
+            return None
+        return CallLink(record["call_id"], record["version"], record["started_at"],
+                        record["deployment_id"], record["deployment_version"])
 
     @staticmethod
     def _build(builder: Builder, entry: Entry) -> Built | None:
@@ -399,7 +419,7 @@ class Joiner:
         for entry_id, value in sorted(state.items(), key=lambda kv: _touched(kv[1])):
             entry = Entry.decode(entry_id, value)
             self.entries[entry_id] = entry
-            entry.size = len(value) if isinstance(value, bytes) else len(entry.encode())
+            entry.size = len(value) if isinstance(value, bytes) else len(orjson.dumps(value))
             self.bytes += entry.size
             if entry.settled:
                 self._settled_order[entry_id] = None
@@ -408,9 +428,10 @@ class Joiner:
             if not entry.settled and entry.kind != ev.AGENT:
                 heapq.heappush(self._deadlines, (now + self.window, entry_id))
             heapq.heappush(self._expiry, (max(entry.touched + self.ttl, now + self.window), entry_id))
-        # Re-materialise everything once: what differs from what was last produced (say,
-        # deployments registered while the processor was down) goes out with the next flush.
-        self._dirty.update(self.entries)
+        # Nothing is re-materialised: every output of this state was acknowledged before the
+        # state was written. What may differ is what deployments registered while the
+        # processor was down match; add_deployment marks those calls as the service passes
+        # the new ones (rebuilding every record here took longer than reading the state).
         self._dirty_traces.clear()
         self._changed.clear()
 

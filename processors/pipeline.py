@@ -94,7 +94,7 @@ class Pipeline:
         try:
             found = normalize.normalise(normalize.DEPLOYMENTS, value, self.policy)
             for record in found.deployments:
-                if self.joiner.add_deployment(record):
+                if self.joiner.add_deployment(record, mark=passthrough):
                     DeploymentRegistered(deployment=record["deployment_id"],
                                          version=record["version"]).emit(self.metrics, log)
         except PermanentError as e:

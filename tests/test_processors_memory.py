@@ -8,7 +8,6 @@ import datetime as dt
 import os
 import re
 import signal
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from nimtrail.config import ProcessorConfig
 from processors.pipeline import Pipeline
 from processors.state import COMPACTION
 from tests import corpus, scenarios as sc, trail
-from tests.harness import Env, wait_for
+from tests.harness import Env, scrape, wait_for
 from tests.test_processors_join import spans_of
 from tests.test_processors_kafka import read_all
 
@@ -97,13 +96,7 @@ PER_MESSAGE = 20  # calls per input message; one message per batch
 
 
 def _gauges(env: Env) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{env.ports['ops']}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return scrape(f"http://127.0.0.1:{env.ports['ops']}/metrics")
 
 
 @pytest.mark.integration
