@@ -4,23 +4,28 @@
     python -m bench --quick        # < 3 minutes, small sizes
     python -m bench --full         # queries at 10M model calls
     python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
+    python -m bench --soak [--minutes 30] [--rate 5000]   # steady load, then a processor restart
 
 Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
 description and each figure's ratio to its raw limit). See bench/raw.py (the limits),
 bench/pipeline.py (end to end, freshness, RSS) and bench/warehouse_bench.py (queries).
+The soak (bench/soak.py) writes bench/results/<timestamp>-soak.json only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import orjson
+import yaml
 
 from bench import pipeline, raw, report
 from nimtrail import broker
@@ -46,6 +51,20 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+@contextlib.contextmanager
+def kafka(args: argparse.Namespace, work: Path) -> Iterator[str]:
+    """The broker's bootstrap: --bootstrap's, or a bundled one started for the run."""
+    if args.bootstrap:
+        yield args.bootstrap
+        return
+    data = work / "kafka"
+    handle = broker.start(data, port=0, timeout=180)
+    try:
+        yield handle.bootstrap
+    finally:
+        broker.stop(data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
@@ -53,7 +72,14 @@ def main() -> None:
     parser.add_argument("--bootstrap", default="", help="use this broker instead of starting one")
     parser.add_argument("--work", help="directory for the files (default: a temporary one)")
     parser.add_argument("--skip", action="append", default=[], choices=["raw", "pipeline", "queries"])
+    parser.add_argument("--soak", action="store_true", help="steady load for --minutes at --rate, then a restart")
+    parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
+    parser.add_argument("--rate", type=float, default=5000.0, help="soak spans per second (default 5000)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config key for the soak's stages, e.g. processor.state_max_entries=50000")
     args = parser.parse_args()
+    if args.soak:
+        return soak_main(args)
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.full:
         size.update(calls=10_000_000, requests=50)
@@ -64,13 +90,8 @@ def main() -> None:
     out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "mode": "quick" if args.quick else ("full" if args.full else "default"),
                  "machine": machine(), "sizes": size}
-    started = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        started = work / "kafka"
-        bootstrap = broker.start(started, port=0, timeout=180).bootstrap
     out["broker"] = "shared" if args.bootstrap else "bundled"
-    try:
+    with kafka(args, work) as bootstrap:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         sample, spans = pipeline._traces(pipeline.TRACES_PER_REQUEST, now)
         body = sample[0][0]
@@ -88,9 +109,6 @@ def main() -> None:
             say("pipeline (collector + processor + warehouse processes):")
             out["sustained"] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say)
             out["freshness"] = [pipeline.freshness(work, bootstrap, rate, size["fresh_s"], say) for rate in RATES]
-    finally:
-        if started:
-            broker.stop(started)
     if "queries" not in args.skip:
         from bench.warehouse_bench import bench_queries
         say(f"queries at {size['calls']:,} model calls, {size['requests']} requests each, over HTTP:")
@@ -104,6 +122,34 @@ def main() -> None:
     report.update(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", out["mode"], table)
     say(table)
     say(f"wrote {path} and BENCHMARKS.md in {out['seconds']:.0f}s")
+
+
+def overrides(settings: list[str]) -> dict[str, dict]:
+    """`section.key=value` settings as config sections (values read as YAML: 5000 → int)."""
+    out: dict[str, dict] = {}
+    for setting in settings:
+        path, sep, value = setting.partition("=")
+        section, dot, key = path.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set {setting}: expected SECTION.KEY=VALUE")
+        out.setdefault(section, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def soak_main(args: argparse.Namespace) -> None:
+    from bench import soak
+    work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-soak-"))
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "soak",
+                 "machine": machine(), "settings": args.set}
+    out["broker"] = "shared" if args.bootstrap else "bundled"
+    with kafka(args, work) as bootstrap:
+        out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set))
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{out['started'][:19].replace(':', '')}-soak.json"
+    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    say(f"wrote {path}")
 
 
 if __name__ == "__main__":

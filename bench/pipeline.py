@@ -39,14 +39,19 @@ SPANS_PER_TRACE = 6
 TRACES_PER_REQUEST = 16  # ~100 spans, as an SDK batch exporter sends
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def status_mb(field: str, pid: int) -> float | None:
+    """A memory figure of /proc/<pid>/status (VmHWM: peak RSS; VmRSS: now) in MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    return status_mb("VmHWM", pid)
 
 
 def _traces(n: int, start: dt.datetime, rate: float | None = None) -> tuple[list[tuple[bytes, list[str], float]], int]:

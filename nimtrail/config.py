@@ -314,6 +314,14 @@ class ProcessorConfig:
     instance_id: str = ""
     join_window: Duration = Duration(300)
     state_ttl: Duration = Duration(3600)  # a record untouched this long leaves the join state
+    # Bounds on the join state, whatever the input rate: past either, the oldest settled
+    # records leave first (and, with none left, the oldest unsettled settle early).
+    state_max_entries: int = 150_000
+    state_max_bytes: int = 128 * 1024 * 1024  # the entries' encoded size, as on the changelog
+    # Evidence ids (and tool-call ids) of records that left the state, kept so that a late
+    # duplicate changes nothing and a late tool action still finds its call; the oldest are
+    # forgotten past this many (~80 bytes each).
+    state_forgotten_ids: int = 500_000
     max_poll_records: int = 100  # OTLP messages of ~100 spans: ~10,000 events per batch
     address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller
     content: ContentConfig = ContentConfig()
@@ -326,6 +334,9 @@ class ProcessorConfig:
                 raise ConfigError(f"{path}.address_map.{key}: expected an IP address or CIDR") from e
         if self.state_ttl < self.join_window:
             raise ConfigError(f"{path}.state_ttl: must not be shorter than join_window")
+        for key in ("state_max_entries", "state_max_bytes", "state_forgotten_ids"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{path}.{key}: must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -230,6 +230,12 @@ class Builder:
             chosen = min((built[k] for k in by_id),
                          key=lambda b: (b.record["started_at"] or "", b.record["call_id"]))
             return chosen, weight
+        gone = j.forgotten.call(action["tool_call_id"])
+        if gone is not None:
+            # The call left the join state (settled, then evicted): what it last was is
+            # kept for exactly this, so the action joins, and versions, as if it were held.
+            return Built("model_call", gone._asdict(), j.registry.get(gone.deployment_id, gone.deployment_version)), \
+                weight + gone.version
         started = action["started_at"] or ""
         best = None
         for key in in_trace:

@@ -97,3 +97,23 @@ class AssignmentIncomplete(Event):
     message = ("Assigned %(expected)s input partitions less %(missing)s; rejoining the group "
                "(one processor must read every input partition)")
     thing, unit, doc = "rejoined", "times", "Group rejoins because input partitions were not assigned"
+
+
+class StateEvicted(Event):
+    level = logging.DEBUG
+    message = "Evicted %(count)s settled join state entries (%(reason)s)"
+    thing, unit, doc = "evicted", "entries", "Settled entries that left the join state, by why (ttl or a cap)"
+    labels = ("reason",)
+
+
+class StateFull(Event):
+    level = logging.WARNING
+    message = ("The join state is at its cap with unsettled records; settled %(count)s of them "
+               "before their join window ended")
+    thing, unit, doc = "settled_early", "records", "Records settled before their join window because the state was full"
+
+
+class LateDuplicatesIgnored(Event):
+    level = logging.DEBUG
+    message = "Ignored %(count)s evidence items of records that already left the join state"
+    thing, unit, doc = "ignored_late", "evidence", "Re-delivered evidence of records no longer in the join state"

@@ -10,6 +10,12 @@ is derived from that state, so it can be rebuilt from the changelog after a rest
   content or version changed (records and findings), ready to produce.
 - `state_changes()` returns the changelog entries (key, value or None for a tombstone)
   changed since the last call; the service writes them after the outputs are acknowledged.
+  It first holds the state to its caps (`processor.state_max_entries` / `_max_bytes`):
+  the oldest settled records leave first, with everything in their traces.
+
+Records that left the state are remembered compactly (processors/forgotten.py): a late
+duplicate of their evidence changes nothing, and a late tool action naming one of a
+forgotten call's tool-call ids is still joined to it.
 
 Merging is order-independent (see build.py): any interleaving and any duplication of the
 same input yields the same final records.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import Counter
 from typing import Any, Iterable
 
 import orjson
@@ -29,6 +36,7 @@ from processors import evidence as ev, traces
 from processors.build import AddressMap, Builder, Built
 from processors.deployments import Registry
 from processors.evidence import Evidence
+from processors.forgotten import CallLink, Forgotten
 
 _ROLE = {(ev.MODEL_CALL, ev.SPAN_CLIENT): traces.CLIENT, (ev.MODEL_CALL, ev.SPAN_NIM): traces.NIM,
          (ev.TOOL_ACTION, ev.SPAN_TOOL): traces.ACTION, (ev.AGENT, ev.SPAN_AGENT): traces.AGENT,
@@ -43,7 +51,8 @@ def fingerprint(record: dict[str, Any]) -> str:
 class Entry:
     """The evidence of one record (or of one agent / MCP / orphan span), and its history."""
 
-    __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "settled", "emitted", "raised")
+    __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "settled", "emitted", "raised",
+                 "size", "link")
 
     def __init__(self, kind: str, key: str, now: float):
         self.id = f"{kind}|{key}"
@@ -55,6 +64,8 @@ class Entry:
         self.settled = False
         self.emitted: str | None = None  # fingerprint of the last record produced
         self.raised: dict[str, dict[str, Any]] = {}  # finding id -> what was last produced
+        self.size = 0  # bytes of its last encoding (what the state's byte cap counts)
+        self.link: CallLink | None = None  # a call with tool-call ids: what a later action needs
 
     def encode(self) -> bytes:
         return orjson.dumps({"ev": [e.as_list() for e in self.evidence.values()], "fs": self.first_seen,
@@ -76,6 +87,15 @@ class Joiner:
     def __init__(self, config: ProcessorConfig = ProcessorConfig(), registry: Registry | None = None):
         self.window = float(config.join_window)
         self.ttl = float(config.state_ttl)
+        self.max_entries = config.state_max_entries
+        self.max_bytes = config.state_max_bytes
+        self.bytes = 0  # sum of the entries' sizes
+        self.forgotten = Forgotten(config.state_forgotten_ids)
+        self.evicted: Counter[str] = Counter()  # why -> entries evicted, since last taken
+        self.settled_early = 0  # records settled before their window because the state was full
+        self.late_duplicates = 0  # evidence of forgotten records, ignored
+        # Settled entries, least recently touched first: the order the caps evict in.
+        self._settled_order: dict[str, None] = {}
         self.registry = registry or Registry()
         self.address_map = AddressMap(config.address_map)
         self.entries: dict[str, Entry] = {}
@@ -99,6 +119,9 @@ class Joiner:
             entry_id = f"{item.kind}|{item.key}"
             entry = self.entries.get(entry_id)
             if entry is None:
+                if self.forgotten.seen(entry_id, item.evidence_id):
+                    self.late_duplicates += 1  # its record left the state with this in it
+                    continue
                 entry = self.entries[entry_id] = Entry(item.kind, item.key, now)
                 if item.kind != ev.AGENT:
                     heapq.heappush(self._deadlines, (now + self.window, entry_id))
@@ -107,6 +130,9 @@ class Joiner:
                 continue
             entry.evidence[item.evidence_id] = item
             entry.touched = now
+            if entry.settled:  # most recently touched: evicted last
+                self._settled_order.pop(entry_id, None)
+                self._settled_order[entry_id] = None
             self._index(entry, item)
             self._dirty.add(entry_id)
             self._changed.add(entry_id)
@@ -133,12 +159,16 @@ class Joiner:
             for identity in f.get("identities") or ():
                 self.calls_by_identity.setdefault(identity, set()).add(entry.id)
 
-    def add_deployment(self, record: dict[str, Any]) -> bool:
+    def add_deployment(self, record: dict[str, Any], mark: bool = True) -> bool:
         """Register a deployment version (ValueError if it is not a usable record) and
-        mark every call it may now match. False when the version was known already."""
+        mark every call it may now match — unless `mark` is False: a version registered
+        before the state was written, whose effects the state's records already show.
+        False when the version was known already."""
         added = self.registry.add(record)
         if added is None:
             return False
+        if not mark:
+            return True
         keys, prefixes = added
         for key in keys:
             self._dirty.update(self.calls_by_identity.get(key, ()))
@@ -156,9 +186,7 @@ class Joiner:
             entry = self.entries.get(entry_id)
             if entry is None or entry.settled:
                 continue
-            entry.settled = True
-            self._dirty.add(entry_id)
-            self._changed.add(entry_id)
+            self._settle(entry)
             settled += 1
         later = []
         while self._expiry and self._expiry[0][0] <= now:
@@ -171,25 +199,97 @@ class Joiner:
             heapq.heappush(self._expiry, item)
         return settled
 
+    def _settle(self, entry: Entry) -> None:
+        entry.settled = True
+        self._settled_order[entry.id] = None
+        self._dirty.add(entry.id)
+        self._changed.add(entry.id)
+
     def _expire(self, entry_id: str, now: float) -> float | None:
-        """Evict a record with everything in its traces, or none of it: evicting part of a
-        trace would shrink the versions of what stays. Returns when to look again, if not
-        evicted now."""
+        """Evict a record whose TTL passed. Returns when to look again, if not evicted now."""
+        members = self._group(entry_id)
+        latest = max(e.touched for e in members)
+        if latest + self.ttl > now or not self._evictable(members):
+            return max(latest + self.ttl, now + self.window)
+        self._evict(members, "ttl")
+        return None
+
+    def _group(self, entry_id: str) -> list[Entry]:
+        """An entry with everything in its traces: what is evicted together, or not at all —
+        evicting part of a trace would shrink the versions of what stays."""
         group = {entry_id}
         for item in self.entries[entry_id].evidence.values():
             if item.fields.get("trace_id"):
                 group |= self.traces.entries(item.fields["trace_id"])
-        members = [self.entries[g] for g in group if g in self.entries]
-        latest = max(e.touched for e in members)
-        if (latest + self.ttl > now or any(e.id in self._dirty for e in members)
-                or not all(e.settled or e.kind == ev.AGENT for e in members)):
-            return max(latest + self.ttl, now + self.window)
+        return [self.entries[g] for g in group if g in self.entries]
+
+    def _evictable(self, members: list[Entry]) -> bool:
+        """Settled (agents never settle: they leave with their traces), and nothing about
+        them waiting to be materialised."""
+        return (not any(e.id in self._dirty for e in members)
+                and all(e.settled or e.kind == ev.AGENT for e in members))
+
+    def _evict(self, members: list[Entry], reason: str) -> None:
+        # A call restored and not changed since has no link yet: build it while its whole
+        # trace is still here (its version counts the trace).
+        builder = None
+        for entry in members:
+            if entry.kind == ev.MODEL_CALL and entry.link is None and any(
+                    e.fields.get("tool_call_ids") for e in entry.evidence.values()):
+                builder = builder or Builder(self, self.address_map)
+                entry.link = self._link(builder.call(entry).record)
         for entry in members:
             del self.entries[entry.id]
+            self._settled_order.pop(entry.id, None)
+            self.bytes -= entry.size
             for item in entry.evidence.values():
                 self._unindex(entry, item)
             self._changed.add(entry.id)
+            tool_call_ids = ({t for e in entry.evidence.values() for t in e.fields.get("tool_call_ids") or ()}
+                             if entry.link is not None else ())
+            self.forgotten.add(entry.id, entry.evidence, entry.link, tool_call_ids)
+        self.evicted[reason] += len(members)
+
+    def _over_cap(self) -> str | None:
+        if len(self.entries) > self.max_entries:
+            return "max_entries"
+        if self.bytes > self.max_bytes:
+            return "max_bytes"
         return None
+
+    def _hold_to_caps(self) -> None:
+        """Evict the least recently touched settled records (with their traces) until the
+        state is within its caps. If what is left over the cap is all unsettled, settle the
+        oldest of it now, before its join window ends: it is judged in the next flush and
+        can leave in the next call. The cap then shortens the join window, which is what
+        a full state must give up (the other choice is running out of memory)."""
+        # Bounded, so that a state whose oldest settled records all sit in traces still
+        # joining costs a batch little (what is passed over goes to the back).
+        tries = min(len(self._settled_order), 2 * max(0, len(self.entries) - self.max_entries) + 1000)
+        while (reason := self._over_cap()) is not None and tries > 0 and self._settled_order:
+            tries -= 1
+            entry_id = next(iter(self._settled_order))
+            members = self._group(entry_id)
+            if self._evictable(members):
+                self._evict(members, reason)
+            else:  # its trace is still joining: look at it again after the others
+                del self._settled_order[entry_id]
+                self._settled_order[entry_id] = None
+        reason = self._over_cap()
+        if reason is None:
+            return
+        if reason == "max_entries":
+            excess = len(self.entries) - self.max_entries
+        else:
+            excess = -(-(self.bytes - self.max_bytes) * len(self.entries) // max(self.bytes, 1))
+        while excess > 0 and self._deadlines:
+            _, entry_id = heapq.heappop(self._deadlines)
+            entry = self.entries.get(entry_id)
+            if entry is None or entry.settled:
+                continue
+            self._settle(entry)
+            self.settled_early += 1
+            excess -= 1
 
     def _unindex(self, entry: Entry, item: Evidence) -> None:
         f = item.fields
@@ -243,6 +343,8 @@ class Joiner:
                 continue
             record = built.record
             mark = fingerprint(record)
+            if entry.kind == ev.MODEL_CALL:
+                entry.link = self._link(record)
             if mark != entry.emitted:
                 entry.emitted = mark
                 self._changed.add(entry.id)
@@ -250,6 +352,14 @@ class Joiner:
             if entry.settled:
                 out.extend(self._judge(entry, built, observed))
         return out
+
+    @staticmethod
+    def _link(record: dict[str, Any]) -> CallLink | None:
+        """What a tool action needs of this call once it left the state."""
+        if not record.get("tool_call_ids"):
+            return None
+        return CallLink(record["call_id"], record["version"], record["started_at"],
+                        record["deployment_id"], record["deployment_version"])
 
     @staticmethod
     def _build(builder: Builder, entry: Entry) -> Built | None:
@@ -287,11 +397,18 @@ class Joiner:
     # -- the changelog ------------------------------------------------------------------
 
     def state_changes(self) -> list[tuple[str, bytes | None]]:
-        """Changelog entries changed since the last call: (entry id, value or None)."""
-        out = []
-        for entry_id in sorted(self._changed):
+        """Changelog entries changed since the last call: (entry id, value or None), after
+        holding the state to its caps (an evicted entry's value is None: its tombstone)."""
+        encoded = {}
+        for entry_id in self._changed:
             entry = self.entries.get(entry_id)
-            out.append((entry_id, entry.encode() if entry is not None else None))
+            if entry is not None:
+                value = encoded[entry_id] = entry.encode()
+                self.bytes += len(value) - entry.size
+                entry.size = len(value)
+        self._hold_to_caps()
+        out = [(entry_id, encoded.get(entry_id) if entry_id in self.entries else None)
+               for entry_id in sorted(self._changed)]
         self._changed.clear()
         return out
 
@@ -299,20 +416,29 @@ class Joiner:
         """Rebuild from the changelog's latest value per entry. Unsettled records get a
         whole join window from now: the time the processor was down does not count, since
         their counterparts may be waiting unread in Kafka."""
-        for entry_id, value in state.items():
+        for entry_id, value in sorted(state.items(), key=lambda kv: _touched(kv[1])):
             entry = Entry.decode(entry_id, value)
             self.entries[entry_id] = entry
+            entry.size = len(value) if isinstance(value, bytes) else len(orjson.dumps(value))
+            self.bytes += entry.size
+            if entry.settled:
+                self._settled_order[entry_id] = None
             for item in entry.evidence.values():
                 self._index(entry, item)
             if not entry.settled and entry.kind != ev.AGENT:
                 heapq.heappush(self._deadlines, (now + self.window, entry_id))
             heapq.heappush(self._expiry, (max(entry.touched + self.ttl, now + self.window), entry_id))
-        # Re-materialise everything once: what differs from what was last produced (say,
-        # deployments registered while the processor was down) goes out with the next flush.
-        self._dirty.update(self.entries)
+        # Nothing is re-materialised: every output of this state was acknowledged before the
+        # state was written. What may differ is what deployments registered while the
+        # processor was down match; add_deployment marks those calls as the service passes
+        # the new ones (rebuilding every record here took longer than reading the state).
         self._dirty_traces.clear()
         self._changed.clear()
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+def _touched(value: bytes | dict[str, Any]) -> float:
+    return (value if isinstance(value, dict) else orjson.loads(value))["t"]
 

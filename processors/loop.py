@@ -116,6 +116,9 @@ class Processor:
         self.pipeline.joiner.restore(entries, time.time())
         StateRestored(count=len(entries), topic=self.state.topic,
                       seconds=time.monotonic() - started).emit(self.metrics, log, len(entries))
+        self.pipeline.report_state()
+        self.metrics.gauge("restore", "seconds", "How long the last start took to read the join state back"
+                           ).set(time.monotonic() - started)
         self._passed = {int(p): o for p, o in (meta.get("deployments") or {}).items()}
         self._passed_dirty = False
         self.deployments = kafka_io.consumer(self.config, group_id=None)
@@ -210,7 +213,7 @@ class Processor:
             self._send_all(messages, "audit records")
             faults.point("processor.after_produce")
         # 3. Then the state that produced them, so a restart never skips an output.
-        changes = self.pipeline.joiner.state_changes()
+        changes = self.pipeline.state_changes()
         meta = {}
         if self._passed_dirty:
             meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}

@@ -18,8 +18,9 @@ from nimtrail.errors import PermanentError
 from nimtrail.ops import StageMetrics
 from processors import normalize
 from processors.content import ContentPolicy
-from processors.events import (DeploymentRegistered, EvidenceJoined, FindingRaised, LogLinesRead,
-                               MetricPointsSkipped, RecordsEmitted, RecordsSettled)
+from processors.events import (DeploymentRegistered, EvidenceJoined, FindingRaised, LateDuplicatesIgnored,
+                               LogLinesRead, MetricPointsSkipped, RecordsEmitted, RecordsSettled, StateEvicted,
+                               StateFull)
 from processors.join import Joiner
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Pipeline:
         try:
             found = normalize.normalise(normalize.DEPLOYMENTS, value, self.policy)
             for record in found.deployments:
-                if self.joiner.add_deployment(record):
+                if self.joiner.add_deployment(record, mark=passthrough):
                     DeploymentRegistered(deployment=record["deployment_id"],
                                          version=record["version"]).emit(self.metrics, log)
         except PermanentError as e:
@@ -127,3 +128,27 @@ class Pipeline:
                 RecordsEmitted(kind=kind, count=len(batch)).emit(self.metrics, log, len(batch))
         out, self._out = self._out, Outputs()
         return out
+
+    def state_changes(self) -> list[tuple[str, bytes | None]]:
+        """The joiner's changelog entries since the last call (the state held to its caps),
+        with what left the state counted and its size on /metrics."""
+        j = self.joiner
+        changes = j.state_changes()
+        for reason, count in j.evicted.items():
+            StateEvicted(reason=reason, count=count).emit(self.metrics, log, count)
+        j.evicted.clear()
+        if j.settled_early:
+            StateFull(count=j.settled_early).emit(self.metrics, log, j.settled_early)
+            j.settled_early = 0
+        if j.late_duplicates:
+            LateDuplicatesIgnored(count=j.late_duplicates).emit(self.metrics, log, j.late_duplicates)
+            j.late_duplicates = 0
+        self.report_state()
+        return changes
+
+    def report_state(self) -> None:
+        j = self.joiner
+        self.metrics.gauge("state", "entries", "Entries in the join state").set(len(j))
+        self.metrics.gauge("state", "bytes", "Encoded size of the join state's entries").set(j.bytes)
+        self.metrics.gauge("forgotten", "evidence", "Evidence ids of records that left the join state, still known"
+                           ).set(len(j.forgotten))

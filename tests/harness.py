@@ -37,6 +37,21 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: floa
                          + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+def scrape(url: str) -> dict[str, float]:
+    """A stage's Prometheus text as {name or name{labels}: value}; {} when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:

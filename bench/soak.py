@@ -1,0 +1,299 @@
+"""Soak: the whole pipeline (collector, processor, warehouse as real processes) under a
+steady span rate for a long time, then the processor killed and restarted.
+
+    python -m bench --soak [--minutes 30] [--rate 5000] [--bootstrap HOST:PORT]
+                           [--set processor.join_window=30s ...]
+
+Load: export requests of 16 agent traces (96 spans: invoke_agent, chat + NIM llm_request,
+execute_tool, MCP client and server) sent over OTLP/HTTP at `rate` spans/s. Generating
+spans with the SDK costs more CPU than the pipeline spends on them, so a few requests are
+recorded once as templates whose trace, span, response and tool-call ids all start with a
+marker; each send replaces the marker with the send's sequence number (same length, so
+the protobuf stays valid), which makes every sent trace new.
+
+Freshness: twice a second a probe trace is recorded with the SDK at the current time and
+sent; a probe is fresh once the warehouse's trace-back finds its call (sent → queryable).
+
+Every minute it prints, and keeps: each stage's RSS; the probes' freshness p50 / p99;
+spans/s sent, evidence/s the processor joined and records/s the warehouse wrote; events
+per CPU second (spans sent over the CPU time of the three stages); the processor's join
+state (entries, encoded bytes) and what left it. At the end it kills the processor with
+SIGKILL, restarts it, and reports how long the restart took to read its state back and
+how large that state was. The result goes to bench/results/<time>-soak.json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import os
+import re
+import signal
+import threading
+import time
+import types
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.resources import Resource
+
+from bench.pipeline import TRACES_PER_REQUEST, _found, status_mb
+from tests import scenarios as sc
+from tests.harness import Env, scrape, wait_for
+
+MARK = b"\x9e\x37\x79\xb9"  # the first 4 bytes of every trace and span id in a template
+MARK_HEX = b"c0ffee5a"  # the first 8 hex digits of every response and tool-call id in one
+TEMPLATES = 8
+PROBES_PER_S = 2.0
+
+
+class _MarkedIds(IdGenerator):
+    def __init__(self) -> None:
+        self.n = 0
+
+    def _next(self) -> int:
+        self.n += 1
+        return self.n
+
+    def generate_span_id(self) -> int:
+        return int.from_bytes(MARK + self._next().to_bytes(4, "big"), "big")
+
+    def generate_trace_id(self) -> int:
+        return int.from_bytes(MARK + self._next().to_bytes(12, "big"), "big")
+
+
+class _MarkedWorld(sc.World):
+    def __init__(self, ids: _MarkedIds) -> None:
+        super().__init__()
+        self.ids = ids
+
+    def tracer(self, service: str, **resource):
+        key = repr((service, sorted(resource.items())))
+        if key not in self._providers:
+            provider = TracerProvider(resource=Resource.create({"service.name": service, **resource}),
+                                      id_generator=self.ids)
+            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+            self._providers[key] = provider
+        return self._providers[key].get_tracer("nimtrail-soak")
+
+
+def templates(now: dt.datetime) -> list[tuple[bytes, int]]:
+    """(OTLP request, spans) with marked ids, TRACES_PER_REQUEST agent traces each."""
+    ids, counter = _MarkedIds(), [0]
+
+    def marked_uuid4():
+        counter[0] += 1
+        return types.SimpleNamespace(hex=MARK_HEX.decode() + f"{counter[0]:024x}")
+
+    out = []
+    with mock.patch.object(sc, "uuid", types.SimpleNamespace(uuid4=marked_uuid4)):
+        for t in range(TEMPLATES):
+            world = _MarkedWorld(ids)
+            for i in range(TRACES_PER_REQUEST):
+                sc.agent_run(world, now + dt.timedelta(milliseconds=i), caller=f"user{(t * 16 + i) % 50}",
+                             gate=("policy", "human", "none")[i % 3])
+            spans = world.take()
+            body = sc.World.otlp(spans)
+            if body.count(MARK_HEX) < TRACES_PER_REQUEST or body.count(MARK) < len(spans):
+                raise RuntimeError("a template's ids do not carry the marker")
+            out.append((body, len(spans)))
+    return out
+
+
+def _instance(body: bytes, sequence: int) -> bytes:
+    return body.replace(MARK, sequence.to_bytes(4, "big")).replace(MARK_HEX, b"%08x" % sequence)
+
+
+# -- reading the stages -----------------------------------------------------------------
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _sum(metrics: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in metrics.items() if k == prefix or k.startswith(prefix + "{"))
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1)))] if values else None
+
+
+# -- the run ----------------------------------------------------------------------------
+
+class _Probes:
+    """Probe traces sent at the current time; each one's freshness once it is queryable."""
+
+    def __init__(self, env: Env):
+        self.env = env
+        self.world = sc.World()
+        self.sent: dict[str, float] = {}
+        self.fresh: list[tuple[float, float]] = []  # (when it became queryable, seconds)
+        self._lock = threading.Lock()
+
+    def make(self) -> tuple[str, bytes]:
+        ids = sc.agent_run(self.world, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), caller="probe")
+        return ids["call_id"], sc.World.otlp(self.world.take())
+
+    def sent_at(self, call_id: str, at: float) -> None:
+        with self._lock:
+            self.sent[call_id] = at
+
+    def poll(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._lock:
+                pending = list(self.sent.items())
+            for call_id, at in pending:
+                try:
+                    found = _found(self.env, call_id)
+                except OSError:
+                    found = False  # the warehouse is busy: ask again
+                if found:
+                    now = time.monotonic()
+                    with self._lock:
+                        self.sent.pop(call_id, None)
+                        self.fresh.append((now, now - at))
+            stop.wait(0.25)  # each look is a query: keep the warehouse's load from them small
+
+    def since(self, t: float) -> list[float]:
+        with self._lock:
+            return [s for at, s in self.fresh if at >= t]
+
+
+def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[[str], None],
+         overrides: dict[str, dict] | None = None) -> dict:
+    (work / "soak").mkdir(parents=True, exist_ok=True)
+    env = Env(work / "soak", bootstrap, **(overrides or {}))
+    bodies = templates(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+    spans_per_request = bodies[0][1]
+    say(f"  soak: {minutes:g} min at {rate:,.0f} spans/s ({spans_per_request} spans per request, "
+        f"{len(bodies)} templates), probes at {PROBES_PER_S:g}/s")
+    pids = {}
+    for stage in ("warehouse", "processor", "collector"):
+        pids[stage] = env.start(stage).pid
+        env.wait_ready(stage, timeout=120)
+    ops = f"http://127.0.0.1:{env.ports['ops']}/metrics"
+    probes = _Probes(env)
+    stop = threading.Event()
+    poller = threading.Thread(target=probes.poll, args=(stop,), daemon=True)
+    sent_spans = [0]
+    minutes_out: list[dict] = []
+    conn = http.client.HTTPConnection("127.0.0.1", env.ports["http"], timeout=60)
+
+    def post(body: bytes) -> None:
+        conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the collector answered {response.status}")
+
+    def snapshot() -> dict:
+        p, w = scrape(ops), scrape(f"{env.api}/metrics")
+        return {"t": time.monotonic(), "sent": sent_spans[0], "cpu": {s: _cpu_s(pid) for s, pid in pids.items()},
+                "joined": _sum(p, "nimtrail_processor_joined_evidence_total"),
+                "written": _sum(w, "nimtrail_warehouse_written_records_total"),
+                "evicted": _sum(p, "nimtrail_processor_evicted_entries_total"),
+                "early": _sum(p, "nimtrail_processor_settled_early_records_total"),
+                "entries": p.get("nimtrail_processor_state_entries"), "bytes": p.get("nimtrail_processor_state_bytes")}
+
+    def report(before: dict, after: dict, minute: int) -> dict:
+        span = after["t"] - before["t"]
+        cpu = sum(after["cpu"].values()) - sum(before["cpu"].values())
+        fresh = probes.since(before["t"])
+        sent = after["sent"] - before["sent"]
+        row = {"minute": minute, "rss_mb": {s: status_mb("VmRSS", pid) for s, pid in pids.items()},
+               "fresh_p50_ms": None if not fresh else _pct(fresh, 0.5) * 1000,
+               "fresh_p99_ms": None if not fresh else _pct(fresh, 0.99) * 1000, "probes": len(fresh),
+               "spans_in_per_s": sent / span, "evidence_out_per_s": (after["joined"] - before["joined"]) / span,
+               "records_written_per_s": (after["written"] - before["written"]) / span,
+               "events_per_cpu_s": sent / cpu if cpu else None,
+               "cpu_s": {s: after["cpu"][s] - before["cpu"][s] for s in pids},
+               "state_entries": after["entries"], "state_bytes": after["bytes"],
+               "evicted": after["evicted"] - before["evicted"], "settled_early": after["early"] - before["early"]}
+        rss = " ".join(f"{s} {v or 0:,.0f}" for s, v in row["rss_mb"].items())
+        say(f"  min {minute:>3}: RSS MB {rss} | fresh p50 {row['fresh_p50_ms'] or 0:,.0f} ms "
+            f"p99 {row['fresh_p99_ms'] or 0:,.0f} ms ({len(fresh)} probes) | in {row['spans_in_per_s']:,.0f} spans/s, "
+            f"out {row['evidence_out_per_s']:,.0f} evidence/s, {row['records_written_per_s']:,.0f} records/s | "
+            f"{row['events_per_cpu_s'] or 0:,.0f} events/CPU-s | state {row['state_entries'] or 0:,.0f} entries "
+            f"{(row['state_bytes'] or 0) / 1e6:,.1f} MB, evicted {row['evicted']:,.0f}, "
+            f"settled early {row['settled_early']:,.0f}")
+        return row
+
+    try:
+        poller.start()
+        began = time.monotonic()
+        end = began + minutes * 60
+        last = snapshot()
+        next_report = began + 60
+        next_probe = began
+        sequence = 0
+        while (now := time.monotonic()) < end:
+            if now >= next_probe:
+                call_id, body = probes.make()
+                at = time.monotonic()
+                post(body)
+                probes.sent_at(call_id, at)
+                sent_spans[0] += 6
+                next_probe += 1 / PROBES_PER_S
+            due = began + sent_spans[0] / rate
+            if now < due:
+                time.sleep(min(due - now, max(0.0, next_probe - now), 0.05))
+            else:
+                body, spans = bodies[sequence % len(bodies)]
+                sequence += 1
+                post(_instance(body, sequence))
+                sent_spans[0] += spans
+            if time.monotonic() >= next_report:
+                current = snapshot()
+                minutes_out.append(report(last, current, len(minutes_out) + 1))
+                last, next_report = current, next_report + 60
+        if time.monotonic() - last["t"] > 5:  # the last part-minute
+            minutes_out.append(report(last, snapshot(), len(minutes_out) + 1))
+        restart = _restart(env, pids, ops, say)
+    finally:
+        stop.set()
+        conn.close()
+        env.stop_all()
+    fresh_all = [s for _, s in probes.fresh]
+    out = {"minutes": minutes, "rate_spans_per_s": rate, "spans_sent": sent_spans[0], "per_minute": minutes_out,
+           "fresh_p50_ms": None if not fresh_all else _pct(fresh_all, 0.5) * 1000,
+           "fresh_p99_ms": None if not fresh_all else _pct(fresh_all, 0.99) * 1000,
+           "probes_unseen": len(probes.sent), "restart": restart,
+           "peak_rss_mb": {s: max((m["rss_mb"][s] or 0) for m in minutes_out) for s in pids} if minutes_out else {}}
+    say(f"  soak: {sent_spans[0]:,} spans; freshness p50 {out['fresh_p50_ms'] or 0:,.0f} ms, "
+        f"p99 {out['fresh_p99_ms'] or 0:,.0f} ms; peak RSS MB {out['peak_rss_mb']}")
+    return out
+
+
+def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None]) -> dict:
+    """SIGKILL the processor and start it again: how long until it serves, and its state."""
+    before = scrape(ops)
+    os.kill(pids["processor"], signal.SIGKILL)
+    for p in env.processes:
+        if p.pid == pids["processor"]:
+            p.wait()
+    started = time.monotonic()
+    pids["processor"] = env.start("processor").pid
+    env.wait_ready("processor", timeout=600)
+    ready = time.monotonic() - started
+    after = wait_for(lambda: scrape(ops) or None, timeout=30, what="the restarted processor's metrics")
+    restored = re.findall(r"Restored (\d+) join state entries from \S+ in ([\d.]+)s", env.log("processor"))
+    out = {"entries_before_kill": before.get("nimtrail_processor_state_entries"),
+           "bytes_before_kill": before.get("nimtrail_processor_state_bytes"),
+           "restored_entries": int(restored[-1][0]) if restored else None,
+           "restore_read_s": after.get("nimtrail_processor_restore_seconds"),
+           "start_to_ready_s": ready, "state_bytes": after.get("nimtrail_processor_state_bytes"),
+           "rss_mb_after": status_mb("VmRSS", pids["processor"])}
+    say(f"  restart after SIGKILL: {out['restored_entries']} entries ({(out['state_bytes'] or 0) / 1e6:,.1f} MB "
+        f"encoded) read back in {out['restore_read_s'] or 0:.1f}s; ready {ready:.1f}s after start; "
+        f"RSS {out['rss_mb_after'] or 0:,.0f} MB (before the kill: {out['entries_before_kill'] or 0:,.0f} entries)")
+    return out
+
