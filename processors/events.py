@@ -97,3 +97,10 @@ class AssignmentIncomplete(Event):
     message = ("Assigned %(expected)s input partitions less %(missing)s; rejoining the group "
                "(one processor must read every input partition)")
     thing, unit, doc = "rejoined", "times", "Group rejoins because input partitions were not assigned"
+
+
+class FieldTruncated(Event):
+    level = logging.WARNING
+    message = "Cut %(count)s %(field)s values to their limit (prefix kept, size and sha256 of the original appended)"
+    thing, unit, doc = "truncated", "fields", "Input values cut to processor.limits at ingest, by field"
+    labels = ("field",)
