@@ -49,6 +49,17 @@ NAME_FIELDS = frozenset({
     "prompt_sha256", "response_sha256", "arguments_sha256",
 })
 CONTENT_FIELDS = frozenset(records.CONTENT_FIELDS)
+# Fields the audit tables hold as text (VARCHAR), whatever type an attribute gave them: an
+# `enduser.id` sent as a number or a map is still the caller, written as its JSON text, and
+# must not make the warehouse refuse the batch it travels in.
+TEXT_VALUED = frozenset({
+    "call_id", "action_id", "trace_id", "span_id", "tool_call_id", "deployment_id", "model",
+    "operation", "caller", "client_service", "client_address", "api_key_fingerprint", "status",
+    "finish_reason", "prompt_text", "response_text", "arguments", "tool_name", "tool_type",
+    "mcp_server", "mcp_method", "executed_by", "gate", "gate_decision", "approver", "policy_id",
+    "outcome", "error", "target", "service", "agent_name", "provider", "metric",
+})
+LIST_OF_TEXT = frozenset({"tool_call_ids", "tool_names", "identities", "mcp_aliases", "signals"})
 # Lists of records inside one output document, bounded item by item rather than as one field.
 _RECORD_LISTS = frozenset({"events"})
 
@@ -162,7 +173,7 @@ class Bounds:
                 fields[name] = [self.record(item) if isinstance(item, dict) else
                                 self.value(item, self.limits.text, name) for item in value]
             else:
-                fields[name] = self.value(value, self.limit_for(name), name)
+                fields[name] = self.value(_as_text(name, value), self.limit_for(name), name)
         return fields
 
     def normalised(self, found: Any) -> None:
@@ -185,3 +196,22 @@ def _assemble(original: list | tuple | dict, items: list[tuple[Any, Any]]) -> An
     if isinstance(original, dict):
         return {key: item for key, item in items}
     return [item for _key, item in items]
+
+
+def _as_text(name: str, value: Any) -> Any:
+    """`value` as the text its field holds (see TEXT_VALUED), structures as canonical JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if name in LIST_OF_TEXT:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [item if isinstance(item, str) else _as_text("", item) for item in items if item is not None]
+    if name not in TEXT_VALUED and name:
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return records.canonical_bytes(value).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            return repr(value)  # deeper than JSON encoders go: bounded as text all the same
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
