@@ -305,6 +305,34 @@ class ContentConfig:
                 raise ConfigError(f"{path}.redact_patterns[{i}]: not a regular expression ({e})") from e
 
 
+# Room one record may take in an audit message (Kafka's 16 MiB, less the batch's framing).
+RECORD_BUDGET = 15 * 1024 * 1024
+# The most fields any input record has (records.FIELDS), with room for join-only ones.
+_MAX_FIELDS = 48
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsConfig:
+    """How many bytes one field may take in a record's JSON (an escaped control character
+    counts six). Longer values keep a prefix and end in `…truncated, N bytes, sha256:<hex>`
+    (see docs/processors.md). Bounded at ingest, so no record can outgrow a Kafka message."""
+
+    name: int = 1024  # identifiers and names: ids, caller, model, tool, service, metric
+    text: int = 16 * 1024  # free text: errors, targets, log lines, labels, facts
+    content: int = 1024 * 1024  # kept prompts, responses and tool arguments
+    depth: int = 8  # nesting of attribute values kept as structure; deeper becomes JSON text
+
+    def validate(self, path: str) -> None:
+        for key, most in (("name", 64 * 1024), ("text", 256 * 1024), ("content", 4 * 1024 * 1024)):
+            if not 256 <= getattr(self, key) <= most:  # 256: the marker itself must fit
+                raise ConfigError(f"{path}.{key}: expected between 256 and {most} bytes")
+        if not 1 <= self.depth <= 64:
+            raise ConfigError(f"{path}.depth: expected between 1 and 64")
+        if 3 * self.content + _MAX_FIELDS * max(self.name, self.text) > RECORD_BUDGET:
+            raise ConfigError(f"{path}: three content fields and {_MAX_FIELDS} others at these limits "
+                              f"would not fit one Kafka message ({RECORD_BUDGET} bytes)")
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessorConfig:
     ops: HostPort = HostPort("127.0.0.1:8701")  # /healthz and /metrics
@@ -325,6 +353,7 @@ class ProcessorConfig:
     max_poll_records: int = 100  # OTLP messages of ~100 spans: ~10,000 events per batch
     address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller
     content: ContentConfig = ContentConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def validate(self, path: str) -> None:
         for key in self.address_map:

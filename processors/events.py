@@ -117,3 +117,24 @@ class LateDuplicatesIgnored(Event):
     level = logging.DEBUG
     message = "Ignored %(count)s evidence items of records that already left the join state"
     thing, unit, doc = "ignored_late", "evidence", "Re-delivered evidence of records no longer in the join state"
+
+
+class FieldTruncated(Event):
+    level = logging.WARNING
+    message = "Cut %(count)s %(field)s values to their limit (prefix kept, size and sha256 of the original appended)"
+    thing, unit, doc = "truncated", "fields", "Input values cut to processor.limits at ingest, by field"
+    labels = ("field",)
+
+
+class OutputRefused(Event):
+    level = logging.ERROR
+    message = "Kafka refused a %(size)s-byte message for %(topic)s (%(error)s); it goes to the dead-letter topic"
+    thing, unit, doc = "refused", "messages", "Output messages Kafka refused for good, sent to the dead-letter topic"
+    labels = ("topic",)
+
+
+class OutputLost(Event):
+    level = logging.ERROR
+    message = "The dead-letter topic refused even the headers of a message from %(topic)s (%(reason)s): %(error)s"
+    thing, unit, doc = "lost", "messages", "Dead letters Kafka refused even without their value"
+    labels = ("topic",)

@@ -29,16 +29,17 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
+                          KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
 from nimtrail import faults, kafka_io, raw, records
 from nimtrail.config import Config
-from nimtrail.errors import PermanentError
+from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
-from processors.events import (AssignmentIncomplete, ContentDropped, InputRejected, MessagesConsumed, ProduceRetried,
-                               ProducerReplaced, StateRestored)
+from processors.events import (AssignmentIncomplete, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
+                               OutputRefused, ProduceRetried, ProducerReplaced, StateRestored)
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore
@@ -50,6 +51,30 @@ RECORDS_PER_MESSAGE = 1000
 ASSIGNMENT_GRACE = 10.0
 # Room under Kafka's message limit for the record batch header and headers.
 MAX_BATCH_BYTES = kafka_io.MAX_MESSAGE_BYTES - 64 * 1024
+
+
+# Refusals of a message for what it is (its size, its bytes): sending it again cannot help,
+# so it goes to the dead-letter topic with the refusal as its reason.
+REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError,
+           InvalidTimestampError)
+# A message that meets another non-retriable error this many times goes there too: no
+# produce error is retried forever.
+MAX_FATAL_ATTEMPTS = 3
+
+
+class Interrupted(NimtrailError):
+    """Stopping while Kafka does not acknowledge: the input stays uncommitted for the next start."""
+
+
+def fitting_documents(doc: dict[str, Any], items: str, limit: int = MAX_BATCH_BYTES) -> list[bytes]:
+    """`doc` encoded as one or more messages under `limit`, its list `items` split in halves
+    until each part fits (every item is bounded at ingest, so one always does)."""
+    value = raw.encode(doc)
+    if len(value) <= limit or len(doc.get(items) or ()) <= 1:
+        return [value]
+    half = len(doc[items]) // 2
+    return (fitting_documents({**doc, items: doc[items][:half]}, items, limit)
+            + fitting_documents({**doc, items: doc[items][half:]}, items, limit))
 
 
 def encode_batches(kind: str, batch: list[dict[str, Any]],
@@ -91,6 +116,7 @@ class Processor:
         self.metrics = StageMetrics("processor")
         self.producer = kafka_io.producer(config)
         self.dead_letters = DeadLetters(self.producer, t.dlq, "processor")
+        self._producer_error: KafkaError | None = None  # why the last new producer could not be made
         self.pipeline = Pipeline(config.processor, self.metrics)
         self.state = StateStore(config)
         self._restore()
@@ -219,6 +245,9 @@ class Processor:
             meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
             self._passed_dirty = False
         if changes or meta or self.state.waiting:
+            while self.producer is None and not self._new_producer():
+                if self.stop.wait(1.0):
+                    raise Interrupted("stopped while the broker was away")
             partitions = len(self.producer.partitions_for(self.state.topic))
             self._send_all([Message(topic, key, value, None, partition)
                             for topic, key, value, partition in self.state.messages(changes, meta, partitions)],
@@ -239,44 +268,124 @@ class Processor:
             key = (doc["deployment"] or doc["endpoint"] or "").encode()
             out.append(Message(t.observations, key, raw.encode(doc)))
         for doc in outputs.log_events:
-            out.append(Message(t.log_events, doc["source"].encode(), raw.encode(doc)))
+            out += [Message(t.log_events, doc["source"].encode(), value) for value in fitting_documents(doc, "events")]
         for source, value, error in outputs.rejected:
             InputRejected(topic=source, reason=error.reason, detail=error.detail[:300]).emit(self.metrics, log)
             out.append(Message(source, None, value, error))
         return out
 
     def _send_all(self, messages: list[Message], what: str) -> None:
+        """Produce `messages` and wait until Kafka acknowledged each; only failed ones are sent
+        again, with exponential backoff under a deadline that stopping interrupts.
+
+        A message Kafka refuses for what it is (REFUSED), or that meets another non-retriable
+        error MAX_FATAL_ATTEMPTS times, goes to the dead-letter topic with the refusal as its
+        reason instead, and the batch goes on: nothing non-retriable loops forever."""
         delay = 0.5
+        pending = list(messages)
+        strikes: dict[int, int] = {}  # id(message) -> non-retriable errors it met
         while True:
-            futures = []
-            try:
-                for m in messages:
-                    if m.rejected is not None:
-                        futures.append(self.dead_letters.send(m.value or b"", reason=m.rejected.reason,
-                                                              detail=m.rejected.detail, source=m.topic,
-                                                              wait=False))
-                    else:
-                        futures.append(self.producer.send(m.topic, key=m.key, value=m.value,
-                                                          partition=m.partition))
-                self.producer.flush()
-                for future in futures:
-                    future.get(timeout=60)
+            failed = self._attempt(pending)
+            if not failed:
                 return
+            if any(not e.retriable for _m, e in failed):
+                # kafka-python fails every message behind a non-retriable error with that same
+                # error: only each failed message alone says which one Kafka refuses.
+                failed = [(m, e) for m, _e in failed for e in self._attempt_alone(m)]
+            pending, converted = [], 0
+            for m, error in failed:
+                if not error.retriable:
+                    strikes[id(m)] = strikes.get(id(m), 0) + 1
+                    if isinstance(error, REFUSED) or strikes[id(m)] >= MAX_FATAL_ATTEMPTS:
+                        instead = self._refused(m, error)
+                        pending += instead
+                        converted += len(instead)
+                        continue
+                pending.append(m)
+            if len(pending) == converted:
+                delay = 0.5
+                continue  # only dead letters in place of refused messages: nothing to wait for
+            ProduceRetried(what=what, error=repr(failed[0][1]), delay=delay).emit(self.metrics, log)
+            if self.stop.wait(delay):
+                raise Interrupted(f"stopped while Kafka did not acknowledge {what}")
+            delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+
+    def _attempt_alone(self, m: Message) -> list[KafkaError]:
+        """Send one message by itself: [] when acknowledged, else [why not], after which a
+        producer a non-retriable error stopped is retired for the next message's sake."""
+        errors = [e for _m, e in self._attempt([m])]
+        if errors and not errors[0].retriable:
+            self._replace_producer(errors[0])
+        return errors[:1]
+
+    def _attempt(self, messages: list[Message]) -> list[tuple[Message, KafkaError]]:
+        """Send `messages` once; the ones Kafka did not acknowledge, with why."""
+        failed: list[tuple[Message, KafkaError]] = []
+        if self.producer is None and not self._new_producer():
+            return [(m, self._producer_error) for m in messages]
+        futures = []
+        for m in messages:
+            try:
+                if m.rejected is not None:
+                    futures.append((m, self.dead_letters.send(m.value or b"", reason=m.rejected.reason,
+                                                              detail=m.rejected.detail, source=m.topic,
+                                                              wait=False)))
+                else:
+                    futures.append((m, self.producer.send(m.topic, key=m.key, value=m.value,
+                                                          partition=m.partition)))
+            except KafkaError as e:  # refused before sending (its size), or the producer stopped
+                failed.append((m, e))
+        try:
+            self.producer.flush(timeout=60)
+        except KafkaError:
+            pass  # each future below says what became of its message
+        for m, future in futures:
+            try:
+                future.get(timeout=60)
             except KafkaError as e:
-                if not e.retriable:
-                    self._replace_producer(e)
-                ProduceRetried(what=what, error=repr(e), delay=delay).emit(self.metrics, log)
-                if self.stop.wait(delay):
-                    raise  # stopping: the input stays uncommitted, the restart redoes it
-                delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+                failed.append((m, e))
+        return failed
+
+    def _refused(self, m: Message, error: KafkaError) -> list[Message]:
+        """What to send instead of `m`, which Kafka will not take: an audit batch too large
+        for the topic (a topic made with a smaller max.message.bytes) in two halves; else a
+        dead letter with the refusal as its reason; for a dead letter refused in turn, the
+        same without its value (its headers still say what, why and how large)."""
+        if m.rejected is None:
+            if isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError)) \
+                    and m.topic in self.audit_topics.values():
+                kind, batch = records.decode_batch(m.value or b"")
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    return [Message(m.topic, m.key, records.encode_batch(kind, part), None, m.partition)
+                            for part in (batch[:half], batch[half:])]
+            OutputRefused(topic=m.topic, error=repr(error), size=len(m.value or b"")).emit(self.metrics, log)
+            return [Message(m.topic, m.key, m.value, PermanentError("output_refused", f"{m.topic}: {error!r}"))]
+        if m.value:
+            detail = f"{m.rejected.detail} (the dead-letter topic refused its {len(m.value)} bytes: {error!r})"
+            return [Message(m.topic, m.key, b"", PermanentError(m.rejected.reason, detail))]
+        OutputLost(topic=m.topic, reason=m.rejected.reason, error=repr(error)).emit(self.metrics, log)
+        return []
 
     def _replace_producer(self, error: KafkaError) -> None:
         """kafka-python's idempotent producer refuses every send after a non-retriable error:
-        retire it. The batch is then produced again in whole by the new one."""
+        retire it. The next attempt makes a new one (or waits for the broker to make one)."""
         ProducerReplaced(error=repr(error)).emit(self.metrics, log)
-        self.producer.close(timeout=0)
-        self.producer = kafka_io.producer(self.config)
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=0)
+            except KafkaError as e:  # it failed already; the new one is what matters
+                log.debug("Closing the retired producer failed: %s", e)
+        self.producer = None
+
+    def _new_producer(self) -> bool:
+        try:
+            self.producer = kafka_io.producer(self.config)
+        except KafkaError as e:  # the broker is away: retriable, whatever kafka-python calls it
+            self._producer_error = KafkaConnectionError(f"no producer: {e!r}")
+            return False
         self.dead_letters = DeadLetters(self.producer, self.config.topics.dlq, "processor")
+        return True
 
     def close(self) -> None:
         """Idempotent. Uncommitted input is simply read again by the next start."""
@@ -285,5 +394,6 @@ class Processor:
         self._closed = True
         self.consumer.close(autocommit=False)
         self.deployments.close(autocommit=False)
-        self.producer.close(timeout=30)
+        if self.producer is not None:
+            self.producer.close(timeout=30)
 

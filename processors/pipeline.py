@@ -17,10 +17,11 @@ from nimtrail.config import ProcessorConfig
 from nimtrail.errors import PermanentError
 from nimtrail.ops import StageMetrics
 from processors import normalize
+from processors.bounds import Bounds
 from processors.content import ContentPolicy
-from processors.events import (DeploymentRegistered, EvidenceJoined, FindingRaised, LateDuplicatesIgnored,
-                               LogLinesRead, MetricPointsSkipped, RecordsEmitted, RecordsSettled, StateEvicted,
-                               StateFull)
+from processors.events import (DeploymentRegistered, EvidenceJoined, FieldTruncated, FindingRaised,
+                               LateDuplicatesIgnored, LogLinesRead, MetricPointsSkipped, RecordsEmitted,
+                               RecordsSettled, StateEvicted, StateFull)
 from processors.join import Joiner
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Outputs:
 class Pipeline:
     def __init__(self, config: ProcessorConfig = ProcessorConfig(), metrics: StageMetrics | None = None):
         self.policy = ContentPolicy(config.content)
+        self.bounds = Bounds(config.limits)
         self.joiner = Joiner(config)
         self.metrics = metrics or StageMetrics("processor")
         self._out = Outputs()
@@ -52,6 +54,8 @@ class Pipeline:
         dead-letter topic, never raised."""
         try:
             found = normalize.normalise(kind, value, self.policy)
+            # Before anything joins or keeps it: no value may outgrow its field (bounds.py).
+            self.bounds.normalised(found)
         except PermanentError as e:
             self._out.rejected.append((source or kind, value, e))
             return
@@ -60,6 +64,8 @@ class Pipeline:
             self._out.rejected.append((source or kind, value,
                                        PermanentError("normaliser_error", f"{type(e).__name__}: {e}")))
             return
+        for field, count in self.bounds.take_counts().items():
+            FieldTruncated(field=field, count=count).emit(self.metrics, log, count)
         if found.evidence:
             self.joiner.add(found.evidence, now)
             for item in found.evidence:

@@ -11,7 +11,7 @@ import threading
 
 from nimtrail.config import Config
 from nimtrail.ops import serve_ops
-from processors.loop import Processor
+from processors.loop import Interrupted, Processor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def run(config: Config, stop: threading.Event) -> None:
     try:
         while not stop.is_set():
             processor.run_once()
+    except Interrupted as e:
+        log.info("Processor stopping: %s; the uncommitted input is read again at the next start", e)
     finally:
         ops.shutdown()
         processor.close()
