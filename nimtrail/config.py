@@ -334,6 +334,21 @@ class LimitsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClockConfig:
+    """How far a time taken from input may stray from when the pipeline received it before
+    the receive time replaces it (and a clock_skew finding names what was sent)."""
+
+    max_ahead: Duration = Duration(3600)  # senders' clocks run fast by seconds, not hours
+    # 0: the longest warehouse.retention class (a record older than that would be purged on
+    # arrival), or 400 days when every class is kept forever.
+    max_age: Duration = Duration(0)
+
+    def validate(self, path: str) -> None:
+        if self.max_ahead <= 0:
+            raise ConfigError(f"{path}.max_ahead: must be longer than 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class ProcessorConfig:
     ops: HostPort = HostPort("127.0.0.1:8701")  # /healthz and /metrics
     group_id: str = "nimtrail-processor"
@@ -354,6 +369,7 @@ class ProcessorConfig:
     address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller
     content: ContentConfig = ContentConfig()
     limits: LimitsConfig = LimitsConfig()
+    clock: ClockConfig = ClockConfig()
 
     def validate(self, path: str) -> None:
         for key in self.address_map:

@@ -117,7 +117,7 @@ class Processor:
         self.producer = kafka_io.producer(config)
         self.dead_letters = DeadLetters(self.producer, t.dlq, "processor")
         self._producer_error: KafkaError | None = None  # why the last new producer could not be made
-        self.pipeline = Pipeline(config.processor, self.metrics)
+        self.pipeline = Pipeline(config.processor, self.metrics, config.warehouse.retention)
         self.state = StateStore(config)
         self._restore()
         self.consumer = kafka_io.consumer(
@@ -175,7 +175,10 @@ class Processor:
         for tp, messages in polled.items():
             kind = self.kinds[tp.topic]
             for message in messages:
-                self.pipeline.handle(kind, message.value or b"", now, tp.topic)
+                # The Kafka timestamp (ms) is the receive time input times are judged by:
+                # stored with the message, so a replay judges them the same way.
+                received = message.timestamp / 1000.0 if message.timestamp and message.timestamp > 0 else None
+                self.pipeline.handle(kind, message.value or b"", now, tp.topic, received)
             count += len(messages)
             MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
         self._check_assignment()

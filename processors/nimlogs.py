@@ -20,6 +20,7 @@ from typing import Any
 from nimtrail import records
 from nimtrail.records import sha256_hex
 from processors import evidence as ev
+from processors.clock import TEXT, UNIX_NANO, Clock, default_clock
 from processors.content import ContentPolicy, digest
 from processors.evidence import Evidence
 from processors.nimlog_lines import Line, iso, parse, parse_iso
@@ -66,9 +67,15 @@ def _stat_metric(name: str, unit: str | None) -> str:
 
 
 class _Batch:
-    def __init__(self, doc: dict[str, Any], policy: ContentPolicy, identities: list[str] | None = None):
+    def __init__(self, doc: dict[str, Any], policy: ContentPolicy, identities: list[str] | None = None,
+                 clock: Clock | None = None):
         self.doc = doc
         self.policy = policy
+        self.clock = clock or default_clock()
+        # The clock's findings before the current line, and whether the line stored its time
+        # (a line only counted, like a health probe, needs no finding).
+        self.raised = 0
+        self.stored = False
         self.source = str(doc.get("source") or "")
         self.deployment = doc.get("deployment") or None
         self.identities = [f"dep:{self.deployment}"] if self.deployment else []
@@ -93,15 +100,24 @@ class _Batch:
 
     def keep(self, kind: str, item: dict[str, Any], text: str, when: str | None, **extra: Any) -> None:
         self.count(kind)
+        self.stored = True
         self.events.append({"kind": kind, "text": text, "time": when, "offset": item.get("offset"),
                             **extra})
 
     def call(self, source: str, call_id: str, eid: str, **fields: Any) -> None:
         fields["call_id"] = call_id
         fields["identities"] = self.identities
+        self.stored = True
+        self.clock.name_subject(self.raised, call_id)
         self.out.evidence.append(Evidence(ev.MODEL_CALL, call_id, source, eid, fields))
 
     def line(self, item: dict[str, Any]) -> None:
+        self.raised, self.stored = len(self.clock.findings), False
+        self.read(item)
+        if not self.stored:
+            del self.clock.findings[self.raised:]
+
+    def read(self, item: dict[str, Any]) -> None:
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             self.count("empty")
@@ -119,6 +135,11 @@ class _Batch:
             # bridge exports: the level and time travel beside it).
             parsed = Line("message", str(item["level"]), None, text.rstrip("\r\n"))
         when = iso(runtime) if runtime else parsed.time or (iso(received) if received else None)
+        if when is not None and not self.clock.low <= when <= self.clock.high:
+            # As sent: an OTLP record's nanoseconds, else the time read from the line.
+            sent, sent_as = ((item["time_unix_nano"], UNIX_NANO) if runtime and item.get("time_unix_nano")
+                             else (item.get("time") if runtime else when, TEXT))
+            when = self.clock.clamp(when, sent, sent_as, "log_line", self.line_id(item, text), "time")
         if parsed.shape == "json":
             self.gateway(item, text, parsed.fields or {}, when)
             return
@@ -199,6 +220,7 @@ class _Batch:
 
     def stats(self, match: re.Match, when: str | None) -> None:
         self.count("stats")
+        self.stored = True
         labels = {"source": self.source}
         if match.group("engine"):
             labels["engine"] = match.group("engine")
@@ -230,6 +252,7 @@ class _Batch:
             return False
         self.facts.update(found)
         self.facts_at = self.facts_at or when
+        self.stored = True
         return True
 
     def finish(self) -> NimlogResult:
@@ -245,14 +268,16 @@ class _Batch:
 
 
 def normalise(doc: dict[str, Any], policy: ContentPolicy,
-              identities: list[str] | None = None) -> NimlogResult:
+              identities: list[str] | None = None, clock: Clock | None = None) -> NimlogResult:
     """Everything one nimlogs message says. `doc` is the decoded message (raw.decode);
     lines that are not objects are counted as malformed, never raised. `identities` are
     added to the configured deployment's for the calls the lines name (an OTLP resource's
     `k8s:`, `pod:`, `svc:`). A line may carry `observed` (ISO; when it was read: the
     reference for a time without a year, and the time of a line that has none) and `level`
-    (its text is then a bare message when no line shape fits)."""
-    batch = _Batch(doc, policy, identities)
+    (its text is then a bare message when no line shape fits). `clock` bounds the lines'
+    times: one out of bounds becomes the receive time, with a finding on the line (and
+    the call it names)."""
+    batch = _Batch(doc, policy, identities, clock)
     lines = doc.get("lines")
     for item in lines if isinstance(lines, list) else ():
         if isinstance(item, dict):

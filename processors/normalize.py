@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from nimtrail import raw, records
 from nimtrail.errors import PermanentError
 from processors import nimlogs, otlp_logs, otlp_metrics, scrapes, spans
+from processors.clock import Clock, default_clock
 from processors.content import ContentPolicy
 from processors.evidence import Evidence
 
@@ -28,6 +29,7 @@ class Normalised:
     deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     observations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # clock_skew, from the input's times
     line_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped_points: dict[str, int] = dataclasses.field(default_factory=dict)  # OTLP metrics, by reason
     # (identities, samples and observations among the above that name no deployment): the
@@ -51,12 +53,14 @@ class Normalised:
                 self.unplaced.append((identities, unplaced))
 
 
-def normalise(kind: str, value: bytes, policy: ContentPolicy) -> Normalised:
-    """`kind` is one of SPANS, NIMLOGS, SCRAPES, OTLP_LOGS, OTLP_METRICS, DEPLOYMENTS."""
-    out = Normalised()
+def normalise(kind: str, value: bytes, policy: ContentPolicy, clock: Clock | None = None) -> Normalised:
+    """`kind` is one of SPANS, NIMLOGS, SCRAPES, OTLP_LOGS, OTLP_METRICS, DEPLOYMENTS;
+    `clock` (the message's receive time and bounds) judges every time the input states."""
+    clock = clock or default_clock()
+    out = Normalised(findings=clock.findings)
     if kind == SPANS:
         try:
-            out.evidence = list(spans.evidence_from_request(value, policy))
+            out.evidence = list(spans.evidence_from_request(value, policy, clock))
         except DecodeError as e:
             raise PermanentError("malformed_protobuf", str(e)) from e
     elif kind == NIMLOGS:
@@ -64,17 +68,17 @@ def normalise(kind: str, value: bytes, policy: ContentPolicy) -> Normalised:
             doc = raw.decode(value, raw.NIMLOGS_REQUIRED)
         except ValueError as e:
             raise PermanentError("malformed_nimlogs", str(e)) from e
-        out.add_nimlogs(nimlogs.normalise(doc, policy))
+        out.add_nimlogs(nimlogs.normalise(doc, policy, clock=clock))
     elif kind == OTLP_LOGS:
         try:
-            found = otlp_logs.normalise(value, policy)
+            found = otlp_logs.normalise(value, policy, clock)
         except DecodeError as e:
             raise PermanentError("malformed_protobuf", f"not an OTLP logs request: {e}") from e
         for resource in found:
             out.add_nimlogs(resource.result, resource.identities)
     elif kind == OTLP_METRICS:
         try:
-            found_metrics, counts = otlp_metrics.normalise(value)
+            found_metrics, counts = otlp_metrics.normalise(value, clock)
         except DecodeError as e:
             raise PermanentError("malformed_protobuf", f"not an OTLP metrics request: {e}") from e
         for resource in found_metrics:
@@ -88,7 +92,7 @@ def normalise(kind: str, value: bytes, policy: ContentPolicy) -> Normalised:
             doc = raw.decode(value, raw.SCRAPES_REQUIRED)
         except ValueError as e:
             raise PermanentError("malformed_scrape", str(e)) from e
-        out.samples, malformed = scrapes.normalise(doc)
+        out.samples, malformed = scrapes.normalise(doc, clock)
         if malformed:
             out.line_counts["malformed_sample"] = malformed
     elif kind == DEPLOYMENTS:

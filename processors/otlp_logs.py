@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from nimtrail.records import iso_from_ns
 from processors import nimlogs
+from processors.clock import Clock
 from processors.content import ContentPolicy
 from processors.otlp_values import (DEPLOYMENT_ATTRIBUTE, any_value, attributes, resource_identities,
                                     resource_source)
@@ -52,6 +53,8 @@ def _line(record: Any) -> dict[str, Any]:
     """A nimlogs line item for one LogRecord."""
     item: dict[str, Any] = {"time": iso_from_ns(record.time_unix_nano),
                             "observed": iso_from_ns(record.observed_time_unix_nano)}
+    if record.time_unix_nano:  # as sent, for a clock_skew finding
+        item["time_unix_nano"] = record.time_unix_nano
     body = record.body
     kind = body.WhichOneof("value")
     if kind == "string_value":
@@ -66,9 +69,9 @@ def _line(record: Any) -> dict[str, Any]:
     return item
 
 
-def normalise(value: bytes, policy: ContentPolicy) -> list[ResourceLogs]:
-    """What one otlp_logs message says, per resource. Raises protobuf's DecodeError when
-    `value` is not an ExportLogsServiceRequest."""
+def normalise(value: bytes, policy: ContentPolicy, clock: Clock | None = None) -> list[ResourceLogs]:
+    """What one otlp_logs message says, per resource; `clock` bounds the lines' times.
+    Raises protobuf's DecodeError when `value` is not an ExportLogsServiceRequest."""
     request = ExportLogsServiceRequest()
     request.ParseFromString(value)
     out = []
@@ -82,5 +85,5 @@ def normalise(value: bytes, policy: ContentPolicy) -> list[ResourceLogs]:
                "file": None, "host": resource.get("host.name"), "received_at": max(seen) if seen else None,
                "lines": lines}
         identities = resource_identities(resource)
-        out.append(ResourceLogs(identities, nimlogs.normalise(doc, policy, identities)))
+        out.append(ResourceLogs(identities, nimlogs.normalise(doc, policy, identities, clock)))
     return out

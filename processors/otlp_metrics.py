@@ -39,6 +39,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from nimtrail import records
 from nimtrail.records import iso_from_ns, sha256_hex
+from processors.clock import UNIX_NANO, Clock, default_clock
 from processors.otlp_values import DEPLOYMENT_ATTRIBUTE, attributes, resource_identities, resource_source
 
 _NAMESPACES = ("vllm", "sglang")
@@ -106,7 +107,8 @@ def _exponential_buckets(point: Any) -> list[tuple[float, int]]:
 
 
 class _Resource:
-    def __init__(self, resource: dict[str, Any], counts: dict[str, int]):
+    def __init__(self, resource: dict[str, Any], counts: dict[str, int], clock: Clock):
+        self.clock = clock
         self.source = resource_source(resource)
         self.deployment = resource.get(DEPLOYMENT_ATTRIBUTE) or None
         self.extra = {k: v for k, v in (
@@ -127,7 +129,8 @@ class _Resource:
         for k, v in self.extra.items():
             labels.setdefault(k, v)
         ts = iso_from_ns(point.time_unix_nano)
-        sample_id = sha256_hex([self.source, metric, labels, ts])[:32]
+        sample_id = sha256_hex([self.source, metric, labels, ts])[:32]  # from the time as sent
+        ts = self.clock.clamp(ts, point.time_unix_nano, UNIX_NANO, "metric_sample", sample_id, "ts")
         self.samples.append(records.new("metric_sample", sample_id=sample_id, ts=ts,
                                         deployment_id=self.deployment, metric=metric, labels=labels,
                                         value=value, buckets=buckets, version=1))
@@ -179,16 +182,18 @@ class _Resource:
             self.count("empty_metric")
 
 
-def normalise(value: bytes) -> tuple[list[ResourceMetrics], dict[str, int]]:
+def normalise(value: bytes, clock: Clock | None = None) -> tuple[list[ResourceMetrics], dict[str, int]]:
     """(samples per resource, counts of skipped points by reason) of one otlp_metrics
-    message. Raises protobuf's DecodeError when `value` is not an ExportMetricsServiceRequest."""
+    message; `clock` bounds the points' times. Raises protobuf's DecodeError when `value`
+    is not an ExportMetricsServiceRequest."""
+    clock = clock or default_clock()
     request = ExportMetricsServiceRequest()
     request.ParseFromString(value)
     counts: dict[str, int] = {}
     out = []
     for resource_metrics in request.resource_metrics:
         resource = attributes(resource_metrics.resource.attributes)
-        r = _Resource(resource, counts)
+        r = _Resource(resource, counts, clock)
         for scope in resource_metrics.scope_metrics:
             for metric in scope.metrics:
                 r.metric(metric)

@@ -13,10 +13,10 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from nimtrail.config import ProcessorConfig
+from nimtrail.config import ProcessorConfig, RetentionConfig
 from nimtrail.errors import PermanentError
 from nimtrail.ops import StageMetrics
-from processors import normalize
+from processors import clock, normalize
 from processors.bounds import Bounds
 from processors.content import ContentPolicy
 from processors.events import (DeploymentRegistered, EvidenceJoined, FieldTruncated, FindingRaised,
@@ -40,20 +40,26 @@ class Outputs:
 
 
 class Pipeline:
-    def __init__(self, config: ProcessorConfig = ProcessorConfig(), metrics: StageMetrics | None = None):
+    def __init__(self, config: ProcessorConfig = ProcessorConfig(), metrics: StageMetrics | None = None,
+                 retention: RetentionConfig | None = None):
+        """`retention`: the warehouse's, whose longest class bounds how old an input time
+        may be (processor.clock.max_age 0)."""
         self.policy = ContentPolicy(config.content)
         self.bounds = Bounds(config.limits)
+        self.clock_limits = clock.ClockLimits.of(config.clock, retention)
         self.joiner = Joiner(config)
         self.metrics = metrics or StageMetrics("processor")
         self._out = Outputs()
         self._evidence_counts: dict[str, int] = defaultdict(int)
 
-    def handle(self, kind: str, value: bytes, now: float, source: str = "") -> None:
+    def handle(self, kind: str, value: bytes, now: float, source: str = "",
+               received: float | None = None) -> None:
         """One input message of `kind` (normalize.SPANS / NIMLOGS / SCRAPES / OTLP_LOGS /
-        OTLP_METRICS) from the topic `source`. Bad input is collected in `rejected` for the
-        dead-letter topic, never raised."""
+        OTLP_METRICS) from the topic `source`, received (Unix seconds: its Kafka timestamp)
+        at `received` (None: now by the wall clock; `now` is the join's clock). Bad input is
+        collected in `rejected` for the dead-letter topic, never raised."""
         try:
-            found = normalize.normalise(kind, value, self.policy)
+            found = normalize.normalise(kind, value, self.policy, clock.Clock(self.clock_limits, received))
             # Before anything joins or keeps it: no value may outgrow its field (bounds.py).
             self.bounds.normalised(found)
         except PermanentError as e:
@@ -73,7 +79,14 @@ class Pipeline:
         for identities, items in found.unplaced:
             self._place(identities, items)
         if found.samples:
+            clock.stamp(found.samples)
             self._out.records["metric_sample"].extend(found.samples)
+        if found.findings:
+            clock.stamp(found.findings)
+            self._out.records["finding"].extend(found.findings)
+            for finding in found.findings:
+                FindingRaised(kind=finding["kind"], status="open",
+                              subject=",".join(finding["subject_ids"])).emit(self.metrics, log)
         self._out.observations.extend(found.observations)
         self._out.log_events.extend(found.log_events)
         for line_kind, count in found.line_counts.items():

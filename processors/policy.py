@@ -25,6 +25,7 @@ SEVERITY = {
     "unlisted_tool_server": "high",
     "unattributed_action": "medium",
     "unknown_deployment": "medium",
+    "clock_skew": "low",  # processors/clock.py: a time replaced by the receive time
 }
 _DENIED = {"denied", "rejected", "blocked", "deny", "reject"}
 
@@ -33,8 +34,8 @@ def finding_id(kind: str, subject: str) -> str:
     return sha256_hex(f"{kind}|{subject}")[:32]
 
 
-def _finding(kind: str, subject: str, subject_ids: list[str], detected_at: str | None,
-             detail: dict[str, Any]) -> dict[str, Any]:
+def new_finding(kind: str, subject: str, subject_ids: list[str], detected_at: str | None,
+                detail: dict[str, Any]) -> dict[str, Any]:
     record = records.new("finding", finding_id=finding_id(kind, subject), severity=SEVERITY[kind],
                          subject_ids=subject_ids, detected_at=detected_at,
                          detail={"status": "open", **detail})
@@ -88,7 +89,7 @@ def call_findings(call: dict[str, Any], deployment: dict[str, Any] | None) -> li
     call_id = call["call_id"]
     when = call.get("started_at") or call.get("ended_at")
     if call.get("deployment_id") is None:
-        out.append(_finding("unknown_deployment", call_id, [call_id], when, {
+        out.append(new_finding("unknown_deployment", call_id, [call_id], when, {
             "reason": "the telemetry of this call matches no registered deployment",
             "model": call.get("model"), "signals": call.get("signals")}))
         return out
@@ -96,13 +97,13 @@ def call_findings(call: dict[str, Any], deployment: dict[str, Any] | None) -> li
         return out  # registered, but the call precedes the first version
     requested = call.get("tool_names") or call.get("tool_call_ids")
     if requested and deployment.get("tool_calling_allowed") is False:
-        out.append(_finding("purpose_violation", call_id, [call_id], when, {
+        out.append(new_finding("purpose_violation", call_id, [call_id], when, {
             "reason": "the response requested tool calls through a deployment that does not "
                       "allow tool calling",
             "what": "requested", "tool_names": call.get("tool_names"), **_deployment_ref(deployment)}))
     allowed = deployment.get("allowed_clients")
     if allowed is not None and _matches_client(list(allowed), call) is False:
-        out.append(_finding("unauthorized_client", call_id, [call_id], when, {
+        out.append(new_finding("unauthorized_client", call_id, [call_id], when, {
             "reason": "the caller is not among the deployment's allowed clients",
             "caller": call.get("caller"), "client_service": call.get("client_service"),
             "client_address": call.get("client_address"), "allowed_clients": list(allowed),
@@ -117,7 +118,7 @@ def action_findings(action: dict[str, Any], call: dict[str, Any] | None,
     action_id = action["action_id"]
     when = action.get("started_at")
     if call is None:
-        return [_finding("unattributed_action", action_id, [action_id], when, {
+        return [new_finding("unattributed_action", action_id, [action_id], when, {
             "reason": "no model call was found that asked for this action within the join window",
             "tool_name": action.get("tool_name"), "tool_call_id": action.get("tool_call_id"),
             "trace_id": action.get("trace_id")})]
@@ -127,14 +128,14 @@ def action_findings(action: dict[str, Any], call: dict[str, Any] | None,
     ref = {**_deployment_ref(deployment), "call_id": call["call_id"], "tool_name": action.get("tool_name")}
     out = []
     if deployment.get("tool_calling_allowed") is False:
-        out.append(_finding("purpose_violation", action_id, subjects, when, {
+        out.append(new_finding("purpose_violation", action_id, subjects, when, {
             "reason": "a tool ran on the request of a deployment that does not allow tool calling",
             "what": "executed", **ref}))
     gate = (action.get("gate") or "none").lower()
     decision = (action.get("gate_decision") or "").lower()
     destructive = deployment.get("destructive_tools") or ()
     if action.get("tool_name") in destructive and gate != "human" and decision not in _DENIED:
-        out.append(_finding("ungated_action", action_id, subjects, when, {
+        out.append(new_finding("ungated_action", action_id, subjects, when, {
             "reason": "a destructive tool ran without a human approval"
                       + (" (approved automatically by policy)" if gate == "policy" else ""),
             "gate": gate, "gate_decision": action.get("gate_decision"),
@@ -142,7 +143,7 @@ def action_findings(action: dict[str, Any], call: dict[str, Any] | None,
             "target": action.get("target"), **ref}))
     servers = deployment.get("tool_servers")
     if mcp_aliases and servers is not None and not set(mcp_aliases) & _server_names(servers):
-        out.append(_finding("unlisted_tool_server", action_id, subjects, when, {
+        out.append(new_finding("unlisted_tool_server", action_id, subjects, when, {
             "reason": "the tool ran on an MCP server the deployment's callers may not reach",
             "mcp_server": action.get("mcp_server"), "tool_servers": list(servers), **ref}))
     return out

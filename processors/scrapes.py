@@ -6,7 +6,8 @@ in ascending `le` (the last is `"+Inf"`, whose count is the histogram's count), 
 the `_sum`, `labels` without `le`. Percentiles by GPU profile can then be computed from the
 buckets as well as from the calls. The scrape's health becomes an `up` sample.
 
-sample_id is a hash of (target, metric, labels, time), so re-delivery changes nothing.
+sample_id is a hash of (target, metric, labels, time as sent), so re-delivery changes
+nothing. A time out of bounds becomes the receive time (processors/clock.py).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from typing import Any
 
 from nimtrail import records
 from nimtrail.records import sha256_hex
+from processors.clock import TEXT, UNIX_SECONDS, Clock, default_clock
 from processors.nimlog_lines import iso, parse_iso
 
 
-def _ts(sample: dict[str, Any], scraped_at: str | None) -> str | None:
+def _ts(sample: dict[str, Any], scraped_at: tuple[str | None, Any, str]) -> tuple[str | None, Any, str]:
+    """(ISO time or None when it cannot be one, the value as sent, how to read it)."""
     stamp = sample.get("timestamp")
     if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and stamp > 0:
         # Exposition timestamps are seconds (prometheus-client's parser) or milliseconds.
         seconds = stamp / 1000.0 if stamp > 1e11 else float(stamp)
-        return iso(_dt.datetime.fromtimestamp(seconds, _dt.timezone.utc))
+        try:
+            return iso(_dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)), stamp, UNIX_SECONDS
+        except (OverflowError, OSError, ValueError):  # beyond year 9999, or inf / NaN
+            return None, stamp, UNIX_SECONDS
     return scraped_at
 
 
@@ -42,12 +48,14 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def normalise(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """(samples, malformed sample count) of one decoded scrapes message."""
+def normalise(doc: dict[str, Any], clock: Clock | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(samples, malformed sample count) of one decoded scrapes message; `clock` bounds
+    the samples' times."""
+    clock = clock or default_clock()
     target = str(doc.get("target") or "")
     deployment = doc.get("deployment") or None
     stamp = parse_iso(doc.get("scraped_at"))
-    scraped_at = iso(stamp) if stamp else None
+    scraped_at = (iso(stamp) if stamp else None, doc.get("scraped_at"), TEXT)
     out: list[dict[str, Any]] = []
     malformed = 0
 
@@ -58,10 +66,12 @@ def normalise(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     if target:
         target_labels["instance"] = target
 
-    def emit(metric: str, labels: dict[str, Any], ts: str | None, value: float | None,
+    def emit(metric: str, labels: dict[str, Any], sent: tuple[str | None, Any, str], value: float | None,
              buckets: list | None = None) -> None:
         labels = {**target_labels, **labels}
-        sample_id = sha256_hex([target, metric, labels, ts])[:32]
+        ts = sent[0]
+        sample_id = sha256_hex([target, metric, labels, ts if ts is not None else sent[1]])[:32]
+        ts = clock.clamp(ts, sent[1], sent[2], "metric_sample", sample_id, "ts")
         out.append(records.new("metric_sample", sample_id=sample_id, ts=ts, deployment_id=deployment,
                                metric=metric, labels=labels, value=value, buckets=buckets, version=1))
 

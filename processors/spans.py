@@ -22,6 +22,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 import datetime as _dt
 from nimtrail.records import sha256_hex
 from processors import evidence as ev
+from processors.clock import UNIX_NANO, Clock, default_clock
 from processors.content import ContentPolicy, canonical, digest
 from processors.evidence import Evidence
 from processors.otlp_values import attributes, resource_identities
@@ -89,16 +90,23 @@ class _Span:
 
     __slots__ = ("span", "attrs", "resource", "base")
 
-    def __init__(self, span: trace_pb2.Span, attrs: dict[str, Any], resource: dict[str, Any]):
+    def __init__(self, span: trace_pb2.Span, attrs: dict[str, Any], resource: dict[str, Any],
+                 clock: Clock):
         self.span = span
         self.attrs = attrs
         self.resource = resource
+        span_id = span.span_id.hex()
+        started, ended = iso_from_ns(span.start_time_unix_nano), iso_from_ns(span.end_time_unix_nano)
+        if started is not None and not clock.low <= started <= clock.high:
+            started = clock.clamp(started, span.start_time_unix_nano, UNIX_NANO, "span", span_id, "started_at")
+        if ended is not None and not clock.low <= ended <= clock.high:
+            ended = clock.clamp(ended, span.end_time_unix_nano, UNIX_NANO, "span", span_id, "ended_at")
         self.base = {
             "trace_id": span.trace_id.hex(),
-            "span_id": span.span_id.hex(),
+            "span_id": span_id,
             "parent_span_id": span.parent_span_id.hex() or None,
-            "started_at": iso_from_ns(span.start_time_unix_nano),
-            "ended_at": iso_from_ns(span.end_time_unix_nano),
+            "started_at": started,
+            "ended_at": ended,
         }
 
     @property
@@ -317,30 +325,46 @@ _OPENLLMETRY = {"chat": "chat", "completion": "text_completion", "embedding": "e
 
 
 def classify(span: trace_pb2.Span, attrs: dict[str, Any], resource: dict[str, Any],
-             policy: ContentPolicy) -> Evidence | None:
-    """The evidence one span gives, or None for spans nimtrail does not audit."""
+             policy: ContentPolicy, clock: Clock | None = None) -> Evidence | None:
+    """The evidence one span gives, or None for spans nimtrail does not audit. `clock`
+    bounds the span's times; its findings name the span and the record it became."""
+    clock = clock or default_clock()
+    raised = len(clock.findings)
+    found = _classify(span, attrs, resource, policy, clock)
+    if len(clock.findings) > raised:
+        if found is None:
+            del clock.findings[raised:]  # a span that is not audited stores no time
+        elif found.key != found.evidence_id:
+            clock.name_subject(raised, found.key)
+    return found
+
+
+def _classify(span: trace_pb2.Span, attrs: dict[str, Any], resource: dict[str, Any],
+              policy: ContentPolicy, clock: Clock) -> Evidence | None:
     method = attrs.get("mcp.method.name")
     if method is not None:
-        return _mcp(_Span(span, attrs, resource), str(method), policy)
+        return _mcp(_Span(span, attrs, resource, clock), str(method), policy)
     if span.name == "llm_request" or (span.kind == _SERVER and "gen_ai.request.id" in attrs):
-        return _nim_call(_Span(span, attrs, resource))
+        return _nim_call(_Span(span, attrs, resource, clock))
     operation = attrs.get("gen_ai.operation.name")
     if operation is None:
         operation = _OPENLLMETRY.get(attrs.get("llm.request.type")) or span.name.split(" ", 1)[0]
     if operation == "execute_tool":
-        return _tool_action(_Span(span, attrs, resource), policy)
+        return _tool_action(_Span(span, attrs, resource, clock), policy)
     if operation == "invoke_agent":
-        return _agent(_Span(span, attrs, resource))
+        return _agent(_Span(span, attrs, resource, clock))
     if operation in INFERENCE_OPERATIONS:
-        return _client_call(_Span(span, attrs, resource), operation, policy)
+        return _client_call(_Span(span, attrs, resource, clock), operation, policy)
     return None
 
 
-def evidence_from_request(payload: bytes, policy: ContentPolicy) -> Iterator[Evidence]:
-    """Every piece of evidence in one OTLP ExportTraceServiceRequest (protobuf bytes).
+def evidence_from_request(payload: bytes, policy: ContentPolicy, clock: Clock | None = None) -> Iterator[Evidence]:
+    """Every piece of evidence in one OTLP ExportTraceServiceRequest (protobuf bytes);
+    `clock` bounds the spans' times.
 
     Raises google.protobuf.message.DecodeError for bytes that are not such a request.
     """
+    clock = clock or default_clock()
     request = ExportTraceServiceRequest()
     request.ParseFromString(payload)
     for resource_spans in request.resource_spans:
@@ -350,6 +374,6 @@ def evidence_from_request(payload: bytes, policy: ContentPolicy) -> Iterator[Evi
                 if (span.name.partition(" ")[0] not in _NAMED
                         and not any(kv.key in MARKERS for kv in span.attributes)):
                     continue
-                found = classify(span, attributes(span.attributes), resource, policy)
+                found = classify(span, attributes(span.attributes), resource, policy, clock)
                 if found is not None:
                     yield found

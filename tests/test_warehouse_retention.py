@@ -164,3 +164,26 @@ def test_report_exports_json_and_parquet_that_say_the_same(world):
     frame = pl.read_parquet(io.BytesIO(parquet))
     assert frame.height == rows
     assert frame.filter(pl.col("section") == "purge")["rows"].sum() == sum(p["rows"] for p in doc["purges"])
+
+
+def test_a_record_claiming_1970_is_not_purged_on_arrival(tmp_path: Path):
+    """Expiry is judged by the later of the time a record claims and the time the pipeline
+    observed it: a sender's clock alone never makes a record expire."""
+    store = Store(tmp_path / "audit.duckdb")
+    epoch = "1970-01-01T00:00:00.000000Z"
+    write(store, "model_call", [call("c-1970", started_at=epoch, ended_at=epoch, observed_at=NOW.isoformat()),
+                                call("c-expired", days=1000, caller="bob")])
+    write(store, "tool_action", [action("a-1970", "c-1970", started_at=epoch, observed_at=NOW.isoformat())])
+    write(store, "metric_sample", [{**sample("s-1970", epoch, "vllm:num_requests_running", None, value=1.0),
+                                    "observed_at": NOW.isoformat()}])
+    try:
+        result = retention.apply(store, POLICY, LEGAL)
+        assert result["rows"] >= 1  # the call claimed and observed 1000 days ago went
+        left = {r[0] for r in store.reader().execute("SELECT call_id FROM model_calls").fetchall()}
+        assert left == {"c-1970"}
+        assert _count(store, "SELECT count(*) FROM tool_actions WHERE action_id = 'a-1970'") == 1
+        assert _count(store, "SELECT count(*) FROM metric_samples WHERE sample_id = 's-1970'") == 1
+        # its content class is judged the same way: the prompt arrived today
+        assert _count(store, "SELECT count(*) FROM model_calls WHERE prompt_text IS NOT NULL") == 1
+    finally:
+        store.close()

@@ -35,7 +35,7 @@ from warehouse.events import RetentionApplied
 from warehouse.holds import held_sql
 from warehouse.ledger import now
 from warehouse.store import Store
-from warehouse.tables import AGE_COLUMNS, Table, iso, ledger_items
+from warehouse.tables import EXPIRY_COLUMNS, Table, iso, ledger_items
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def apply(store: Store, config: RetentionConfig, principal: Principal, *, dry_ru
                 continue
             cutoff = at - dt.timedelta(seconds=keep)
             table = store.by_name[step.table]
-            expired = f"{AGE_COLUMNS[step.table]} < ? AND {step.extra}"
+            expired = f"{EXPIRY_COLUMNS[step.table]} < ? AND {step.extra}"
             held = held_sql(step.table)
             gone, kept = con.execute(
                 f"SELECT count(*) FILTER (WHERE NOT {held}), count(*) FILTER (WHERE {held}) "

@@ -52,6 +52,12 @@ AGE_COLUMNS = {
     "metric_samples": "coalesce(t.ts, t.observed_at)",
     "access_log": "t.accessed_at",
 }
+# What retention judges expiry by: never a client's claimed time alone, but the later of it
+# and `observed_at`, the time the pipeline itself saw the record (a record claiming 1970 is
+# not purged on arrival). The access log's time is the warehouse's own; a deployment
+# version's valid_from is the operator's, from its registration, not a sender's clock.
+EXPIRY_COLUMNS = {table: age if table in ("access_log", "deployments") else f"greatest({age}, t.observed_at)"
+                  for table, age in AGE_COLUMNS.items()}
 
 _SCALARS = {
     "VARCHAR": pl.Utf8, "INTEGER": pl.Int32, "BIGINT": pl.Int64, "DOUBLE": pl.Float64,

@@ -75,22 +75,28 @@ def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any],
     query = f"SELECT c.call_id FROM model_calls c {{}} {CALLS_ORDER} LIMIT ? OFFSET ?"
     count, oldest, newest = (one(con, "SELECT count(*), min(started_at), max(started_at) FROM model_calls")
                              if windowed else (0, None, None))
-    if newest is None or oldest is None or newest <= oldest:
+    # Windows are only a shortcut: a store whose times Python cannot subtract (DuckDB
+    # answers a time beyond year 9999 as text; spans near year 1 or 9999 overflow a
+    # timedelta) gets the whole-table query, which gives the same page.
+    if not isinstance(newest, dt.datetime) or not isinstance(oldest, dt.datetime) or newest <= oldest:
         newest = None
     elif until is not None:
         newest = min(newest, until)
-    window = MIN_WINDOW
-    if newest is not None:
-        window = max(MIN_WINDOW, (newest - oldest) * (WINDOW_ROWS * (limit + offset + 1) / count))
-    while newest is not None and oldest is not None:
-        cutoff = newest - window
-        if cutoff <= oldest or (since is not None and cutoff <= since):
-            break
-        found = con.execute(query.format(where_sql([*where, "c.started_at >= ?"])),
-                            [*args, cutoff, limit + 1, offset]).fetchall()
-        if len(found) > limit:
-            return [r[0] for r in found]
-        window *= WINDOW_GROWTH
+    try:
+        window = MIN_WINDOW
+        if newest is not None:
+            window = max(MIN_WINDOW, (newest - oldest) * (WINDOW_ROWS * (limit + offset + 1) / count))
+        while newest is not None and oldest is not None:
+            cutoff = newest - window
+            if cutoff <= oldest or (since is not None and cutoff <= since):
+                break
+            found = con.execute(query.format(where_sql([*where, "c.started_at >= ?"])),
+                                [*args, cutoff, limit + 1, offset]).fetchall()
+            if len(found) > limit:
+                return [r[0] for r in found]
+            window *= WINDOW_GROWTH
+    except OverflowError:
+        pass  # the window passed year 1: the whole table is the next window anyway
     return [r[0] for r in con.execute(query.format(where_sql(where)),
                                       [*args, limit + 1, offset]).fetchall()]
 

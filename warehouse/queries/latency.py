@@ -18,6 +18,7 @@ instead (queries/latency_estimate.py; `_source` = calls_histogram): the answer s
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections import defaultdict
 from typing import Any
@@ -30,6 +31,8 @@ from warehouse.queries import latency_estimate
 from warehouse.queries.common import _value, rows, time_range, where_sql
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
+# The most a histogram bucket can count (a 64-bit counter); more is not a count.
+MAX_COUNT = float(2**63 - 1)
 METRICS = ("ttft_ms", "e2e_ms", "queue_ms")
 # Histogram base names (after any `vllm:` / `sglang:` prefix and `_bucket` suffix), in seconds.
 HISTOGRAMS = {"time_to_first_token_seconds": "ttft_ms", "e2e_request_latency_seconds": "e2e_ms",
@@ -176,7 +179,8 @@ def _from_histograms(con, params: Params, sample_cols: dict[str, str], interval:
         if previous is not None and all(current.get(le, 0) >= n for le, n in previous.items()):
             increase = {le: n - previous.get(le, 0) for le, n in current.items()}
         previous = current
-        if since and row["_ts"] < since:
+        # (DuckDB answers a time beyond year 9999 as text: after any `since`; no time: in no range)
+        if since and (row["_ts"] is None or (isinstance(row["_ts"], dt.datetime) and row["_ts"] < since)):
             continue
         key = tuple(_value(k, row[k]) for k in keys)
         target = sums[key][HISTOGRAMS[row["_base"]]]
@@ -190,7 +194,7 @@ def _from_histograms(con, params: Params, sample_cols: dict[str, str], interval:
             if total <= 0:
                 continue
             values = {f"{metric}_p{round(q * 100)}": _ms(histogram_quantile(q, hist)) for q in QUANTILES}
-            out[key][metric] = {f"{metric}_n": int(round(total)), **values,
+            out[key][metric] = {f"{metric}_n": int(round(min(total, MAX_COUNT))), **values,
                                 f"{metric}_source": "metrics"}
     return out
 
@@ -200,15 +204,20 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def _parse_buckets(text: str | None) -> dict[float, float] | None:
-    """`[[le, cumulative], ...]` or `{"le": cumulative}`; le may be "+Inf"."""
+    """`[[le, cumulative], ...]` or `{"le": cumulative}`; le may be "+Inf". None when it is
+    not a histogram: a NaN bound, or a count that is no count (negative, NaN, infinite,
+    beyond a 64-bit counter)."""
     if text is None:
         return None
     try:
         doc = orjson.loads(text)
         pairs = doc.items() if isinstance(doc, dict) else doc
-        return {float(le): float(n) for le, n in pairs}
+        found = {float(le): float(n) for le, n in pairs}
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return None
+    if any(math.isnan(le) or not 0 <= n <= MAX_COUNT for le, n in found.items()):
+        return None
+    return found
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
