@@ -4,6 +4,7 @@
     python -m bench --quick        # < 3 minutes, small sizes
     python -m bench --full         # queries at 10M model calls
     python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
+    python -m bench --redaction    # only redaction: MB/s and CPU seconds on adversarial text
 
 Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
 description and each figure's ratio to its raw limit). See bench/raw.py (the limits),
@@ -53,7 +54,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", default="", help="use this broker instead of starting one")
     parser.add_argument("--work", help="directory for the files (default: a temporary one)")
     parser.add_argument("--skip", action="append", default=[], choices=["raw", "pipeline", "queries"])
+    parser.add_argument("--redaction", action="store_true",
+                        help="only the redaction benchmark (no broker; results JSON, BENCHMARKS.md untouched)")
     args = parser.parse_args()
+    if args.redaction:
+        redaction()
+        return
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.full:
         size.update(calls=10_000_000, requests=50)
@@ -104,6 +110,17 @@ def main() -> None:
     report.update(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", out["mode"], table)
     say(table)
     say(f"wrote {path} and BENCHMARKS.md in {out['seconds']:.0f}s")
+
+
+def redaction() -> None:
+    from bench import redaction_bench
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out = {"started": started, "mode": "redaction", "machine": machine(), "rows": redaction_bench.run()}
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{started[:19].replace(':', '')}-redaction.json"
+    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
