@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nimtrail import kafka_io
 from nimtrail.redaction import TRUNCATED
-from tests import corpus, scenarios as sc
 from tests.harness import Env, http_ok, wait_for
 from tests.otel_agent import send_agent_trace
+# The corpus's governance records: delete_record is destructive on the llama deployment the
+# agent trace calls, so an automatically approved run of it is an ungated_action.
+from tests.test_processors_kafka import register_deployments
 
 pytestmark = pytest.mark.integration
 
@@ -33,23 +34,10 @@ def _trace_back(env: Env, tool_call_id: str, complete) -> dict:
     return wait_for(chain, timeout=90, what="the trace-back chain")
 
 
-def _register_deployments(env: Env) -> None:
-    """The corpus's governance records: delete_record is destructive on the llama deployment
-    the agent trace calls, so an automatically approved run of it is an ungated_action."""
-    t = env.config.topics
-    kafka_io.ensure_topics(env.config, [t.otlp_spans], compacted=[t.deployments])
-    producer = kafka_io.producer(env.config)
-    for record in corpus.deployments():
-        key, value = sc.deployment_message(record)
-        producer.send(t.deployments, key=key, value=value)
-    producer.flush()
-    producer.close()
-
-
 def test_emails_in_a_tools_error_and_target_are_stored_redacted(tmp_path: Path, kafka_bootstrap: str):
     env = Env(tmp_path, kafka_bootstrap, processor={"join_window": "1s"})
     try:
-        _register_deployments(env)
+        register_deployments(env)
         _start(env)
         sent = send_agent_trace(env.otlp_http, target="mailbox:eve.admin@example.com/inbox/42",
                                 error_type="PermissionDenied: eve.admin@example.com may not delete")
