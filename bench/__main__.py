@@ -5,6 +5,7 @@
     python -m bench --full         # queries at 10M model calls
     python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
     python -m bench --soak [--minutes 30] [--rate 5000]   # steady load, then a processor restart
+    python -m bench --redaction    # only redaction: MB/s and CPU seconds on adversarial text
 
 Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
 description and each figure's ratio to its raw limit). See bench/raw.py (the limits),
@@ -77,9 +78,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0, help="soak spans per second (default 5000)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config key for the soak's stages, e.g. processor.state_max_entries=50000")
+    parser.add_argument("--redaction", action="store_true",
+                        help="only the redaction benchmark (no broker; results JSON, BENCHMARKS.md untouched)")
     args = parser.parse_args()
     if args.soak:
         return soak_main(args)
+    if args.redaction:
+        redaction()
+        return
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.full:
         size.update(calls=10_000_000, requests=50)
@@ -124,6 +130,15 @@ def main() -> None:
     say(f"wrote {path} and BENCHMARKS.md in {out['seconds']:.0f}s")
 
 
+def write_result(out: dict, mode: str) -> Path:
+    """bench/results/<start time>-<mode>.json, beside the other runs' results."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{out['started'][:19].replace(':', '')}-{mode}.json"
+    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    return path
+
+
 def overrides(settings: list[str]) -> dict[str, dict]:
     """`section.key=value` settings as config sections (values read as YAML: 5000 → int)."""
     out: dict[str, dict] = {}
@@ -145,11 +160,14 @@ def soak_main(args: argparse.Namespace) -> None:
     out["broker"] = "shared" if args.bootstrap else "bundled"
     with kafka(args, work) as bootstrap:
         out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set))
-    results = Path(__file__).resolve().parent / "results"
-    results.mkdir(exist_ok=True)
-    path = results / f"{out['started'][:19].replace(':', '')}-soak.json"
-    path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
-    say(f"wrote {path}")
+    say(f"wrote {write_result(out, 'soak')}")
+
+
+def redaction() -> None:
+    from bench import redaction_bench
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out = {"started": started, "mode": "redaction", "machine": machine(), "rows": redaction_bench.run()}
+    print(f"wrote {write_result(out, 'redaction')}", flush=True)
 
 
 if __name__ == "__main__":

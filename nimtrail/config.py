@@ -296,8 +296,24 @@ class ContentConfig:
     keep_responses: bool = False
     keep_arguments: bool = False
     redact_patterns: tuple[str, ...] = ()  # extra regular expressions to redact
+    # How much of one kept text is scanned and kept; the rest becomes a truncation marker.
+    max_text_bytes: int = 65536
+    # retention.ms of the raw topics that carry content (otlp_spans, otlp_logs, nimlogs):
+    # "auto" is 24h while every keep_* is false and leaves them alone otherwise; a duration
+    # sets it always; "broker" leaves them to the broker. See docs/processors.md.
+    raw_retention: str = "auto"
 
     def validate(self, path: str) -> None:
+        if not 1024 <= self.max_text_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"{path}.max_text_bytes: expected between 1024 and 16777216")
+        if self.raw_retention not in ("auto", "broker"):
+            try:
+                seconds = Duration.parse(self.raw_retention)
+            except ValueError as e:
+                raise ConfigError(f"{path}.raw_retention: expected auto, broker or a duration "
+                                  f"such as 24h, got {self.raw_retention!r}") from e
+            if seconds < 60:
+                raise ConfigError(f"{path}.raw_retention: expected at least 1m")
         for i, pattern in enumerate(self.redact_patterns):
             try:
                 re.compile(pattern)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Iterable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (AuthorizationError, KafkaError, SaslAuthenticationFailedError,
                           TopicAlreadyExistsError)
 
+from nimtrail import raw_retention
 from nimtrail.config import Config, KafkaConfig
 from nimtrail.errors import ConfigError, NimtrailError
 from nimtrail.records import now_iso
@@ -139,10 +140,14 @@ def consumer(config: Config, *, group_id: str | None, **overrides) -> KafkaConsu
 
 def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[str] = (),
                   timeout: float = 60.0) -> None:
-    """Create the topics a stage reads or writes, if missing; waits for the broker."""
+    """Create the topics a stage reads or writes, if missing; waits for the broker.
+
+    The raw topics that carry content get the retention the content policy asks for
+    (nimtrail.raw_retention), when created and, if it differs, on every later start."""
     compacted = set(compacted)
     wanted = sorted(set(names) | compacted)
     deadline = time.monotonic() + timeout
+    settings = {name: s for name, s in raw_retention.topic_settings(config).items() if name in wanted}
     admin = admin_client(config, timeout)
     try:
         existing = set(admin.list_topics())
@@ -150,7 +155,8 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
         size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         new = [
             NewTopic(name, config.kafka.partitions, config.kafka.replication_factor,
-                     topic_configs={**size, "cleanup.policy": "compact"} if name in compacted else size)
+                     topic_configs={**size, **settings.get(name, {}),
+                                    **({"cleanup.policy": "compact"} if name in compacted else {})})
             for name in wanted if name not in existing
         ]
         if new:
@@ -159,8 +165,29 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
             except TopicAlreadyExistsError:
                 pass  # another stage created it first
         _wait_for_metadata(admin, wanted, deadline)
+        _apply_settings(admin, {n: s for n, s in settings.items() if n in existing})
     finally:
         admin.close()
+
+
+def _apply_settings(admin: KafkaAdminClient, settings: dict[str, dict[str, str]]) -> None:
+    """Bring existing topics to `settings` (incrementally: other topic configs stay)."""
+    if not settings:
+        return
+    current = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, list(wanted)) for name, wanted in settings.items()],
+        config_filter="all").get("topic", {})
+    changes = [ConfigResource(ConfigResourceType.TOPIC, name, dict(wanted))
+               for name, wanted in settings.items()
+               if any((current.get(name, {}).get(k) or {}).get("value") != v for k, v in wanted.items())]
+    if changes:
+        result = admin.alter_configs(changes).get("topic", {})
+        failed = {name: outcome for name, outcome in result.items() if outcome != "OK"}
+        if failed:
+            raise KafkaError(f"could not set the retention of the raw topics: {failed}")
+        for change in changes:
+            log.info("Set %s on topic %s", ", ".join(f"{k}={v}" for k, v in change.configs.items()),
+                     change.name)
 
 
 def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], deadline: float) -> None:

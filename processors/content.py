@@ -8,40 +8,14 @@ any other string is hashed as its UTF-8 bytes.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
 from nimtrail.config import ContentConfig
 from nimtrail.records import canonical_bytes, sha256_hex
-
-# Each pattern's match is replaced by [REDACTED:<name>]. Order matters: specific
-# credential shapes first, then the generic "key: value" form, then personal data.
-_BUILTIN = (
-    ("private_key", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
-    ("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-    ("bearer", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
-    ("api_key", r"\b(?:nvapi-[A-Za-z0-9_-]{16,}|sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}"
-                r"|gh[pousr]_[A-Za-z0-9]{30,}|xox[baprs]-[A-Za-z0-9-]{10,})"),
-    ("secret", r"(?i)\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|password"
-               r"|passwd|authorization)[\"']?\s*[:=]\s*[\"']?(?!\[REDACTED)[^\s\"',;}]{4,}"),
-    ("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-)
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_SECRET_LABEL = re.compile(r"(?i)^(.*?[:=]\s*[\"']?)")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
+from nimtrail.redaction import (SECRET_VALUE, Redactor, credential_shapes, pattern_finder,
+                                personal_data, whole_matches)
 
 
 def canonical(value: Any) -> Any:
@@ -87,27 +61,31 @@ def as_text(value: Any) -> str:
     return canonical_bytes(value).decode()
 
 
+def _label(kind: str, _found: str) -> str:
+    return f"[REDACTED:{kind}]"
+
+
 class ContentPolicy:
-    """Built once from `processor.content`; `keep_*` return redacted text or None."""
+    """Built once from `processor.content`; `keep_*` return redacted text or None.
+
+    Redaction (nimtrail.redaction) runs in time linear in the text and scans at most
+    `max_text_bytes` of it: what lies beyond is dropped, and a marker gives its size and
+    hash. Credential shapes first, then a labelled secret (`password: x` keeps its label),
+    then personal data, then the configured patterns."""
 
     def __init__(self, config: ContentConfig = ContentConfig()):
         self.config = config
-        self._patterns = [(name, re.compile(p)) for name, p in _BUILTIN]
-        self._patterns += [("custom", re.compile(p)) for p in config.redact_patterns]
+        detectors = [*credential_shapes(), ("secret", pattern_finder(SECRET_VALUE)), *personal_data(),
+                     *(("custom", whole_matches(p)) for p in config.redact_patterns)]
+        self.redactor = Redactor(detectors, _label, config.max_text_bytes)
 
     def redact(self, text: str) -> str:
-        for name, pattern in self._patterns:
-            if name == "secret":
-                text = pattern.sub(lambda m: _SECRET_LABEL.match(m.group(0)).group(1)
-                                   + "[REDACTED:secret]", text)
-            else:
-                text = pattern.sub(f"[REDACTED:{name}]", text)
+        return self.redactor.redact(text)
 
-        def card(match: re.Match) -> str:
-            digits = re.sub(r"[ -]", "", match.group(0))
-            return "[REDACTED:card]" if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
-
-        return _CARD.sub(card, text)
+    def redact_field(self, value: Any) -> Any:
+        """A free-text field kept whatever `keep_*` says (a tool's error, its target),
+        redacted like content; values that are not text pass unchanged."""
+        return self.redactor.redact(value) if isinstance(value, str) else value
 
     def _keep(self, enabled: bool, value: Any) -> str | None:
         if not enabled or value is None or value == "":

@@ -253,7 +253,6 @@ def _gate(attrs: dict[str, Any]) -> dict[str, Any]:
         "gate_decision": _first(attrs, "nimtrail.approval.decision"),
         "approver": _first(attrs, "nimtrail.approval.approver"),
         "policy_id": _first(attrs, "nimtrail.approval.policy_id"),
-        "target": _first(attrs, "nimtrail.tool.target"),
     }
 
 
@@ -271,7 +270,11 @@ def _tool_fields(s: _Span, policy: ContentPolicy, prefix: str) -> dict[str, Any]
         "arguments": policy.keep_arguments(arguments),
         "service": s.resource.get("service.name"),
         "outcome": "error" if error or s.failed else "ok",
-        "error": error,
+        # Free text that instrumentation fills from what the tool saw (an exception's
+        # message in error.type, a record or a mailbox as the target): kept always, so
+        # redacted always, like kept content. Findings quote these redacted values.
+        "error": policy.redact_field(error),
+        "target": policy.redact_field(_first(attrs, "nimtrail.tool.target")),
         **_gate(attrs),
     }
 

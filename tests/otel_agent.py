@@ -22,8 +22,10 @@ def _provider(endpoint: str, service: str) -> TracerProvider:
 
 
 def send_agent_trace(endpoint: str, *, caller: str = "alice", tool: str = "delete_record",
-                     model: str = "meta/llama-3.1-8b-instruct") -> dict[str, str]:
-    """Emit one agent trace; returns the ids a test asserts on."""
+                     model: str = "meta/llama-3.1-8b-instruct", prompt: str = "clean up the stale order",
+                     target: str = "prod-db/orders/42", error_type: str | None = None) -> dict[str, str]:
+    """Emit one agent trace; returns the ids a test asserts on. With `error_type`, the
+    tool run fails with that `error.type`."""
     call_id = f"chatcmpl-{uuid.uuid4().hex}"
     tool_call_id = f"chatcmpl-tool-{uuid.uuid4().hex[:16]}"
     agent = _provider(endpoint, "ops-agent")
@@ -47,7 +49,7 @@ def send_agent_trace(endpoint: str, *, caller: str = "alice", tool: str = "delet
                 "server.port": 8000,
                 "enduser.id": caller,
                 "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [
-                    {"type": "text", "content": "clean up the stale order"}]}]),
+                    {"type": "text", "content": prompt}]}]),
                 "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
                     {"type": "tool_call", "id": tool_call_id, "name": tool,
                      "arguments": {"id": 42}}], "finish_reason": "tool_calls"}]),
@@ -74,9 +76,13 @@ def send_agent_trace(endpoint: str, *, caller: str = "alice", tool: str = "delet
                 "gen_ai.tool.call.arguments": json.dumps({"id": 42}),
                 "nimtrail.approval.gate": "policy",
                 "nimtrail.approval.decision": "auto_approved",
-                "nimtrail.tool.target": "prod-db/orders/42",
+                "nimtrail.tool.target": target,
             })
-            run.set_status(Status(StatusCode.OK))
+            if error_type is None:
+                run.set_status(Status(StatusCode.OK))
+            else:
+                run.set_attribute("error.type", error_type)
+                run.set_status(Status(StatusCode.ERROR))
     for provider in (agent, nim):
         provider.force_flush()
         provider.shutdown()

@@ -5,7 +5,7 @@ Three nets, from the most to the least certain:
    secret (NGC_API_KEY, HF_TOKEN, DB_PASSWORD, ngcAPIKey, --api-key) has its value replaced;
 2. by shape: values that look like credentials wherever they appear (nvapi-…, JWTs,
    sk-…, hf_…, ghp_…, AWS access key ids, private key blocks, user:password@ in URLs,
-   Bearer tokens);
+   Bearer tokens): the shapes audit records are redacted of too (nimtrail.redaction);
 3. by entropy: long tokens that mix upper case, lower case and digits with high Shannon
    entropy, in environment values and container arguments.
 
@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import Counter
 from typing import Any
+
+from nimtrail.redaction import Redactor, credential_shapes, pattern_finder
 
 MARKER_PREFIX = "[redacted sha256:"
 
@@ -27,22 +30,9 @@ _SECRET_WORDS = {"key", "apikey", "token", "password", "passwd", "pwd", "secret"
                  "credential", "credentials", "authorization", "privatekey", "passphrase",
                  "accesskey", "secretkey"}
 
-_SHAPES = [
-    re.compile(r"nvapi-[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"),  # JWT
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"\bhf_[A-Za-z0-9]{16,}"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),
-    re.compile(r"\bglpat-[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
-    re.compile(r"(?i)(?<=bearer )[A-Za-z0-9_\-.=+/]{8,}"),
-    re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@host
-]
 # Candidate tokens for the entropy net stop at ".", ":", "-", "_" so that paths, URLs,
 # versions and model names (mistralai/Mixtral-8x7B-Instruct-v0.1) are judged word by word.
-_TOKEN = re.compile(r"[A-Za-z0-9+/=]{20,}")
+_TOKEN = r"[A-Za-z0-9+/=]{20,}+"
 
 
 def fingerprint(value: Any) -> str:
@@ -74,52 +64,52 @@ def is_secret_name(name: str) -> bool:
 
 
 def entropy(text: str) -> float:
-    counts: dict[str, int] = {}
-    for ch in text:
-        counts[ch] = counts.get(ch, 0) + 1
     n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
 
 
-def _char_class(ch: str) -> str:
-    return "u" if ch.isupper() else "l" if ch.islower() else "d" if ch.isdigit() else ""
+# Each token character as its class: upper, lower, digit, or none ("+", "/", "=").
+_CLASSES = str.maketrans({**{chr(c): "u" for c in range(65, 91)}, **{chr(c): "l" for c in range(97, 123)},
+                          **{chr(c): "d" for c in range(48, 58)}, "+": "x", "/": "x", "=": "x"})
+_SWITCHES = ("ul", "ud", "lu", "ld", "du", "dl")
 
 
 def _high_entropy(token: str) -> bool:
     """Random-looking: all three character classes, switching often, with high entropy.
 
     Words in identifiers (LlamaNemotronInstruct) switch class rarely; random tokens switch
-    on about half of their adjacent characters.
+    on about half of their adjacent characters. Counted with string operations, not a
+    loop per character: a token may be long.
     """
     if len(token) < 20:
         return False
-    classes = [_char_class(c) for c in token]
-    if not {"u", "l", "d"} <= set(classes):
+    classes = token.translate(_CLASSES)
+    if not ("u" in classes and "l" in classes and "d" in classes):
         return False
-    pairs = [(a, b) for a, b in zip(classes, classes[1:]) if a and b]
-    switches = sum(a != b for a, b in pairs) / max(1, len(pairs))
-    return switches >= 0.3 and entropy(token) >= 3.9
+    pairs = sum(len(part) - 1 for part in classes.split("x") if part)  # adjacent classed pairs
+    switches = sum(classes.count(pair) for pair in _SWITCHES)
+    return switches / max(1, pairs) >= 0.3 and entropy(token) >= 3.9
+
+
+# Credential shapes anywhere, and, for environment values and arguments, the entropy net.
+_WITH_ENTROPY = Redactor([*credential_shapes(), ("entropy", pattern_finder(_TOKEN, _high_entropy))],
+                         lambda _kind, found: marker(found))
+_SHAPES_ONLY = Redactor(credential_shapes(), lambda _kind, found: marker(found))
 
 
 def looks_like_credential(value: Any, *, entropy_check: bool = True) -> bool:
     """True if the value is, or contains, something shaped like a credential."""
     if not isinstance(value, str) or is_marker(value):
         return False
-    if any(p.search(value) for p in _SHAPES):
-        return True
-    return entropy_check and any(_high_entropy(t) for t in _TOKEN.findall(value))
+    return (_WITH_ENTROPY if entropy_check else _SHAPES_ONLY).finds_any(value)
 
 
 def redact_text(value: str, *, entropy_check: bool = True) -> str:
-    """`value` with every credential-shaped part replaced by a marker."""
+    """`value` with every credential-shaped part replaced by a marker (see
+    nimtrail.redaction: linear time, at most its scan limit kept)."""
     if not value or is_marker(value):
         return value
-    for pattern in _SHAPES:
-        value = pattern.sub(lambda m: marker(m.group(0)), value)
-    if entropy_check:
-        value = _TOKEN.sub(lambda m: marker(m.group(0)) if _high_entropy(m.group(0)) else m.group(0),
-                           value)
-    return value
+    return (_WITH_ENTROPY if entropy_check else _SHAPES_ONLY).redact(value)
 
 
 def redact_value(name: str, value: Any) -> Any:
