@@ -81,7 +81,7 @@ def read_topic(config: Config) -> Source:
     Raises TopicUnreadable when the broker or the topic cannot be read in time."""
     topic = config.topics.digests
     try:
-        consumer = kafka_io.consumer(config, group_id=None, api_version_auto_timeout_ms=5_000)
+        consumer = kafka_io.consumer(config, group_id=None)
     except (KafkaError, ValueError) as e:
         raise TopicUnreadable(f"cannot reach Kafka at {config.kafka.bootstrap or '(not set)'}: "
                               f"{type(e).__name__}: {e}") from e
