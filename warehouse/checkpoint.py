@@ -118,11 +118,15 @@ class Checkpointer:
             "SELECT c.digest_seq, c.file FROM checkpoints c ANTI JOIN digest_publications p "
             "USING (digest_seq) ORDER BY c.digest_seq").fetchall()
         for digest_seq, rel in sorted([*recorded, *self._idle_pending]):
+            idle = (digest_seq, rel) in self._idle_pending
             path = self.dir / rel
-            if path.exists() and not self._publish(digest_seq, rel, path.read_bytes()):
+            if not path.exists():
+                if idle:
+                    self._idle_pending.remove((digest_seq, rel))
+                continue  # verify reports the missing file; there is nothing to publish
+            if not self._publish(digest_seq, rel, path.read_bytes()):
                 return  # retried at the next checkpoint, in order
-            # (a file that is gone is reported by verify; there is nothing to publish)
-            if (digest_seq, rel) in self._idle_pending:
+            if idle:
                 self._idle_pending.remove((digest_seq, rel))
                 continue
             with self.store.transaction() as con:
