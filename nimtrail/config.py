@@ -417,7 +417,12 @@ class WarehouseConfig:
     api: HostPort = HostPort("127.0.0.1:8700")
     max_poll_records: int = 2000
     tokens_file: str = ""  # YAML/JSON: token (or sha256:<hex>) -> role, name; empty: open on loopback
-    checkpoint_interval: Duration = Duration(300)  # signed ledger digests; 0: only at shutdown
+    # Signed ledger digests, written even when idle so that a missing one means something;
+    # 0: only at start and shutdown (and no freshness check).
+    checkpoint_interval: Duration = Duration(60)
+    # A directory the warehouse appends each digest to and never rewrites (a WORM or
+    # object-lock mount); verification compares the store with it. Empty: no copy.
+    digest_copy_dir: str = ""
     retention: RetentionConfig = RetentionConfig()
 
     def validate(self, path: str) -> None:

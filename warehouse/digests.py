@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,12 @@ def relative_path(digest_seq: int, created_at: str) -> str:
     """`created_at` is ISO-8601 UTC (YYYY-MM-DDTHH:MM:SS...Z)."""
     day, clock = created_at[:10], created_at[11:19].replace(":", "")
     return f"{day.replace('-', '/')}/nimtrail-digest-{digest_seq:09d}-{day.replace('-', '')}T{clock}Z.json"
+
+
+def number_in_name(path: Path) -> int:
+    """The digest number a file's name carries (-1 for a name that carries none)."""
+    match = re.match(r"nimtrail-digest-(\d+)-", path.name)
+    return int(match.group(1)) if match else -1
 
 
 def atomic_write(path: Path, data: bytes) -> None:

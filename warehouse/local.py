@@ -9,6 +9,8 @@ anything to it), and is access-logged and ledgered like an API request.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,39 @@ from warehouse.store import Store
 
 class StoreUnavailable(NimtrailError):
     """The store file is missing or another process (a running warehouse) holds it."""
+
+
+class StoreDamaged(NimtrailError):
+    """The store file is not a DuckDB database DuckDB can read: empty, cut short, overwritten."""
+
+
+# What DuckDB raises on a file whose bytes it cannot read or make sense of (a constraint
+# or a binder error is a fault of the operation, not of the file).
+UNREADABLE = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException,
+              duckdb.FatalException)
+
+
+def _locked_by_another_process(path: Path) -> bool:
+    """Whether another process holds DuckDB's lock on the file (DuckDB takes a POSIX
+    record lock: exclusive for a writer, shared for a reader). Asked of the lock itself,
+    so that a file DuckDB cannot read is never mistaken for one that is in use."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's own lock
+    return False
+
+
+def _damaged(path: Path, e: duckdb.Error) -> StoreDamaged:
+    size = path.stat().st_size
+    what = "is empty (0 bytes)" if size == 0 else f"is damaged ({size} bytes, unreadable)"
+    # DuckDB's message can run over several lines; the report is one
+    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return StoreDamaged(f"the audit store {path} {what}: not a database DuckDB can read "
+                        f"({detail}); restore it from a backup, then verify again")
 
 
 def _raw(params: dict[str, Any]) -> dict[str, list[str]]:
@@ -47,12 +82,17 @@ def run(config: Config, kind: str, name: str, params: dict[str, Any],
         else:
             store = Store(path)
             con = store.reader()
-    except duckdb.IOException as e:
-        raise StoreUnavailable(f"cannot open {path}: another process has it open (a running "
-                               f"warehouse whose query API did not answer?): {e}") from e
+    except duckdb.Error as e:
+        if _locked_by_another_process(path):
+            raise StoreUnavailable(f"cannot open {path}: another process has it open (a running "
+                                   "warehouse whose query API did not answer?)") from e
+        raise _damaged(path, e) from e
     try:
         ctx = Context(store, con, local_principal(), config, "local", public_key=public_key)
         return execute(ctx, kind, name, _raw(params))
+    except UNREADABLE as e:
+        # opened, but a part of the file that a query needs cannot be read
+        raise _damaged(path, e) from e
     finally:
         con.close()
         if store is not None:

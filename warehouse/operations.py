@@ -8,6 +8,7 @@ either way. Nothing here accepts SQL: each operation is code with bound paramete
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -16,7 +17,7 @@ import duckdb
 
 from nimtrail.config import Config
 from nimtrail.ops import StageMetrics
-from warehouse import archive, digests, holds, report, retention
+from warehouse import archive, digests, holds, published, report, retention
 from warehouse.access import (ANY_ROLE, COMPLIANCE_ROLES, Principal, Refused, authorize,
                               log_access, mask_content)
 from warehouse.params import BadParameter, Params
@@ -25,6 +26,7 @@ from warehouse.queries.calls import CALLS_PARAMS, TRACE_BACK_PARAMS, calls, trac
 from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, time_range, where_sql
 from warehouse.queries.governance import DEPLOYMENTS_PARAMS, FINDINGS_PARAMS, deployments, findings
 from warehouse.queries.latency import LATENCY_PARAMS, latency
+from warehouse.rollback import Freshness
 from warehouse.store import Store
 from warehouse.verify import verify
 
@@ -83,10 +85,17 @@ def row_count(result: Any) -> int:
 
 def _verify(ctx: Context, params: Params) -> dict[str, Any]:
     directory = digests.digests_dir(ctx.config.data_path)
+    # The same checks online and offline; only the age of the newest digest counts
+    # differently, as a stopped warehouse signs nothing (warehouse.rollback).
+    freshness = Freshness(ctx.config.warehouse.checkpoint_interval, ctx.store is not None,
+                          dt.datetime.now(dt.timezone.utc))
+    topic = published.gather_topic(ctx.config)  # before the snapshot: see gather_topic
     if ctx.store is None:
-        return verify(ctx.con, ctx.config.data_path, ctx.public_key)
-    with ctx.store.snapshot(lambda: digests.load_all(directory)) as (con, files):
-        return verify(con, ctx.config.data_path, ctx.public_key, files)
+        return verify(ctx.con, ctx.config.data_path, ctx.public_key,
+                      published=published.with_copy(topic, ctx.config), freshness=freshness)
+    with ctx.store.snapshot(lambda: (digests.load_all(directory),
+                                     published.with_copy(topic, ctx.config))) as (con, (files, seen)):
+        return verify(con, ctx.config.data_path, ctx.public_key, files, seen, freshness)
 
 
 def _report_doc(ctx: Context, params: Params) -> dict[str, Any]:

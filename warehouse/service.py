@@ -13,7 +13,7 @@ from nimtrail import kafka_io
 from nimtrail.config import Config
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
-from warehouse import retention
+from warehouse import published, retention
 from warehouse.access import Principal
 from warehouse.api import QueryApi
 from warehouse.checkpoint import Checkpointer
@@ -36,8 +36,10 @@ def run(config: Config, stop: threading.Event) -> None:
         producer.send(t.digests, key=name.encode(), value=data).get(timeout=30)
 
     checkpointer = Checkpointer(store, config.data_path, config.warehouse.checkpoint_interval,
-                                metrics, publish, t.digests)
-    checkpointer.publish_pending()
+                                metrics, publish, t.digests, published.copy_dir(config))
+    # A digest at start (publishing whatever an earlier run left unpublished): the newest
+    # digest is then never older than an interval while the warehouse runs.
+    _task("checkpoint", metrics, checkpointer.checkpoint)
     ingest = Ingest(config, store, metrics, DeadLetters(producer, t.dlq, "warehouse"))
     api = QueryApi(config, store, metrics, lambda: not stop.is_set()).start()
     log.info("Warehouse writing %s, query API on port %s", config.warehouse_path, api.port)

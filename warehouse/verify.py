@@ -8,7 +8,9 @@
 4. digests: each digest file's signature checks with the public key, each names the
             previous file with its SHA-256, each checkpoint the store recorded has its file,
             and each digest's chain head is the ledger entry at that position (a truncated
-            or rewritten chain cannot match a digest signed before).
+            or rewritten chain cannot match a digest signed before);
+5-8. published, rollback, numbering, freshness: the store against the digests published
+            outside it, and the age of the newest digest (warehouse.rollback).
 
 Works on any connection, including a read-only one opened while the warehouse is stopped.
 """
@@ -23,8 +25,9 @@ import duckdb
 import orjson
 import polars as pl
 
-from warehouse import digests
+from warehouse import digests, rollback
 from warehouse.ledger import GENESIS, entry_hash, rows_digest
+from warehouse.published import Published
 from warehouse.tables import Table, iso, load_tables
 
 MAX_PROBLEMS = 50
@@ -42,10 +45,13 @@ class Report:
         self.latest_digest: str | None = None
         self.public_key: str | None = None
 
-    def problem(self, check: str, where: str, message: str) -> bool:
-        """Record a problem; False once enough are recorded to stop looking."""
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append({"check": check, "where": where, "message": message})
+    def problem(self, check: str, where: str, message: str, first: bool = False) -> bool:
+        """Record a problem (`first`: the one to name before all others); False once
+        enough are recorded to stop looking."""
+        if len(self.problems) < MAX_PROBLEMS or first:
+            self.problems.insert(0 if first else len(self.problems),
+                                 {"check": check, "where": where, "message": message})
+            del self.problems[MAX_PROBLEMS:]
         return len(self.problems) < MAX_PROBLEMS
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,10 +66,12 @@ class Report:
 
 
 def verify(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: Path | None = None,
-           files: list[tuple[str, bytes]] | None = None) -> dict[str, Any]:
+           files: list[tuple[str, bytes]] | None = None, published: Published | None = None,
+           freshness: rollback.Freshness | None = None) -> dict[str, Any]:
     """Check everything; `files` are the digest files (read now when not given). Give a
     connection whose view does not move while this runs (`Store.snapshot`, or a store
-    no one else has open), and the files read at the same point."""
+    no one else has open), and the files read at the same point; `published`, the
+    digests found outside the data directory, read no later than that point."""
     report = Report()
     if files is None:
         files = digests.load_all(digests.digests_dir(data_dir))
@@ -76,7 +84,8 @@ def verify(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: Path | No
         _check_rows(con, table, report)
         _check_binding(con, table, report)
     _check_chain(con, report)
-    _check_digests(con, Path(data_dir), public_key, files, report)
+    _check_digests(con, Path(data_dir), public_key, files, report, published or Published(),
+                   freshness)
     return report.as_dict()
 
 
@@ -218,7 +227,8 @@ def _live_counts(con: duckdb.DuckDBPyConnection, seq: int) -> dict[str, int]:
 
 
 def _check_digests(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: Path | None,
-                   loaded: list[tuple[str, bytes]], report: Report) -> None:
+                   loaded: list[tuple[str, bytes]], report: Report, published: Published,
+                   freshness: rollback.Freshness | None) -> None:
     recorded = con.execute("SELECT digest_seq, file, file_sha256, chain_seq, chain_head "
                            "FROM checkpoints ORDER BY digest_seq").fetchall()
     files: dict[int, tuple[str, bytes, dict]] = {}
@@ -228,7 +238,8 @@ def _check_digests(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: P
             report.problem("digest", rel, "not a nimtrail digest (unreadable or altered)")
             continue
         files[doc["digest_seq"]] = (rel, data, doc)
-    if not recorded and not files:
+    if not recorded and not files and not any(s.files for s in published.sources):
+        report.warnings.extend(published.notes)
         report.warnings.append("no digests yet: nothing signed to check the chain against")
         return
     key_path = public_key or digests.keys_dir(data_dir) / digests.PUBLIC_KEY
@@ -245,8 +256,9 @@ def _check_digests(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: P
         elif digests.sha256(by_file[rel][1]) != sha:
             report.problem("digest", rel, f"digest {digest_seq} was altered: its SHA-256 is not "
                            "the one the store recorded")
-    heads = dict(con.execute("SELECT seq, entry_hash FROM ledger").fetchall())
-    last_seq = max(heads) if heads else 0
+    # an idle digest of an empty store signs entry 0, the genesis hash
+    heads = {0: GENESIS, **dict(con.execute("SELECT seq, entry_hash FROM ledger").fetchall())}
+    last_seq = max(heads)
     recorded_files = {r[1] for r in recorded}
     fp = report.public_key = digests.fingerprint(key)
     for digest_seq in sorted(files):
@@ -275,7 +287,7 @@ def _check_digests(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: P
         elif heads[seq] != head:
             report.problem("digest", rel, f"signs chain entry {seq} with a different hash than "
                            "the ledger holds: the chain was rewritten")
-        if rel not in recorded_files:
+        if rel not in recorded_files and not doc.get("idle"):
             report.warnings.append(f"{rel} is signed but not recorded in the store")
     if files:
         latest = files[max(files)][2]
@@ -286,3 +298,5 @@ def _check_digests(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: P
                 if counts.get(name, 0) != n:
                     report.problem("digest", files[max(files)][0], f"signed {n} {name} rows at entry "
                                    f"{seq}; the ledger accounts for {counts.get(name, 0)}")
+    rollback.check(report, key, files, max((r[0] for r in recorded), default=0), heads,
+                   published, freshness)

@@ -80,6 +80,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"VERIFICATION FAILED: {result['first_problem']}")
     for problem in result["problems"]:
         print(f"  [{problem['check']}] {problem['where']}: {problem['message']}")
+    for warning in result["warnings"]:
+        print(f"note: {warning}")
     return 1
 
 
