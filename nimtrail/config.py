@@ -361,6 +361,23 @@ class AppConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ListenerConfig:
+    """Bounds on every network listener: the collector's OTLP/HTTP and gRPC ports, the
+    warehouse's query API, each stage's /healthz + /metrics (nimtrail/http_listener.py)."""
+
+    read_timeout: Duration = Duration(30)  # a request's headers and body, from its first byte
+    idle_timeout: Duration = Duration(60)  # a kept-alive connection waiting for its next request
+    max_connections: int = 256  # per listener; past it new connections get 503 at once
+
+    def validate(self, path: str) -> None:
+        for key in ("read_timeout", "idle_timeout"):
+            if not 0 < getattr(self, key) <= 3600:
+                raise ConfigError(f"{path}.{key}: expected a duration between 1ms and 1h")
+        if not 1 <= self.max_connections <= 65536:
+            raise ConfigError(f"{path}.max_connections: expected between 1 and 65536")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: str = ".nimtrail"
     kafka: KafkaConfig = KafkaConfig()
@@ -369,6 +386,7 @@ class Config:
     processor: ProcessorConfig = ProcessorConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
     app: AppConfig = AppConfig()
+    listeners: ListenerConfig = ListenerConfig()
 
     @property
     def data_path(self) -> Path:
