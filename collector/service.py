@@ -54,7 +54,7 @@ class Collector:
                                limits=config.listeners)
         otlp_http.build(c, t, self.http, self.sink)
         http_logs.build(c, t, self.http, self.sink)
-        self.grpc = otlp_grpc.build(c, t, self.sink, guard)
+        self.grpc = otlp_grpc.build(c, t, self.sink, guard, config.listeners)
         self.filelog = filelog.build(c, t, self.sink, config.collector_path)
         self.prometheus = prometheus.build(c, t, self.sink)
         self.nim_metadata = nim_metadata.build(c, t, self.sink)

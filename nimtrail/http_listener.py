@@ -87,6 +87,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
     must let it through (never turn it into an answer)."""
 
     server: "Listener"
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer here carries its Content-Length
     deadline = 0.0
     idle = True
 
@@ -117,6 +118,10 @@ class Listener(ThreadingHTTPServer):
     """A ThreadingHTTPServer with the limits above; `handler` must be a LimitedHandler."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 overflows in any burst of connections, and the
+    # kernel then drops their handshakes for the client to retry a second later: let the
+    # queue hold what the cap allows, and refuse past the cap ourselves, at once.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: tuple[str, int], handler: type[LimitedHandler], limits: ListenerConfig,
                  metrics: StageMetrics):
