@@ -260,8 +260,10 @@ class KubernetesDiscoveryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CollectorConfig:
-    otlp_grpc: HostPort = HostPort("0.0.0.0:4317")
-    otlp_http: HostPort = HostPort("0.0.0.0:4318")
+    # Loopback unless configured: a collector reachable from other hosts is a choice made
+    # with its tokens (collector.auth) and TLS in view, not a default.
+    otlp_grpc: HostPort = HostPort("127.0.0.1:4317")
+    otlp_http: HostPort = HostPort("127.0.0.1:4318")
     max_body_bytes: int = 16 * 1024 * 1024  # after decompression
     max_line_bytes: int = 1024 * 1024  # longer log lines are cut; the rest goes to the DLQ
     ack_timeout: Duration = Duration(5)  # wait this long for Kafka before using the buffer
