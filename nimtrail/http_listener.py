@@ -26,6 +26,7 @@ import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NoReturn
 
 from nimtrail.config import ListenerConfig
 from nimtrail.ops import Event, StageMetrics
@@ -104,7 +105,7 @@ class LimitedHandler(BaseHTTPRequestHandler):
     def request_started(self) -> None:
         self.idle, self.deadline = False, time.monotonic() + self.server.limits.read_timeout
 
-    def timed_out(self) -> "None":
+    def timed_out(self) -> NoReturn:
         event = IdleConnectionClosed if self.idle else ConnectionDropped
         event(reason="idle_timeout" if self.idle else "read_timeout",
               peer=self.client_address[0]).emit(self.server.metrics, log)
