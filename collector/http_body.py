@@ -42,19 +42,35 @@ def read_raw(stream: BinaryIO, content_length: int | None, limit: int) -> bytes:
 
 
 def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
-    """Undo a gzip/deflate Content-Encoding, refusing more than `limit` decompressed bytes."""
+    """Undo a gzip/deflate Content-Encoding, refusing more than `limit` decompressed bytes.
+
+    A gzip body may be several members one after another (RFC 1952 2.2; `cat a.gz b.gz`,
+    pigz, some shippers flushing per batch): every member is inflated, and the limit is on
+    their sum. Anything after the last member that is not another member refuses the whole
+    body, so a request is never forwarded half-read."""
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("identity", ""):
         return raw
     if encoding not in ("gzip", "deflate"):
         raise PermanentError("unsupported_encoding", f"Content-Encoding {encoding!r} is not supported")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-    except zlib.error as e:
-        raise PermanentError("malformed_gzip", f"body is not valid {encoding}: {e}") from e
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise PermanentError("malformed_gzip", f"{encoding} stream is truncated")
-    return out
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    out: list[bytes] = []
+    size, rest = 0, raw
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as e:
+            raise PermanentError("malformed_gzip", f"body is not valid {encoding}"
+                                 f"{f' after {len(out)} complete member(s)' if out else ''}: {e}") from e
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+        if not inflater.eof:
+            raise PermanentError("malformed_gzip", f"{encoding} stream is truncated")
+        out.append(part)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(out)
+        if encoding == "deflate":  # a zlib stream has one member; more bytes are not ours to guess
+            raise PermanentError("malformed_gzip", f"{len(rest)} bytes after the end of the deflate stream")

@@ -1,7 +1,8 @@
 """The collector's HTTP front door: one threaded server on the OTLP/HTTP port, to which
 receivers add routes. It also answers /healthz and /metrics. With a guard (collector/auth.py)
 every request but /healthz is checked before its route runs; with a TLS context
-(collector/tls.py) the listener speaks only TLS."""
+(collector/tls.py) the listener speaks only TLS. Timeouts and the connection cap are those
+of every nimtrail listener (nimtrail/http_listener.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import dataclasses
 import logging
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from collector.tls import TlsHttpServer
+from nimtrail.config import ListenerConfig
+from nimtrail.http_listener import LimitedHandler, Listener
 from nimtrail.ops import StageMetrics, health_response
 
 log = logging.getLogger(__name__)
@@ -35,11 +38,11 @@ Guard = Callable[[BaseHTTPRequestHandler, str], "Response | None"]
 class HttpServer:
     def __init__(self, host: str, port: int, metrics: StageMetrics,
                  healthy: Callable[[], bool] = lambda: True, *, guard: Guard | None = None,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, limits: ListenerConfig = ListenerConfig()):
         self._routes: dict[tuple[str, str], Route] = {}
         routes = self._routes
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(LimitedHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as OTLP exporters expect
 
             def _dispatch(self, method: str) -> None:
@@ -51,6 +54,8 @@ class HttpServer:
                 elif route is not None:
                     try:
                         response = route(self)
+                    except TimeoutError:
+                        raise  # the client was too slow: the connection is closed unanswered
                     except Exception:  # a bug must not kill the server thread silently
                         log.exception("Unhandled error serving %s %s", method, path)
                         response = Response(500, b'{"message":"internal error"}', close=True)
@@ -76,14 +81,10 @@ class HttpServer:
             def do_GET(self) -> None:  # noqa: N802
                 self._dispatch("GET")
 
-            def log_message(self, *args: object) -> None:
-                pass
-
         if tls is None:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = Listener((host, port), Handler, limits, metrics)
         else:
-            self._server = TlsHttpServer((host, port), Handler, tls, metrics)
-        self._server.daemon_threads = True
+            self._server = TlsHttpServer((host, port), Handler, limits, tls, metrics)
         self._thread: threading.Thread | None = None
 
     @property

@@ -25,7 +25,7 @@ from collector.auth import Guard
 from collector.buffer import BufferFull
 from collector.otlp_export import RETRY_AFTER_SECONDS, OtlpExport
 from collector.sink import Sink
-from nimtrail.config import CollectorConfig, TopicsConfig
+from nimtrail.config import CollectorConfig, ListenerConfig, TopicsConfig
 from nimtrail.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -107,15 +107,26 @@ class OtlpGrpcReceiver:
 
 
 def build(collector: CollectorConfig, topics: TopicsConfig, sink: Sink,
-          guard: Guard | None = None) -> OtlpGrpcReceiver:
+          guard: Guard | None = None, limits: ListenerConfig = ListenerConfig()) -> OtlpGrpcReceiver:
     """Create the gRPC server with the three OTLP services, bound but not yet started;
-    with `guard`, every call is authenticated first; with collector.tls, it speaks TLS."""
+    with `guard`, every call is authenticated first; with collector.tls, it speaks TLS.
+
+    Bounded like the HTTP listeners (config `listeners`): calls past max_connections in
+    progress are refused at once with RESOURCE_EXHAUSTED instead of queueing without end
+    behind the worker threads; a connection with no call for idle_timeout is sent GOAWAY;
+    and one whose peer stops answering keepalive pings is closed (a vanished client does
+    not hold its connection)."""
     limit = collector.max_body_bytes
+    idle_ms = int(limits.idle_timeout * 1000)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=collector.grpc_workers, thread_name_prefix="collector-grpc"),
         options=[("grpc.max_receive_message_length", limit),
                  ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                 ("grpc.so_reuseport", 0)])
+                 ("grpc.so_reuseport", 0),
+                 ("grpc.max_connection_idle_ms", idle_ms),
+                 ("grpc.keepalive_time_ms", idle_ms),
+                 ("grpc.keepalive_timeout_ms", int(limits.read_timeout * 1000))],
+        maximum_concurrent_rpcs=limits.max_connections)
     export = OtlpExport(sink, topics)
     handlers = []
     for service, servicer_cls in SERVICES.items():

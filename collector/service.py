@@ -50,10 +50,11 @@ class Collector:
                                    delivery_timeout=DELIVERY_TIMEOUT_S, dlq_topic=t.dlq)
         self.sink = Sink(self.forwarder, t.dlq, self.metrics)
         self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics,
-                               guard=guard.http if guard else None, tls=tls_context)
+                               guard=guard.http if guard else None, tls=tls_context,
+                               limits=config.listeners)
         otlp_http.build(c, t, self.http, self.sink)
         http_logs.build(c, t, self.http, self.sink)
-        self.grpc = otlp_grpc.build(c, t, self.sink, guard)
+        self.grpc = otlp_grpc.build(c, t, self.sink, guard, config.listeners)
         self.filelog = filelog.build(c, t, self.sink, config.collector_path)
         self.prometheus = prometheus.build(c, t, self.sink)
         self.nim_metadata = nim_metadata.build(c, t, self.sink)

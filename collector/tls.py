@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 
 from collector.events import RequestUnauthenticated
-from nimtrail.config import TlsConfig
+from nimtrail.config import ListenerConfig, TlsConfig
 from nimtrail.errors import ConfigError
+from nimtrail.http_listener import LimitedHandler, Listener
 from nimtrail.ops import StageMetrics
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,17 @@ def grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=roots is not None)
 
 
-class TlsHttpServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer whose connections are TLS, handshaken in their own thread."""
+class TlsHttpServer(Listener):
+    """A Listener whose connections are TLS, handshaken in their own thread."""
 
-    def __init__(self, address: tuple[str, int], handler: type, context: ssl.SSLContext,
-                 metrics: StageMetrics):
+    def __init__(self, address: tuple[str, int], handler: type[LimitedHandler], limits: ListenerConfig,
+                 context: ssl.SSLContext, metrics: StageMetrics):
         self.context = context
-        self.metrics = metrics
-        super().__init__(address, handler)
+        super().__init__(address, handler, limits, metrics)
 
     def get_request(self) -> tuple[socket.socket, tuple]:
         sock, address = self.socket.accept()
-        sock.settimeout(HANDSHAKE_SECONDS)
+        sock.settimeout(min(HANDSHAKE_SECONDS, self.limits.read_timeout))
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
     def finish_request(self, request: socket.socket, client_address: tuple) -> None:
@@ -96,5 +95,4 @@ class TlsHttpServer(ThreadingHTTPServer):
         except OSError as e:  # reset, timeout: nothing was said
             log.debug("TLS handshake with %s did not finish: %s", client_address[0], e)
             return
-        request.settimeout(None)
         super().finish_request(request, client_address)

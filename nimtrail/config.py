@@ -260,8 +260,10 @@ class KubernetesDiscoveryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CollectorConfig:
-    otlp_grpc: HostPort = HostPort("0.0.0.0:4317")
-    otlp_http: HostPort = HostPort("0.0.0.0:4318")
+    # Loopback unless configured: a collector reachable from other hosts is a choice made
+    # with its tokens (collector.auth) and TLS in view, not a default.
+    otlp_grpc: HostPort = HostPort("127.0.0.1:4317")
+    otlp_http: HostPort = HostPort("127.0.0.1:4318")
     max_body_bytes: int = 16 * 1024 * 1024  # after decompression
     max_line_bytes: int = 1024 * 1024  # longer log lines are cut; the rest goes to the DLQ
     ack_timeout: Duration = Duration(5)  # wait this long for Kafka before using the buffer
@@ -438,6 +440,23 @@ class AppConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ListenerConfig:
+    """Bounds on every network listener: the collector's OTLP/HTTP and gRPC ports, the
+    warehouse's query API, each stage's /healthz + /metrics (nimtrail/http_listener.py)."""
+
+    read_timeout: Duration = Duration(30)  # a request's headers and body, from its first byte
+    idle_timeout: Duration = Duration(60)  # a kept-alive connection waiting for its next request
+    max_connections: int = 256  # per listener; past it new connections get 503 at once
+
+    def validate(self, path: str) -> None:
+        for key in ("read_timeout", "idle_timeout"):
+            if not 0 < getattr(self, key) <= 3600:
+                raise ConfigError(f"{path}.{key}: expected a duration between 1ms and 1h")
+        if not 1 <= self.max_connections <= 65536:
+            raise ConfigError(f"{path}.max_connections: expected between 1 and 65536")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: str = ".nimtrail"
     kafka: KafkaConfig = KafkaConfig()
@@ -446,6 +465,7 @@ class Config:
     processor: ProcessorConfig = ProcessorConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
     app: AppConfig = AppConfig()
+    listeners: ListenerConfig = ListenerConfig()
 
     @property
     def data_path(self) -> Path:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+if TYPE_CHECKING:
+    from nimtrail.config import ListenerConfig
+    from nimtrail.http_listener import Listener
 
 
 class StageMetrics:
@@ -75,11 +78,14 @@ def health_response(path: str, metrics: StageMetrics,
     return None
 
 
-def serve_ops(address: tuple[str, int], metrics: StageMetrics,
-              healthy: Callable[[], bool]) -> ThreadingHTTPServer:
+def serve_ops(address: tuple[str, int], metrics: StageMetrics, healthy: Callable[[], bool],
+              limits: "ListenerConfig | None" = None) -> "Listener":
     """Start a small HTTP server with only /healthz and /metrics, for stages without an API."""
+    # Imported here: the listener counts its closes with this module's Event.
+    from nimtrail.config import ListenerConfig
+    from nimtrail.http_listener import LimitedHandler, Listener
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(LimitedHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             answer = health_response(self.path.split("?")[0], metrics, healthy)
             status, ctype, body = answer or (404, "text/plain", b"not found\n")
@@ -89,10 +95,5 @@ def serve_ops(address: tuple[str, int], metrics: StageMetrics,
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(address, Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=f"{metrics.stage}-ops", daemon=True).start()
-    return server
+    server = Listener(address, Handler, limits or ListenerConfig(), metrics)
+    return server.serve_in_thread(f"{metrics.stage}-ops")

@@ -34,7 +34,7 @@ def run(config: Config, stop: threading.Event) -> None:
     tune_gc()
     processor = build(config, stop)
     ops = serve_ops((config.processor.ops.host, config.processor.ops.port), processor.metrics,
-                    lambda: not stop.is_set())
+                    lambda: not stop.is_set(), config.listeners)
     log.info("Processor consuming %s; %s join state entries",
              ", ".join(sorted(processor.kinds)), len(processor.pipeline.joiner))
     try:

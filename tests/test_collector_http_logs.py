@@ -3,6 +3,7 @@ batch with the container's lines unwrapped; bad bodies are refused and dead-lett
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import uuid
 
@@ -120,3 +121,14 @@ def test_bad_body_is_refused_and_dead_lettered(world, body, ctype, status, reaso
 def test_parse_keeps_unknown_objects_as_the_line():
     lines = parse('{"a": 1}\n{"log": "x\\n", "stream": "stdout"}\nplain', as_array=False)
     assert lines == [('{"a": 1}', None, None), ("x", None, "stdout"), ("plain", None, None)]
+
+
+def test_every_member_of_a_multi_member_gzip_body_is_forwarded(world):
+    env, nimlogs, _dlq = world
+    tag = uuid.uuid4().hex[:8]
+    members = [gzip.compress(f"line {tag} {i}a\nline {tag} {i}b\n".encode()) for i in range(3)]
+    status, answer = _post(env, "/v1/nimlogs?source=prod/gzip", b"".join(members), "text/plain",
+                           **{"Content-Encoding": "gzip"})
+    assert (status, answer) == (200, {"accepted": 6})
+    doc = _batch(nimlogs, f"line {tag} 0a")
+    assert [line["text"] for line in doc["lines"]] == [f"line {tag} {i}{h}" for i in range(3) for h in "ab"]

@@ -150,6 +150,43 @@ BAD_HTTP = {
 }
 
 
+def _spans_named(reader: TopicReader, prefix: str) -> list[str]:
+    return [span.name for m in reader.poll()
+            for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(m.value).resource_spans
+            for ss in rs.scope_spans for span in ss.spans if span.name.startswith(prefix)]
+
+
+def test_every_member_of_a_multi_member_gzip_body_is_forwarded(world):
+    """gzip(A) + gzip(B) is one valid gzip body (RFC 1952): both halves reach Kafka."""
+    env, _collector, readers = world
+    tag = uuid.uuid4().hex[:8]
+    members = [gzip.compress(_good_request(f"{tag} member {i}")) for i in range(3)]
+    status, _headers, answer = _post(env, "/v1/traces", b"".join(members), "application/x-protobuf",
+                                     **{"Content-Encoding": "gzip"})
+    assert status == 200, answer
+    names = readers["otlp_spans"].wait(lambda _: (lambda n: len(n) >= 3 and n)(_spans_named(readers["otlp_spans"], tag)),
+                                       what="the spans of all three gzip members")
+    assert sorted(names) == [f"{tag} member {i}" for i in range(3)]
+
+
+def test_multi_member_gzip_over_the_limit_or_with_garbage_is_refused_whole(world):
+    env, _collector, readers = world
+    tag = uuid.uuid4().hex[:8]
+    good = gzip.compress(_good_request(f"{tag} first"))
+    # The second member alone is under the limit; together they are not.
+    bomb = good + gzip.compress(b"\0" * MAX_BODY)
+    garbage = good + b"this is not a gzip member"
+    for body, status in ((bomb, 413), (garbage, 400)):
+        got, _headers, answer = _post(env, "/v1/traces", body, "application/x-protobuf",
+                                      **{"Content-Encoding": "gzip"})
+        assert got == status, answer
+    ok, _headers, _answer = _post(env, "/v1/traces", _good_request(f"{tag} after"), "application/x-protobuf")
+    assert ok == 200
+    readers["otlp_spans"].wait(lambda _: f"{tag} after" in _spans_named(readers["otlp_spans"], tag),
+                               what="the good request after the refused ones")
+    assert _spans_named(readers["otlp_spans"], tag) == [f"{tag} after"]  # nothing half-read
+
+
 @pytest.mark.parametrize("case", list(BAD_HTTP))
 def test_bad_http_request_is_refused_and_dead_lettered(world, case):
     env, _collector, readers = world

@@ -340,3 +340,16 @@ def test_compose_and_systemd_read_their_tokens_from_secrets():
                 assert value.removeprefix("%d/") in credentials, f"{unit.name}: {var}"
                 if var not in config_mod.RESERVED_ENV:
                     config_mod.load(None, env={var: "/x"})  # the variable names a real key
+
+
+def test_collectors_that_publish_their_ports_listen_beyond_loopback():
+    """The collector binds loopback by default; a deployment that publishes its ports must
+    say 0.0.0.0, or senders would find the ports published and nothing listening."""
+    assert DEFAULTS.collector.otlp_grpc.host == DEFAULTS.collector.otlp_http.host == "127.0.0.1"
+    configmap = next(d for d in _documents(K8S / "configmap.yaml") if d.get("kind") == "ConfigMap")
+    published = [yaml.safe_load(configmap["data"]["nimtrail.yaml"]),  # the collector Deployment's
+                 yaml.safe_load((DEPLOY / "compose" / "nimtrail.yaml").read_text())]
+    for doc in published:
+        collector = doc["collector"]
+        assert config_mod.HostPort(collector["otlp_grpc"]).host == "0.0.0.0"
+        assert config_mod.HostPort(collector["otlp_http"]).host == "0.0.0.0"

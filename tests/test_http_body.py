@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from collector.http_body import BodyTooLarge, read_body
+from collector.http_body import BodyTooLarge, inflate, read_body
 from nimtrail.errors import PermanentError
 
 
@@ -55,3 +55,13 @@ def test_missing_length_and_short_body():
     with pytest.raises(PermanentError) as e:
         read_body(io.BytesIO(b"abc"), 10, "", 1000)
     assert e.value.reason == "truncated_body"
+
+
+def test_every_gzip_member_counts_against_the_limit():
+    members = gzip.compress(b"a" * 600) + gzip.compress(b"b" * 600)
+    assert inflate(members, "gzip", 1200) == b"a" * 600 + b"b" * 600
+    with pytest.raises(BodyTooLarge):
+        inflate(members, "gzip", 1199)
+    with pytest.raises(PermanentError) as error:
+        inflate(members + b"\0\0", "gzip", 2000)
+    assert error.value.reason == "malformed_gzip"

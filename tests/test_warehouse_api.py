@@ -127,7 +127,7 @@ def test_every_read_and_refusal_is_in_the_ledgered_access_log(api):
     assert read["operation"] == "query/calls" and read["role"] == "responder"
     assert read["params"] == {"caller": "alice", "limit": "2"}
     assert read["rows"] == 2 and read["status"] == 200 and read["client_address"] == "127.0.0.1"
-    assert any(e["status"] == 401 and e["principal"] is None for e in entries)
+    assert any(e["status"] == 401 and e["principal"] == "anonymous" and e["role"] is None for e in entries)
     assert any(e["status"] == 403 and e["principal"] == "grafana" for e in entries)
     # the access log is part of the ledger: the chain over it still verifies
     status, verified = _get(base, "/v1/query/verify", "compliance-token")
@@ -169,4 +169,4 @@ def test_without_tokens_the_api_only_answers_loopback():
     assert gate.authenticate(None, "::1").role == "admin"
     with pytest.raises(Refused) as refused:
         gate.authenticate(None, "10.0.0.7")
-    assert refused.value.status == 401
+    assert refused.value.status == 403

@@ -8,7 +8,11 @@ Tokens live in a file (warehouse.tokens_file, YAML or JSON), never on a command 
 
 Only SHA-256 digests are kept in memory. With no tokens file the API is open, but only
 to loopback clients, as `anonymous@loopback` with the admin role (the single-machine
-default the demo uses).
+default the demo uses); any other client is refused with 403, whatever it presents.
+
+A refused request is logged under the principal it presented: the token's name when the
+token is known, `invalid_token` when a token was sent that nobody issued, `anonymous`
+when none was; the last two have no role.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous@loopback", "admin")
+# Who a refused request presented itself as, when that was nobody we know (role: none).
+NO_TOKEN = Principal("anonymous", "")
+INVALID_TOKEN = Principal("invalid_token", "")
 
 
 class Refused(Exception):
@@ -111,23 +118,45 @@ class Gate:
     def authenticate(self, authorization: str | None, client: str) -> Principal:
         if self.path is None:
             if not _loopback(client):
-                raise Refused(401, "this warehouse has no tokens configured and only answers "
-                                   "loopback clients")
+                raise Refused(403, "this warehouse has no tokens file (warehouse.tokens_file) and "
+                                   "answers loopback clients only")
             return ANONYMOUS
+        token = _bearer(authorization)
+        if token is None:
+            raise Refused(401, "missing bearer token (set NIMTRAIL_TOKEN)")
+        principal = self._lookup(token)
+        if principal is None:
+            raise Refused(401, "unknown token")
+        return principal
+
+    def identify(self, authorization: str | None, client: str) -> Principal:
+        """Who a request claims to be, for the access log of a refusal; never raises."""
+        if self.path is None:
+            return ANONYMOUS if _loopback(client) else NO_TOKEN
+        token = _bearer(authorization)
+        if token is None:
+            return NO_TOKEN
+        return self._lookup(token) or INVALID_TOKEN
+
+    def _lookup(self, token: str) -> Principal | None:
         with self._lock:
             try:
                 self._reload()
             except ConfigError:
                 pass  # keep the last good book while the file is being rewritten
             book = self._book
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Refused(401, "missing bearer token (set NIMTRAIL_TOKEN)")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        digest = hashlib.sha256(token.encode()).hexdigest()
         for known, principal in book.items():
             if hmac.compare_digest(known, digest):
                 return principal
-        raise Refused(401, "unknown token")
+        return None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 def authorize(principal: Principal, operation: str, roles: frozenset[str]) -> None:
@@ -159,7 +188,7 @@ def log_access(store: Store, principal: Principal | None, client: str, operation
     access_id = f"acc-{uuid.uuid4().hex}"
     row = {"access_id": access_id, "accessed_at": now_iso(),
            "principal": principal.name if principal else None,
-           "role": principal.role if principal else None, "client_address": client,
+           "role": (principal.role or None) if principal else None, "client_address": client,
            "operation": operation, "params": params, "status": status, "rows": rows,
            "version": 1}
     with store.transaction() as con:

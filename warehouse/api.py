@@ -7,22 +7,24 @@
     GET  /v1/operations                     what exists and which roles may run it
 
 There is no way to send SQL. Requests carry `Authorization: Bearer <token>` when a tokens
-file is configured; every answered or refused request is in the access log (see
-operations.execute). Each request reads through its own DuckDB cursor, so queries run
-while the ingest loop writes.
+file is configured. Every answered or refused request is in the access log (see
+operations.execute), refusals under the principal the request presented (`invalid_token`
+for a token nobody issued, `anonymous` for none): 400, 401, 403, 404, 405, 413, and the
+414 / 501 / 431 that http.server itself answers. Each request reads through its own DuckDB
+cursor, so queries run while the ingest loop writes. /healthz and /metrics are not logged.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from nimtrail.config import Config
+from nimtrail.http_listener import LimitedHandler, Listener
 from nimtrail.ops import StageMetrics, health_response
 from warehouse import operations
 from warehouse.access import Gate, Refused
@@ -34,6 +36,7 @@ from warehouse.store import Store
 log = logging.getLogger(__name__)
 KINDS = {"query", "action", "export"}
 MAX_BODY = 64 * 1024
+LOGGED_TARGET_CHARS = 256  # of a path that names no operation (a 414's can be 64 KiB)
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -47,7 +50,7 @@ class QueryApi:
                  healthy: Callable[[], bool], host: str | None = None, port: int | None = None):
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(LimitedHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802
@@ -57,12 +60,26 @@ class QueryApi:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
-                    self.close_connection = True
-                    self._reply(_json(413, {"error": "too_large", "message": "body over 64 KiB"}))
+                    self.close_connection = True  # the body stays unread
+                    self._reply(api.refuse(413, "too_large", "body over 64 KiB", self.path,
+                                           self.headers.get("Authorization"), self.client_address[0]))
                     return
                 body = self.rfile.read(length) if length else b""
                 self._reply(api.answer("POST", self.path, self.headers.get("Authorization"),
                                        self.client_address[0], body))
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                """http.server's own refusals (414 request line too long, 501 no such method,
+                431 headers too large, 400 malformed request) are refusals like any other:
+                answered in JSON and in the access log. A 414's headers are never read (its
+                request line has no end in sight), so it is logged as `anonymous`."""
+                headers = getattr(self, "headers", None)  # not parsed before a 414
+                target = getattr(self, "path", None) or _request_target(self.raw_requestline)
+                self.close_connection = True
+                why = message or explain or HTTPStatus(code).description
+                self._reply(api.refuse(code, _ERRORS.get(code, "bad_request"), why,
+                                       target, headers.get("Authorization") if headers else None,
+                                       self.client_address[0]))
 
             def _reply(self, answer: Answer) -> None:
                 status, headers, body = answer
@@ -70,11 +87,10 @@ class QueryApi:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
 
         self.config = config
         self.store = store
@@ -83,13 +99,13 @@ class QueryApi:
         self.gate = Gate(config.warehouse.tokens_file)
         if self.gate.open and (host or config.warehouse.api.host) not in ("127.0.0.1", "::1", "localhost"):
             log.warning("No warehouse.tokens_file: the query API answers loopback clients only")
-        self._server = ThreadingHTTPServer((host or config.warehouse.api.host,
-                                            config.warehouse.api.port if port is None else port), Handler)
-        self._server.daemon_threads = True
+        self._server = Listener((host or config.warehouse.api.host,
+                                 config.warehouse.api.port if port is None else port), Handler,
+                                config.listeners, metrics)
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._server.port
 
     def answer(self, method: str, target: str, authorization: str | None, client: str,
                body: bytes) -> Answer:
@@ -104,29 +120,29 @@ class QueryApi:
                 for op in operations.OPERATIONS.values()]})
         parts = url.path.strip("/").split("/")
         if len(parts) != 3 or parts[0] != "v1" or parts[1] not in KINDS:
-            return _json(404, {"error": "not_found", "message": f"no endpoint {url.path}"})
+            return self.refuse(404, "not_found", f"no endpoint {url.path}", target, authorization, client)
         kind, name = parts[1], parts[2]
         wanted = "POST" if kind == "action" else "GET"
         if method != wanted:
-            return _json(405, {"error": "method_not_allowed", "message": f"use {wanted} for /v1/{kind}/"})
+            return self.refuse(405, "method_not_allowed", f"use {wanted} for /v1/{kind}/", target,
+                               authorization, client, headers={"Allow": wanted})
         try:
             raw = self._params(kind, url.query, body)
         except BadParameter as e:
-            return _json(400, {"error": "bad_parameter", "parameter": e.name, "message": e.detail})
+            return self.refuse(400, "bad_parameter", e.detail, target, authorization, client,
+                               parameter=e.name)
         op_path = f"{kind}/{name}"
         try:
             principal = self.gate.authenticate(authorization, client)
         except Refused as e:
-            AccessRefused(operation=op_path, principal="-", client=client, status=e.status,
-                          why=e.message).emit(self.metrics, log)
-            operations.refused(self.store, client, op_path, raw, e.status)
-            return _json(e.status, {"error": "unauthorized", "message": e.message})
+            return self.refuse(e.status, "unauthorized" if e.status == 401 else "forbidden", e.message,
+                               target, authorization, client, raw)
         ctx = Context(self.store, self.store.reader(), principal, self.config, client, self.metrics)
         try:
             result = operations.execute(ctx, kind, name, raw)
         except operations.UnknownOperation as e:
-            return _json(404, {"error": "unknown_query" if kind == "query" else "unknown_operation",
-                               "message": str(e)})
+            return self.refuse(404, "unknown_query" if kind == "query" else "unknown_operation", str(e),
+                               target, authorization, client, raw)
         except Refused as e:
             AccessRefused(operation=op_path, principal=principal.name, client=client,
                           status=e.status, why=e.message).emit(self.metrics, log)
@@ -150,6 +166,27 @@ class QueryApi:
         QueryServed(query=name, status="200", rows=operations.row_count(result)).emit(self.metrics, log)
         return _json(200, result)
 
+    def refuse(self, status: int, error: str, message: str, target: str, authorization: str | None,
+               client: str, raw: dict[str, list[str]] | None = None, *, parameter: str | None = None,
+               headers: dict[str, str] | None = None) -> Answer:
+        """The answer to a request refused before any operation ran, logged in the access log
+        under whoever the request claimed to be."""
+        principal = self.gate.identify(authorization, client)
+        url = urlsplit(target)
+        operation = _operation(url.path)
+        AccessRefused(operation=operation, principal=principal.name, client=client, status=status,
+                      why=message).emit(self.metrics, log)
+        try:
+            operations.refused(self.store, principal, client, operation,
+                               parse_qs(url.query, keep_blank_values=True) if raw is None else raw, status)
+        except Exception:  # noqa: BLE001 - a refusal reveals nothing; it is answered regardless
+            log.exception("Could not log the refusal of %s in the access log", operation)
+        doc = {"error": error, "message": message}
+        if parameter is not None:
+            doc["parameter"] = parameter
+        status_, headers_, body = _json(status, doc)
+        return status_, {**headers_, **(headers or {})}, body
+
     @staticmethod
     def _params(kind: str, query: str, body: bytes) -> dict[str, list[str]]:
         if kind != "action":
@@ -172,9 +209,27 @@ class QueryApi:
         return out
 
     def start(self) -> "QueryApi":
-        threading.Thread(target=self._server.serve_forever, name="query-api", daemon=True).start()
+        self._server.serve_in_thread("query-api")
         return self
 
     def shutdown(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+_ERRORS = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented"}
+
+
+def _operation(path: str) -> str:
+    """The access log's `operation` of a request: `kind/name` when the path names one (even
+    an unknown one), else the path itself, cut short."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == "v1" and parts[1] in KINDS:
+        return f"{parts[1]}/{parts[2]}"[:LOGGED_TARGET_CHARS]
+    return path[:LOGGED_TARGET_CHARS] or "-"
+
+
+def _request_target(raw_requestline: bytes) -> str:
+    """The target of a request line http.server did not parse (too long, malformed)."""
+    words = raw_requestline[:LOGGED_TARGET_CHARS + 64].decode("latin-1").split()
+    return words[1] if len(words) > 1 else ""

@@ -217,10 +217,10 @@ def _log(ctx: Context, operation: str, params: dict[str, Any], status: int, rows
         log_access(ctx.store, ctx.principal, ctx.client, operation, params, status, rows)
 
 
-def refused(store: Store, client: str, operation: str, raw: Mapping[str, list[str]],
-            status: int) -> None:
-    """Log a request refused before anyone was identified (401)."""
-    log_access(store, None, client, operation,
+def refused(store: Store, principal: Principal, client: str, operation: str,
+            raw: Mapping[str, list[str]], status: int) -> None:
+    """Log a request refused before any operation ran (see QueryApi.refuse)."""
+    log_access(store, principal, client, operation,
                {k: (v[0] if len(v) == 1 else v) for k, v in raw.items()}, status, None)
 
 
