@@ -257,6 +257,7 @@ class Forwarder:
             self._kafka_failed(attempt)
             return False
         futures: list[object] = []
+        acknowledged = False  # Kafka acknowledged something since this attempt began
         for entry, end in items:
             if self._stop.is_set():
                 break  # what is not sent stays buffered for the next start
@@ -265,6 +266,7 @@ class Forwarder:
                 try:
                     self._await(pending, wait)
                     futures.append(None)  # the direct send got through after all
+                    acknowledged = True  # an acknowledgement that came while this attempt waited
                     continue
                 except KafkaError:
                     pass  # it did not: send the buffered copy
@@ -282,7 +284,6 @@ class Forwarder:
                 self._kafka_failed(attempt)
                 break
         done: Position | None = None
-        acknowledged = False  # Kafka acknowledged one of this attempt's own sends
         per_topic: dict[str, int] = {}
         for (entry, end), future in zip(items, futures):
             try:

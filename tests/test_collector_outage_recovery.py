@@ -46,6 +46,7 @@ class SteadyLoad:
         self.env = env
         self.phase = "before"
         self.answers: list[tuple[str, str, bool, set[bytes]]] = []  # (phase, client, accepted, span ids)
+        self.errors: list[Exception] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(send,), daemon=True)
@@ -76,9 +77,17 @@ class SteadyLoad:
         while not self._stop.is_set():
             phase = self.phase
             request, ids = _request()
-            client, accepted = send(request)
+            try:
+                client, accepted = send(request)
+            except (OSError, grpc.RpcError) as e:
+                self.errors.append(e)  # the test fails on these, after stopping the collector
+                return
             with self._lock:
                 self.answers.append((phase, client, accepted, ids))
+            if not accepted:
+                # Told to retry later: pause as an exporter does (for less than the hint's 5 s),
+                # instead of flooding the collector with requests it must refuse.
+                self._stop.wait(0.2)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -184,6 +193,7 @@ def test_requests_go_to_kafka_directly_while_the_buffer_drains(tmp_path, monkeyp
             wait_for(lambda: load.count("drained", "http") and load.count("drained", "grpc"), timeout=60,
                      what="requests after the drain")
             load.stop()
+            assert load.errors == []
             assert not load.refused("healthy", "draining", "drained")
             assert buffered() == buffered_before  # Kafka stayed healthy: nothing buffered after its return
 
