@@ -12,13 +12,13 @@ lost. Otherwise it raises:
 
 Routing: a request goes to Kafka directly unless Kafka is known to be away (the newest
 send with an outcome was not acknowledged, see kafka_health.py); then it goes straight to
-the buffer instead of waiting out `ack_timeout`. The drainer's sends are the probe: the
-first acknowledgement of a send started after the last failure sends new requests to Kafka
-directly again, while the drainer empties the buffer beside them. Order across messages is
+the buffer instead of waiting out `ack_timeout`. The drainer is the probe: the first
+acknowledgement it sees in an attempt begun after the last failure (of its own send, or a
+late one of a buffered entry's direct send) sends new requests to Kafka directly again,
+while the drainer empties the buffer beside them. Order across messages is
 not kept while the buffer drains (a buffered request may reach Kafka after a newer one);
-each message is whole, and each reaches Kafka once: a direct send and a buffered entry are
-different messages, and nothing moves from one path to the other after its client was
-answered.
+each message is whole, and reaches Kafka once while the process lives: a direct send and a
+buffered entry are different messages (for a late direct send, see below).
 
 kafka-python's idempotent producer stops for good after a non-retriable error on any
 record (a message over the broker's limit, a denied topic): every later send fails. The
