@@ -10,8 +10,15 @@ lost. Otherwise it raises:
 - KafkaUnavailable / BufferUnavailable (transient): Kafka is unavailable and there is no
   buffer, or it cannot be written (503 / UNAVAILABLE).
 
-Ordering: once anything is in the buffer, new data queues behind it until the drainer has
-emptied it, so every partition sees data in the order it was accepted.
+Routing: a request goes to Kafka directly unless Kafka is known to be away (the newest
+send with an outcome was not acknowledged, see kafka_health.py); then it goes straight to
+the buffer instead of waiting out `ack_timeout`. The drainer is the probe: the first
+acknowledgement it sees in an attempt begun after the last failure (of its own send, or a
+late one of a buffered entry's direct send) sends new requests to Kafka directly again,
+while the drainer empties the buffer beside them. Order across messages is
+not kept while the buffer drains (a buffered request may reach Kafka after a newer one);
+each message is whole, and reaches Kafka once while the process lives: a direct send and a
+buffered entry are different messages (for a late direct send, see below).
 
 kafka-python's idempotent producer stops for good after a non-retriable error on any
 record (a message over the broker's limit, a denied topic): every later send fails. The
@@ -39,6 +46,7 @@ from kafka.errors import (CorruptRecordError, InvalidRecordError, KafkaError, Ka
 
 from collector.buffer import BufferFull, BufferUnavailable, DiskBuffer, Entry, Position
 from collector.events import BufferDrained, RequestRejected
+from collector.kafka_health import KafkaHealth
 from nimtrail.errors import PermanentError, TransientError
 from nimtrail.kafka_io import MAX_MESSAGE_BYTES, dead_letter
 from nimtrail.ops import StageMetrics
@@ -76,7 +84,7 @@ class Forwarder:
         self._delivery_timeout = delivery_timeout
         self._lock = threading.Lock()
         self._pending: dict[Position, object] = {}  # buffered entries whose direct send is in flight
-        self._buffering = buffer is not None and not buffer.empty
+        self._health = KafkaHealth()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._drainer: threading.Thread | None = None
@@ -96,11 +104,13 @@ class Forwarder:
             if len(entry.value) > MAX_VALUE_BYTES:
                 raise PermanentError("too_large_for_kafka", f"{len(entry.value)} bytes exceed the "
                                                             f"{MAX_VALUE_BYTES}-byte Kafka message limit")
-        if self._buffering:
-            return self._to_buffer([(e, None) for e in entries])
+        if self._buffer is not None and not self._health.up:
+            return self._to_buffer([(e, None) for e in entries])  # Kafka is away: no waiting for it
+        attempt = self._health.attempt()
         try:
             producer = self._current()
         except KafkaUnavailable:
+            self._kafka_failed(attempt)
             return self._to_buffer([(e, None) for e in entries])
         futures = []
         for entry in entries:
@@ -126,7 +136,9 @@ class Forwarder:
                 unacked.append((entry, None if future.is_done else future))
         unacked += [(e, None) for e in entries[len(futures):]]
         if not unacked:
+            self._kafka_acknowledged(attempt)
             return KAFKA
+        self._kafka_failed(attempt)
         return self._to_buffer(unacked)
 
     def _to_buffer(self, items: list[tuple[Entry, object]]) -> str:
@@ -136,19 +148,33 @@ class Forwarder:
             if self._closed:
                 raise KafkaUnavailable("the collector is stopping")
             ends = self._buffer.append([e for e, _ in items])
+            # Registered under the lock the drainer takes to look futures up, so the drainer
+            # never sees this entry without its future (and sends it a second time).
             for (_, future), end in zip(items, ends):
                 if future is not None:
                     self._pending[end] = future
-            if not self._buffering:
-                log.warning("Kafka is not acknowledging writes: buffering on disk in %s", self._buffer.dir)
-            self._buffering = True
         self._gauge.set(self._buffer.used_bytes)
         self._wake.set()
         return BUFFER
 
+    def _kafka_failed(self, attempt: int) -> None:
+        if self._health.failed(attempt) and self._buffer is not None:
+            log.warning("Kafka is not acknowledging writes: buffering on disk in %s", self._buffer.dir)
+
+    def _kafka_acknowledged(self, attempt: int) -> None:
+        if self._health.acknowledged(attempt) and self._buffer is not None:
+            log.info("Kafka acknowledges writes again: new data goes to Kafka directly while the "
+                     "buffer drains (%s bytes waiting)", self._buffer.used_bytes)
+
     @property
     def buffering(self) -> bool:
-        return self._buffering
+        """Whether acknowledged data is waiting on disk for Kafka."""
+        return self._buffer is not None and not self._buffer.empty
+
+    @property
+    def kafka_up(self) -> bool:
+        """Whether new data goes to Kafka directly (else straight to the buffer)."""
+        return self._health.up
 
     # ---- the producer ----
 
@@ -188,15 +214,16 @@ class Forwarder:
 
     def _drain_loop(self) -> None:
         backoff = 0.2
+        draining = not self._buffer.empty
         while not self._stop.is_set():
             if self._buffer.empty:
-                with self._lock:
-                    if self._buffer.empty and self._buffering:
-                        self._buffering = False
-                        log.info("The collector buffer is drained: writing to Kafka directly again")
+                if draining:
+                    draining = False
+                    log.info("The collector buffer is drained")
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
+            draining = True
             try:
                 drained_all = self._drain_once()
             except Exception:  # noqa: BLE001 - the drainer must outlive any one failure
@@ -220,20 +247,26 @@ class Forwarder:
         if items[0][1] == self._suspect:
             items = items[:1]
         wait = self._delivery_timeout + 5
+        with self._lock:  # see _to_buffer: an entry read is registered by now
+            pendings = {end: self._pending.get(end) for _entry, end in items}
+        attempt = self._health.attempt()
         try:
             producer = self._current()
         except KafkaUnavailable as e:
             log.info("Kafka is not taking buffered data yet: %s", e)
+            self._kafka_failed(attempt)
             return False
         futures: list[object] = []
+        acknowledged = False  # Kafka acknowledged something since this attempt began
         for entry, end in items:
             if self._stop.is_set():
                 break  # what is not sent stays buffered for the next start
-            pending = self._pending.get(end)
+            pending = pendings[end]
             if pending is not None:
                 try:
                     self._await(pending, wait)
                     futures.append(None)  # the direct send got through after all
+                    acknowledged = True  # an acknowledgement that came while this attempt waited
                     continue
                 except KafkaError:
                     pass  # it did not: send the buffered copy
@@ -248,6 +281,7 @@ class Forwarder:
             except KafkaError as e:
                 log.info("Kafka is not taking buffered data yet: %s", e)
                 self._check(producer, e)
+                self._kafka_failed(attempt)
                 break
         done: Position | None = None
         per_topic: dict[str, int] = {}
@@ -257,6 +291,7 @@ class Forwarder:
                     raise future
                 if future is not None:
                     self._await(future, wait)
+                    acknowledged = True
             except POISON as e:
                 self._check(producer, e)
                 if end != self._suspect or len(items) != 1:
@@ -264,12 +299,16 @@ class Forwarder:
                     break
                 if not self._dead_letter(entry, e):
                     break
+                acknowledged = True
             except KafkaError as e:
                 log.info("Kafka is not taking buffered data yet: %s", e)
                 self._check(producer, e)
+                self._kafka_failed(attempt)
                 break
             done = end
             per_topic[entry.topic] = per_topic.get(entry.topic, 0) + 1
+        if acknowledged:
+            self._kafka_acknowledged(attempt)  # before the head moves: new requests go direct
         if done is not None:
             # Commit order: Kafka acknowledged everything up to `done` (above), then the head moves.
             self._buffer.commit(done)
@@ -325,6 +364,6 @@ class Forwarder:
             self._closed = True  # a late request is told to retry, not half-served
             producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(timeout=2.0 if self._buffering else timeout)
+            producer.close(timeout=timeout if self._health.up else 2.0)
         if self._buffer is not None:
             self._buffer.close()
