@@ -377,8 +377,9 @@ class ProcessorConfig:
     state_ttl: Duration = Duration(3600)  # a record untouched this long leaves the join state
     # Bounds on the join state, whatever the input rate: past either, the oldest settled
     # records leave first (and, with none left, the oldest unsettled settle early).
-    state_max_entries: int = 150_000
-    state_max_bytes: int = 128 * 1024 * 1024  # the entries' encoded size, as on the changelog
+    # About 4.5 KB of process memory per entry: the defaults keep the processor near 500 MB.
+    state_max_entries: int = 60_000
+    state_max_bytes: int = 48 * 1024 * 1024  # the entries' encoded size, as on the changelog
     # Evidence ids (and tool-call ids) of records that left the state, kept so that a late
     # duplicate changes nothing and a late tool action still finds its call; the oldest are
     # forgotten past this many (~80 bytes each).
