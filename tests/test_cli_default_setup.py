@@ -76,7 +76,7 @@ def running_demo(tmp_path: Path):
         stop_demo(up)
 
 
-@pytest.mark.timeout(900)  # two demo starts, each with its own broker
+@pytest.mark.timeout(600)  # a demo start with its own broker, on a loaded machine
 def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tmp_path):
     config, env, tool_call_id, up, out = running_demo
 
@@ -122,19 +122,3 @@ def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tm
 
     assert stop_demo(up) == 0
     assert "nimtrail: stopped" in out.read_text()
-
-    # Started again on the same data directory, the demo continues: the same incident, and
-    # the upgraded deployment keeps its version (no rollback to the old image registered).
-    again = tmp_path / "up-again.log"
-    up, resumed_id = start_demo(config, env, again)
-    try:
-        assert resumed_id == tool_call_id
-        logs = config.parent / "data" / "logs"
-        wait_for(lambda: "prod/llama-3-3-70b: unchanged, still version 2" in again.read_text(), 120,
-                 what="the resumed demo to re-register the 70b's revision in force\n" + again.read_text()
-                 + (logs / "simulator.log").read_text()[-4000:])
-        latest = {row["deployment_id"]: row["version"] for row in orjson.loads(
-            nimtrail("deployments", "list", "--json", "--config", str(config)).stdout)["rows"]}
-        assert latest["prod/llama-3-3-70b"] == 2
-    finally:
-        stop_demo(up)

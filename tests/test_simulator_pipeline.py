@@ -63,9 +63,10 @@ def test_incident_is_traced_back_to_the_model_call_and_caller(env, tmp_path):
     assert unpropagated and all(sorted(r["signals"]) == ["span.client", "span.nim"] for r in unpropagated)
 
 
-def _demo(env, run: int, earlier_incidents: tuple[dict, ...] = ()) -> dict:
-    """One `nimtrail up --demo` until its incident (and any earlier run's) is traced back,
-    then Ctrl-C."""
+def _demo(env, run: int, resumed: dict | None = None) -> dict:
+    """One `nimtrail up --demo` until its incident is traced back, then Ctrl-C. `resumed`: the
+    incident of an earlier run on the same data directory, which a resumed demo reports
+    instead of playing a new one."""
     data = Path(env.config.data_dir)
     log_path = env.dir / f"up-{run}.log"
     log = open(log_path, "w")
@@ -79,6 +80,8 @@ def _demo(env, run: int, earlier_incidents: tuple[dict, ...] = ()) -> dict:
 
     def incident():
         assert up.poll() is None, log_path.read_text()
+        if resumed is not None:
+            return resumed
         text = path.read_text() if path.exists() else None
         return text and text != earlier and json.loads(text)
 
@@ -99,8 +102,8 @@ def _demo(env, run: int, earlier_incidents: tuple[dict, ...] = ()) -> dict:
         # The simulated fleet is up where the demo said it would be.
         described = json.loads((data / "simulator" / simulator.RUN_FILE).read_text())
         assert described["deployments"][0]["metrics_url"] in printed and "(DCGM)" in printed
-        for old in earlier_incidents:  # what earlier runs recorded is still there
-            assert _trace_back(env, old["tool_call_id"])["call"]["call_id"] == old["call_id"]
+        if resumed is not None:  # what the earlier run recorded is still there
+            assert _trace_back(env, resumed["tool_call_id"])["call"]["call_id"] == resumed["call_id"]
         if importlib.util.find_spec("nimtrail.commands.deployments"):
             # Where this build can register deployments, the demo registers its fleet.
             def registered():
@@ -119,7 +122,14 @@ def _demo(env, run: int, earlier_incidents: tuple[dict, ...] = ()) -> dict:
 
 
 def test_up_demo_prints_a_trace_back_command_and_resumes(env):
+    def latest() -> dict[str, int]:
+        return {r["deployment_id"]: r["version"] for r in json.loads(env.cli("deployments", "list", "--json").stdout)["rows"]}
+
     first = _demo(env, 1)
-    # A second run on the same data directory adds new traffic (new ids) and keeps the old.
-    second = _demo(env, 2, earlier_incidents=(first,))
-    assert second["tool_call_id"] != first["tool_call_id"]
+    assert json.loads((Path(env.config.data_dir) / "simulator" / "progress.json").read_text())["incident"]
+    versions = latest()
+    # A second run on the same data directory continues the scenario: the same incident (no
+    # second one), and the upgraded deployment keeps its version (no rollback registered).
+    _demo(env, 2, resumed=first)
+    assert json.loads((Path(env.config.data_dir) / "simulator" / simulator.INCIDENT_FILE).read_text()) == first
+    assert latest() == versions
