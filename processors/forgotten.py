@@ -19,6 +19,7 @@ oldest forgotten first.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Iterable, NamedTuple
 
 
@@ -34,23 +35,26 @@ class CallLink(NamedTuple):
 class Forgotten:
     def __init__(self, limit: int):
         self.limit = limit
-        self._evidence: dict[int, None] = {}  # hash((entry id, evidence id)), oldest first
-        self._calls: dict[str, CallLink] = {}  # tool-call id -> the call that asked for it, oldest first
+        # Oldest first. OrderedDict, not dict: removing a plain dict's first key again and
+        # again leaves deleted slots that every next `iter()` walks over (quadratic once
+        # the index is full); OrderedDict's popitem(last=False) is O(1).
+        self._evidence: OrderedDict[int, None] = OrderedDict()  # hash((entry id, evidence id))
+        self._calls: OrderedDict[str, CallLink] = OrderedDict()  # tool-call id -> the call that asked for it
 
     def add(self, entry_id: str, evidence_ids: Iterable[str], link: CallLink | None = None,
             tool_call_ids: Iterable[str] = ()) -> None:
         # Re-inserted last, so that the newest is forgotten last.
         for evidence_id in evidence_ids:
             key = hash((entry_id, evidence_id))
-            self._evidence.pop(key, None)
             self._evidence[key] = None
+            self._evidence.move_to_end(key)
         if link is not None:
             for tool_call_id in tool_call_ids:
-                self._calls.pop(tool_call_id, None)
                 self._calls[tool_call_id] = link
+                self._calls.move_to_end(tool_call_id)
         for index in (self._evidence, self._calls):
             while len(index) > self.limit:
-                del index[next(iter(index))]
+                index.popitem(last=False)
 
     def seen(self, entry_id: str, evidence_id: str) -> bool:
         """Whether this evidence was part of a record that left the state."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Iterable
 
 import orjson
@@ -95,7 +95,9 @@ class Joiner:
         self.settled_early = 0  # records settled before their window because the state was full
         self.late_duplicates = 0  # evidence of forgotten records, ignored
         # Settled entries, least recently touched first: the order the caps evict in.
-        self._settled_order: dict[str, None] = {}
+        # Oldest settled first; an OrderedDict so that taking the first is O(1) however
+        # many were removed before it (forgotten.py says why a dict is not).
+        self._settled_order: OrderedDict[str, None] = OrderedDict()
         self.registry = registry or Registry()
         self.address_map = AddressMap(config.address_map)
         self.entries: dict[str, Entry] = {}
@@ -131,8 +133,8 @@ class Joiner:
             entry.evidence[item.evidence_id] = item
             entry.touched = now
             if entry.settled:  # most recently touched: evicted last
-                self._settled_order.pop(entry_id, None)
                 self._settled_order[entry_id] = None
+                self._settled_order.move_to_end(entry_id)
             self._index(entry, item)
             self._dirty.add(entry_id)
             self._changed.add(entry_id)
@@ -273,8 +275,7 @@ class Joiner:
             if self._evictable(members):
                 self._evict(members, reason)
             else:  # its trace is still joining: look at it again after the others
-                del self._settled_order[entry_id]
-                self._settled_order[entry_id] = None
+                self._settled_order.move_to_end(entry_id)
         reason = self._over_cap()
         if reason is None:
             return
