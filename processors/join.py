@@ -84,6 +84,7 @@ class Entry:
 
 
 class Joiner:
+    schedule_slack = 10_000  # heap items beyond twice the live entries before a rebuild
     def __init__(self, config: ProcessorConfig = ProcessorConfig(), registry: Registry | None = None):
         self.window = float(config.join_window)
         self.ttl = float(config.state_ttl)
@@ -252,6 +253,18 @@ class Joiner:
             self.forgotten.add(entry.id, entry.evidence, entry.link, tool_call_ids)
         self.evicted[reason] += len(members)
 
+    def _prune_schedules(self) -> None:
+        """Drop the deadlines and expiries of entries that left the state. An evicted entry's
+        items stay in both heaps until their time comes (an hour for the TTL): at thousands
+        of new entries a second that is millions of tuples, memory the caps do not see.
+        Rebuilt when they hold twice the live entries, so the cost is amortised O(1)."""
+        for name in ("_deadlines", "_expiry"):
+            heap = getattr(self, name)
+            if len(heap) > 2 * len(self.entries) + self.schedule_slack:
+                kept = [item for item in heap if item[1] in self.entries]
+                heapq.heapify(kept)
+                setattr(self, name, kept)
+
     def _over_cap(self) -> str | None:
         if len(self.entries) > self.max_entries:
             return "max_entries"
@@ -408,6 +421,7 @@ class Joiner:
                 self.bytes += len(value) - entry.size
                 entry.size = len(value)
         self._hold_to_caps()
+        self._prune_schedules()
         out = [(entry_id, encoded.get(entry_id) if entry_id in self.entries else None)
                for entry_id in sorted(self._changed)]
         self._changed.clear()

@@ -89,6 +89,17 @@ def test_a_state_full_of_unsettled_records_settles_the_oldest_early():
     assert "nimtrail_processor_settled_early_records_total" in metrics
 
 
+def test_evicted_entries_leave_the_deadline_and_expiry_schedules_too():
+    _, messages = runs(20)
+    pipeline, out = Pipeline(SMALL), trail.Trail()
+    pipeline.joiner.schedule_slack = 0
+    for i, run in enumerate(messages):
+        feed(pipeline, run, 100.0 * i, out)  # each run settles, and the cap evicts the oldest
+    joiner = pipeline.joiner
+    # Without pruning each heap would hold an item of every entry ever seen (an hour's worth).
+    assert len(joiner._expiry) <= 2 * len(joiner) and len(joiner._deadlines) <= 2 * len(joiner)
+
+
 # -- through the running processor ------------------------------------------------------
 
 CAP = 60
