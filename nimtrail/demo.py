@@ -8,7 +8,6 @@ Once the incident has happened, the demo prints one ready-to-paste trace-back co
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -169,10 +168,7 @@ class Demo:
     def _register(self) -> None:
         """Register each revision the simulator rolls out (Helm values, the pod's metadata,
         the governance file with a deployment's first revision of this run), valid from
-        when it went live, one registration at a time. Skipped where this build has no
-        `deployments register` command."""
-        if importlib.util.find_spec("nimtrail.commands.deployments") is None:
-            return
+        when it went live, one registration at a time."""
         if self._registering is not None:
             process, key = self._registering
             if process.poll() is None:
