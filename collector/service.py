@@ -39,6 +39,10 @@ class Collector:
             return kafka_io.producer(
                 config,
                 max_block_ms=int(c.ack_timeout * 1000),  # a send never blocks longer than an ack wait
+                # Every request waits for its own acknowledgement, so a linger is latency each
+                # request pays in full; under load the producer still batches whatever queues
+                # up while a send is in flight.
+                linger_ms=0,
                 request_timeout_ms=10_000,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
                 reconnect_backoff_max_ms=2_000,  # notice a returning broker within seconds
