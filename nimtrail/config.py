@@ -2,7 +2,8 @@
 
 Each section is a frozen dataclass; `load()` builds them from YAML and `NIMTRAIL_*`
 variables (nesting spelled with a double underscore: `NIMTRAIL_KAFKA__BOOTSTRAP`), rejecting
-unknown keys and wrong types with a message that names the file and the key. Loading is
+unknown keys in the file and wrong types anywhere with a message that names the file and the
+key; a variable that names no key is only a warning (the environment is shared). Loading is
 pure (no network, no files besides the config itself), so `nimtrail check` can validate a
 deployment's configuration anywhere.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import re
 import typing
@@ -20,6 +22,8 @@ from typing import Any
 import yaml
 
 from nimtrail import topics
+
+log = logging.getLogger(__name__)
 from nimtrail.errors import ConfigError
 
 ENV_PREFIX = "NIMTRAIL_"
@@ -570,6 +574,11 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or name.startswith("NIMTRAIL_TEST_"):
             continue
         keys = name[len(ENV_PREFIX):].lower().split("__")
+        if not _names_a_key(Config, keys):
+            # The environment is shared with other programs (wrapper scripts set their own
+            # NIMTRAIL_ variables): a name that is no config key is not ours to refuse.
+            log.warning("%s names no configuration key; ignored", name)
+            continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -581,6 +590,20 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
                 raise ConfigError(f"{name}: conflicts with another NIMTRAIL_ variable")
         node[keys[-1]] = value
     return tree
+
+
+def _names_a_key(cls: type, keys: list[str]) -> bool:
+    """Whether the path of keys leads to a field of the config classes (a mapping-typed
+    field takes any keys below it: its own validation judges them)."""
+    tp: Any = cls
+    for key in keys:
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return True
+        hints = typing.get_type_hints(tp)
+        if key not in hints:
+            return False
+        tp = hints[key]
+    return True
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

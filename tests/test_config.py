@@ -56,8 +56,17 @@ def test_invalid_config_names_file_and_key(tmp_path, text, message):
 def test_wrong_type_in_environment_names_the_variable_key():
     with pytest.raises(ConfigError, match=r"kafka.partitions: expected an integer"):
         config.load(env={"NIMTRAIL_KAFKA__PARTITIONS": "many"})
-    with pytest.raises(ConfigError, match=r"kafka.typo: unknown key"):
-        config.load(env={"NIMTRAIL_KAFKA__TYPO": "1"})
+
+
+def test_environment_variable_naming_no_key_is_a_warning_not_a_refusal(caplog):
+    # Other programs share the environment: a wrapper's own NIMTRAIL_ variable must not stop
+    # every command, while a wrong type in a known key still does.
+    with caplog.at_level("WARNING", logger="nimtrail.config"):
+        c = config.load(env={"NIMTRAIL_KAFKA__TYPO": "1", "NIMTRAIL_WRAPPER_VERSION": "3",
+                             "NIMTRAIL_KAFKA__PARTITIONS": "4"})
+    assert c.kafka.partitions == 4
+    assert "NIMTRAIL_KAFKA__TYPO names no configuration key" in caplog.text
+    assert "NIMTRAIL_WRAPPER_VERSION names no configuration key" in caplog.text
 
 
 def test_check_command_validates_without_network(tmp_path, capsys):
