@@ -15,11 +15,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _is_identifier(column: str) -> bool:
+    # Ids and hashes are what a reader copies into the next command: never cut them.
+    return column.endswith(("id", "ids", "sha256", "hash"))
+
+
 def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], max_width: int = 40) -> str:
     if not rows:
         return "(no rows)"
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    cells = [[v if len(v) <= max_width else v[: max_width - 1] + "…" for v in row] for row in cells]
+    limits = [None if _is_identifier(c) else max_width for c in columns]
+    cells = [[v if limit is None or len(v) <= limit else v[: limit - 1] + "…"
+              for v, limit in zip((_cell(r.get(c)) for c in columns), limits)] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
