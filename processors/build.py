@@ -164,23 +164,34 @@ class Builder:
 
     def mcp_owner(self, trace_id: str, node: traces.Node) -> str | None:
         """The entry an MCP span belongs to: its execute_tool ancestor; for a server span,
-        whatever its client span belongs to (or that client span itself); else the
-        innermost execute_tool of the same tool containing it in time."""
+        whatever its client span belongs to (or that client span itself). A client span
+        whose known ancestors reach the root without one belongs to nothing, for good.
+        Where the known path breaks: for a server span, the client span of the same
+        session and JSON-RPC id; else the execute_tool of the trace with the same tool
+        call id; else the innermost execute_tool of the same tool containing it in time."""
         t = self.j.traces
-        for ancestor in t.path(trace_id, node):
+        path = t.path(trace_id, node)
+        for ancestor in path:
             if ancestor.role == traces.ACTION:
                 return ancestor.entry
             if ancestor.role == traces.MCP_CLIENT and node.role == traces.MCP_SERVER:
                 return self.mcp_owner(trace_id, ancestor) or ancestor.entry
+        if node.role == traces.MCP_CLIENT and t.rooted(node, path):
+            return None
         rpc_id = node.fields.get("jsonrpc_id")
         if node.role == traces.MCP_SERVER and rpc_id is not None:
             for client in t.with_role(trace_id, traces.MCP_CLIENT):
                 if client.fields.get("jsonrpc_id") == rpc_id and client.fields.get("mcp_session") in (
                         None, node.fields.get("mcp_session")):
                     return self.mcp_owner(trace_id, client) or client.entry
+        actions = t.with_role(trace_id, traces.ACTION)
+        tool_call_id = node.fields.get("tool_call_id")
+        if tool_call_id:
+            named = next((a for a in actions if a.fields.get("tool_call_id") == tool_call_id), None)
+            if named is not None:
+                return named.entry
         tool = node.fields.get("tool_name")
-        actions = [a for a in t.with_role(trace_id, traces.ACTION) if a.fields.get("tool_name") == tool]
-        containing = t.innermost(actions, node)
+        containing = t.innermost([a for a in actions if a.fields.get("tool_name") == tool], node)
         return containing.entry if containing else None
 
     def action(self, entry: "Entry") -> Built:
@@ -250,12 +261,22 @@ class Builder:
     # -- spans that become records only when nothing claims them -----------------------
 
     def standalone_mcp(self, entry: "Entry") -> Built | None:
-        """An MCP tools/call span with no execute_tool to belong to, once settled, is the
-        tool action itself (agents that call MCP servers directly emit no execute_tool)."""
+        """An MCP tools/call span that no execute_tool claims is the tool action itself:
+        the conventions make the MCP client span an execute_tool span, and an agent that
+        calls MCP servers directly emits no other. Its action is emitted only once no
+        execute_tool can claim it any more, so that one tool run never becomes two
+        actions: a client span at once when its known ancestors reach the root (an outer
+        execute_tool would be one of them); otherwise, and for a server span whose client
+        span never came, once its join window has passed."""
         item = next(iter(entry.evidence.values()))
         trace_id = item.fields.get("trace_id") or ""
-        node = self.j.traces.nodes(trace_id).get(item.fields.get("span_id") or "")
-        if node is None or self.mcp_owner(trace_id, node) is not None:
+        t = self.j.traces
+        node = t.nodes(trace_id).get(item.fields.get("span_id") or "")
+        if node is None:
+            return None
+        if not entry.settled and not (node.role == traces.MCP_CLIENT and t.rooted(node, t.path(trace_id, node))):
+            return None
+        if self.mcp_owner(trace_id, node) is not None:
             return None
         return self.action(entry)
 

@@ -156,7 +156,7 @@ class Joiner:
                 self.calls_by_identity.setdefault(identity, set()).add(entry.id)
             if item.source == ev.SPAN_NIM and f.get("parent_span_id"):
                 self.calls_by_nim_parent.setdefault(f["parent_span_id"], set()).add(entry.id)
-        elif item.kind == ev.TOOL_ACTION and f.get("tool_call_id"):
+        elif item.kind in (ev.TOOL_ACTION, ev.MCP) and f.get("tool_call_id"):  # an MCP span may be the action
             self.actions_by_tool_call.setdefault(f["tool_call_id"], set()).add(entry.id)
         elif item.kind == ev.CALL_SPAN:
             for identity in f.get("identities") or ():
@@ -381,7 +381,7 @@ class Joiner:
             return builder.call(entry)
         if entry.kind == ev.TOOL_ACTION:
             return builder.action(entry)
-        if entry.kind == ev.MCP and entry.settled:
+        if entry.kind == ev.MCP:  # the builder decides when it is an action of its own
             return builder.standalone_mcp(entry)
         if entry.kind == ev.CALL_SPAN and entry.settled:
             return builder.standalone_call(entry)

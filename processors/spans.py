@@ -6,7 +6,10 @@ A span is classified by what it says, not by who sent it:
 - the client's view: a GenAI inference span (`chat`, `text_completion`, `embeddings`, ...)
   with `gen_ai.response.id`, the caller and the tool calls the response asked for;
 - a tool execution: `execute_tool` with `gen_ai.tool.call.id`;
-- an MCP `tools/call` span, client or server side (`mcp.method.name`);
+- an MCP `tools/call` span, client or server side (`mcp.method.name`). The conventions make
+  the client span an execute_tool span too (`gen_ai.operation.name=execute_tool`, and so
+  does the server span): whether it is the action itself or joins an outer execute_tool
+  is a question of parentage, which the joiner answers (build.Builder.standalone_mcp);
 - `invoke_agent`, whose caller and agent name its descendants inherit.
 
 Nothing here keeps state: the joiner links spans to each other by trace parentage.
@@ -299,7 +302,7 @@ def _mcp(s: _Span, method: str, policy: ContentPolicy) -> Evidence | None:
         "mcp_server": (service or host_port) if server_side else host_port,
         "mcp_aliases": aliases,
         "mcp_session": _first(s.attrs, "mcp.session.id"),
-        "jsonrpc_id": _first(s.attrs, "jsonrpc.request.id"),
+        "jsonrpc_id": _first(s.attrs, "jsonrpc.request.id", "rpc.jsonrpc.request_id"),  # older RPC name
         "tool_type": fields["tool_type"] or "extension",
     })
     source = ev.SPAN_MCP_SERVER if server_side else ev.SPAN_MCP_CLIENT

@@ -77,6 +77,13 @@ class TraceIndex:
             parent = found.parent
         return out
 
+    @staticmethod
+    def rooted(node: Node, path: list[Node]) -> bool:
+        """Whether `path` (`node`'s known ancestors) reaches the trace's root: then every
+        ancestor `node` will ever have is known, and no later span can come between."""
+        top = path[-1] if path else node
+        return top.parent is None
+
     def role_count(self, trace_id: str, role: str) -> int:
         return len(self.with_role(trace_id, role))
 
@@ -114,8 +121,7 @@ class TraceIndex:
         on_path = [a for a in path if a.role == AGENT]
         if on_path:
             return on_path, weight
-        top = path[-1] if path else node
-        if top.parent is None:
+        if self.rooted(node, path):
             return [], weight  # reached the root without passing an agent
         containing = self.innermost(agents, node)
         return ([containing] if containing else []), weight

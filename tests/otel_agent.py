@@ -14,7 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 
-def _provider(endpoint: str, service: str) -> TracerProvider:
+def exporting_provider(endpoint: str, service: str) -> TracerProvider:
+    """A service's TracerProvider exporting each span, as it ends, through the real OTLP/HTTP
+    exporter to the collector at `endpoint` (one request per span)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces",
                                                                       timeout=10)))
@@ -28,8 +30,8 @@ def send_agent_trace(endpoint: str, *, caller: str = "alice", tool: str = "delet
     tool run fails with that `error.type`."""
     call_id = f"chatcmpl-{uuid.uuid4().hex}"
     tool_call_id = f"chatcmpl-tool-{uuid.uuid4().hex[:16]}"
-    agent = _provider(endpoint, "ops-agent")
-    nim = _provider(endpoint, "nim-llama")
+    agent = exporting_provider(endpoint, "ops-agent")
+    nim = exporting_provider(endpoint, "nim-llama")
     tracer = agent.get_tracer("agent")
     nim_tracer = nim.get_tracer("vllm")
     with tracer.start_as_current_span("invoke_agent ops", kind=SpanKind.INTERNAL,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from opentelemetry.trace import SpanKind, set_span_in_context
-
 from nimtrail.config import ProcessorConfig
 from processors import normalize
 from processors.join import Joiner
@@ -107,27 +105,6 @@ def test_caller_comes_from_the_invoke_agent_ancestor_when_the_call_span_has_none
     ids = sc.agent_run(world, T0, caller="erin", caller_on_chat=False)
     got, _ = trail.run(spans_of(world), CONFIG)
     assert got.of("model_call")[ids["call_id"]]["caller"] == "erin"
-
-
-def test_mcp_spans_without_an_execute_tool_become_the_action_once_settled():
-    world = sc.World()
-    agent, server = world.tracer("direct-agent"), world.tracer("crm-mcp")
-    client = agent.start_span("tools/call lookup", kind=SpanKind.CLIENT, start_time=sc.ns(T0), attributes={
-        "mcp.method.name": "tools/call", "gen_ai.tool.name": "lookup", "jsonrpc.request.id": "1",
-        "server.address": "crm-mcp.tools.svc", "server.port": 8080})
-    served = server.start_span("tools/call lookup", context=set_span_in_context(client), kind=SpanKind.SERVER,
-                               start_time=sc.ns(T0), attributes={"mcp.method.name": "tools/call",
-                                                                 "jsonrpc.request.id": "1"})
-    served.end(end_time=sc.ns(T0 + dt.timedelta(milliseconds=5)))
-    client.end(end_time=sc.ns(T0 + dt.timedelta(milliseconds=6)))
-    unsettled, pipeline = trail.run(spans_of(world), CONFIG, settle_at=None)
-    assert not unsettled.of("tool_action")  # an execute_tool may still claim them
-    pipeline.sweep(1000)
-    actions = list(pipeline.take().records["tool_action"])
-    assert len(actions) == 1
-    action = actions[0]
-    assert action["action_id"] == format(client.get_span_context().span_id, "016x")
-    assert (action["mcp_server"], action["tool_name"], action["executed_by"]) == ("crm-mcp", "lookup", "direct-agent")
 
 
 def test_state_restored_from_the_changelog_joins_on_without_re_emitting():

@@ -9,7 +9,7 @@ from nimtrail.commands.common import print_json, query
 
 CALL_COLUMNS = ["started_at", "call_id", "caller", "client_service", "model", "deployment_id",
                 "finish_reason", "tool_names", "actions"]
-ACTION_FIELDS = ["action_id", "tool_call_id", "tool_name", "target", "started_at", "executed_by",
+ACTION_FIELDS = ["action_id", "tool_call_id", "tool_name", "target", "started_at", "executed_by", "mcp_server",
                  "gate", "gate_decision", "approver", "outcome", "call_id"]
 CALL_FIELDS = ["call_id", "started_at", "model", "operation", "finish_reason", "tool_call_ids",
                "tool_names", "prompt_sha256", "response_sha256", "input_tokens", "output_tokens",
