@@ -23,8 +23,10 @@ nimtrail.raw.observations — key: deployment id. What a running NIM says about 
     {"schema": 1, "deployment": "<id>", "source": "nim-metadata" | "nim-log",
      "endpoint": "<url or log source>", "observed_at": "<ISO-8601 UTC>",
      "facts": {"metadata": {...}, "version": {...}, "models": {...}, "ready": true, ...}}
-    For NIM 1.x startup lines (`Selected profile`, `Profile metadata`), source is "nim-log"
-    and facts hold {"profile_id", "profile_name", "profile_tags": {...}} as parsed.
+    For NIM 1.x startup lines (`Selected profile`, `Profile metadata`, `Valid profile`),
+    source is "nim-log", facts hold {"profile_id", "profile_name", "profile_tags": {...},
+    "valid_profiles": {...}} as parsed, and "lines" names the message that stated each.
+    The processor reads this topic back and checks each against the deployment records.
 
 nimtrail.deployments (compacted) — key: "<deployment_id>@<version>" (every version is kept
 by compaction; versions are immutable). Value: `records.encode_batch("deployment", [record])`

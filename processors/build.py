@@ -134,10 +134,10 @@ class Builder:
         identities: set[str] = set()
         for item in items:
             identities.update(item.fields.get("identities") or ())
-        deployment_id, weight = self.j.registry.match(identities)
-        version = None
-        if deployment_id is not None:
-            version = self.j.registry.as_of(deployment_id, record["started_at"])
+        # As of the call's start, by the one registry's rule; the version counts every
+        # deployment version these identities point at, so it grows when the match may change.
+        deployment_id, version = self.j.registry.match(identities, record["started_at"]) or (None, None)
+        weight = self.j.registry.weight(identities)
         record["deployment_id"], record["deployment_version"] = deployment_id, version
         agent_caller = None
         for item in ordered:

@@ -109,7 +109,8 @@ class Processor:
         self.audit_topics = t.audit()
         self.kinds = {t.otlp_spans: normalize.SPANS, t.nimlogs: normalize.NIMLOGS,
                       t.scrapes: normalize.SCRAPES, t.otlp_logs: normalize.OTLP_LOGS,
-                      t.otlp_metrics: normalize.OTLP_METRICS}  # input topic -> what it carries
+                      t.otlp_metrics: normalize.OTLP_METRICS,
+                      t.observations: normalize.OBSERVATIONS}  # input topic -> what it carries
         kafka_io.ensure_topics(config, [*self.kinds, t.observations, t.log_events, t.dlq,
                                         *self.audit_topics.values()],
                                compacted=[t.deployments, t.processor_state])
@@ -168,6 +169,8 @@ class Processor:
         """Process one polled batch end to end; returns the number of input messages."""
         polled = self.consumer.poll(timeout_ms=timeout_ms)
         now = time.time()
+        if any(tp.topic == self.config.topics.observations for tp in polled):
+            self._catch_up_deployments()
         for _tp, messages in self.deployments.poll(timeout_ms=0).items():
             for message in messages:
                 self._deployment(message)
@@ -198,6 +201,20 @@ class Processor:
                 log.warning("Could not commit input offsets: %s", e)
             faults.point("processor.after_commit")
         return count
+
+    def _catch_up_deployments(self, timeout: float = 5.0) -> None:
+        """Observations are judged against every version registered before they were read:
+        a registration committed a moment ago may not have been fetched yet."""
+        try:
+            ends = self.deployments.end_offsets(list(self.deployments.assignment()))
+        except KafkaError as e:  # judged against what was read; the broker is away anyway
+            log.warning("Could not read the deployments topic's end offsets: %s", e)
+            return
+        deadline = time.monotonic() + timeout
+        while any(self.deployments.position(tp) < end for tp, end in ends.items()) and time.monotonic() < deadline:
+            for _tp, messages in self.deployments.poll(timeout_ms=200).items():
+                for message in messages:
+                    self._deployment(message)
 
     def _check_assignment(self) -> None:
         """One processor reads every input partition (the join needs all of a call's

@@ -6,8 +6,8 @@
   they can be tied to exactly one request, else kept as log events; health probes counted;
 - a gateway's JSON access line naming request id and caller → evidence from `log.gateway`;
 - vLLM stats lines (`Avg prompt throughput: ...`) → metric_sample records;
-- startup lines (`Selected profile`, `Profile metadata`, API and engine versions) → one
-  deployment observation per batch, in the nimtrail.raw.observations format;
+- startup lines (`Valid profile`, `Selected profile`, `Profile metadata`, API and engine
+  versions; read by nimtrail/deployments/startup_log.py) → one deployment observation per batch, in the nimtrail.raw.observations format;
 - lines no shape fits → kept as log events and counted, never fatal.
 """
 
@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from nimtrail import records
+from nimtrail.deployments.startup_log import StartupFacts
 from nimtrail.records import sha256_hex
 from processors import evidence as ev
 from processors.clock import TEXT, UNIX_NANO, Clock, default_clock
@@ -33,10 +34,6 @@ _FINISHED = re.compile(r"^(?P<what>Finished|Aborted) request (?P<id>\S+?)\.?\s*$
 _STATS = re.compile(r"^(?:Engine (?P<engine>\d+): )?Avg prompt throughput: (?P<prompt>[\d.]+) tokens/s, "
                     r"Avg generation throughput: (?P<gen>[\d.]+) tokens/s(?P<rest>.*)$")
 _STAT_ITEM = re.compile(r"(?P<name>[A-Za-z][A-Za-z ]*?): (?P<value>[\d.]+) ?(?P<unit>reqs|%)?(?=,|$)")
-_PROFILE = re.compile(r"Selected profile: (?P<id>[0-9a-f]{64}) \((?P<name>[^)]+)\)")
-_PROFILE_TAG = re.compile(r"Profile metadata: (?P<key>[\w.-]+): (?P<value>.*?)\s*$")
-_API_VERSION = re.compile(r"NIM LLM API version (?P<version>\S+)")
-_ENGINE = re.compile(r"Initializing an LLM engine \((?P<version>[^)]+)\) with config: (?P<config>.*)$")
 _INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 
 # Gateway access logs: a JSON object naming the request and who sent it.
@@ -83,7 +80,7 @@ class _Batch:
         self.received = parse_iso(doc.get("received_at"))
         self.out = NimlogResult()
         self.events: list[dict[str, Any]] = []
-        self.facts: dict[str, Any] = {}
+        self.startup_facts = StartupFacts()
         self.facts_at: str | None = None
         # Request ids named by lifecycle lines since the last inference access line: an
         # access line names no request, so it is tied only when exactly one is in question.
@@ -237,29 +234,19 @@ class _Batch:
                 metric=metric, labels=labels, value=value, version=1))
 
     def startup(self, message: str, when: str | None) -> bool:
-        found: dict[str, Any] = {}
-        if match := _PROFILE.search(message):
-            found = {"profile_id": match.group("id"), "profile_name": match.group("name")}
-        elif match := _PROFILE_TAG.search(message):
-            tags = self.facts.setdefault("profile_tags", {})
-            tags[match.group("key")] = match.group("value")
-        elif match := _API_VERSION.search(message):
-            found = {"api_version": match.group("version")}
-        elif match := _ENGINE.search(message):
-            config = dict(re.findall(r"(\w+)=([^,]*)", match.group("config")))
-            found = {"engine_version": match.group("version"), "engine_config": config}
-        else:
+        if not self.startup_facts.add(message):
             return False
-        self.facts.update(found)
         self.facts_at = self.facts_at or when
         self.stored = True
         return True
 
     def finish(self) -> NimlogResult:
-        if self.facts:
+        if self.startup_facts.facts:
+            # `lines`: the message that stated each fact, which a drift finding quotes.
             self.out.observation = {
                 "deployment": self.deployment, "source": "nim-log", "endpoint": self.source,
-                "observed_at": self.facts_at or self.doc.get("received_at"), "facts": self.facts}
+                "observed_at": self.facts_at or self.doc.get("received_at"),
+                "facts": self.startup_facts.facts, "lines": self.startup_facts.lines}
         if self.events:
             self.out.log_events = {"source": self.source, "deployment": self.deployment,
                                    "file": self.doc.get("file"), "host": self.doc.get("host"),

@@ -19,7 +19,7 @@ from processors.content import ContentPolicy
 from processors.evidence import Evidence
 
 SPANS, NIMLOGS, SCRAPES, DEPLOYMENTS = "spans", "nimlogs", "scrapes", "deployments"
-OTLP_LOGS, OTLP_METRICS = "otlp_logs", "otlp_metrics"
+OTLP_LOGS, OTLP_METRICS, OBSERVATIONS = "otlp_logs", "otlp_metrics", "observations"
 
 
 @dataclasses.dataclass
@@ -30,6 +30,9 @@ class Normalised:
     observations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # clock_skew, from the input's times
+    # What running NIMs reported about themselves (read back from the observations topic):
+    # the pipeline checks each against the deployment registry.
+    reported: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     line_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped_points: dict[str, int] = dataclasses.field(default_factory=dict)  # OTLP metrics, by reason
     # (identities, samples and observations among the above that name no deployment): the
@@ -54,7 +57,7 @@ class Normalised:
 
 
 def normalise(kind: str, value: bytes, policy: ContentPolicy, clock: Clock | None = None) -> Normalised:
-    """`kind` is one of SPANS, NIMLOGS, SCRAPES, OTLP_LOGS, OTLP_METRICS, DEPLOYMENTS;
+    """`kind` is one of SPANS, NIMLOGS, SCRAPES, OTLP_LOGS, OTLP_METRICS, OBSERVATIONS, DEPLOYMENTS;
     `clock` (the message's receive time and bounds) judges every time the input states."""
     clock = clock or default_clock()
     out = Normalised(findings=clock.findings)
@@ -95,6 +98,14 @@ def normalise(kind: str, value: bytes, policy: ContentPolicy, clock: Clock | Non
         out.samples, malformed = scrapes.normalise(doc, clock)
         if malformed:
             out.line_counts["malformed_sample"] = malformed
+    elif kind == OBSERVATIONS:
+        try:
+            doc = raw.decode(value, raw.OBSERVATIONS_REQUIRED)
+        except ValueError as e:
+            raise PermanentError("malformed_observation", str(e)) from e
+        if not isinstance(doc["facts"], dict) or not isinstance(doc["observed_at"], str):
+            raise PermanentError("malformed_observation", "facts must be an object and observed_at a time")
+        out.reported.append(doc)
     elif kind == DEPLOYMENTS:
         try:
             batch_kind, found = records.decode_batch(value)

@@ -43,7 +43,7 @@ DEPLOYMENT_ATTRIBUTE = "nimtrail.deployment"
 
 def resource_identities(resource: dict[str, Any]) -> list[str]:
     """The deployment identities an OTLP resource carries, strongest first (see
-    processors/deployments.py): `dep:`, `k8s:<ns>/<deployment|statefulset>`, `pod:<ns>/<pod>`,
+    nimtrail/deployments/registry.py): `dep:`, `k8s:<ns>/<deployment|statefulset>`, `pod:<ns>/<pod>`,
     `svc:<service.name>`."""
     identities = []
     if resource.get(DEPLOYMENT_ATTRIBUTE):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 from nimtrail.config import ProcessorConfig, RetentionConfig
-from nimtrail.errors import PermanentError
+from nimtrail.deployments.findings import check_observation
+from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.ops import StageMetrics
 from processors import clock, normalize
 from processors.bounds import Bounds
@@ -25,6 +26,11 @@ from processors.events import (DeploymentRegistered, EvidenceJoined, FieldTrunca
 from processors.join import Joiner
 
 log = logging.getLogger(__name__)
+
+# Deployment findings recently produced, by id: the same drift reported on every poll is
+# produced once. Forgetting (or a restart) only produces one again, which the warehouse
+# absorbs: its id and version are the same.
+REPORTED_FINDINGS_KEPT = 4096
 
 
 @dataclasses.dataclass
@@ -51,6 +57,7 @@ class Pipeline:
         self.metrics = metrics or StageMetrics("processor")
         self._out = Outputs()
         self._evidence_counts: dict[str, int] = defaultdict(int)
+        self._reported: OrderedDict[str, None] = OrderedDict()
 
     def handle(self, kind: str, value: bytes, now: float, source: str = "",
                received: float | None = None) -> None:
@@ -78,6 +85,8 @@ class Pipeline:
                 self._evidence_counts[item.source] += 1
         for identities, items in found.unplaced:
             self._place(identities, items)
+        for doc in found.reported:
+            self._check(doc, source or kind, value)
         if found.samples:
             clock.stamp(found.samples)
             self._out.records["metric_sample"].extend(found.samples)
@@ -94,17 +103,40 @@ class Pipeline:
         for reason, count in found.skipped_points.items():
             MetricPointsSkipped(reason=reason, count=count).emit(self.metrics, log, count)
 
+    def _check(self, observation: dict[str, Any], source: str, value: bytes) -> None:
+        """Drift or unknown_deployment for what a running NIM reported, against the
+        deployment version in force when it reported it."""
+        try:
+            findings = check_observation(self.joiner.registry, observation)
+        except NimtrailError as e:  # an observed_at that is not a time
+            self._out.rejected.append((source, value, PermanentError("malformed_observation", str(e))))
+            return
+        except Exception as e:  # noqa: BLE001 - a checker bug must not stop the stage
+            log.exception("Checking an observation from %s failed", source)
+            self._out.rejected.append((source, value, PermanentError("checker_error", f"{type(e).__name__}: {e}")))
+            return
+        for finding in findings:
+            if finding["finding_id"] in self._reported:
+                self._reported.move_to_end(finding["finding_id"])
+                continue
+            self._reported[finding["finding_id"]] = None
+            if len(self._reported) > REPORTED_FINDINGS_KEPT:
+                self._reported.popitem(last=False)
+            finding["observed_at"] = None  # stamped: when the pipeline saw it
+            clock.stamp([finding])
+            self._out.records["finding"].append(finding)
+            FindingRaised(kind=finding["kind"], status="open",
+                          subject=",".join(finding["subject_ids"])).emit(self.metrics, log)
+
     def _place(self, identities: list[str], items: list[dict[str, Any]]) -> None:
         """Samples and observations that came with identities but no deployment (OTLP
         resources) get the deployment those identities name now. Unlike a call they are
         not re-joined when a deployment is registered later: a sample never changes."""
-        deployment, _ = self.joiner.registry.match(identities)
-        if deployment is None:
-            return
         for item in items:
             field = "deployment_id" if "deployment_id" in item else "deployment"
-            if item.get(field) is None:
-                item[field] = deployment
+            matched = self.joiner.registry.match(identities, item.get("ts") or item.get("observed_at"))
+            if item.get(field) is None and matched is not None:
+                item[field] = matched[0]
 
     def deployment(self, value: bytes, passthrough: bool = True, source: str = "deployments") -> None:
         """One message of the deployments topic: registered for the join and, unless it

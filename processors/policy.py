@@ -3,7 +3,8 @@
 Findings are judged on a record once it has settled (its join window has passed), and
 judged again whenever the record changes after that. A finding whose condition no longer
 holds is re-emitted with `detail.status = "resolved"` (an auditor wants to see that it was
-raised). `finding_id` is a hash of the kind and the subject, and a finding's version is its
+raised). The findings are made by the one recipe of nimtrail/deployments/findings.py
+(`finding_id` a hash of the kind and the subject), and a finding's version is its
 subject's version, so replays and late joins converge like every other record.
 
 Governance lists follow one rule: absent (null) means "not governed"; a list, even empty,
@@ -15,32 +16,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from nimtrail import records
-from nimtrail.records import sha256_hex
+from nimtrail.deployments.findings import new_finding, unknown_deployment_finding
 
-SEVERITY = {
-    "ungated_action": "critical",
-    "purpose_violation": "high",
-    "unauthorized_client": "high",
-    "unlisted_tool_server": "high",
-    "unattributed_action": "medium",
-    "unknown_deployment": "medium",
-    "clock_skew": "low",  # processors/clock.py: a time replaced by the receive time
-}
 _DENIED = {"denied", "rejected", "blocked", "deny", "reject"}
-
-
-def finding_id(kind: str, subject: str) -> str:
-    return sha256_hex(f"{kind}|{subject}")[:32]
-
-
-def new_finding(kind: str, subject: str, subject_ids: list[str], detected_at: str | None,
-                detail: dict[str, Any]) -> dict[str, Any]:
-    record = records.new("finding", finding_id=finding_id(kind, subject), severity=SEVERITY[kind],
-                         subject_ids=subject_ids, detected_at=detected_at,
-                         detail={"status": "open", **detail})
-    record["kind"] = kind  # (records.new's own first parameter is called `kind`)
-    return record
 
 
 def _server_names(servers: list[str]) -> set[str]:
@@ -89,7 +67,7 @@ def call_findings(call: dict[str, Any], deployment: dict[str, Any] | None) -> li
     call_id = call["call_id"]
     when = call.get("started_at") or call.get("ended_at")
     if call.get("deployment_id") is None:
-        out.append(new_finding("unknown_deployment", call_id, [call_id], when, {
+        out.append(unknown_deployment_finding(call_id, [call_id], when, {
             "reason": "the telemetry of this call matches no registered deployment",
             "model": call.get("model"), "signals": call.get("signals")}))
         return out

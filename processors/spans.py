@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 import datetime as _dt
+from nimtrail.deployments.registry import key as identity_key
 from nimtrail.records import sha256_hex
 from processors import evidence as ev
 from processors.clock import UNIX_NANO, Clock, default_clock
@@ -175,7 +176,7 @@ def _client_call(s: _Span, operation: str, policy: ContentPolicy) -> Evidence:
     response = _first(attrs, "gen_ai.output.messages", "gen_ai.completion")
     model = _first(attrs, "gen_ai.response.model", "gen_ai.request.model")
     host_port = _host_port(attrs)
-    identities = [f"hp:{host_port}"] if host_port and ":" in host_port else []
+    identities = [identity_key("hp", host_port)] if host_port and ":" in host_port else []
     if model:
         identities.append(f"model:{model}")
     span = s.span

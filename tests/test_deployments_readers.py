@@ -59,7 +59,10 @@ def test_startup_log_of_a_vllm_profile_in_1x_jsonl_form():
     assert facts == {"profile_id": VLLM_PROFILE_ID, "profile_name": "vllm-bf16-tp1-pp1",
                      "profile_tags": {"feat_lora": "false", "llm_engine": "vllm", "precision": "bf16",
                                       "pp": "1", "tp": "1"},
-                     "api_version": "1.0.0"}
+                     "api_version": "1.0.0",
+                     "valid_profiles": {VLLM_PROFILE_ID: {"name": "vllm-bf16-tp1-pp1", "gpus": [0]}},
+                     "engine_version": "v0.4.1", "engine_config": facts["engine_config"]}
+    assert facts["engine_config"]["tensor_parallel_size"] == "1"
 
 
 def test_startup_log_of_a_tensorrt_llm_profile_in_cri_wrapped_text_form():
@@ -69,7 +72,7 @@ def test_startup_log_of_a_tensorrt_llm_profile_in_cri_wrapped_text_form():
         "profile_id": TRT_PROFILE_ID, "profile_name": "tensorrt_llm-h100-fp8-tp2-pp1-throughput",
         "engine_backend": "tensorrt_llm", "precision": "fp8", "tensor_parallel": 2,
         "pipeline_parallel": 1, "gpu_type": "H100", "gpu_device": "2330:10de",
-        "lora": {"enabled": False}}
+        "lora": {"enabled": False}, "gpu_count": 2}  # the selected profile's `on GPUs [0, 1]`
 
 
 def test_startup_line_parser_handles_each_line_alone_and_the_last_start_wins():

@@ -1,36 +1,69 @@
-"""Governance findings about deployments, as canonical `finding` records (pure functions).
+"""Governance findings, as canonical `finding` records (pure functions): the one recipe for
+every kind, used by the processor's policy, its clock and its drift check alike.
 
-- `deployment_drift`: a running container reports a profile, image, model or release that
-  differs from its reviewed record. One finding per (deployment version, field, observed
-  value): the same drift seen again has the same finding_id, so re-emitting it is a no-op.
-- `unknown_deployment`: telemetry whose identity matches no registered deployment at its
-  time. One finding per identity, however much telemetry it sends.
+- `finding_id` is a hash of the kind, the subject and what tells two findings about one
+  subject apart: the same finding judged again — after a replay, a restart, or another
+  observation of the same thing — has the same id, a no-op downstream.
+- `deployment_drift`: a running container reports a profile, image, model, release or GPU
+  count that differs from its reviewed record. One finding per (deployment version, field,
+  observed value).
+- `unknown_deployment`: telemetry that matches no deployment registered at its time. One
+  finding per call (subject: the call), and one per NIM seen reporting about itself
+  (subject: its identity).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from nimtrail import records
 from nimtrail.deployments.observations import observed_fields, served_models
 from nimtrail.deployments.registry import Identity, Registry
 from nimtrail.deployments.versions import iso
 
-# What is compared, and how much it matters when it differs.
+SEVERITY = {
+    "ungated_action": "critical",
+    "purpose_violation": "high",
+    "unauthorized_client": "high",
+    "unlisted_tool_server": "high",
+    # A NIM nobody reviewed serves traffic: no purpose, allowed clients or tool policy
+    # applies to it, so every other check is silently off for its calls.
+    "unknown_deployment": "high",
+    "unattributed_action": "medium",
+    "clock_skew": "low",  # processors/clock.py: a time replaced by the receive time
+}
+# What drift compares, and how much it matters when it differs.
 DRIFT_SEVERITY = {"nim_image": "high", "image_digest": "high", "model_id": "high",
-                  "profile_id": "medium", "profile_name": "medium", "nim_release": "medium"}
+                  "profile_id": "medium", "profile_name": "medium", "nim_release": "medium",
+                  "gpu_count": "medium"}
+# Where each compared field is read from in a `/v1/...` answer (a log names its line).
+_ENDPOINT_SOURCE = {"profile_id": "/v1/metadata selectedModelProfileId",
+                    "nim_release": "/v1/version release (or /v1/metadata version)",
+                    "model_id": "/v1/models data[].id", "nim_image": "image", "image_digest": "image"}
 
 
-def finding_id(kind: str, subject_ids: list[str], *parts: Any) -> str:
-    """Deterministic: sha256 over the kind, the subjects and what distinguishes the finding."""
-    return records.sha256_hex([kind, sorted(subject_ids), [str(p) for p in parts]])
+def finding_id(kind: str, subject: str, *distinguishing: Any) -> str:
+    """Deterministic: the kind, the subject and what distinguishes findings about it."""
+    return records.sha256_hex("|".join([kind, subject, *(str(p) for p in distinguishing)]))[:32]
 
 
-def make_finding(kind: str, severity: str, subject_ids: list[str], detail: dict[str, Any],
-                 detected_at: str, key: tuple[Any, ...] = (), observed_at: str | None = None) -> dict[str, Any]:
-    return records.new("finding", finding_id=finding_id(kind, subject_ids, *key), kind=kind,
-                       severity=severity, subject_ids=subject_ids, detected_at=detected_at,
-                       detail=detail, version=1, observed_at=observed_at or detected_at)
+def new_finding(kind: str, subject: str, subject_ids: list[str], detected_at: str | None,
+                detail: dict[str, Any], *, distinguishing: tuple[Any, ...] = (),
+                severity: str | None = None) -> dict[str, Any]:
+    """An open finding (its `version` is set by whoever judges it)."""
+    record = records.new("finding", finding_id=finding_id(kind, subject, *distinguishing),
+                         severity=severity or SEVERITY[kind], subject_ids=subject_ids,
+                         detected_at=detected_at, detail={"status": "open", **detail})
+    record["kind"] = kind  # (records.new's own first parameter is called `kind`)
+    return record
+
+
+def unknown_deployment_finding(subject: str, subject_ids: list[str], detected_at: str | None,
+                               detail: dict[str, Any]) -> dict[str, Any]:
+    """The one unknown_deployment recipe: about a call (subject: the call id) or about a
+    NIM's identity (subject: Identity.describe())."""
+    return new_finding("unknown_deployment", subject, subject_ids, detected_at, detail)
 
 
 def _observed(observation: dict[str, Any]) -> dict[str, Any]:
@@ -42,9 +75,23 @@ def _observed(observation: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def source_of(observation: dict[str, Any], field: str) -> str | None:
+    """What stated `field`: the log line for a startup log, the endpoint and key for a poll."""
+    lines = observation.get("lines") or {}
+    if field == "gpu_count":
+        profile = (observation.get("facts") or {}).get("profile_id")
+        return lines.get(f"valid_profiles.{profile}")
+    if field in lines:
+        return lines[field]
+    if observation.get("source") == "nim-log":
+        return None
+    where = _ENDPOINT_SOURCE.get(field)
+    return f"{observation.get('endpoint') or ''} {where}".strip() if where else None
+
+
 def drift(record: dict[str, Any], observation: dict[str, Any], *,
           now: str | None = None) -> list[dict[str, Any]]:
-    """Findings for every reviewed field the observation contradicts.
+    """Findings (version 1) for every reviewed field the observation contradicts.
 
     `record` is the deployment version valid when the observation was made (see
     `Registry.as_of`); `observation` a `nimtrail.raw.observations` message (decoded).
@@ -65,14 +112,21 @@ def drift(record: dict[str, Any], observation: dict[str, Any], *,
             seen = seen[0] if len(seen) == 1 else seen
         elif str(reviewed).lower() == str(seen).lower():
             continue
-        detail = {"deployment_id": record["deployment_id"], "deployment_version": record["version"],
+        detail = {"reason": f"the running NIM reports {field} {_text(seen)}, its registered version "
+                            f"{record['version']} says {_text(reviewed)}",
+                  "deployment_id": record["deployment_id"], "deployment_version": record["version"],
                   "field": field, "reviewed": reviewed, "observed": seen,
                   "source": observation.get("source"), "endpoint": observation.get("endpoint"),
+                  "source_line": source_of(observation, field),
                   "observed_at": observation.get("observed_at"), "reviewed_by": record.get("reviewed_by")}
-        out.append(make_finding("deployment_drift", severity, [subject], detail, at,
-                                key=(field, records.canonical_bytes(seen).decode()),
-                                observed_at=now or at))
+        finding = new_finding("deployment_drift", subject, [subject], at, detail, severity=severity,
+                              distinguishing=(field, records.canonical_bytes(seen).decode()))
+        out.append({**finding, "version": 1, "observed_at": now or at})
     return out
+
+
+def _text(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else records.canonical_bytes(value).decode()
 
 
 def _registry(known: Registry | Iterable[dict[str, Any]]) -> Registry:
@@ -88,27 +142,43 @@ def unknown_deployment(identity: Identity, known: Registry | Iterable[dict[str, 
     registry = _registry(known)
     if registry.match(identity, at) is not None:
         return None
+    return _unknown(identity.describe(), identity, registry, at, now)
+
+
+def _unknown(subject: str, identity: Identity, registry: Registry, at: Any, now: str | None,
+             **extra: Any) -> dict[str, Any]:
     detected_at = iso(at)
-    subject = identity.describe()
-    detail = {"identity": {k: v for k, v in identity.__dict__.items() if v is not None},
-              "first_seen_at": detected_at, "registered_deployments": len(registry)}
-    return make_finding("unknown_deployment", "high", [subject], detail, detected_at,
-                        observed_at=now or detected_at)
+    detail = {"reason": "a NIM that no registered deployment covers at this time",
+              "identity": {k: v for k, v in identity.__dict__.items() if v is not None},
+              "first_seen_at": detected_at, "registered_deployments": len(registry), **extra}
+    return {**unknown_deployment_finding(subject, [subject], detected_at, detail),
+            "version": 1, "observed_at": now or detected_at}
+
+
+def observation_identity(observation: dict[str, Any]) -> Identity:
+    """Who an observation is about: the deployment it names, else the address it was
+    polled at (the collector names an unconfigured target by its host:port, which is an
+    address, not a deployment id), and the model when it serves exactly one."""
+    endpoint = observation.get("endpoint") or ""
+    address = urlsplit(endpoint).netloc if "://" in endpoint else None
+    named = observation.get("deployment")
+    models = served_models((observation.get("facts") or {}).get("models"))
+    return Identity(deployment=named if named and named != address else None, host_port=address or None,
+                    model=models[0] if len(models) == 1 else None)
 
 
 def check_observation(known: Registry | Iterable[dict[str, Any]], observation: dict[str, Any], *,
                       now: str | None = None) -> list[dict[str, Any]]:
     """Findings for one `nimtrail.raw.observations` message: drift against the version of its
-    deployment valid at the observation's time, or unknown_deployment when the deployment it
-    names was not registered then."""
+    deployment valid at the observation's time, or unknown_deployment when no registered
+    deployment covers what it is about then."""
     registry = _registry(known)
-    deployment_id = observation.get("deployment")
     at = observation.get("observed_at") or now or records.now_iso()
-    record = registry.as_of(deployment_id, at) if deployment_id else None
-    if record is None:
-        subject = f"deployment:{deployment_id or observation.get('endpoint') or 'unknown'}"
-        detail = {"deployment_id": deployment_id, "endpoint": observation.get("endpoint"),
-                  "source": observation.get("source"), "first_seen_at": iso(at)}
-        return [make_finding("unknown_deployment", "high", [subject], detail, iso(at),
-                             observed_at=now or iso(at))]
-    return drift(record, observation, now=now)
+    identity = observation_identity(observation)
+    matched = registry.match(identity, at)
+    if matched is not None:
+        return drift(registry.get(*matched), observation, now=now)
+    endpoint = observation.get("endpoint")
+    subject = f"endpoint:{endpoint or 'unknown'}" if identity.is_empty() else identity.describe()
+    return [_unknown(subject, identity, registry, at, now, source=observation.get("source"),
+                     endpoint=endpoint)]

@@ -46,6 +46,11 @@ def observed_fields(facts: dict[str, Any]) -> dict[str, Any]:
         fields.update(fields_from_profile_name(facts["profile_name"]))
     if isinstance(facts.get("profile_tags"), dict):
         fields.update(fields_from_profile_tags(facts["profile_tags"]))  # tags are authoritative
+    # `Valid profile: <id> (<name>) on GPUs [0, 1]` of the selected profile: the GPUs it runs on.
+    valid = facts.get("valid_profiles")
+    selected = valid.get(fields.get("profile_id")) if isinstance(valid, dict) else None
+    if isinstance(selected, dict) and isinstance(selected.get("gpus"), list) and selected["gpus"]:
+        fields["gpu_count"] = len(selected["gpus"])
 
     release = version.get("release") or metadata.get("version")
     if isinstance(release, str) and release:

@@ -134,6 +134,8 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]
                      [call["deployment_id"], call.get("deployment_version")])
         deployment = found[0] if found else None
     subject_ids = [a["action_id"] for a in actions] + ([call["call_id"]] if call else [])
+    if deployment:  # findings about the deployment version that served the call (drift)
+        subject_ids.append(f"{deployment['deployment_id']}@{deployment['version']}")
     findings = rows(con, "SELECT * FROM findings WHERE list_has_any(subject_ids, ?::VARCHAR[]) "
                          "ORDER BY detected_at", [subject_ids]) if subject_ids else []
     caller = None
