@@ -10,6 +10,7 @@ import orjson
 import streamlit as st
 
 from app.data import ApiError
+from nimtrail import timestamps
 
 T = TypeVar("T")
 ANY = "(any)"
@@ -52,7 +53,7 @@ def load(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None
 
 
 def iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamps.iso(value.astimezone(dt.timezone.utc))
 
 
 def time_window(key: str, default: str = "last 24 hours") -> tuple[str | None, str | None]:

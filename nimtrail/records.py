@@ -7,11 +7,13 @@ emission of the same record has a higher version and the warehouse keeps the hig
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 from typing import Any, Iterable
 
 import orjson
+
+# Times are formatted in one place; records re-exports the two every stage uses.
+from nimtrail.timestamps import iso_from_ns, now_iso  # noqa: F401
 
 SCHEMA_VERSION = 1
 
@@ -97,19 +99,6 @@ def sha256_hex(value: Any) -> str:
     """SHA-256 of a value's canonical form (strings are hashed as their UTF-8 bytes)."""
     data = value.encode() if isinstance(value, str) else canonical_bytes(value)
     return hashlib.sha256(data).hexdigest()
-
-
-def iso_from_ns(ns: int | None) -> str | None:
-    """An ISO-8601 UTC timestamp with microseconds from Unix nanoseconds."""
-    if not ns:
-        return None
-    secs, rem = divmod(int(ns), 1_000_000_000)
-    dt = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).replace(microsecond=rem // 1000)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---- wire form on the audit topics -----------------------------------------------------

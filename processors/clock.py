@@ -12,7 +12,7 @@ The receive time is the Kafka timestamp of the input message (the collector's cl
 it forwarded the message, or the broker's): it is stored with the message, so a replay
 after a crash clamps to the same time and produces the same records and findings.
 
-Comparisons are on ISO-8601 text (`%Y-%m-%dT%H:%M:%S.%fZ`, what every normaliser
+Comparisons are on ISO-8601 text (nimtrail.timestamps, what every normaliser
 produces): text of that one shape orders as the times do, and the hot path pays a string
 comparison per time, not a datetime per time.
 """
@@ -20,12 +20,12 @@ comparison per time, not a datetime per time.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
 from typing import Any
 
 from nimtrail import records
 from nimtrail.config import ClockConfig, RetentionConfig
+from nimtrail.timestamps import iso_from_seconds
 from processors import policy
 
 # The window back when no retention class limits it (every class kept forever).
@@ -52,10 +52,6 @@ class ClockLimits:
         return cls(max_age=max_age, max_ahead=float(clock.max_ahead))
 
 
-def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Clock:
     """The bounds for the times of one input message, and the findings they raised."""
 
@@ -67,9 +63,9 @@ class Clock:
         # is judged against the processor's own clock.
         if received is None or not (now - limits.max_age <= received <= now + limits.max_ahead):
             received = now
-        self.received = _iso(received)
-        self.low = _iso(max(received - limits.max_age, 0.0))
-        self.high = _iso(received + limits.max_ahead)
+        self.received = iso_from_seconds(received)
+        self.low = iso_from_seconds(max(received - limits.max_age, 0.0))
+        self.high = iso_from_seconds(received + limits.max_ahead)
         self.findings: list[dict[str, Any]] = []
 
     def clamp(self, when: str | None, sent: Any, sent_as: str, record: str, subject: str,

@@ -22,6 +22,8 @@ import datetime as dt
 import re
 from typing import Any
 
+from nimtrail.timestamps import iso
+
 import orjson
 
 _UTC = dt.timezone.utc
@@ -41,26 +43,9 @@ _JSON_TIME = re.compile(r"^(?:(?P<year>\d{4})-)?(?P<md>\d\d-\d\d)[ T](?P<hms>\d\
 class Line:
     shape: str  # json2 | json1 | text | trtllm | uvicorn | json | plain (| message: see nimlogs)
     level: str | None
-    time: str | None  # ISO-8601 UTC (see iso())
+    time: str | None  # ISO-8601 UTC (nimtrail.timestamps)
     message: str
     fields: dict[str, Any] | None = None  # for `json`: the object
-
-
-_SECONDS: dict[dt.datetime, str] = {}
-
-
-def iso(value: dt.datetime) -> str:
-    """`%Y-%m-%dT%H:%M:%S.%fZ` in UTC, the second memoised: a batch's lines share a few
-    seconds, and strftime is a measurable share of parsing one."""
-    value = value.astimezone(_UTC)
-    micro = value.microsecond
-    second = value.replace(microsecond=0) if micro else value
-    base = _SECONDS.get(second)
-    if base is None:
-        if len(_SECONDS) > 65536:
-            _SECONDS.clear()
-        base = _SECONDS[second] = second.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{micro:06d}Z"
 
 
 def parse_iso(text: Any) -> dt.datetime | None:

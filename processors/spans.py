@@ -22,9 +22,9 @@ from typing import Any, Iterator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-import datetime as _dt
 from nimtrail.deployments.registry import key as identity_key
 from nimtrail.records import sha256_hex
+from nimtrail.timestamps import iso_from_ns
 from processors import evidence as ev
 from processors.clock import UNIX_NANO, Clock, default_clock
 from processors.content import ContentPolicy, canonical, digest
@@ -37,23 +37,6 @@ INFERENCE_OPERATIONS = {
 }
 _SERVER = trace_pb2.Span.SPAN_KIND_SERVER
 _ERROR = trace_pb2.Status.STATUS_CODE_ERROR
-
-
-_SECONDS: dict[int, str] = {}
-
-
-def iso_from_ns(ns: int) -> str | None:
-    """records.iso_from_ns, memoised per second: spans arrive in bursts of the same
-    seconds, and strftime is a measurable share of normalising one."""
-    if not ns:
-        return None
-    secs, rem = divmod(ns, 1_000_000_000)
-    base = _SECONDS.get(secs)
-    if base is None:
-        if len(_SECONDS) > 65536:
-            _SECONDS.clear()
-        base = _SECONDS[secs] = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return "%s.%06dZ" % (base, rem // 1000)
 
 
 def _first(attrs: dict[str, Any], *names: str) -> Any:

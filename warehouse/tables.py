@@ -21,7 +21,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from nimtrail import records
+from nimtrail import records, timestamps
 from warehouse import rowbytes
 
 # Record kind -> table, for the canonical records the pipeline produces.
@@ -71,12 +71,10 @@ _ARROW = {
 }
 
 BULK_HASH_ROWS = 64
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-POLARS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # the same text, from polars
 
 
 def iso(value: dt.datetime | None) -> str | None:
-    return value.strftime(TIME_FORMAT) if value is not None else None
+    return timestamps.iso(value) if value is not None else None
 
 
 class Table:
@@ -175,7 +173,7 @@ class Table:
         columns = self.sorted_columns
         view = frame.select(columns)
         if self.time_columns:
-            view = view.with_columns(pl.col(c).dt.strftime(POLARS_TIME_FORMAT) for c in self.time_columns)
+            view = view.with_columns(pl.col(c).dt.strftime(timestamps.POLARS_FORMAT) for c in self.time_columns)
         # Column by column into Python values, then zipped into rows: the same values as
         # iter_rows() at a fraction of its per-row cost.
         values = [view.get_column(c).to_list() for c in columns]
@@ -194,7 +192,7 @@ class Table:
             return self.row_hashes_by_row(frame, json_canonical)
         view = frame.select(self.sorted_columns)
         if self.time_columns:
-            view = view.with_columns(pl.col(c).dt.strftime(POLARS_TIME_FORMAT) for c in self.time_columns)
+            view = view.with_columns(pl.col(c).dt.strftime(timestamps.POLARS_FORMAT) for c in self.time_columns)
         if not json_canonical:
             canonical, loads = records.canonical_bytes, orjson.loads
             view = view.with_columns(

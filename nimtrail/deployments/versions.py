@@ -11,7 +11,7 @@ import dataclasses
 import datetime as _dt
 from typing import Any, Iterable
 
-from nimtrail import records
+from nimtrail import records, timestamps
 from nimtrail.deployments.fragment import Fragment
 from nimtrail.deployments.merge import GOVERNED_FIELDS, MAPPING_FIELDS, build
 from nimtrail.errors import NimtrailError
@@ -41,7 +41,7 @@ def parse_time(value: Any) -> _dt.datetime:
 
 
 def iso(value: Any) -> str:
-    return parse_time(value).astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timestamps.iso(parse_time(value))
 
 
 def governed(record: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from nimtrail import timestamps
 from warehouse.params import BadParameter, Params
 
 JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env", "api_surface",
@@ -17,7 +18,7 @@ JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env"
 
 def _value(name: str, value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return timestamps.iso(value)
     if name in JSON_COLUMNS and isinstance(value, str):
         try:
             return orjson.loads(value)
