@@ -37,7 +37,8 @@ views.finding_group_box(groups[0])  # the worst, most recent: what to look at fi
 st.dataframe([{
     "severity": g.get("severity"), "kind": g["kind"], "deployment": g.get("deployment"),
     "tool": g.get("tool"), "policy": g.get("policy"), "count": g["count"], "open": g.get("open"),
-    "first seen (UTC)": views.when(g.get("first_seen")), "last seen (UTC)": views.when(g.get("last_seen")),
+    # to the second: the table stays narrow enough to show the latest subjects at 1400 px
+    "first seen (UTC)": views.when(g.get("first_seen"))[:19], "last seen (UTC)": views.when(g.get("last_seen"))[:19],
     "latest about": ", ".join(g["latest"].get("subject_ids") or []),
 } for g in groups], hide_index=True, width="stretch", height=min(38 + 35 * len(groups), 420))
 
