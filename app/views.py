@@ -129,19 +129,55 @@ SEVERITY_ICON = {"critical": ":material/dangerous:", "high": ":material/error:",
                  "medium": ":material/warning:", "low": ":material/info:"}
 
 
-def finding_box(finding: dict[str, Any]) -> None:
-    """One finding as an alert whose colour follows its severity."""
-    severity = (finding.get("severity") or "").lower()
-    detail = finding.get("detail")
-    body = (f"**{finding.get('kind')}** ({severity or 'no severity'}) — detected {when(finding.get('detected_at'))}"
-            f"  \nsubjects: {', '.join(f'`{s}`' for s in finding.get('subject_ids') or []) or '–'}")
-    if isinstance(detail, dict) and (detail.get("reason") or detail.get("message")):
-        body += f"  \n{detail.get('reason') or detail.get('message')}"
+def _severity_alert(severity: str | None, body: str, detail: Any, detail_label: str) -> None:
+    """An alert whose colour and icon follow a severity, with the detail folded away."""
+    severity = (severity or "").lower()
     show = {"critical": st.error, "high": st.error, "medium": st.warning}.get(severity, st.info)
     show(body, icon=SEVERITY_ICON.get(severity, ":material/info:"))
     if detail:
-        with st.expander("detail", expanded=False):
+        with st.expander(detail_label, expanded=False):
             st.json(detail)
+
+
+def _reason(detail: Any) -> str:
+    if isinstance(detail, dict) and (detail.get("reason") or detail.get("message")):
+        return f"  \n{detail.get('reason') or detail.get('message')}"
+    return ""
+
+
+def _subjects(finding: dict[str, Any]) -> str:
+    return ", ".join(f"`{s}`" for s in finding.get("subject_ids") or []) or "–"
+
+
+def finding_box(finding: dict[str, Any]) -> None:
+    """One finding as an alert whose colour follows its severity."""
+    severity = finding.get("severity")
+    body = (f"**{finding.get('kind')}** ({severity or 'no severity'}) — detected {when(finding.get('detected_at'))}"
+            f"  \nsubjects: {_subjects(finding)}" + _reason(finding.get("detail")))
+    _severity_alert(severity, body, finding.get("detail"), "detail")
+
+
+def group_about(group: dict[str, Any]) -> str:
+    """What a group of findings is about: its deployment, tool and policy, where known."""
+    parts = [group.get("deployment") or "no deployment"]
+    if group.get("tool"):
+        parts.append(f"tool {group['tool']}")
+    if group.get("policy"):
+        parts.append(f"policy {group['policy']}")
+    return " · ".join(parts)
+
+
+def finding_group_box(group: dict[str, Any]) -> None:
+    """A group of findings (one kind, deployment, tool and policy) as one alert: how many,
+    first and last seen, and the latest one's subjects (where trace-back starts)."""
+    latest = group.get("latest") or {}
+    count, still_open = group.get("count") or 0, group.get("open") or 0
+    opened = "" if still_open == count else f", {still_open} open"
+    body = (f"**{group.get('kind')}** ({group.get('severity') or 'no severity'}) × **{count}**{opened} — "
+            f"{group_about(group)}  \nfirst seen {when(group.get('first_seen'))}, "
+            f"last seen {when(group.get('last_seen'))}; latest about {_subjects(latest)}"
+            + _reason(latest.get("detail")))
+    _severity_alert(group.get("severity"), body, latest.get("detail"), "latest finding's detail")
 
 
 def refresh_button(key: str) -> None:

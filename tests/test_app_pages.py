@@ -23,7 +23,7 @@ from warehouse.store import Store
 
 MAIN = str(REPO / "app" / "main.py")
 PAGES = {"calls": "pages/calls.py", "latency": "pages/latency.py", "deployments": "pages/deployments.py",
-         "compliance": "pages/compliance.py"}
+         "compliance": "pages/compliance.py", "findings": "pages/findings.py"}
 
 
 def _api(config, store) -> tuple[QueryApi, str]:
@@ -52,7 +52,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     open_api, open_url = _api(config, store)
     guarded_api, guarded_url = _api(guarded, store)
     yield {"url": open_url, "guarded_url": guarded_url, "incident": incident, "stray": stray, "tmp": tmp,
-           "incident_findings": sorted(k for (k,) in found)}
+           "incident_findings": sorted(k for (k,) in found),
+           "finding_counts": store.reader().execute("SELECT kind, count(*) FROM findings GROUP BY kind").fetchall()}
     open_api.shutdown()
     guarded_api.shutdown()
     store.close()
@@ -249,6 +250,24 @@ def test_deployments_inventory_versions_diff_and_findings(app, world):
     assert "First version (source: helm)." in text_of(at) and len(at.dataframe) == 1  # nothing to diff
 
 
+def test_findings_one_line_per_group_worst_first_and_every_member(app, world):
+    at = ok(app.switch_page(PAGES["findings"]).run())
+    ok(at.selectbox(key="fi_window").select("all time").run())
+    groups = at.dataframe[0].value
+    stored = dict(world["finding_counts"])
+    assert groups["count"].sum() == sum(stored.values())
+    assert len(groups) < sum(stored.values())  # repeats collapse
+    assert groups["severity"].iloc[0] == "critical" and groups["kind"].iloc[0] in world["incident_findings"]
+    assert list(groups["severity"]) == sorted(groups["severity"], key=["critical", "high", "medium", "low"].index)
+    stray = groups[groups["kind"] == "unknown_deployment"]
+    assert list(stray["deployment"]) == [world["stray"]["subject_ids"][0]]
+    # one group opened: its findings, each a link to trace back
+    biggest = int(groups["count"].idxmax())
+    ok(at.selectbox(key="fi_group").select(biggest).run())
+    assert len(at.dataframe[1].value) == min(groups["count"].iloc[biggest], 500)
+    assert at.selectbox(key="fi_subject").value
+
+
 def test_compliance_report_export_verify_and_access_log(app, world):
     api_client.action(world["url"], "hold-add", {"caller": "oncall-bot", "reason": "incident review"})
     at = ok(app.switch_page(PAGES["compliance"]).run())
@@ -313,6 +332,7 @@ def test_an_empty_warehouse_says_what_to_do(tmp_path, monkeypatch):
         at = ok(AppTest.from_file(MAIN, default_timeout=60).run())
         assert "nimtrail up --demo" in at.info[0].value
         for page, hint in (("calls", "nimtrail up --demo"), ("latency", "nimtrail up --demo"),
+                           ("findings", "nimtrail up --demo"),
                            ("deployments", "nimtrail deployments register")):
             ok(at.switch_page(PAGES[page]).run())
             assert hint in text_of(at), page
@@ -331,4 +351,4 @@ def test_pages_are_thin_and_nothing_runs_at_import():
     assert data.api_url()  # a function call, not an import-time connection
     for path in (REPO / "app").rglob("*.py"):
         assert len(path.read_text().splitlines()) < 400, path
-    assert Path(MAIN).read_text().count("st.Page(") == 5
+    assert Path(MAIN).read_text().count("st.Page(") == 6

@@ -49,13 +49,13 @@ def test_emails_in_a_tools_error_and_target_are_stored_redacted(tmp_path: Path, 
 
         # The finding that quotes the target quotes it redacted.
         def ungated():
-            found = json.loads(env.cli("findings", "--json").stdout)["rows"]
+            found = json.loads(env.cli("findings", "--each", "--json").stdout)["rows"]
             return [f for f in found if f["kind"] == "ungated_action"]
         (finding,) = wait_for(ungated, timeout=60, what="the ungated_action finding")
         detail = finding["detail"] if isinstance(finding["detail"], dict) else json.loads(finding["detail"])
         assert detail["target"] == "mailbox:[REDACTED:email]/inbox/42"
         everything = env.cli("trace-back", "--tool-call-id", sent["tool_call_id"]).stdout + \
-            env.cli("findings", "--json").stdout
+            env.cli("findings", "--each", "--json").stdout + env.cli("findings", "--json").stdout
         assert "eve.admin@example.com" not in everything
     finally:
         env.stop_all()

@@ -152,9 +152,12 @@ def test_holds_and_exports_through_the_api(api):
 
 def test_findings_and_deployments_for_viewers(api):
     base, _store, _config = api
-    _, found = _get(base, "/v1/query/findings?kind=ungated_action&since=2025-03-01", "viewer-token")
-    assert [(f["finding_id"], f["subject_ids"], f["detail"]) for f in found["rows"]] == [
-        ("f1", ["a1", "c1"], {"gate": None})]
+    _, found = _get(base, "/v1/query/findings?kind=ungated_action&since=2025-03-01&group=false", "viewer-token")
+    assert [(f["finding_id"], f["subject_ids"], f["detail"], f["deployment"]) for f in found["rows"]] == [
+        ("f1", ["a1", "c1"], {"gate": None}, "prod/llama")]
+    _, grouped = _get(base, "/v1/query/findings?kind=ungated_action", "viewer-token")
+    assert [(g["deployment"], g["tool"], g["count"], g["latest"]["finding_id"]) for g in grouped["rows"]] == [
+        ("prod/llama", "delete_record", 1, "f1")]
     assert _get(base, "/v1/query/findings?kind=drift", "viewer-token")[1]["rows"] == []
     _, traced = _get(base, "/v1/query/trace-back?call_id=c1", "viewer-token")
     assert [f["finding_id"] for f in traced["findings"]] == ["f1"]

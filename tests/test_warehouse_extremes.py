@@ -88,7 +88,7 @@ def _queries(call_id: str, action_id: str, latency: dict[str, str]) -> list[tupl
            ("actions", {}), ("actions", {"order": "risk"}), ("actions", {"flagged": "true"}), ("actions", wide),
            ("facets", {}), ("facets", {"since": "0001-01-01T00:00:00Z"}),
            ("deployments", {}), ("deployments", {"versions": "all"}),
-           ("findings", {}), ("findings", wide), ("holds", {}), ("access-log", {}),
+           ("findings", {}), ("findings", wide), ("findings", {**wide, "group": "false"}), ("holds", {}), ("access-log", {}),
            ("retention-report", {"from": "0001-01-01T00:00:00Z",
                                                            "to": "9999-12-31T00:00:00Z"}), ("verify", {})]
     out += [("latency", latency), ("latency", {**latency, **wide}), ("latency", {"precision": "estimate"})]

@@ -71,5 +71,5 @@ for kind, title in DRIFT_KINDS.items():
     if not found["rows"]:
         st.caption("None." if kind == "deployment_drift" else
                    "None: every NIM seen in telemetry matches a registered deployment.")
-    for finding in found["rows"]:
-        views.finding_box(finding)
+    for group in found["rows"]:  # one line per deployment (and identity), repeats counted
+        views.finding_group_box(group)

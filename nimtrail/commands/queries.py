@@ -56,7 +56,10 @@ def cmd_trace_back(args: argparse.Namespace) -> int:
 LATENCY_GROUPS = {"profile": ["gpu_type", "profile_name"],
                   "deployment": ["deployment_id", "deployment_version", "nim_image"],
                   "model": ["model"]}
-FINDING_COLUMNS = ["detected_at", "kind", "severity", "subject_ids", "finding_id", "detail"]
+FINDING_COLUMNS = ["detected_at", "kind", "severity", "deployment", "tool", "subject_ids", "finding_id",
+                   "detail"]
+FINDING_GROUP_COLUMNS = ["severity", "kind", "deployment", "tool", "policy", "count", "open",
+                         "first_seen", "last_seen", "latest_subject_ids"]
 ACCESS_COLUMNS = ["accessed_at", "principal", "role", "client_address", "operation", "status",
                   "rows", "params"]
 
@@ -110,8 +113,17 @@ def _print_page(args: argparse.Namespace, result: dict, columns: list[str]) -> i
 def cmd_findings(args: argparse.Namespace) -> int:
     result = query(args, "findings", {
         "kind": args.kind, "severity": args.severity, "subject_id": args.subject,
-        "since": args.since, "until": args.until, "limit": args.limit, "offset": args.offset})
-    return _print_page(args, result, FINDING_COLUMNS)
+        "deployment": args.deployment, "tool": args.tool, "policy": args.policy,
+        "since": args.since, "until": args.until, "group": "false" if args.each else None,
+        "limit": args.limit, "offset": args.offset})
+    if args.each or args.json:
+        return _print_page(args, result, FINDING_COLUMNS)
+    # A group's latest subject ids are where `trace-back` starts; --each lists every finding.
+    rows = [{**r, "latest_subject_ids": r["latest"]["subject_ids"]} for r in result["rows"]]
+    _print_page(args, {**result, "rows": rows}, FINDING_GROUP_COLUMNS)
+    if rows:
+        print("(worst first; every finding of a group: --each --kind K --deployment D ...)")
+    return 0
 
 
 def cmd_access_log(args: argparse.Namespace) -> int:
@@ -150,9 +162,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--json", action="store_true")
     lat.set_defaults(func=cmd_latency)
 
-    found = sub.add_parser("findings", help="policy, drift and integrity findings")
-    for flag in ("kind", "severity", "subject", "since", "until"):
+    found = sub.add_parser("findings", help="policy, drift and integrity findings, grouped by kind, "
+                                            "deployment, tool and policy (worst, then latest, first)")
+    for flag in ("kind", "severity", "subject", "deployment", "tool", "policy", "since", "until"):
         found.add_argument(f"--{flag}")
+    found.add_argument("--each", action="store_true", help="one row per finding, newest first")
     found.add_argument("--limit", type=int, default=50)
     found.add_argument("--offset", type=int, default=0)
     found.add_argument("--json", action="store_true")
