@@ -68,7 +68,7 @@ def test_repeats_collapse_and_the_incident_stays_on_top(store):
     assert [(g["kind"], g["deployment"], g["tool"], g["policy"], g["severity"], g["count"]) for g in groups] == [
         ("ungated_action", "prod/llama", "delete_record", "auto-approve", "critical", 3),
         # the clock_skew findings name only a span and its call: the call gives the deployment
-        ("unknown_deployment", "model meta/llama-3.1-8b-instruct", None, None, "medium", 2),
+        ("unknown_deployment", "model meta/llama-3.1-8b-instruct", None, None, "high", 2),
         ("clock_skew", "prod/mistral", None, None, "low", 1),
         ("clock_skew", "prod/llama", None, None, "low", SKEWED),
     ]

@@ -60,7 +60,7 @@ def test_a_running_nim_that_differs_from_its_record_raises_drift_live(env):
     post_logs(env, "staging/llama-unreviewed", startup_lines(dt.datetime.now(dt.timezone.utc)))
 
     def findings(kind: str) -> list[dict]:
-        return json.loads(env.cli("findings", "--kind", kind, "--json").stdout)["rows"]
+        return json.loads(env.cli("findings", "--kind", kind, "--each", "--json").stdout)["rows"]
 
     drift = {f["detail"]["field"]: f for f in wait_for(lambda: len(findings("deployment_drift")) >= 2 and
                                                        findings("deployment_drift"), 60, interval=0.5,
