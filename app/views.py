@@ -178,11 +178,3 @@ def finding_group_box(group: dict[str, Any]) -> None:
             f"last seen {when(group.get('last_seen'))}; latest about {_subjects(latest)}"
             + _reason(latest.get("detail")))
     _severity_alert(group.get("severity"), body, latest.get("detail"), "latest finding's detail")
-
-
-def refresh_button(key: str) -> None:
-    """Forget cached answers and read again."""
-    from app import data
-
-    if st.button("Refresh", key=key, icon=":material/refresh:", help="read the warehouse again"):
-        data.clear()

@@ -28,7 +28,6 @@ from warehouse.tables import RECORD_TABLES, Table, ledger_items, load_tables
 
 log = logging.getLogger(__name__)
 
-TABLES = RECORD_TABLES  # record kind -> table (kept for callers of the earlier API)
 LEDGER_MIGRATION = "0002_ledger.sql"
 # Up to this many rows, a write binds its values instead of registering Arrow frames
 # (an access-log entry, a hold: registering costs more than the rows themselves).
