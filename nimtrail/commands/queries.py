@@ -57,7 +57,7 @@ LATENCY_GROUPS = {"profile": ["gpu_type", "profile_name"],
                   "deployment": ["deployment_id", "deployment_version", "nim_image"],
                   "model": ["model"]}
 FINDING_COLUMNS = ["detected_at", "kind", "severity", "subject_ids", "finding_id", "detail"]
-ACCESS_COLUMNS = ["accessed_at", "principal", "role", "client_address", "operation", "status",
+ACCESS_COLUMNS = ["accessed_at", "principal", "person", "role", "client_address", "operation", "status",
                   "rows", "params"]
 
 
@@ -116,7 +116,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 def cmd_access_log(args: argparse.Namespace) -> int:
     result = query(args, "access-log", {
-        "principal": args.principal, "operation": args.operation, "since": args.since,
+        "principal": args.principal, "person": args.person, "operation": args.operation, "since": args.since,
         "until": args.until, "limit": args.limit, "offset": args.offset})
     return _print_page(args, result, ACCESS_COLUMNS)
 
@@ -159,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     found.set_defaults(func=cmd_findings)
 
     acc = sub.add_parser("access-log", help="who read what through the query API")
-    for flag in ("principal", "operation", "since", "until"):
+    for flag in ("principal", "person", "operation", "since", "until"):
         acc.add_argument(f"--{flag}")
     acc.add_argument("--limit", type=int, default=50)
     acc.add_argument("--offset", type=int, default=0)
