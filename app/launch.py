@@ -19,6 +19,11 @@ def app_url(config: Config) -> str:
 def run_app(config: Config) -> int:
     env = dict(os.environ)
     env["NIMTRAIL_API"] = config.api_url
+    # Only behind a trusted proxy does the app read who is signed in (see app/data.py);
+    # otherwise a header a browser sends names nobody.
+    env.pop("NIMTRAIL_PERSON_HEADERS", None)
+    if config.app.trusted_proxy:
+        env["NIMTRAIL_PERSON_HEADERS"] = ",".join(config.app.person_headers)
     # The pages import `app` and `nimtrail`; Streamlit puts only the script's folder on the path.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY),

@@ -19,6 +19,8 @@ pages = [
 page = st.navigation(pages)
 with st.sidebar:
     st.caption(f"nimtrail · query API {data.api_url()}")
+    if data.person():
+        st.caption(f"Signed in as {data.person()} (the access log names you)")
     if st.button("Refresh data", icon=":material/refresh:", help="forget cached answers and read again"):
         data.clear()
 page.run()

@@ -45,14 +45,16 @@ def _clean(params: dict[str, Any] | None) -> dict[str, Any]:
 
 def request(base_url: str, method: str, path: str, params: dict[str, Any] | None = None,
             body: dict[str, Any] | None = None, token: str | None = None,
-            timeout: float = 120.0) -> tuple[dict[str, str], bytes]:
-    """One call to the API: (response headers, body bytes); raises ApiError."""
+            timeout: float = 120.0, headers: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+    """One call to the API: (response headers, body bytes); raises ApiError. `headers`: extra
+    request headers (the app passes on the person a trusted proxy named)."""
     url = f"{base_url.rstrip('/')}{path}"
     clean = _clean(params)
     if clean:
         url += "?" + urllib.parse.urlencode(clean, doseq=True)
     data = orjson.dumps(_clean(body)) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Accept": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={**(headers or {}), "Accept": "application/json"})
     if data is not None:
         req.add_header("Content-Type", "application/json")
     if token:
@@ -73,8 +75,10 @@ def request(base_url: str, method: str, path: str, params: dict[str, Any] | None
 
 
 def query(base_url: str, name: str, params: dict[str, Any] | None = None,
-          token: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
-    _headers, data = request(base_url, "GET", f"/v1/query/{name}", params, token=token, timeout=timeout)
+          token: str | None = None, timeout: float = 120.0,
+          headers: dict[str, str] | None = None) -> dict[str, Any]:
+    _headers, data = request(base_url, "GET", f"/v1/query/{name}", params, token=token, timeout=timeout,
+                             headers=headers)
     return orjson.loads(data)
 
 
@@ -86,10 +90,12 @@ def action(base_url: str, name: str, body: dict[str, Any] | None = None,
 
 
 def export(base_url: str, name: str, params: dict[str, Any] | None = None,
-           token: str | None = None, timeout: float = 300.0) -> tuple[bytes, dict[str, str]]:
+           token: str | None = None, timeout: float = 300.0,
+           headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
     """An export's bytes and what the warehouse recorded about it (sha256, export_id, rows)."""
-    headers, data = request(base_url, "GET", f"/v1/export/{name}", params, token=token, timeout=timeout)
-    lowered = {k.lower(): v for k, v in headers.items()}
+    answered, data = request(base_url, "GET", f"/v1/export/{name}", params, token=token, timeout=timeout,
+                             headers=headers)
+    lowered = {k.lower(): v for k, v in answered.items()}
     return data, {"sha256": lowered.get("x-nimtrail-sha256", ""),
                   "export_id": lowered.get("x-nimtrail-export-id", ""),
                   "rows": lowered.get("x-nimtrail-rows", "")}

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from nimtrail import topics
+from nimtrail.people import PERSON_HEADERS, is_header_name, networks
 
 log = logging.getLogger(__name__)
 from nimtrail.errors import ConfigError
@@ -29,7 +30,7 @@ from nimtrail.errors import ConfigError
 ENV_PREFIX = "NIMTRAIL_"
 # Variables that steer the CLI itself rather than naming config keys.
 RESERVED_ENV = {"NIMTRAIL_CONFIG", "NIMTRAIL_CACHE", "NIMTRAIL_TOKEN", "NIMTRAIL_TOKEN_FILE",
-                "NIMTRAIL_FAULTS", "NIMTRAIL_API", "NIMTRAIL_CLI_NAME"}
+                "NIMTRAIL_FAULTS", "NIMTRAIL_API", "NIMTRAIL_CLI_NAME", "NIMTRAIL_PERSON_HEADERS"}
 
 
 class Duration(float):
@@ -430,11 +431,30 @@ class WarehouseConfig:
     # A directory the warehouse appends each digest to and never rewrites (a WORM or
     # object-lock mount); verification compares the store with it. Empty: no copy.
     digest_copy_dir: str = ""
+    # Addresses (CIDRs) of the authenticating proxies, and of the app behind one, whose
+    # person_headers name the person of a request (docs/design.md). Empty: nobody's.
+    trusted_proxies: tuple[str, ...] = ()
+    person_headers: tuple[str, ...] = PERSON_HEADERS
     retention: RetentionConfig = RetentionConfig()
 
     def validate(self, path: str) -> None:
         if self.max_poll_records < 1:
             raise ConfigError(f"{path}.max_poll_records: must be at least 1")
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                networks([cidr])
+            except ValueError as e:
+                raise ConfigError(f"{path}.trusted_proxies[{i}]: expected an IP address or CIDR, "
+                                  f"got {cidr!r}") from e
+        _validate_person_headers(self.person_headers, f"{path}.person_headers")
+
+
+def _validate_person_headers(names: tuple[str, ...], path: str) -> None:
+    if not names:
+        raise ConfigError(f"{path}: expected at least one header name, such as X-Forwarded-Email")
+    for i, name in enumerate(names):
+        if not is_header_name(name):
+            raise ConfigError(f"{path}[{i}]: {name!r} is not an HTTP header name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,6 +462,25 @@ class AppConfig:
     address: str = "127.0.0.1"  # the app has no login of its own: widen only behind one
     port: int = 8501
     api_url: str = ""  # empty: derived from warehouse.api
+    # Behind an authenticating proxy on this host: the person is read from person_headers
+    # and passed on to the query API. Only with `address` on loopback, so that nothing
+    # but the proxy can reach the app and set them (docs/design.md).
+    trusted_proxy: bool = False
+    person_headers: tuple[str, ...] = PERSON_HEADERS
+
+    def validate(self, path: str) -> None:
+        _validate_person_headers(self.person_headers, f"{path}.person_headers")
+        if self.trusted_proxy and not _is_loopback(self.address):
+            raise ConfigError(f"{path}.trusted_proxy: needs {path}.address on loopback (127.0.0.1 or "
+                              f"::1), got {self.address!r}: a client reaching the app directly could "
+                              "name any person")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclasses.dataclass(frozen=True)

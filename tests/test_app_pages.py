@@ -284,6 +284,14 @@ def test_compliance_report_export_verify_and_access_log(app, world):
     assert done["meta"]["sha256"] in at.success[0].value
     assert at.download_button(key="comp_download").proto.label.endswith(".csv")
 
+    # The file's SHA-256, pasted: produced here, when, with which filters, by whom.
+    ok(at.text_input(key="comp_check_id").input(done["meta"]["sha256"]).run())
+    assert any(f"Produced by this nimtrail: export `{done['meta']['export_id']}`" in s.value
+               and "by **anonymous@loopback**" in s.value for s in at.success)
+    ok(at.text_input(key="comp_check_id").input("f" * 64).run())
+    assert any("Not produced by this nimtrail" in e.value for e in at.error)
+    ok(at.text_input(key="comp_check_id").input("").run())
+
     ok(at.button(key="comp_verify").click().run())
     assert any("The ledger verifies" in s.value for s in at.success)
 

@@ -43,6 +43,13 @@ def test_config_file_from_environment(tmp_path):
     ("collector:\n  filelog: /var/log\n", "collector.filelog: expected a list"),
     ("- just\n- a list\n", "expected a mapping at the top level"),
     ("kafka: [unclosed\n", "not valid YAML"),
+    ("warehouse:\n  trusted_proxies: 10.0.0.0/8\n", "warehouse.trusted_proxies: expected a list"),
+    ("warehouse:\n  trusted_proxies: [10.0.0.300/8]\n",
+     "warehouse.trusted_proxies[0]: expected an IP address or CIDR, got '10.0.0.300/8'"),
+    ("warehouse:\n  person_headers: []\n", "warehouse.person_headers: expected at least one header name"),
+    ("warehouse:\n  person_headers: ['X Email']\n", "warehouse.person_headers[0]: 'X Email' is not an HTTP header"),
+    ("app:\n  trusted_proxy: yes please\n", "app.trusted_proxy: expected true or false"),
+    ("app:\n  address: 0.0.0.0\n  trusted_proxy: true\n", "app.trusted_proxy: needs app.address on loopback"),
 ])
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -13,6 +13,10 @@ default the demo uses); any other client is refused with 403, whatever it presen
 A refused request is logged under the principal it presented: the token's name when the
 token is known, `invalid_token` when a token was sent that nobody issued, `anonymous`
 when none was; the last two have no role.
+
+Behind an authenticating proxy the token is the app's or the proxy's, not a person's: a
+principal then also carries the `person` a trusted proxy named (nimtrail.people), and the
+access log records both.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import ipaddress
 import os
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +45,17 @@ ANY_ROLE = frozenset(ROLES)
 
 @dataclass(frozen=True)
 class Principal:
-    name: str
+    name: str  # the token's (or the local user's)
     role: str
+    person: str | None = None  # who a trusted proxy says is behind the token
 
     @property
     def sees_content(self) -> bool:
         return self.role in CONTENT_ROLES
+
+    def for_person(self, person: str | None) -> "Principal":
+        """This principal acting for `person` (unchanged when no one was named)."""
+        return replace(self, person=person) if person else self
 
 
 ANONYMOUS = Principal("anonymous@loopback", "admin")
@@ -188,7 +197,8 @@ def log_access(store: Store, principal: Principal | None, client: str, operation
     access_id = f"acc-{uuid.uuid4().hex}"
     row = {"access_id": access_id, "accessed_at": now_iso(),
            "principal": principal.name if principal else None,
-           "role": (principal.role or None) if principal else None, "client_address": client,
+           "role": (principal.role or None) if principal else None,
+           "person": principal.person if principal else None, "client_address": client,
            "operation": operation, "params": params, "status": status, "rows": rows,
            "version": 1}
     with store.transaction() as con:

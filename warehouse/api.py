@@ -7,7 +7,8 @@
     GET  /v1/operations                     what exists and which roles may run it
 
 There is no way to send SQL. Requests carry `Authorization: Bearer <token>` when a tokens
-file is configured. Every answered or refused request is in the access log (see
+file is configured; from an address in `warehouse.trusted_proxies`, also the person behind
+the token (`X-Forwarded-Email`, see nimtrail.people), logged next to it. Every answered or refused request is in the access log (see
 operations.execute), refusals under the principal the request presented (`invalid_token`
 for a token nobody issued, `anonymous` for none): 400, 401, 403, 404, 405, 413, and the
 414 / 501 / 431 that http.server itself answers. Each request reads through its own DuckDB
@@ -26,6 +27,7 @@ import orjson
 from nimtrail.config import Config
 from nimtrail.http_listener import LimitedHandler, Listener
 from nimtrail.ops import StageMetrics, health_response
+from nimtrail.people import ProxyTrust
 from warehouse import operations
 from warehouse.access import Gate, Refused
 from warehouse.events import AccessRefused, QueryServed
@@ -55,18 +57,22 @@ class QueryApi:
 
             def do_GET(self) -> None:  # noqa: N802
                 self._reply(api.answer("GET", self.path, self.headers.get("Authorization"),
-                                       self.client_address[0], b""))
+                                       self.client_address[0], b"", self._person()))
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
                     self.close_connection = True  # the body stays unread
                     self._reply(api.refuse(413, "too_large", "body over 64 KiB", self.path,
-                                           self.headers.get("Authorization"), self.client_address[0]))
+                                           self.headers.get("Authorization"), self.client_address[0],
+                                           person=self._person()))
                     return
                 body = self.rfile.read(length) if length else b""
                 self._reply(api.answer("POST", self.path, self.headers.get("Authorization"),
-                                       self.client_address[0], body))
+                                       self.client_address[0], body, self._person()))
+
+            def _person(self) -> str | None:
+                return api.proxies.person(self.headers, self.client_address[0])
 
             def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
                 """http.server's own refusals (414 request line too long, 501 no such method,
@@ -79,7 +85,7 @@ class QueryApi:
                 why = message or explain or HTTPStatus(code).description
                 self._reply(api.refuse(code, _ERRORS.get(code, "bad_request"), why,
                                        target, headers.get("Authorization") if headers else None,
-                                       self.client_address[0]))
+                                       self.client_address[0], person=self._person() if headers else None))
 
             def _reply(self, answer: Answer) -> None:
                 status, headers, body = answer
@@ -97,6 +103,7 @@ class QueryApi:
         self.metrics = metrics
         self.healthy = healthy
         self.gate = Gate(config.warehouse.tokens_file)
+        self.proxies = ProxyTrust(config.warehouse.trusted_proxies, config.warehouse.person_headers)
         if self.gate.open and (host or config.warehouse.api.host) not in ("127.0.0.1", "::1", "localhost"):
             log.warning("No warehouse.tokens_file: the query API answers loopback clients only")
         self._server = Listener((host or config.warehouse.api.host,
@@ -108,7 +115,8 @@ class QueryApi:
         return self._server.port
 
     def answer(self, method: str, target: str, authorization: str | None, client: str,
-               body: bytes) -> Answer:
+               body: bytes, person: str | None = None) -> Answer:
+        """`person`: whom a trusted proxy named (already checked against trusted_proxies)."""
         url = urlsplit(target)
         health = health_response(url.path, self.metrics, self.healthy)
         if health:
@@ -120,29 +128,31 @@ class QueryApi:
                 for op in operations.OPERATIONS.values()]})
         parts = url.path.strip("/").split("/")
         if len(parts) != 3 or parts[0] != "v1" or parts[1] not in KINDS:
-            return self.refuse(404, "not_found", f"no endpoint {url.path}", target, authorization, client)
+            return self.refuse(404, "not_found", f"no endpoint {url.path}", target, authorization, client,
+                               person=person)
         kind, name = parts[1], parts[2]
         wanted = "POST" if kind == "action" else "GET"
         if method != wanted:
             return self.refuse(405, "method_not_allowed", f"use {wanted} for /v1/{kind}/", target,
-                               authorization, client, headers={"Allow": wanted})
+                               authorization, client, headers={"Allow": wanted}, person=person)
         try:
             raw = self._params(kind, url.query, body)
         except BadParameter as e:
             return self.refuse(400, "bad_parameter", e.detail, target, authorization, client,
-                               parameter=e.name)
+                               parameter=e.name, person=person)
         op_path = f"{kind}/{name}"
         try:
             principal = self.gate.authenticate(authorization, client)
         except Refused as e:
             return self.refuse(e.status, "unauthorized" if e.status == 401 else "forbidden", e.message,
-                               target, authorization, client, raw)
+                               target, authorization, client, raw, person=person)
+        principal = principal.for_person(person)
         ctx = Context(self.store, self.store.reader(), principal, self.config, client, self.metrics)
         try:
             result = operations.execute(ctx, kind, name, raw)
         except operations.UnknownOperation as e:
             return self.refuse(404, "unknown_query" if kind == "query" else "unknown_operation", str(e),
-                               target, authorization, client, raw)
+                               target, authorization, client, raw, person=person)
         except Refused as e:
             AccessRefused(operation=op_path, principal=principal.name, client=client,
                           status=e.status, why=e.message).emit(self.metrics, log)
@@ -168,10 +178,10 @@ class QueryApi:
 
     def refuse(self, status: int, error: str, message: str, target: str, authorization: str | None,
                client: str, raw: dict[str, list[str]] | None = None, *, parameter: str | None = None,
-               headers: dict[str, str] | None = None) -> Answer:
+               headers: dict[str, str] | None = None, person: str | None = None) -> Answer:
         """The answer to a request refused before any operation ran, logged in the access log
         under whoever the request claimed to be."""
-        principal = self.gate.identify(authorization, client)
+        principal = self.gate.identify(authorization, client).for_person(person)
         url = urlsplit(target)
         operation = _operation(url.path)
         AccessRefused(operation=operation, principal=principal.name, client=client, status=status,

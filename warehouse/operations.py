@@ -128,8 +128,8 @@ def _archive_export(ctx: Context, params: Params) -> Export:
 def _access_log(ctx: Context, params: Params) -> dict[str, Any]:
     where: list[str] = []
     args: list[Any] = []
-    equals(params, {"principal": "t.principal = ?", "operation": "t.operation = ?",
-                    "role": "t.role = ?"}, where, args)
+    equals(params, {"principal": "t.principal = ?", "person": "t.person = ?",
+                    "operation": "t.operation = ?", "role": "t.role = ?"}, where, args)
     status = params.integer("status", 0, 0, 599)
     if status:
         where.append("t.status = ?")
@@ -167,8 +167,10 @@ _ALL = (
     Operation("query", "holds", frozenset({"state"}), COMPLIANCE_ROLES, _q(holds.list_holds)),
     Operation("query", "retention-report", frozenset({"from", "to"}), COMPLIANCE_ROLES, _report_doc),
     Operation("query", "verify", frozenset(), COMPLIANCE_ROLES, _verify),
-    Operation("query", "access-log", frozenset({"principal", "operation", "role", "status", "since",
-                                                "until", *PAGE_PARAMS}), COMPLIANCE_ROLES, _access_log),
+    Operation("query", "export-lookup", frozenset({"id"}), COMPLIANCE_ROLES, _q(report.lookup)),
+    Operation("query", "access-log", frozenset({"principal", "person", "operation", "role", "status",
+                                                "since", "until", *PAGE_PARAMS}), COMPLIANCE_ROLES,
+              _access_log),
     Operation("action", "retention-apply", frozenset({"dry_run"}), COMPLIANCE_ROLES, _retention_apply),
     Operation("action", "hold-add", frozenset({"deployment_id", "caller", "from", "to", "reason"}),
               COMPLIANCE_ROLES, lambda ctx, p: holds.add(_writable(ctx), ctx.principal, p)),

@@ -3,7 +3,8 @@ force, and who read what, for a period; exported as JSON, CSV or Parquet.
 
 CSV and Parquet carry one flat table (`section` says which part a row belongs to); JSON
 carries the same content as a document. Every export is recorded (SHA-256 of its bytes,
-who asked, for which period) in the `exports` table, which the ledger covers.
+who asked, for which period) in the `exports` table, which the ledger covers; `lookup`
+answers whether a file (by its SHA-256) or an export id was produced here.
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ def build(con: duckdb.DuckDBPyConnection, config: RetentionConfig, start: dt.dat
     purges = rows(con, "SELECT * FROM retention_purges WHERE purged_at >= ? AND purged_at < ? "
                        "ORDER BY purged_at, purge_id", [start, end])
     access = rows(con, """
-        SELECT principal, role, operation, count(*) AS requests, sum(coalesce(rows, 0)) AS rows,
+        SELECT principal, role, person, operation, count(*) AS requests, sum(coalesce(rows, 0)) AS rows,
                count(*) FILTER (WHERE status >= 400) AS refused,
                min(accessed_at) AS first_at, max(accessed_at) AS last_at
         FROM access_log WHERE accessed_at >= ? AND accessed_at < ?
-        GROUP BY ALL ORDER BY principal NULLS FIRST, operation""", [start, end])
+        GROUP BY ALL ORDER BY principal NULLS FIRST, person NULLS FIRST, operation""", [start, end])
     head = read_head(con)
     digest = con.execute("SELECT digest_seq, file, file_sha256, chain_seq FROM checkpoints "
                          "ORDER BY digest_seq DESC LIMIT 1").fetchall()
@@ -101,7 +102,8 @@ def flat(doc: dict[str, Any]) -> pl.DataFrame:
     for a in doc["access"]:
         out.append({"section": "access", "principal": a["principal"], "operation": a["operation"],
                     "rows": a["rows"], "oldest": a["first_at"], "newest": a["last_at"],
-                    "detail": orjson.dumps({"role": a["role"], "requests": a["requests"],
+                    "detail": orjson.dumps({"role": a["role"], "person": a["person"],
+                                            "requests": a["requests"],
                                             "refused": a["refused"]}).decode()})
     out.append({"section": "ledger", "id": str(doc["ledger"]["seq"]), "at": doc["generated_at"],
                 "detail": orjson.dumps({"head": doc["ledger"]["head"], "from": doc["from"],
@@ -126,9 +128,22 @@ def record_export(store: Store, principal: Principal, kind: str, fmt: str, param
                   data: bytes, rows_count: int) -> dict[str, Any]:
     """Ledger the export: anyone holding the file can check its SHA-256 against the store."""
     export = {"export_id": f"exp-{uuid.uuid4().hex[:12]}", "exported_at": iso(now()),
-              "principal": principal.name, "kind": kind, "format": fmt, "params": params,
+              "principal": principal.name, "person": principal.person, "kind": kind, "format": fmt,
+              "params": params,
               "rows": rows_count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "version": 1}
     with store.transaction() as con:
         items = store.record(con, "exports", [export])
         store.ledger.append(con, "export", {"export_id": export["export_id"], "kind": kind}, items)
     return export
+
+
+def lookup(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    """The exports recorded under `id`: an export id, or the SHA-256 of a file (hex). One
+    file can have been handed out more than once (the same day archived twice); each time
+    is a row, oldest first."""
+    ident = params.text("id")
+    if ident is None:
+        raise BadParameter("id", "required: an export id (exp-...) or a file's SHA-256")
+    found = rows(con, "SELECT * FROM exports WHERE export_id = ? OR sha256 = ? "
+                      "ORDER BY exported_at, export_id", [ident, ident.lower()])
+    return {"id": ident, "found": bool(found), "rows": found}

@@ -53,30 +53,34 @@ def encoder_agrees() -> bool:
 
 
 def row_texts(frame: pl.DataFrame, columns: Iterable[str], json_columns: Iterable[str],
-              float_columns: Iterable[str]) -> pl.Series:
+              float_columns: Iterable[str], late_columns: Iterable[str] = ()) -> pl.Series:
     """The canonical text of each row of `frame`, whose columns are the canonical values
     already (timestamps formatted, JSON columns as canonical JSON text), keys in the order
-    of `columns` (sorted)."""
-    json_columns, float_columns = set(json_columns), set(float_columns)
+    of `columns` (sorted); a null value of a late column (strings only) is left out."""
+    json_columns, float_columns, late_columns = set(json_columns), set(float_columns), set(late_columns)
     dumps = orjson.dumps
     segments: list[pl.Expr] = []
     run: list[str] = []  # consecutive plain columns, encoded together
     for c in columns:
-        if c not in json_columns and c not in float_columns:
+        if c not in json_columns and c not in float_columns and c not in late_columns:
             run.append(c)
             continue
         if run:
             segments.append(_plain(*run))
             run = []
         key = dumps(c).decode() + ":"
-        if c in json_columns:
+        if c in late_columns:
+            # null here, and left out by concat_str's ignore_nulls
+            segments.append(pl.when(pl.col(c).is_not_null()).then(_plain(c)))
+        elif c in json_columns:
             segments.append(pl.lit(key) + pl.col(c).fill_null("null"))
         else:
             text = [b"null" if v is None else dumps(v) for v in frame.get_column(c).to_list()]
             segments.append(pl.lit(key) + pl.Series(c, text, dtype=pl.Binary).cast(pl.Utf8))
     if run:
         segments.append(_plain(*run))
-    return frame.select(pl.concat_str([pl.lit("{"), pl.concat_str(segments, separator=","), pl.lit("}")])
+    return frame.select(pl.concat_str([pl.lit("{"), pl.concat_str(segments, separator=",", ignore_nulls=True),
+                                       pl.lit("}")])
                         .alias("row")).to_series()
 
 

@@ -3,7 +3,9 @@
 A row's canonical form is what the ledger hashes, and it must be recomputable from the
 table alone: every column except `row_hash`, timestamps as ISO-8601 UTC with microseconds
 (`2025-01-31T10:15:00.000000Z`), JSON columns parsed (so key order and spacing do not
-matter), everything else as DuckDB returns it. The bytes are
+matter), everything else as DuckDB returns it; a column added to the table after it held
+rows (LATE_COLUMNS) only when it is not null, so that rows written before it existed
+keep their hashes. The bytes are
 `nimtrail.records.canonical_bytes` of that mapping (sorted keys, no spaces); the row hash
 is their SHA-256. Ingest, retention and verification all go through `Table.row_hashes`,
 so they can never disagree on the format.
@@ -41,6 +43,14 @@ KEYS: dict[str, tuple[str, ...]] = {
     "retention_purges": ("purge_id",),
     "exports": ("export_id",),
     "checkpoints": ("digest_seq",),
+}
+
+# Columns added to a ledgered table by a later migration: in a row's canonical form only
+# when not null (a row stored before the column existed reads it as null, and its hash in
+# the ledger was taken without it).
+LATE_COLUMNS: dict[str, frozenset[str]] = {
+    "access_log": frozenset({"person"}),  # 0007_people.sql
+    "exports": frozenset({"person"}),
 }
 
 # The column that says how old a row is, for retention, archives and reports.
@@ -90,6 +100,7 @@ class Table:
         self.json_columns = [c for c, t in columns if t == "JSON"]
         self.time_columns = [c for c, t in columns if t.startswith("TIMESTAMP")]
         self.float_columns = [c for c, t in columns if t == "DOUBLE"]
+        self.late_columns = [c for c in self.sorted_columns if c in LATE_COLUMNS.get(name, ())]
         self.schema = {c: _SCALARS[t] for c, t in columns}
         self.arrow_types = {c: _ARROW[t] for c, t in columns}
         self.key = list(KEYS[name])
@@ -181,8 +192,13 @@ class Table:
         for c in self.json_columns:
             i = columns.index(c)
             values[i] = [None if v is None else parse(v) for v in values[i]]
+        late = self.late_columns
         for row in zip(*values):
-            yield dict(zip(columns, row))
+            canonical = dict(zip(columns, row))
+            for c in late:
+                if canonical[c] is None:
+                    del canonical[c]
+            yield canonical
 
     def row_hashes(self, frame: pl.DataFrame, json_canonical: bool = False) -> list[str]:
         """SHA-256 of each row's canonical bytes: what the ledger and `row_hash` hold."""
@@ -199,7 +215,8 @@ class Table:
                 pl.Series(c, [None if v is None else canonical(loads(v)).decode()
                               for v in view.get_column(c).to_list()], dtype=pl.Utf8)
                 for c in self.json_columns)
-        texts = rowbytes.row_texts(view, self.sorted_columns, self.json_columns, self.float_columns)
+        texts = rowbytes.row_texts(view, self.sorted_columns, self.json_columns, self.float_columns,
+                                   self.late_columns)
         sha256 = hashlib.sha256
         return [sha256(b).hexdigest() for b in texts.cast(pl.Binary).to_list()]
 

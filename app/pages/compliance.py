@@ -1,8 +1,9 @@
 """Compliance: retention policies and legal holds, the retention report and its export
-(CSV, JSON, Parquet; each recorded in the ledger with its SHA-256), ledger verification,
-and the access log (who read what)."""
+(CSV, JSON, Parquet; each recorded in the ledger with its SHA-256), whether a file was
+produced here, ledger verification, and the access log (who read what)."""
 
 import datetime as dt
+import hashlib
 
 import streamlit as st
 
@@ -82,6 +83,33 @@ with export:
                            mime=MIME[done["format"]], key="comp_download", icon=":material/download:",
                            on_click="ignore")
 
+    st.subheader("Was this file produced here?")
+    st.caption("Upload an export (or paste its SHA-256, or an export id) to see whether and when this "
+               "nimtrail produced it, with which filters and for whom.")
+    c1, c2 = st.columns(2)
+    uploaded = c1.file_uploader("An exported file", key="comp_check_file")
+    pasted = c2.text_input("or its SHA-256 / export id", key="comp_check_id",
+                           placeholder="sha256sum FILE, or exp-…").strip()
+    asked = hashlib.sha256(uploaded.getvalue()).hexdigest() if uploaded is not None else pasted
+    # Asked once per file or id, not on every rerun of the page: each lookup is logged.
+    checked = st.session_state.get("comp_checked")
+    if asked and (checked is None or checked["id"] != asked):
+        checked = views.load("the export record", data.export_lookup, asked)
+        if checked is not None:
+            st.session_state.comp_checked = checked = {**checked, "id": asked}
+    found = checked if asked and checked is not None and checked["id"] == asked else None
+    if found is not None:
+        if found["found"]:
+            for e in found["rows"]:
+                by = f"{e['person']} (token {e['principal']})" if e.get("person") else e.get("principal")
+                filters = ", ".join(f"{k} = {v}" for k, v in sorted((e.get("params") or {}).items()))
+                st.success(f"Produced by this nimtrail: export `{e['export_id']}` on "
+                           f"{views.when(e['exported_at'])}, {e['kind']} ({e['format']}, {e['rows']} rows), "
+                           f"filters {filters or 'none'}, by **{by}**.", icon=":material/verified:")
+        else:
+            st.error(f"Not produced by this nimtrail: no export has the id or SHA-256 `{asked}`.",
+                     icon=":material/gpp_bad:")
+
 with ledger:
     if report is not None:
         head, digest = report["ledger"], report.get("latest_digest")
@@ -116,17 +144,18 @@ with ledger:
         st.caption("Not verified in this session yet.")
 
 with access:
-    c1, c2, c3 = st.columns(3)
-    principal = c1.text_input("Principal", key="comp_principal").strip() or None
-    operation = c2.text_input("Operation", key="comp_operation", placeholder="e.g. query/trace-back").strip() or None
-    refused = c3.toggle("Only refused requests (401/403)", key="comp_refused")
-    log = views.load("the access log", data.access_log, principal=principal, operation=operation,
-                     since=start, until=end, limit=500)
+    c1, c2, c3, c4 = st.columns(4)
+    principal = c1.text_input("Principal (token)", key="comp_principal").strip() or None
+    person = c2.text_input("Person", key="comp_person", placeholder="as the proxy named them").strip() or None
+    operation = c3.text_input("Operation", key="comp_operation", placeholder="e.g. query/trace-back").strip() or None
+    refused = c4.toggle("Only refused requests (401/403)", key="comp_refused")
+    log = views.load("the access log", data.access_log, principal=principal, person=person,
+                     operation=operation, since=start, until=end, limit=500)
     if log is not None:
         entries = [e for e in log["rows"] if not refused or (e.get("status") or 0) in (401, 403)]
         if entries:
             st.dataframe([{"when": views.when(e["accessed_at"]), "principal": e.get("principal") or "(no token)",
-                           "role": e.get("role"), "client": e.get("client_address"), "operation": e.get("operation"),
+                           "person": e.get("person"), "role": e.get("role"), "client": e.get("client_address"), "operation": e.get("operation"),
                            "parameters": views.text(e.get("params")), "status": e.get("status"),
                            "rows": e.get("rows")} for e in entries], hide_index=True, width="stretch")
         else:

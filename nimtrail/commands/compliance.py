@@ -132,6 +132,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_show(args: argparse.Namespace) -> int:
+    """Whether this nimtrail produced an export (by export id or the file's SHA-256), when,
+    with which filters and for whom; exit status 1 when it did not."""
+    result = _call(args, "query", "export-lookup", {"id": args.id})
+    if args.json:
+        print_json(result)
+        return 0 if result["found"] else 1
+    if not result["found"]:
+        print(f"not produced by this nimtrail: no export has the id or SHA-256 {args.id}")
+        return 1
+    for export in result["rows"]:
+        print(describe_export(export))
+    return 0
+
+
+def describe_export(export: dict[str, Any]) -> str:
+    """One export in a sentence: what, when, with which filters, by whom."""
+    by = export.get("principal") or "unknown"
+    if export.get("person"):
+        by = f"{export['person']} (token {by})"
+    filters = ", ".join(f"{k}={v}" for k, v in sorted((export.get("params") or {}).items()))
+    return (f"produced by this nimtrail: export {export['export_id']} at {export['exported_at']}, "
+            f"{export['kind']} ({export['format']}, {export['rows']} rows, {export['bytes']} bytes), "
+            f"filters {filters or 'none'}, by {by}; sha256 {export['sha256']}")
+
+
 def cmd_archive(args: argparse.Namespace) -> int:
     from warehouse.archive import TABLES
 
@@ -215,6 +241,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     retention.add_argument("--out", required=True)
     _offline(retention)
     retention.set_defaults(func=cmd_report)
+    show = report_sub.add_parser("show", help="whether, when, with which filters and by whom this "
+                                              "nimtrail produced an export")
+    show.add_argument("id", metavar="ID|SHA256", help="an export id (exp-...) or a file's SHA-256 "
+                                                      "(sha256sum FILE)")
+    show.add_argument("--json", action="store_true")
+    _offline(show)
+    show.set_defaults(func=cmd_report_show)
 
     arch = sub.add_parser("archive", help="export one day as immutable Parquet partitions")
     arch.add_argument("--day", required=True, help="YYYY-MM-DD (UTC)")

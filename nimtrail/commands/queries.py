@@ -60,7 +60,7 @@ FINDING_COLUMNS = ["detected_at", "kind", "severity", "deployment", "tool", "sub
                    "detail"]
 FINDING_GROUP_COLUMNS = ["severity", "kind", "deployment", "tool", "policy", "count", "open",
                          "first_seen", "last_seen", "latest_subject_ids"]
-ACCESS_COLUMNS = ["accessed_at", "principal", "role", "client_address", "operation", "status",
+ACCESS_COLUMNS = ["accessed_at", "principal", "person", "role", "client_address", "operation", "status",
                   "rows", "params"]
 
 
@@ -128,7 +128,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 def cmd_access_log(args: argparse.Namespace) -> int:
     result = query(args, "access-log", {
-        "principal": args.principal, "operation": args.operation, "since": args.since,
+        "principal": args.principal, "person": args.person, "operation": args.operation, "since": args.since,
         "until": args.until, "limit": args.limit, "offset": args.offset})
     return _print_page(args, result, ACCESS_COLUMNS)
 
@@ -173,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     found.set_defaults(func=cmd_findings)
 
     acc = sub.add_parser("access-log", help="who read what through the query API")
-    for flag in ("principal", "operation", "since", "until"):
+    for flag in ("principal", "person", "operation", "since", "until"):
         acc.add_argument(f"--{flag}")
     acc.add_argument("--limit", type=int, default=50)
     acc.add_argument("--offset", type=int, default=0)
