@@ -22,6 +22,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 # Each page: its path, title, and a text it shows last (the run is complete once it is there).
 PAGES = [("calls", "Who called what", "Deployment version"),
          ("latency", "Latency by GPU profile", "At each deployment change"),
+         ("usage", "Usage", "GPU-seconds: each call"),
          ("deployments", "Deployments", "Unknown deployments"),
          ("compliance", "Compliance", "Legal holds")]
 
