@@ -23,7 +23,7 @@ DEFAULT_API = "http://127.0.0.1:8700"
 TIMEOUT = 60.0
 
 __all__ = ["ApiError", "api_url", "query", "actions", "trace", "trace_back", "calls", "facets",
-           "latency", "deployments", "findings", "holds", "retention_report", "verify",
+           "latency", "usage", "deployments", "findings", "holds", "retention_report", "verify",
            "access_log", "export", "export_lookup", "person", "clear"]
 
 
@@ -122,6 +122,11 @@ def calls(**filters: Any) -> dict[str, Any]:
 
 def latency(**params: Any) -> dict[str, Any]:
     return query("latency", **params)
+
+
+def usage(**params: Any) -> dict[str, Any]:
+    """Calls, tokens and GPU-seconds per caller, deployment or model, with shares."""
+    return query("usage", **params)
 
 
 def deployments(**params: Any) -> dict[str, Any]:

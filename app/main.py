@@ -13,6 +13,7 @@ pages = [
     st.Page("pages/latency.py", title="Latency by GPU profile", icon=":material/speed:",
             url_path="latency"),
     st.Page("pages/findings.py", title="Findings", icon=":material/report:", url_path="findings"),
+    st.Page("pages/usage.py", title="Usage", icon=":material/data_usage:", url_path="usage"),
     st.Page("pages/deployments.py", title="Deployments", icon=":material/dns:", url_path="deployments"),
     st.Page("pages/compliance.py", title="Compliance", icon=":material/policy:", url_path="compliance"),
 ]

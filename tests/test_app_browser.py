@@ -23,6 +23,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 PAGES = [("calls", "Who called what", "Deployment version"),
          ("latency", "Latency by GPU profile", "At each deployment change"),
          ("findings", "Findings", "Trace back from"),
+         ("usage", "Usage", "GPU-seconds: each call"),
          ("deployments", "Deployments", "Unknown deployments"),
          ("compliance", "Compliance", "Legal holds")]
 

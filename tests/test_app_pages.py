@@ -22,8 +22,9 @@ from warehouse.api import QueryApi
 from warehouse.store import Store
 
 MAIN = str(REPO / "app" / "main.py")
-PAGES = {"calls": "pages/calls.py", "latency": "pages/latency.py", "deployments": "pages/deployments.py",
-         "compliance": "pages/compliance.py", "findings": "pages/findings.py"}
+PAGES = {"calls": "pages/calls.py", "latency": "pages/latency.py", "usage": "pages/usage.py",
+         "deployments": "pages/deployments.py", "compliance": "pages/compliance.py",
+         "findings": "pages/findings.py"}
 
 
 def _api(config, store) -> tuple[QueryApi, str]:
@@ -230,6 +231,25 @@ def test_latency_by_gpu_profile_marks_the_upgrade(app):
     assert "queue p95 (ms)" in _chart(at)[0]
 
 
+def test_usage_per_caller_and_deployment_adds_up_to_the_totals(app, world):
+    at = ok(app.switch_page(PAGES["usage"]).run())
+    calls = int(at.metric[0].value.replace(",", ""))
+    every = at.dataframe[0].value
+    assert "oncall-bot" in set(every["caller"])
+    assert every["calls"].sum() == calls == world["incident"]["counts"]["model_calls"]
+    _spec, plotted = _chart(at)
+    assert plotted and {r["group"] for r in plotted} <= set(every["caller"])
+    ok(at.selectbox(key="usage_by").select("deployment").run())
+    every = at.dataframe[0].value.set_index("deployment")
+    assert {"prod/llama-3-1-8b", "prod/llama-3-3-70b"} <= set(every.index)
+    # every call of the fleet ran on a registered version with its GPU count
+    assert every["GPU-seconds"].sum() == pytest.approx(float(at.metric[2].value.replace(",", "")),
+                                                  abs=0.1 * len(every))  # (each row to 0.1 s)
+    assert (every["GPU-seconds"] > 0).all() and int(at.metric[3].value) == 0
+    ok(at.selectbox(key="usage_measure").select("tokens").run())
+    assert "tokens by deployment" in text_of(at)
+
+
 def test_deployments_inventory_versions_diff_and_findings(app, world):
     at = ok(app.switch_page(PAGES["deployments"]).run())
     inventory = at.dataframe[0].value
@@ -341,6 +361,7 @@ def test_an_empty_warehouse_says_what_to_do(tmp_path, monkeypatch):
         assert "nimtrail up --demo" in at.info[0].value
         for page, hint in (("calls", "nimtrail up --demo"), ("latency", "nimtrail up --demo"),
                            ("findings", "nimtrail up --demo"),
+                           ("usage", "nimtrail up --demo"),
                            ("deployments", "nimtrail deployments register")):
             ok(at.switch_page(PAGES[page]).run())
             assert hint in text_of(at), page
@@ -359,4 +380,4 @@ def test_pages_are_thin_and_nothing_runs_at_import():
     assert data.api_url()  # a function call, not an import-time connection
     for path in (REPO / "app").rglob("*.py"):
         assert len(path.read_text().splitlines()) < 400, path
-    assert Path(MAIN).read_text().count("st.Page(") == 6
+    assert Path(MAIN).read_text().count("st.Page(") == 7

@@ -92,6 +92,7 @@ def _queries(call_id: str, action_id: str, latency: dict[str, str]) -> list[tupl
            ("retention-report", {"from": "0001-01-01T00:00:00Z",
                                                            "to": "9999-12-31T00:00:00Z"}), ("verify", {})]
     out += [("latency", latency), ("latency", {**latency, **wide}), ("latency", {"precision": "estimate"})]
+    out += [("usage", {"by": by}) for by in ("caller", "deployment", "model")] + [("usage", wide)]
     return out
 
 

@@ -26,6 +26,7 @@ from warehouse.queries.calls import CALLS_PARAMS, TRACE_BACK_PARAMS, calls, trac
 from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, time_range, where_sql
 from warehouse.queries.governance import DEPLOYMENTS_PARAMS, FINDINGS_PARAMS, deployments, findings
 from warehouse.queries.latency import LATENCY_PARAMS, latency
+from warehouse.queries.usage import USAGE_PARAMS, usage
 from warehouse.rollback import Freshness
 from warehouse.store import Store
 from warehouse.verify import verify
@@ -162,6 +163,7 @@ _ALL = (
     Operation("query", "actions", frozenset(ACTIONS_PARAMS), ANY_ROLE, _q(actions)),
     Operation("query", "facets", frozenset(FACETS_PARAMS), ANY_ROLE, _q(facets)),
     Operation("query", "latency", frozenset(LATENCY_PARAMS), ANY_ROLE, _q(latency)),
+    Operation("query", "usage", frozenset(USAGE_PARAMS), ANY_ROLE, _q(usage)),
     Operation("query", "deployments", frozenset(DEPLOYMENTS_PARAMS), ANY_ROLE, _q(deployments)),
     Operation("query", "findings", frozenset(FINDINGS_PARAMS), ANY_ROLE, _q(findings)),
     Operation("query", "holds", frozenset({"state"}), COMPLIANCE_ROLES, _q(holds.list_holds)),
