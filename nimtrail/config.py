@@ -453,7 +453,7 @@ class WarehouseConfig:
     # under memory_limit (DuckDB's own default is 80% of the machine's RAM, and it keeps
     # every block it ever read until then); threads are DuckDB's worker threads, each with
     # its own buffers. See docs/warehouse.md, "Memory".
-    memory_limit: ByteSize = ByteSize(256 * 1000 ** 2)
+    memory_limit: ByteSize = ByteSize(160 * 1000 ** 2)
     threads: int = 2
 
     def validate(self, path: str) -> None:
