@@ -50,6 +50,25 @@ class Duration(float):
         return cls(float(match.group(1)) * cls._UNITS[match.group(2) or "s"])
 
 
+class ByteSize(int):
+    """Bytes, written in YAML as `256MB`, `1GiB`, `512KiB` or a bare number of bytes
+    (KB, MB, GB count in thousands, KiB, MiB, GiB in 1024s, as DuckDB reads them)."""
+
+    _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3,
+              "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+    @classmethod
+    def parse(cls, value: Any) -> "ByteSize":
+        if isinstance(value, bool):
+            raise ValueError("expected a size such as 256MB")
+        if isinstance(value, int):
+            return cls(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in cls._UNITS:
+            raise ValueError("expected a size such as 512KiB, 256MB or 1GiB")
+        return cls(int(float(match.group(1)) * cls._UNITS[match.group(2).lower()]))
+
+
 class HostPort(str):
     """`host:port` (host may be empty or 0.0.0.0 to listen on every interface)."""
 
@@ -419,6 +438,9 @@ class RetentionConfig:
     interval: Duration = Duration(86400)  # how often the warehouse applies it; 0: only by command
 
 
+MIN_WAREHOUSE_MEMORY = 128 * 1000 ** 2
+
+
 @dataclasses.dataclass(frozen=True)
 class WarehouseConfig:
     path: str = ""  # empty: <data_dir>/audit.duckdb
@@ -436,6 +458,12 @@ class WarehouseConfig:
     trusted_proxies: tuple[str, ...] = ()
     person_headers: tuple[str, ...] = PERSON_HEADERS
     retention: RetentionConfig = RetentionConfig()
+    # DuckDB's memory: its buffer pool, indexes, uncheckpointed writes and query state stay
+    # under memory_limit (DuckDB's own default is 80% of the machine's RAM, and it keeps
+    # every block it ever read until then); threads are DuckDB's worker threads, each with
+    # its own buffers. See docs/warehouse.md, "Memory".
+    memory_limit: ByteSize = ByteSize(160 * 1000 ** 2)
+    threads: int = 2
 
     def validate(self, path: str) -> None:
         if self.max_poll_records < 1:
@@ -447,6 +475,11 @@ class WarehouseConfig:
                 raise ConfigError(f"{path}.trusted_proxies[{i}]: expected an IP address or CIDR, "
                                   f"got {cidr!r}") from e
         _validate_person_headers(self.person_headers, f"{path}.person_headers")
+        if self.memory_limit < MIN_WAREHOUSE_MEMORY:
+            raise ConfigError(f"{path}.memory_limit: expected at least 128MB (the write-ahead log "
+                              "alone holds up to 64 MB until a checkpoint)")
+        if not 1 <= self.threads <= 256:
+            raise ConfigError(f"{path}.threads: expected between 1 and 256")
 
 
 def _validate_person_headers(names: tuple[str, ...], path: str) -> None:
@@ -543,7 +576,8 @@ class Config:
 
 def _type_name(tp: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             Duration: "a duration such as 15s", HostPort: "host:port"}
+             Duration: "a duration such as 15s", HostPort: "host:port",
+             ByteSize: "a size such as 256MB"}
     if tp in names:
         return names[tp]
     if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
@@ -569,7 +603,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
         return tuple(_coerce(item_tp, item, f"{path}[{i}]") for i, item in enumerate(value))
     try:
-        if tp in (Duration, HostPort):
+        if tp in (Duration, HostPort, ByteSize):
             return tp.parse(value)
         if tp is bool:
             if isinstance(value, bool):
@@ -727,6 +761,8 @@ def as_dict(config: Any) -> Any:
         return float(config)
     if isinstance(config, HostPort):
         return str(config)
+    if isinstance(config, ByteSize):
+        return int(config)
     return config
 
 

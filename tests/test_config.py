@@ -50,6 +50,12 @@ def test_config_file_from_environment(tmp_path):
     ("warehouse:\n  person_headers: ['X Email']\n", "warehouse.person_headers[0]: 'X Email' is not an HTTP header"),
     ("app:\n  trusted_proxy: yes please\n", "app.trusted_proxy: expected true or false"),
     ("app:\n  address: 0.0.0.0\n  trusted_proxy: true\n", "app.trusted_proxy: needs app.address on loopback"),
+    ("warehouse:\n  memory_limit: lots\n", "warehouse.memory_limit: expected a size such as 256MB, got 'lots'"),
+    ("warehouse:\n  memory_limit: 256 parsecs\n", "warehouse.memory_limit: expected a size"),
+    ("warehouse:\n  memory_limit: true\n", "warehouse.memory_limit: expected a size"),
+    ("warehouse:\n  memory_limit: 64MB\n", "warehouse.memory_limit: expected at least 128MB"),
+    ("warehouse:\n  threads: two\n", "warehouse.threads: expected an integer, got 'two'"),
+    ("warehouse:\n  threads: 0\n", "warehouse.threads: expected between 1 and 256"),
 ])
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -58,6 +64,16 @@ def test_invalid_config_names_file_and_key(tmp_path, text, message):
         config.load(path, env={})
     assert message in str(e.value)
     assert str(path) in str(e.value)
+
+
+def test_warehouse_memory_limit_reads_sizes_as_duckdb_does(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("warehouse:\n  memory_limit: 1GiB\n  threads: 1\n")
+    c = config.load(path, env={"NIMTRAIL_WAREHOUSE__THREADS": "3"})
+    assert c.warehouse.memory_limit == 1024 ** 3 and c.warehouse.threads == 3
+    c = config.load(path, env={"NIMTRAIL_WAREHOUSE__MEMORY_LIMIT": "300MB"})
+    assert c.warehouse.memory_limit == 300 * 1000 ** 2
+    assert config.as_dict(c)["warehouse"]["memory_limit"] == 300 * 1000 ** 2
 
 
 def test_wrong_type_in_environment_names_the_variable_key():

@@ -3,8 +3,10 @@ its reason, and the warehouse goes on writing what follows it."""
 
 from __future__ import annotations
 
+import json
+
 from nimtrail import kafka_io, records
-from tests.harness import wait_for
+from tests.harness import scrape, wait_for
 from tests.hostile import stored
 from tests.kafka_util import headers, read_all
 
@@ -35,3 +37,38 @@ def test_unprocessable_audit_messages_are_dead_lettered_and_the_rest_is_written(
         "invalid_record", "invalid_record", "malformed_audit_message"]
     assert {headers(m)["nimtrail.stage"] for m in dead} == {"warehouse"}
     assert "bad-time" not in stored(env.api, "calls", "call_id")
+
+
+def test_a_message_the_store_refuses_is_dead_lettered_and_its_poll_is_written_once(env):
+    """A record that decodes and converts but that DuckDB refuses (a null key or version:
+    the tables' NOT NULL constraints) sits in one poll with good messages around it: the
+    poll is halved until that message is alone, it goes to the dead-letter topic with
+    DuckDB's reason, and every good record is written exactly once."""
+    kafka_io.ensure_topics(env.config, [*env.config.topics.audit().values(), env.config.topics.dlq])
+    calls = env.config.topics.calls
+    good = [f"good-{i}" for i in range(12)]
+    batches = [[_call(good[0]), _call(good[1])], [_call(good[2])], [_call(None)],
+               [_call(good[3]), _call(good[4])], [_call(good[5])], [_call("no-version", version=None)],
+               [_call(good[6]), _call(good[7]), _call(good[8])], [_call(good[9])],
+               [_call(good[10]), _call(good[11])]]
+    producer = kafka_io.producer(env.config)
+    for batch in batches:  # all in the topic before the warehouse starts: one poll
+        producer.send(calls, value=records.encode_batch("model_call", batch), partition=0).get(timeout=30)
+    producer.close()
+    env.start("warehouse")
+    env.wait_ready("warehouse")
+
+    wait_for(lambda: set(good) <= stored(env.api, "calls", "call_id"), timeout=60,
+             what="the good calls of the poll")
+    dead = read_all(env.config.kafka.bootstrap, env.config.topics.dlq, expect=2)
+    reasons = [headers(m) for m in dead]
+    assert [h["nimtrail.reason"] for h in reasons] == ["unwritable_record", "unwritable_record"]
+    assert "NOT NULL constraint failed: model_calls.call_id" in reasons[0]["nimtrail.detail"]
+    assert "NOT NULL constraint failed" in reasons[1]["nimtrail.detail"]
+    assert stored(env.api, "calls", "call_id") == set(good)
+    # exactly once: each good record written one time, and the ledger covers them all
+    written = scrape(f"{env.api}/metrics")
+    assert written['nimtrail_warehouse_written_records_total{kind="model_call"}'] == len(good)
+    report = json.loads(env.cli("verify", "--json").stdout)
+    assert report["ok"], report["problems"]
+    assert report["rows_checked"]["model_calls"] == len(good)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import gc
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 
+import duckdb
+import polars as pl
 
 from nimtrail import kafka_io, records
 from nimtrail.config import Config
@@ -21,6 +24,26 @@ from warehouse.events import MessageRejected, RowsWritten
 from warehouse.store import Store
 
 log = logging.getLogger(__name__)
+
+
+# What a message's own content makes the store refuse, so that writing it again cannot
+# succeed: DuckDB's constraints (a null key or version), conversions and ranges, text it
+# will not take, and the Python values the columns become on the way (a year past 9999
+# parses but has no Python datetime). Anything else (I/O, memory, a commit that failed)
+# is the store's or the machine's and stops the stage: Kafka still has the messages.
+REFUSED_FOR_CONTENT = (duckdb.IntegrityError, duckdb.DataError, duckdb.InvalidInputException,
+                       ValueError, TypeError, OverflowError, pl.exceptions.PolarsError)
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One polled audit message and what it decoded to (no records: it was dead-lettered)."""
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    kind: str | None
+    records: list[dict]
 
 
 class BatchWriter:
@@ -34,55 +57,77 @@ class BatchWriter:
 
     def write(self, messages: list[tuple[str, int, int, bytes | None]]) -> int:
         """Decode one poll's messages (topic, partition, offset, value) and write them with
-        the offsets they advance in one transaction; returns the batches written."""
+        the offsets they advance; returns the batches written."""
         # A poll decodes into hundreds of thousands of short-lived objects without cycles:
         # the cyclic collector would walk them (and everything long-lived) again and again
         # for nothing. It runs once the poll is written.
         gc.disable()
         try:
-            return self._write(messages)
+            return self._write_run(self._decode(messages))
         finally:
             gc.enable()
 
-    def _write(self, messages: list[tuple[str, int, int, bytes | None]]) -> int:
-        decoded: list[tuple[str, int, bytes, str, list[dict]]] = []
-        offsets: dict[tuple[str, int], int] = {}
+    def _decode(self, messages: list[tuple[str, int, int, bytes | None]]) -> list[Polled]:
+        polled = []
         for topic, partition, offset, value in messages:
-            offsets[(topic, partition)] = offset + 1
+            value = value or b""
             try:
-                kind, recs = records.decode_batch(value or b"")
+                kind, recs = records.decode_batch(value)
             except ValueError as e:
-                self._reject(topic, value or b"", "malformed_audit_message", str(e))
-                continue
-            decoded.append((topic, offset, value, kind, recs))
-        frames = self._frames(decoded)
-        self.store.write(frames, [(t, p, o) for (t, p), o in offsets.items()])
+                self._reject(topic, value, "malformed_audit_message", str(e))
+                kind, recs = None, []  # its offset still advances with the others
+            polled.append(Polled(topic, partition, offset, value, kind, recs))
+        return polled
+
+    def _write_run(self, run: list[Polled]) -> int:
+        """Write a run of consecutive polled messages and the offsets they advance in one
+        transaction; returns the batches written.
+
+        A run the conversion or the store refuses for its content is halved and each half
+        written on its own, first to last, down to the one message that cannot be
+        written: that one goes to the dead-letter topic and its offset is stored. Each
+        half commits its rows with its own offsets, and a run is a prefix of every
+        partition's messages in it, so a crash between halves repeats and skips nothing.
+        One bad message among n costs about 2·log2(n) attempts."""
+        try:
+            frames = self.store.frames(_batches(run))
+        except Exception as e:  # noqa: BLE001 - any conversion error is the input's fault
+            return self._split(run, "invalid_record", e)
+        try:
+            self.store.write(frames, _offsets(run))
+        except REFUSED_FOR_CONTENT as e:
+            return self._split(run, "unwritable_record", e)
         for kind, frame in frames.items():
             RowsWritten(kind=kind, count=frame.height).emit(self.metrics, log, frame.height)
-        return len(decoded)
+        return sum(1 for m in run if m.kind is not None)
 
-    def _frames(self, decoded):
-        batches: dict[str, list[dict]] = defaultdict(list)
-        for _topic, _offset, _value, kind, recs in decoded:
-            batches[kind].extend(recs)
-        try:
-            return self.store.frames(batches)
-        except Exception:  # noqa: BLE001 - find the bad message(s) below, one at a time
-            pass
-        batches = defaultdict(list)
-        for topic, _offset, value, kind, recs in decoded:
-            try:
-                self.store.frames({kind: recs})
-            except Exception as e:  # noqa: BLE001 - any conversion error is the input's fault
-                self._reject(topic, value, "invalid_record", f"{type(e).__name__}: {e}")
-                continue
-            batches[kind].extend(recs)
-        return self.store.frames(batches)
+    def _split(self, run: list[Polled], reason: str, error: Exception) -> int:
+        if len(run) > 1:
+            half = len(run) // 2
+            return self._write_run(run[:half]) + self._write_run(run[half:])
+        message = run[0]
+        self._reject(message.topic, message.value, reason, f"{type(error).__name__}: {error}")
+        self.store.write({}, _offsets(run))
+        return 0
 
     def _reject(self, topic: str, value: bytes, reason: str, detail: str) -> None:
         MessageRejected(topic=topic, reason=reason, detail=detail[:300]).emit(self.metrics, log)
         # Durable in the dead-letter topic before the offset that skips it is committed.
         self.dead_letters.send(value, reason=reason, detail=detail, source=topic, wait=True)
+
+
+def _batches(run: list[Polled]) -> dict[str, list[dict]]:
+    batches: dict[str, list[dict]] = defaultdict(list)
+    for message in run:
+        if message.kind is not None:
+            batches[message.kind].extend(message.records)
+    return batches
+
+
+def _offsets(run: list[Polled]) -> list[tuple[str, int, int]]:
+    """The next offset of each partition after the run (messages come in offset order)."""
+    offsets = {(m.topic, m.partition): m.offset + 1 for m in run}
+    return [(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
 class Ingest:

@@ -20,7 +20,7 @@ from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 from warehouse.access import local_principal
 from warehouse.operations import Context, execute
-from warehouse.store import Store
+from warehouse.store import Store, duckdb_config
 
 
 class StoreUnavailable(NimtrailError):
@@ -77,10 +77,10 @@ def run(config: Config, kind: str, name: str, params: dict[str, Any],
     read_only = (kind, name) == ("query", "verify")
     try:
         if read_only:
-            con = duckdb.connect(str(path), read_only=True)
+            con = duckdb.connect(str(path), read_only=True, config=duckdb_config(config.warehouse))
             store = None
         else:
-            store = Store(path)
+            store = Store(path, config.warehouse)
             con = store.reader()
     except duckdb.Error as e:
         if _locked_by_another_process(path):

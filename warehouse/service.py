@@ -23,13 +23,14 @@ from warehouse.store import Store
 
 log = logging.getLogger(__name__)
 SCHEDULER = Principal("warehouse:retention-schedule", "admin")
+MEMORY_REPORT_EVERY = 15.0  # seconds between readings of DuckDB's memory for /metrics
 
 
 def run(config: Config, stop: threading.Event) -> None:
     t = config.topics
     kafka_io.ensure_topics(config, [*t.audit().values(), t.dlq, t.digests])
     metrics = StageMetrics("warehouse")
-    store = Store(config.warehouse_path)
+    store = Store(config.warehouse_path, config.warehouse)
     producer = kafka_io.producer(config)
 
     def publish(name: str, data: bytes) -> None:
@@ -45,9 +46,13 @@ def run(config: Config, stop: threading.Event) -> None:
     log.info("Warehouse writing %s, query API on port %s", config.warehouse_path, api.port)
     every = float(config.warehouse.retention.interval)
     next_retention = time.monotonic() + every if every > 0 else None
+    next_memory_report = time.monotonic()
     try:
         while not stop.is_set():
             ingest.run_once()
+            if time.monotonic() >= next_memory_report:
+                next_memory_report = time.monotonic() + MEMORY_REPORT_EVERY
+                _task("memory report", metrics, lambda: report_memory(store, metrics))
             if checkpointer.due():
                 _task("checkpoint", metrics, checkpointer.checkpoint)
             if next_retention is not None and time.monotonic() >= next_retention:
@@ -61,6 +66,14 @@ def run(config: Config, stop: threading.Event) -> None:
         _task("checkpoint", metrics, checkpointer.checkpoint)
         producer.close(timeout=30)
         store.close()
+
+
+def report_memory(store: Store, metrics: StageMetrics) -> None:
+    """DuckDB's memory by tag as a gauge, so a growing warehouse shows which part grows."""
+    gauge = metrics.gauge("duckdb_memory", "bytes", "Memory DuckDB holds, by what holds it "
+                          "(bounded by warehouse.memory_limit)", ("tag",))
+    for tag, used in store.memory().items():
+        gauge.labels(tag=tag).set(used)
 
 
 def _task(name: str, metrics: StageMetrics, run: Callable[[], object]) -> None:

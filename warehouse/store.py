@@ -20,6 +20,7 @@ import duckdb
 import polars as pl
 
 from nimtrail import faults
+from nimtrail.config import WarehouseConfig
 from warehouse import latency_rollup
 from warehouse.ledger import Ledger
 from warehouse.schema import migrate
@@ -39,11 +40,18 @@ SMALL_WRITE = 64
 WAL_AUTOCHECKPOINT = "64MB"
 
 
+def duckdb_config(settings: WarehouseConfig) -> dict[str, str]:
+    """DuckDB's memory limit and threads from `warehouse.memory_limit` / `warehouse.threads`:
+    without a limit DuckDB may keep 80% of the machine's RAM, and it keeps every block it
+    read (every poll reads the key columns of the tables it writes) until it reaches it."""
+    return {"memory_limit": f"{settings.memory_limit // 1024}KiB", "threads": str(settings.threads)}
+
+
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, settings: WarehouseConfig | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path))
+        self.con = duckdb.connect(str(self.path), config=duckdb_config(settings or WarehouseConfig()))
         self.con.execute(f"SET wal_autocheckpoint = '{WAL_AUTOCHECKPOINT}'")
         applied = migrate(self.con)
         self.by_name: dict[str, Table] = load_tables(self.con)
@@ -229,6 +237,13 @@ class Store:
                 self.ledger.append(con, "genesis", {"adopted_rows": items.height}, items)
                 log.info("Recorded %s rows written before the ledger existed in a genesis entry",
                          items.height)
+
+    def memory(self) -> dict[str, int]:
+        """DuckDB's memory by what holds it (buffer pool of table blocks, indexes, rows not
+        yet checkpointed, query state), in bytes; only what `memory_limit` bounds."""
+        with self.reader() as cursor:
+            rows = cursor.execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall()
+        return {tag: used for tag, used in rows}
 
     def count(self, kind: str) -> int:
         return scalar(self.reader(), f"SELECT count(*) FROM {RECORD_TABLES[kind]}")
