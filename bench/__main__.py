@@ -29,7 +29,7 @@ import orjson
 import yaml
 
 from bench import pipeline, raw, report
-from nimtrail import broker
+from cli import broker
 
 SIZES = {
     "quick": {"kafka_msgs": 2000, "arrow_rows": 100_000, "traces": 1500, "log_calls": 300,

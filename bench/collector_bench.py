@@ -35,7 +35,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from collector import nimlogs
 from collector.filelog import MAX_BATCH_LINES
 from nimtrail import config as config_mod, kafka_io
-from nimtrail.broker import free_port
+from cli.broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SPANS_PER_REQUEST = 500

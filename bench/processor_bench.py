@@ -33,7 +33,8 @@ from pathlib import Path
 from kafka import TopicPartition
 
 from bench.pipeline import nim_log_lines
-from nimtrail import broker, config as config_mod, kafka_io
+from cli import broker
+from nimtrail import config as config_mod, kafka_io
 from processors import normalize, service
 from processors.loop import Processor
 from processors.pipeline import Pipeline

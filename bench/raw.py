@@ -20,7 +20,7 @@ import polars as pl
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench import generate
-from nimtrail import broker
+from cli import broker
 
 
 def _topic(admin_bootstrap: str) -> str:

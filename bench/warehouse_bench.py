@@ -40,7 +40,8 @@ import orjson
 import polars as pl
 
 from bench import generate
-from nimtrail import broker, config as config_mod, kafka_io, records
+from cli import broker
+from nimtrail import config as config_mod, kafka_io, records
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
 from warehouse.api import QueryApi

@@ -1,5 +1,8 @@
+"""`python -m nimtrail`: the same program as the `nimtrail` command (the supervisor starts
+each stage this way). The only module of the base package that reaches up to the CLI."""
+
 import sys
 
-from nimtrail.cli import main
+from cli.main import main
 
 sys.exit(main())

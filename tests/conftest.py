@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nimtrail import broker
+from cli import broker
 from tests.harness import Env
 
 

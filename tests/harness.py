@@ -15,7 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from nimtrail import config as config_mod
-from nimtrail.broker import free_port
+from cli.broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 import uuid
 
-from nimtrail import broker
+from cli import broker
 
 
 def test_cluster_id_never_starts_with_a_dash(monkeypatch):

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 
-from nimtrail.broker import free_port
+from cli.broker import free_port
 from tests.harness import REPO, wait_for
 
 pytestmark = pytest.mark.integration

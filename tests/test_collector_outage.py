@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from nimtrail import broker
+from cli import broker
 from tests.collector_support import TopicReader, metric, running
 from tests.harness import Env, wait_for
 

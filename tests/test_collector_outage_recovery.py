@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from collector.buffer import DiskBuffer
-from nimtrail import broker
+from cli import broker
 from tests.collector_support import TopicReader, counter, running
 from tests.harness import Env, wait_for
 

@@ -13,7 +13,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, gen
                                start_http_server)
 
 from collector.prometheus import parse
-from nimtrail.broker import free_port
+from cli.broker import free_port
 from nimtrail.errors import PermanentError
 from tests.collector_support import TopicReader, headers, metric, running
 from tests.harness import Env

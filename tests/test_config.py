@@ -3,7 +3,7 @@
 import pytest
 
 from nimtrail import config
-from nimtrail.cli import main
+from cli.main import main
 from nimtrail.errors import ConfigError
 
 

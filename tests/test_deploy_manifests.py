@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nimtrail import config as config_mod
-from nimtrail.cli import parser
+from cli.main import parser
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "kubernetes"

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from nimtrail import broker
+from cli import broker
 from tests.harness import Env, wait_for
 from tests.otel_agent import send_agent_trace
 

@@ -9,7 +9,8 @@ import hashlib
 import orjson
 import pytest
 
-from nimtrail import api_client, cli, config as config_mod
+from cli import main as cli
+from nimtrail import api_client, config as config_mod
 from nimtrail.ops import StageMetrics
 from tests.warehouse_data import call, write
 from warehouse.api import QueryApi

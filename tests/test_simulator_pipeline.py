@@ -4,7 +4,6 @@ the CLI. The second test runs the one-command demo (`nimtrail up --demo`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -104,13 +103,12 @@ def _demo(env, run: int, resumed: dict | None = None) -> dict:
         assert described["deployments"][0]["metrics_url"] in printed and "(DCGM)" in printed
         if resumed is not None:  # what the earlier run recorded is still there
             assert _trace_back(env, resumed["tool_call_id"])["call"]["call_id"] == resumed["call_id"]
-        if importlib.util.find_spec("nimtrail.commands.deployments"):
-            # Where this build can register deployments, the demo registers its fleet.
-            def registered():
-                rows = json.loads(env.cli("deployments", "list", "--json").stdout)["rows"]
-                return {r["deployment_id"] for r in rows} == {d["deployment_id"] for d in described["deployments"]}
+        # The demo registers its fleet.
+        def registered():
+            rows = json.loads(env.cli("deployments", "list", "--json").stdout)["rows"]
+            return {r["deployment_id"] for r in rows} == {d["deployment_id"] for d in described["deployments"]}
 
-            wait_for(registered, timeout=60, interval=1, what="the simulated fleet to be registered")
+        wait_for(registered, timeout=60, interval=1, what="the simulated fleet to be registered")
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)

@@ -1,7 +1,7 @@
 """CLI tables: long free text is shortened, identifiers never are (they are copied into the
 next command)."""
 
-from nimtrail import table
+from cli import table
 
 
 def test_identifiers_are_printed_whole_and_free_text_is_shortened():

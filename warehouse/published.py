@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from nimtrail import kafka_io, runtime
+from nimtrail import kafka_io
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 from warehouse import digests
@@ -99,9 +99,13 @@ def gather_topic(config: Config) -> Published:
     """The digests topic, or a note saying why it was not read. Read it *before* the
     store's snapshot: everything published then was committed before the snapshot, so a
     digest the store lacks is one it lost, not one it wrote a moment later."""
+    if not config.kafka.bootstrap:
+        return Published(notes=["no Kafka to read the digests topic from: kafka.bootstrap is empty and "
+                                "the bundled broker is not running (the store was compared with its "
+                                "own files and the copy only)"])
     try:
-        return Published(sources=[read_topic(runtime.with_bootstrap(config))])
-    except NimtrailError as e:  # TopicUnreadable, or no broker configured nor running
+        return Published(sources=[read_topic(config)])
+    except NimtrailError as e:  # TopicUnreadable
         return Published(notes=[f"{e} (the store was compared with its own files and the copy only)"])
 
 

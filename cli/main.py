@@ -11,12 +11,12 @@ from nimtrail.errors import NimtrailError
 
 # One module per command family, each with register(subparsers).
 COMMAND_MODULES = (
-    "nimtrail.commands.stages",
-    "nimtrail.commands.queries",
-    "nimtrail.commands.usage",
-    "nimtrail.commands.deployments",
-    "nimtrail.commands.simulate",
-    "nimtrail.commands.compliance",
+    "cli.commands.stages",
+    "cli.commands.queries",
+    "cli.commands.usage",
+    "cli.commands.deployments",
+    "cli.commands.simulate",
+    "cli.commands.compliance",
 )
 
 

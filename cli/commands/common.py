@@ -19,7 +19,7 @@ def load(args: argparse.Namespace) -> config_mod.Config:
 def load_for_kafka(args: argparse.Namespace) -> config_mod.Config:
     """The config of a command that talks to Kafka itself: an empty kafka.bootstrap means
     the bundled broker of data_dir, found the same way the stages find it."""
-    from nimtrail.runtime import with_bootstrap
+    from cli.runtime import with_bootstrap
 
     return with_bootstrap(load(args))
 

@@ -8,15 +8,16 @@ from typing import Callable
 
 import yaml
 
-from nimtrail import broker, config as config_mod
-from nimtrail.commands.common import load
+from cli import broker
+from nimtrail import config as config_mod
+from cli.commands.common import load
 
 
 def _stage(module: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from importlib import import_module
 
-        from nimtrail.runtime import run_stage, setup_logging
+        from cli.runtime import run_stage, setup_logging
 
         setup_logging(args.log_level)
         run_stage(import_module(module).run, load(args))
@@ -32,13 +33,13 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from nimtrail.supervisor import up
+    from cli.supervisor import up
 
     config = load(args)
     if not args.demo:
         up(config, args.config, duration=args.duration)
         return 0
-    from nimtrail.demo import Demo
+    from cli.demo import Demo
 
     demo = Demo(config, args.config, args.scenario)
     up(config, args.config, duration=args.duration, extra=demo.children(), env=demo.env(),

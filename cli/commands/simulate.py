@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from nimtrail.commands.common import load
+from cli.commands.common import load
 
 
 def default_otlp(args: argparse.Namespace) -> str:
@@ -17,7 +17,7 @@ def default_otlp(args: argparse.Namespace) -> str:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     import simulator
-    from nimtrail.runtime import setup_logging
+    from cli.runtime import setup_logging
     from simulator.wait import wait_for_urls
 
     setup_logging(args.log_level)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from nimtrail import broker
+from cli import broker
 from nimtrail.config import Config
 
 STAGES = ("warehouse", "processor", "collector", "app")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from nimtrail import table
-from nimtrail.commands.common import print_json, query
+from cli import table
+from cli.commands.common import print_json, query
 
 GROUP_COLUMNS = {"caller": "caller", "deployment": "deployment_id", "model": "model"}
 FIGURE_COLUMNS = ["calls", "input_tokens", "output_tokens", "total_tokens", "gpu_seconds",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nimtrail import records, table
-from nimtrail.commands.common import load_for_kafka, print_json
+from cli import table
+from nimtrail import records
+from cli.commands.common import load_for_kafka, print_json
 from nimtrail.deployments import files, topic, versions
 from nimtrail.errors import NimtrailError
 

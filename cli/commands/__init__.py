@@ -1,2 +1,2 @@
 """The CLI's commands, one module per family. Each module has `register(subparsers)`;
-`nimtrail.cli.COMMAND_MODULES` lists them."""
+`cli.main.COMMAND_MODULES` lists them."""

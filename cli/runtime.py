@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Callable
 
-from nimtrail import broker
+from cli import broker
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 
@@ -29,6 +29,15 @@ def with_bootstrap(config: Config) -> Config:
             "no Kafka to talk to: kafka.bootstrap is empty and the bundled broker is not running "
             f"for data_dir {config.data_dir} (start it with `nimtrail kafka start`, or use `nimtrail up`)")
     return dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, bootstrap=running.bootstrap))
+
+
+def with_bootstrap_if_running(config: Config) -> Config:
+    """`with_bootstrap`, or the config unchanged when the bundled broker is not running: for
+    commands that read Kafka when they can (verify's digests) and work without it."""
+    try:
+        return with_bootstrap(config)
+    except NimtrailError:
+        return config
 
 
 def run_stage(run: Callable[[Config, threading.Event], None], config: Config) -> None:

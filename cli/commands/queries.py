@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from nimtrail import table
-from nimtrail.commands.common import print_json, query
+from cli import table
+from cli.commands.common import print_json, query
 
 CALL_COLUMNS = ["started_at", "call_id", "caller", "client_service", "model", "deployment_id",
                 "finish_reason", "tool_names", "actions"]

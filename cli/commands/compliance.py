@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 
-from nimtrail import api_client, table
+from cli import table
+from nimtrail import api_client
 from nimtrail.api_client import ApiError
-from nimtrail.commands.common import load, print_json, token
+from cli.commands.common import load, print_json, token
 from nimtrail.errors import NimtrailError
 
 
@@ -41,10 +42,11 @@ def _call(args: argparse.Namespace, kind: str, name: str, params: dict[str, Any]
                 raise
             print(f"nimtrail: no warehouse answers at {base}; opening {config.warehouse_path} directly",
                   file=sys.stderr)
+    from cli.runtime import with_bootstrap_if_running
     from warehouse.local import run
     from warehouse.operations import Export
 
-    result = run(config, kind, name, params, public_key)
+    result = run(with_bootstrap_if_running(config), kind, name, params, public_key)
     if isinstance(result, Export):
         return result.data, {"sha256": result.meta["sha256"], "export_id": result.meta["export_id"],
                              "rows": str(result.rows)}
