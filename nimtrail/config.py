@@ -490,6 +490,49 @@ def _validate_person_headers(names: tuple[str, ...], path: str) -> None:
             raise ConfigError(f"{path}[{i}]: {name!r} is not an HTTP header name")
 
 
+# Finding severities, most severe first (the warehouse ranks them in SQL the same way).
+SEVERITIES = ("critical", "high", "medium", "low")
+
+
+def _validate_url(value: str, path: str) -> None:
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: expected an http:// or https:// URL (or empty: off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertsConfig:
+    """Findings pushed to Prometheus Alertmanager and/or a JSON webhook, one alert per
+    finding group (docs/warehouse.md, Alerts). Both URLs empty: no alerts."""
+
+    min_severity: str = "high"  # the least severe finding that alerts: critical | high | medium | low
+    alertmanager_url: str = ""  # Alertmanager's base URL; alerts go to <url>/api/v2/alerts
+    alertmanager_token_file: str = ""  # a bearer token for it (a mounted secret, read at each send)
+    webhook_url: str = ""  # each group is POSTed here as JSON
+    webhook_token_file: str = ""
+    # The app as the alert's reader reaches it, for the link back to the trace; empty:
+    # http://127.0.0.1:<app.port>.
+    app_url: str = ""
+    timeout: Duration = Duration(5)  # per request
+    interval: Duration = Duration(2)  # how often newly committed findings are looked at
+    retry_max: Duration = Duration(300)  # the longest wait between attempts at a failing receiver
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.alertmanager_url or self.webhook_url)
+
+    def validate(self, path: str) -> None:
+        if self.min_severity not in SEVERITIES:
+            raise ConfigError(f"{path}.min_severity: expected one of {', '.join(SEVERITIES)}")
+        for key in ("alertmanager_url", "webhook_url", "app_url"):
+            _validate_url(getattr(self, key), f"{path}.{key}")
+        if not 0 < self.timeout <= 60:
+            raise ConfigError(f"{path}.timeout: expected a duration between 1ms and 60s")
+        if not 0 < self.interval <= 3600:
+            raise ConfigError(f"{path}.interval: expected a duration between 1ms and 1h")
+        if not self.retry_max >= self.interval:
+            raise ConfigError(f"{path}.retry_max: must not be shorter than interval")
+
+
 @dataclasses.dataclass(frozen=True)
 class AppConfig:
     address: str = "127.0.0.1"  # the app has no login of its own: widen only behind one
@@ -543,6 +586,7 @@ class Config:
     warehouse: WarehouseConfig = WarehouseConfig()
     app: AppConfig = AppConfig()
     listeners: ListenerConfig = ListenerConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @property
     def data_path(self) -> Path:

@@ -15,6 +15,7 @@ from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
 from warehouse import published, retention
 from warehouse.access import Principal
+from warehouse.alerts import Alerter
 from warehouse.api import QueryApi
 from warehouse.checkpoint import Checkpointer
 from warehouse.events import TaskFailed
@@ -43,6 +44,7 @@ def run(config: Config, stop: threading.Event) -> None:
     _task("checkpoint", metrics, checkpointer.checkpoint)
     ingest = Ingest(config, store, metrics, DeadLetters(producer, t.dlq, "warehouse"))
     api = QueryApi(config, store, metrics, lambda: not stop.is_set()).start()
+    alerter = Alerter(config, store, metrics).start()  # its own thread: never holds ingest up
     log.info("Warehouse writing %s, query API on port %s", config.warehouse_path, api.port)
     every = float(config.warehouse.retention.interval)
     next_retention = time.monotonic() + every if every > 0 else None
@@ -61,6 +63,7 @@ def run(config: Config, stop: threading.Event) -> None:
                     store, config.warehouse.retention, SCHEDULER, metrics=metrics))
     finally:
         api.shutdown()
+        alerter.close()
         ingest.close()
         # sign what this run wrote, so the last head is covered
         _task("checkpoint", metrics, checkpointer.checkpoint)

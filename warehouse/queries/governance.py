@@ -18,7 +18,7 @@ DEPLOYMENT_FILTERS = {"deployment_id": "t.deployment_id = ?", "model": "t.model_
 DEPLOYMENTS_PARAMS = {*DEPLOYMENT_FILTERS, "versions", *PAGE_PARAMS}
 FINDING_FILTERS = {"kind": "t.kind = ?", "severity": "t.severity = ?",
                    "subject_id": "list_contains(t.subject_ids, ?)"}
-# What a finding is about, beside its kind: filters on the columns `_keyed` derives.
+# What a finding is about, beside its kind: filters on the columns `keyed` derives.
 GROUP_FILTERS = {"deployment": "k.deployment = ?", "tool": "k.tool = ?", "policy": "k.policy = ?"}
 GROUP_COLUMNS = ("kind", "deployment", "tool", "policy")
 FINDINGS_PARAMS = {*FINDING_FILTERS, *GROUP_FILTERS, "group", "since", "until", *PAGE_PARAMS}
@@ -51,7 +51,7 @@ DETAIL_PATHS = ("$.deployment_id", "$.tool_name", "$.tool_names", "$.policy_id",
 ROW_ORDER = "{t}.detected_at DESC NULLS LAST, {t}.finding_id"
 
 
-def _keyed(where: list[str], top: bool = False) -> str:
+def keyed(where: list[str], top: bool = False) -> str:
     """The CTEs up to `keyed`: the findings `where` selects (top: only the first rows in
     ROW_ORDER, as many as a bound parameter after `where`'s says), each with the deployment,
     tool and policy it is about (`deployment`, `tool`, `policy`), when it was seen
@@ -61,7 +61,10 @@ def _keyed(where: list[str], top: bool = False) -> str:
     only the records it is about (a span, log line or sample, and the call or action it
     became): their deployment and tool are looked up by those subject ids, so a sender's
     bad clock collapses into one group per deployment. An unknown deployment has no id: it
-    is told apart by what identified it (the identity, endpoint or served model)."""
+    is told apart by what identified it (the identity, endpoint or served model).
+
+    The one definition of a finding's group (GROUP_COLUMNS of `keyed`): the findings query
+    and the alerts (warehouse/alerts.py) both read it from here."""
     paths = ", ".join(f"'{p}'" for p in DETAIL_PATHS)
     about = {p.removeprefix("$."): f"t.about[{i}]" for i, p in enumerate(DETAIL_PATHS, 1)}
     top_sql = f"ORDER BY {ROW_ORDER.format(t='t')} LIMIT ?" if top else ""
@@ -115,13 +118,13 @@ def findings(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
         # Without a filter on what the findings are about, only the page's rows (and the
         # one after it) are looked up by subject, not every finding.
         top = not outer
-        sql = f"""{_keyed(where, top)}
+        sql = f"""{keyed(where, top)}
                   SELECT k.* EXCLUDE (seen_at, rank, open) FROM keyed k {where_sql(outer)}
                   ORDER BY {ROW_ORDER.format(t='k')}"""
         return paged(con, sql, args + ([offset + limit + 1] if top else []) + outer_args, limit, offset)
     group = ", ".join(f"k.{c}" for c in GROUP_COLUMNS)
     # A group's latest finding: newest first, ties broken by id so a page is stable.
-    sql = f"""{_keyed(where)},
+    sql = f"""{keyed(where)},
         grouped AS (
             SELECT {group}, max(k.rank) AS rank, arg_max(k.severity, (k.rank, k.seen_at)) AS severity,
                    count(*) AS count,

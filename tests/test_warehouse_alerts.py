@@ -1,0 +1,194 @@
+"""Alerts on a real DuckDB store and a real HTTP receiver: findings made by the processor's
+own recipes are committed, the alert loop turns them into one alert per finding group,
+keeps what a receiver did not take, and neither repeats nor loses one across a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nimtrail import config as config_mod
+from nimtrail.broker import free_port
+from nimtrail.errors import ConfigError
+from nimtrail.ops import StageMetrics
+from processors import policy
+from tests.alert_receiver import HOOK_PATH, AlertReceiver
+from tests.warehouse_data import action, ago, call, deployment, write
+from warehouse.alerts import Alerter, Backoff
+from warehouse.queries.actions import SEVERITY_NAMES
+from warehouse.store import Store
+
+GOVERNED = deployment(tool_calling_allowed=True, destructive_tools=["delete_record"])
+APP = "https://nimtrail.example.com/app"
+
+
+def _config(tmp: Path, port: int, **alerts: object) -> config_mod.Config:
+    token = tmp / "alert-token"
+    token.write_text("s3cret\n")
+    doc = {"data_dir": str(tmp / "data"),
+           "alerts": {"alertmanager_url": f"http://127.0.0.1:{port}",
+                      "webhook_url": f"http://127.0.0.1:{port}{HOOK_PATH}",
+                      "alertmanager_token_file": str(token), "app_url": APP, **alerts}}
+    path = tmp / "nimtrail.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return config_mod.load(path, env={})
+
+
+def _incident(store: Store, first: int, count: int) -> None:
+    """`count` destructive tools run under one auto-approving policy (one group of
+    ungated_action findings), a call from a deployment nobody registered (high) and a tool
+    run no call asked for (medium)."""
+    calls = [call(f"c{i}") for i in range(first, first + count)]
+    actions = [action(f"a{i}", f"c{i}", gate="policy", policy_id="auto-approve")
+               for i in range(first, first + count)]
+    write(store, "model_call", calls)
+    write(store, "tool_action", actions)
+    found = [f for a, c in zip(actions, calls) for f in policy.action_findings(a, c, GOVERNED, [])]
+    found += policy.call_findings(call(f"u{first}", deployment_id=None), None)
+    found += policy.action_findings(action(f"orphan{first}", f"none{first}"), None, None, [])
+    write(store, "finding", [{**f, "version": 1, "observed_at": ago()} for f in found])
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store(tmp_path / "audit.duckdb")
+    write(store, "deployment", [GOVERNED])
+    yield store
+    store.close()
+
+
+def test_one_alert_per_finding_group_with_labels_and_the_link_back(tmp_path, store):
+    receiver = AlertReceiver(free_port()).start()
+    metrics = StageMetrics("warehouse")
+    alerter = Alerter(_config(tmp_path, receiver.port), store, metrics)
+    try:
+        assert alerter.open()
+        _incident(store, 0, 3)
+        alerter.run_once()
+        alerts = receiver.alerts()
+        assert sorted((a["labels"] for a in alerts), key=lambda labels: labels["alertname"]) == [
+            {"alertname": "nimtrail_ungated_action", "severity": "critical", "deployment": "prod/llama",
+             "tool": "delete_record", "policy": "auto-approve"},
+            {"alertname": "nimtrail_unknown_deployment", "severity": "high",
+             "deployment": "model meta/llama-3.1-8b-instruct"},
+        ]  # and none for the unattributed_action: medium is below min_severity (high by default)
+        ungated = next(a for a in alerts if a["labels"]["alertname"] == "nimtrail_ungated_action")
+        subject = ungated["annotations"]["subject_ids"].split(", ")[0]
+        assert subject in {"a0", "a1", "a2"}
+        assert ungated["generatorURL"] == ungated["annotations"]["trace_url"] == f"{APP}/trace-back?id={subject}"
+        assert "ungated_action" in ungated["annotations"]["summary"]
+        assert "without a human approval" in ungated["annotations"]["description"]
+        assert ungated["startsAt"].endswith("Z") and "endsAt" not in ungated
+
+        hooks = receiver.hooks()
+        assert len(hooks) == 2
+        hook = next(h for h in hooks if h["kind"] == "ungated_action")
+        assert (hook["deployment"], hook["tool"], hook["policy"], hook["severity"]) == \
+            ("prod/llama", "delete_record", "auto-approve", "critical")
+        assert hook["latest"]["detail"]["policy_id"] == "auto-approve"
+        assert hook["trace_url"] == f"{APP}/trace-back?id={hook['latest']['subject_ids'][0]}"
+        bearer = [h.get("Authorization") for h in receiver.headers()]
+        assert bearer.count("Bearer s3cret") == 1 and bearer.count(None) == 2  # only Alertmanager's
+
+        # More of both groups: nothing new is sent.
+        _incident(store, 3, 2)
+        alerter.run_once()
+        assert len(receiver.alerts()) == 2 and len(receiver.hooks()) == 2
+        text = metrics.exposition().decode()
+        assert 'nimtrail_warehouse_alerts_delivered_alerts_total{receiver="alertmanager"} 2.0' in text
+        assert 'nimtrail_warehouse_alerts_pending_alerts{receiver="webhook"} 0.0' in text
+        assert f"nimtrail_warehouse_alerts_cursor_seq {float(store.ledger.head.seq)}" in text
+    finally:
+        alerter.close()
+        receiver.stop()
+
+
+def test_a_receiver_down_keeps_alerts_until_it_returns_and_a_restart_repeats_none(tmp_path, store):
+    receiver = AlertReceiver(free_port())  # not listening yet: its port refuses
+    config = _config(tmp_path, receiver.port, webhook_url="")
+    metrics = StageMetrics("warehouse")
+    first = Alerter(config, store, metrics)
+    try:
+        assert first.open()
+        _incident(store, 0, 2)
+        first.run_once()
+        assert receiver.alerts() == []
+        text = metrics.exposition().decode()
+        assert 'nimtrail_warehouse_alerts_pending_alerts{receiver="alertmanager"} 2.0' in text
+        assert ('nimtrail_warehouse_alert_delivery_failures_total{reason="unreachable",'
+                'receiver="alertmanager"} 1.0') in text
+    finally:
+        first.close()  # the warehouse stops with both alerts undelivered
+
+    receiver.start()
+    try:
+        for restart in range(2):
+            alerter = Alerter(config, store, StageMetrics("warehouse"))
+            try:
+                assert alerter.open()
+                _incident(store, 10 + 10 * restart, 2)  # more of the same groups meanwhile
+                alerter.run_once()
+            finally:
+                alerter.close()
+        assert sorted(a["labels"]["alertname"] for a in receiver.alerts()) == \
+            ["nimtrail_ungated_action", "nimtrail_unknown_deployment"]
+        assert len(receiver.posts) == 1
+    finally:
+        receiver.stop()
+
+
+def test_findings_committed_before_alerts_were_configured_do_not_alert(tmp_path, store):
+    _incident(store, 0, 1)
+    receiver = AlertReceiver(free_port()).start()
+    alerter = Alerter(_config(tmp_path, receiver.port, min_severity="low"), store, StageMetrics("warehouse"))
+    try:
+        assert alerter.open()
+        alerter.run_once()
+        assert receiver.posts == []
+    finally:
+        alerter.close()
+        receiver.stop()
+
+
+def test_without_a_receiver_nothing_runs_and_the_store_is_untouched(tmp_path, store):
+    config = config_mod.load(None, env={"NIMTRAIL_DATA_DIR": str(tmp_path)})
+    assert not config.alerts.enabled
+    alerter = Alerter(config, store, StageMetrics("warehouse")).start()
+    alerter.close()
+    assert store.reader().execute("SELECT count(*) FROM alert_cursor").fetchone() == (0,)
+
+
+def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it():
+    backoff = Backoff(cap=5.0)
+    delays = [backoff.failed() for _ in range(6)]
+    bounds = [1, 2, 4, 5, 5, 5]
+    assert all(0.8 * b <= d <= b for d, b in zip(delays, bounds)), delays
+    assert not backoff.ready()
+    backoff.succeeded()
+    assert backoff.ready() and backoff.failures == 0
+
+
+def test_alerts_config_is_validated_and_named_in_errors(tmp_path):
+    def load(alerts: dict, env: dict | None = None) -> config_mod.Config:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"alerts": alerts}))
+        return config_mod.load(path, env=env or {})
+
+    config = load({"alertmanager_url": "http://am:9093", "min_severity": "critical", "timeout": "2s"})
+    assert config.alerts.enabled and config.alerts.timeout == 2.0
+    env = load({}, {"NIMTRAIL_ALERTS__WEBHOOK_URL": "https://hooks.example.com/x"})
+    assert env.alerts.webhook_url == "https://hooks.example.com/x"
+    for bad, message in [({"min_severity": "urgent"}, "alerts.min_severity: expected one of critical"),
+                         ({"webhook_url": "hooks.example.com"}, "alerts.webhook_url: expected an http"),
+                         ({"app_url": "ftp://x"}, "alerts.app_url: expected an http"),
+                         ({"timeout": True}, "alerts.timeout: expected a duration"),
+                         ({"timeout": "0s"}, "alerts.timeout: expected a duration between"),
+                         ({"interval": "10s", "retry_max": "5s"}, "alerts.retry_max: must not be shorter"),
+                         ({"alertmanager_url": ["http://am"]}, "alerts.alertmanager_url: expected a string"),
+                         ({"receivers": []}, "alerts.receivers: unknown key")]:
+        with pytest.raises(ConfigError, match=message):
+            load(bad)
+    # the names the config accepts are the ones the warehouse ranks
+    assert set(config_mod.SEVERITIES) == set(SEVERITY_NAMES.values())
