@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nimtrail.broker import free_port
+from cli.broker import free_port
 from tests.alert_receiver import HOOK_PATH, AlertReceiver
 from tests.harness import Env, scrape, wait_for
 from tests.otel_agent import send_agent_trace

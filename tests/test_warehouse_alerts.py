@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from nimtrail import config as config_mod
-from nimtrail.broker import free_port
+from cli.broker import free_port
 from nimtrail.errors import ConfigError
 from nimtrail.ops import StageMetrics
 from processors import policy
