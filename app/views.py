@@ -149,3 +149,17 @@ def refresh_button(key: str) -> None:
 
     if st.button("Refresh", key=key, icon=":material/refresh:", help="read the warehouse again"):
         data.clear()
+
+
+def id_from_url(label: str, param: str, hint: str, icon: str, placeholder: str = "") -> str:
+    """A page's one id: typed, or given in the URL (`?param=`), which then carries it so the
+    page can be shared. Without one, `hint` says where to find one and the page stops."""
+    key = f"id_{param}"
+    if key not in st.session_state:
+        st.session_state[key] = st.query_params.get(param, "")
+    value = st.text_input(label, key=key, placeholder=placeholder).strip()
+    if not value:
+        st.info(hint, icon=icon)
+        st.stop()
+    st.query_params.from_dict({param: value})
+    return value

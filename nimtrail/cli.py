@@ -13,6 +13,7 @@ from nimtrail.errors import NimtrailError
 COMMAND_MODULES = (
     "nimtrail.commands.stages",
     "nimtrail.commands.queries",
+    "nimtrail.commands.trace",
     "nimtrail.commands.deployments",
     "nimtrail.commands.simulate",
     "nimtrail.commands.compliance",
