@@ -18,7 +18,7 @@ HIDDEN = "hidden from your role (the API returns content to responder, complianc
 NOT_KEPT = "not kept (content is recorded only where policy keeps it, and expires first)"
 
 
-def _content(doc: dict[str, Any], value: Any) -> str:
+def content(doc: dict[str, Any], value: Any) -> str:
     if value:
         return str(value)
     return HIDDEN if doc.get("content_hidden") else NOT_KEPT
@@ -84,6 +84,10 @@ def render(doc: dict[str, Any], focus: str | None = None) -> None:
     chart = timeline_chart(doc)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
+    trace_id = (call or action or {}).get("trace_id")
+    if trace_id:
+        st.page_link("pages/trace.py", label="Open the whole trace as a waterfall", icon=":material/account_tree:",
+                     query_params={"trace_id": trace_id})
     n = 0
     if action:
         n += 1
@@ -95,7 +99,7 @@ def render(doc: dict[str, Any], focus: str | None = None) -> None:
                      ("error", text(action.get("error")))])
         box.markdown(f"<small>arguments (SHA-256 `{action.get('arguments_sha256') or '–'}`)</small>",
                      unsafe_allow_html=True)
-        box.code(_content(doc, action.get("arguments")), language=None, wrap_lines=True)
+        box.code(content(doc, action.get("arguments")), language=None, wrap_lines=True)
         if len(actions) > 1:
             others = ", ".join(f"`{a.get('tool_name')}` ({a.get('outcome')})" for a in actions if a is not action)
             box.caption(f"The same model response also led to: {others}")
@@ -131,13 +135,13 @@ def render(doc: dict[str, Any], focus: str | None = None) -> None:
                      ("output tokens", text(call.get("output_tokens"))),
                      ("response SHA-256", _code(call.get("response_sha256"))),
                      ("seen by", text(", ".join(call.get("signals") or [])))])
-        box.code(_content(doc, call.get("response_text")), language=None, wrap_lines=True)
+        box.code(content(doc, call.get("response_text")), language=None, wrap_lines=True)
 
         n += 1
         box = _step(n, "Prompt", f"SHA-256 `{call.get('prompt_sha256') or '–'}`")
         _facts(box, [("input tokens", text(call.get("input_tokens"))), ("operation", text(call.get("operation"))),
                      ("trace id", _code(call.get("trace_id")))])
-        box.code(_content(doc, call.get("prompt_text")), language=None, wrap_lines=True)
+        box.code(content(doc, call.get("prompt_text")), language=None, wrap_lines=True)
 
         n += 1
         caller = doc.get("caller") or {}

@@ -22,8 +22,8 @@ from nimtrail.people import person_from
 DEFAULT_API = "http://127.0.0.1:8700"
 TIMEOUT = 60.0
 
-__all__ = ["ApiError", "api_url", "query", "actions", "trace", "trace_back", "calls", "facets",
-           "latency", "usage", "deployments", "findings", "holds", "retention_report", "verify",
+__all__ = ["ApiError", "api_url", "query", "actions", "trace", "trace_back", "trace_waterfall", "session", "calls",
+           "facets", "latency", "usage", "deployments", "findings", "holds", "retention_report", "verify",
            "access_log", "export", "export_lookup", "person", "clear"]
 
 
@@ -105,6 +105,16 @@ def trace(identifier: str) -> tuple[str | None, dict[str, Any] | None]:
         if found.get("found"):
             return kind, found
     return None, None
+
+
+def trace_waterfall(trace_id: str) -> dict[str, Any]:
+    """Every audited span of one trace, depth first, with its call or action."""
+    return query("trace", trace_id=trace_id)
+
+
+def session(session_id: str) -> dict[str, Any]:
+    """A conversation's, MCP session's or agent run's calls and actions in order."""
+    return query("session", session_id=session_id)
 
 
 def facets(since: str | None = None) -> dict[str, Any]:

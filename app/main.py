@@ -9,6 +9,8 @@ st.set_page_config(page_title="nimtrail", page_icon=":material/manage_search:", 
 pages = [
     st.Page("pages/trace_back.py", title="Trace back", icon=":material/manage_search:",
             url_path="trace-back", default=True),
+    st.Page("pages/trace.py", title="Trace", icon=":material/account_tree:", url_path="trace"),
+    st.Page("pages/session.py", title="Session", icon=":material/forum:", url_path="session"),
     st.Page("pages/calls.py", title="Who called what", icon=":material/groups:", url_path="calls"),
     st.Page("pages/latency.py", title="Latency by GPU profile", icon=":material/speed:",
             url_path="latency"),

@@ -178,3 +178,17 @@ def finding_group_box(group: dict[str, Any]) -> None:
             f"last seen {when(group.get('last_seen'))}; latest about {_subjects(latest)}"
             + _reason(latest.get("detail")))
     _severity_alert(group.get("severity"), body, latest.get("detail"), "latest finding's detail")
+
+
+def id_from_url(label: str, param: str, hint: str, icon: str, placeholder: str = "") -> str:
+    """A page's one id: typed, or given in the URL (`?param=`), which then carries it so the
+    page can be shared. Without one, `hint` says where to find one and the page stops."""
+    key = f"id_{param}"
+    if key not in st.session_state:
+        st.session_state[key] = st.query_params.get(param, "")
+    value = st.text_input(label, key=key, placeholder=placeholder).strip()
+    if not value:
+        st.info(hint, icon=icon)
+        st.stop()
+    st.query_params.from_dict({param: value})
+    return value

@@ -23,6 +23,7 @@ from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 
 DEMO_JOIN_WINDOW = "15s"
+DEMO_CONTENT = ("keep_prompts", "keep_responses", "keep_arguments")
 TRACEABLE_WAIT = 30.0  # seconds to wait for the pipeline to record the incident before printing
 
 
@@ -113,6 +114,11 @@ class Demo:
             # Findings are judged once a record has settled for the join window; a demo
             # viewer should not wait the production default of five minutes to see them.
             overrides["NIMTRAIL_PROCESSOR__JOIN_WINDOW"] = DEMO_JOIN_WINDOW
+        if not any(getattr(self.config.processor.content, key) for key in DEMO_CONTENT):
+            # The incident journey shows what the model was asked and what it asked for:
+            # the demo keeps prompts, responses and tool arguments (redacted, and shown
+            # only to roles that may see content), unless the config decides otherwise.
+            overrides.update({f"NIMTRAIL_PROCESSOR__CONTENT__{key.upper()}": "true" for key in DEMO_CONTENT})
         return overrides
 
     def announce(self, supervisor: Any = None) -> None:

@@ -13,6 +13,7 @@ from nimtrail.errors import NimtrailError
 COMMAND_MODULES = (
     "cli.commands.stages",
     "cli.commands.queries",
+    "cli.commands.trace",
     "cli.commands.usage",
     "cli.commands.deployments",
     "cli.commands.simulate",

@@ -148,6 +148,7 @@ class TopicsConfig:
     audit_deployments: str = topics.AUDIT_DEPLOYMENTS
     samples: str = topics.AUDIT_SAMPLES
     findings: str = topics.AUDIT_FINDINGS
+    spans: str = topics.AUDIT_SPANS
     digests: str = topics.AUDIT_DIGESTS
     dlq: str = topics.DLQ
     processor_state: str = topics.PROCESSOR_STATE  # compacted: the joiner's changelog
@@ -157,7 +158,7 @@ class TopicsConfig:
         """Record kind -> the audit topic that carries it."""
         return {"model_call": self.calls, "tool_action": self.actions,
                 "deployment": self.audit_deployments, "metric_sample": self.samples,
-                "finding": self.findings}
+                "finding": self.findings, "span": self.spans}
 
 
 @dataclasses.dataclass(frozen=True)

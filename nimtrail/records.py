@@ -53,12 +53,22 @@ METRIC_SAMPLE_FIELDS = (
     "version", "observed_at",
 )
 
+# One audited span of a trace (agent, model call client or NIM server, tool, MCP client or
+# server), as it came: what the trace and session views assemble into a tree. `role` says
+# which of those it is; `call_id` names the model call a client or NIM span is a view of
+# (a tool or MCP span's action is keyed by its own span id, or by its tool ancestor's).
+SPAN_FIELDS = (
+    "trace_id", "span_id", "parent_span_id", "started_at", "ended_at", "role", "name",
+    "service", "call_id", "conversation_id", "mcp_session_id", "version", "observed_at",
+)
+
 FIELDS: dict[str, tuple[str, ...]] = {
     "deployment": DEPLOYMENT_FIELDS,
     "model_call": MODEL_CALL_FIELDS,
     "tool_action": TOOL_ACTION_FIELDS,
     "finding": FINDING_FIELDS,
     "metric_sample": METRIC_SAMPLE_FIELDS,
+    "span": SPAN_FIELDS,
 }
 
 # The natural key of each kind: re-delivery of the same key and version is a no-op.
@@ -68,6 +78,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "tool_action": ("action_id",),
     "finding": ("finding_id",),
     "metric_sample": ("sample_id",),
+    "span": ("trace_id", "span_id"),
 }
 
 # Fields that hold content (prompts, responses, tool arguments): kept only where policy says,

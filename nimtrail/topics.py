@@ -13,6 +13,7 @@ AUDIT_ACTIONS = "nimtrail.audit.actions"
 AUDIT_DEPLOYMENTS = "nimtrail.audit.deployments"
 AUDIT_SAMPLES = "nimtrail.audit.samples"
 AUDIT_FINDINGS = "nimtrail.audit.findings"
+AUDIT_SPANS = "nimtrail.audit.spans"  # every audited span, for the trace and session views
 AUDIT_DIGESTS = "nimtrail.audit.digests"  # signed ledger checkpoints (copies of the digest files)
 DLQ = "nimtrail.dlq"
 PROCESSOR_STATE = "nimtrail.processor.state"

@@ -17,7 +17,7 @@ from nimtrail.config import ProcessorConfig, RetentionConfig
 from nimtrail.deployments.findings import check_observation
 from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.ops import StageMetrics
-from processors import clock, normalize
+from processors import clock, normalize, trace_spans
 from processors.bounds import Bounds
 from processors.content import ContentPolicy
 from processors.events import (DeploymentRegistered, EvidenceJoined, FieldTruncated, FindingRaised,
@@ -80,6 +80,10 @@ class Pipeline:
         for field, count in self.bounds.take_counts().items():
             FieldTruncated(field=field, count=count).emit(self.metrics, log, count)
         if found.evidence:
+            spans = trace_spans.span_records(found.evidence)
+            if spans:
+                clock.stamp(spans)
+                self._out.records["span"].extend(spans)
             self.joiner.add(found.evidence, now)
             for item in found.evidence:
                 self._evidence_counts[item.source] += 1

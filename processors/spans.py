@@ -94,6 +94,8 @@ class _Span:
             "parent_span_id": span.parent_span_id.hex() or None,
             "started_at": started,
             "ended_at": ended,
+            # The conversation an agent run or a model call belongs to (session view).
+            "conversation_id": attrs.get("gen_ai.conversation.id"),
         }
 
     @property
@@ -229,6 +231,7 @@ def _nim_call(s: _Span) -> Evidence | None:
         "queue_ms": queue,
         "prefill_ms": prefill,
         "decode_ms": decode,
+        "service": resource.get("service.name"),
         "identities": identities,
     }
     return Evidence(ev.MODEL_CALL, str(call_id), ev.SPAN_NIM, s.base["span_id"], fields)

@@ -88,6 +88,7 @@ def seed(store: Store, out_dir: Path) -> dict[str, Any]:
     deployments = registered(out_dir, sim.scenario)
     found = processed(spans, deployments)
     store.write(store.frames({"deployment": deployments, "model_call": found["model_call"],
-                              "tool_action": found["tool_action"], "finding": found["finding"]}), [])
+                              "tool_action": found["tool_action"], "finding": found["finding"],
+                              "span": found["span"]}), [])
     assert sim.incident, "the simulator's run had no incident"
     return {**sim.incident, "counts": dict(sim.counts)}

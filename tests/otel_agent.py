@@ -25,19 +25,24 @@ def exporting_provider(endpoint: str, service: str) -> TracerProvider:
 
 def send_agent_trace(endpoint: str, *, caller: str = "alice", tool: str = "delete_record",
                      model: str = "meta/llama-3.1-8b-instruct", prompt: str = "clean up the stale order",
-                     target: str = "prod-db/orders/42", error_type: str | None = None) -> dict[str, str]:
+                     target: str = "prod-db/orders/42", error_type: str | None = None,
+                     conversation_id: str | None = None) -> dict[str, str]:
     """Emit one agent trace; returns the ids a test asserts on. With `error_type`, the
-    tool run fails with that `error.type`."""
+    tool run fails with that `error.type`; with `conversation_id`, the agent and its model
+    call carry it as `gen_ai.conversation.id`."""
     call_id = f"chatcmpl-{uuid.uuid4().hex}"
     tool_call_id = f"chatcmpl-tool-{uuid.uuid4().hex[:16]}"
     agent = exporting_provider(endpoint, "ops-agent")
     nim = exporting_provider(endpoint, "nim-llama")
     tracer = agent.get_tracer("agent")
     nim_tracer = nim.get_tracer("vllm")
+    conversation = {"gen_ai.conversation.id": conversation_id} if conversation_id else {}
     with tracer.start_as_current_span("invoke_agent ops", kind=SpanKind.INTERNAL,
                                       attributes={"gen_ai.operation.name": "invoke_agent",
-                                                  "gen_ai.agent.name": "ops", "enduser.id": caller}):
-        with tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT) as chat:
+                                                  "gen_ai.agent.name": "ops", "enduser.id": caller,
+                                                  **conversation}) as agent_span:
+        with tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT,
+                                          attributes=conversation) as chat:
             chat.set_attributes({
                 "gen_ai.operation.name": "chat",
                 "gen_ai.provider.name": "openai",
@@ -88,4 +93,6 @@ def send_agent_trace(endpoint: str, *, caller: str = "alice", tool: str = "delet
     for provider in (agent, nim):
         provider.force_flush()
         provider.shutdown()
-    return {"call_id": call_id, "tool_call_id": tool_call_id, "caller": caller, "tool": tool}
+    context = agent_span.get_span_context()
+    return {"call_id": call_id, "tool_call_id": tool_call_id, "caller": caller, "tool": tool,
+            "trace_id": format(context.trace_id, "032x"), "agent_span_id": format(context.span_id, "016x")}

@@ -114,6 +114,16 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
             assert f"id={incident['tool_call_id']}" in page.url  # a link to this chain
             shoot(page, shots / "trace-back-incident.png")
 
+            # The chain's whole trace: the waterfall of every audited span, legible at 1400 px.
+            main.get_by_role("link", name="Open the whole trace as a waterfall").click()
+            expect(main.get_by_role("heading", name="Trace", exact=True)).to_be_visible()
+            expect(main.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
+            settle(page)
+            waterfall = main.inner_text()
+            assert "delete_records" in waterfall and "ops-agent" in waterfall
+            assert "trace_id=" in page.url
+            shoot(page, shots / "trace.png")
+
             for path, title, last in PAGES:
                 page.get_by_role("link", name=title).click()
                 expect(main.get_by_role("heading", name=title)).to_be_visible()
@@ -148,5 +158,5 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
         finally:
             browser.close()
     assert sorted(p.name for p in shots.iterdir()) == sorted(
-        ["trace-back-recent.png", "trace-back-incident.png", *(f"{p[0]}.png" for p in PAGES),
+        ["trace-back-recent.png", "trace-back-incident.png", "trace.png", *(f"{p[0]}.png" for p in PAGES),
          "compliance-ledger.png", "compliance-export.png"])

@@ -25,6 +25,8 @@ MAIN = str(REPO / "app" / "main.py")
 PAGES = {"calls": "pages/calls.py", "latency": "pages/latency.py", "usage": "pages/usage.py",
          "deployments": "pages/deployments.py", "compliance": "pages/compliance.py",
          "findings": "pages/findings.py"}
+# Pages that open on an id (from a link or the URL) and read nothing without one.
+TRACE_PAGE, SESSION_PAGE = "pages/trace.py", "pages/session.py"
 
 
 def _api(config, store) -> tuple[QueryApi, str]:
@@ -181,6 +183,42 @@ def test_who_called_what_filters_and_opens_a_call(app, world):
     assert at.page_link[0].proto.page.endswith("trace-back") or "trace" in at.page_link[0].proto.page
     ok(at.selectbox(key="calls_deployment").select("prod/mistral-7b").run())
     assert "No model call matches these filters" in text_of(at)
+
+
+def test_the_incidents_trace_as_a_waterfall_and_its_agent_run_as_a_session(app, world):
+    incident = world["incident"]
+    trace_id = api_client.query(world["url"], "trace-back", {"call_id": incident["call_id"]})["call"]["trace_id"]
+    at = ok(app.run())
+    ok(at.text_input(key="trace_id").input(incident["call_id"]).run())
+    links = [link.proto for link in at.get("page_link")]
+    assert any(link.label == "Open the whole trace as a waterfall" and trace_id in link.query_string for link in links)
+
+    linked = AppTest.from_file(MAIN, default_timeout=60)
+    linked.query_params["trace_id"] = trace_id
+    at = ok(linked.switch_page(TRACE_PAGE).run())
+    assert at.title[0].value == "Trace"
+    spec, plotted = _chart(at)
+    roles = {r["role"] for r in plotted}
+    assert {"agent", "model call", "tool"} <= roles, roles
+    assert any("delete_records" in r["span"] for r in plotted)
+    text = text_of(at)
+    assert "ops-agent" in text and f"{len(plotted)} spans" in text
+    titles = [e.label for e in at.expander]
+    assert any("delete_records" in t for t in titles)
+    assert "prod-db/customers" in text  # the incident's action in its span
+    agent = next(r for r in plotted if r["role"] == "agent")
+
+    session = AppTest.from_file(MAIN, default_timeout=60)
+    session.query_params["session_id"] = agent["span_id"]
+    at = ok(session.switch_page(SESSION_PAGE).run())
+    steps = at.dataframe[0].value
+    assert incident["call_id"] in set(steps["id"]) and incident["action_id"] in set(steps["id"])
+    assert list(steps["step"]) == list(range(1, len(steps) + 1))
+
+    unknown = AppTest.from_file(MAIN, default_timeout=60)
+    unknown.query_params["trace_id"] = "0" * 32
+    at = ok(unknown.switch_page(TRACE_PAGE).run())
+    assert "No audited span has the trace id" in at.warning[0].value
 
 
 def _chart(at: AppTest) -> tuple[str, list[dict]]:

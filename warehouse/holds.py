@@ -48,6 +48,10 @@ _CRITERIA = {
     "deployments": ("h.deployment_id = t.deployment_id", "FALSE"),
     "metric_samples": ("h.deployment_id = t.deployment_id", "FALSE"),
     "access_log": ("FALSE", "FALSE"),
+    # A span is held with the calls of its trace.
+    "trace_spans": ("EXISTS (SELECT 1 FROM model_calls c WHERE c.trace_id = t.trace_id "
+                    "AND c.deployment_id = h.deployment_id)",
+                    "EXISTS (SELECT 1 FROM model_calls c WHERE c.trace_id = t.trace_id AND c.caller = h.caller)"),
 }
 
 

@@ -27,6 +27,7 @@ from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, time_rang
 from warehouse.queries.governance import DEPLOYMENTS_PARAMS, FINDINGS_PARAMS, deployments, findings
 from warehouse.queries.latency import LATENCY_PARAMS, latency
 from warehouse.queries.usage import USAGE_PARAMS, usage
+from warehouse.queries.traces import SESSION_PARAMS, TRACE_PARAMS, session, trace
 from warehouse.rollback import Freshness
 from warehouse.store import Store
 from warehouse.verify import verify
@@ -161,6 +162,8 @@ _ALL = (
     Operation("query", "calls", frozenset(CALLS_PARAMS), ANY_ROLE, _q(calls)),
     Operation("query", "trace-back", frozenset(TRACE_BACK_PARAMS), ANY_ROLE, _q(trace_back)),
     Operation("query", "actions", frozenset(ACTIONS_PARAMS), ANY_ROLE, _q(actions)),
+    Operation("query", "trace", frozenset(TRACE_PARAMS), ANY_ROLE, _q(trace)),
+    Operation("query", "session", frozenset(SESSION_PARAMS), ANY_ROLE, _q(session)),
     Operation("query", "facets", frozenset(FACETS_PARAMS), ANY_ROLE, _q(facets)),
     Operation("query", "latency", frozenset(LATENCY_PARAMS), ANY_ROLE, _q(latency)),
     Operation("query", "usage", frozenset(USAGE_PARAMS), ANY_ROLE, _q(usage)),

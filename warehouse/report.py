@@ -31,7 +31,7 @@ from warehouse.tables import AGE_COLUMNS, iso
 
 FORMATS = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 CLASSES = (("metadata", "model_calls"), ("metadata", "tool_actions"), ("metadata", "findings"),
-           ("metadata", "deployments"), ("content", "model_calls"), ("content", "tool_actions"),
+           ("metadata", "trace_spans"), ("metadata", "deployments"), ("content", "model_calls"), ("content", "tool_actions"),
            ("samples", "metric_samples"), ("access_log", "access_log"))
 FLAT_COLUMNS = {"section": pl.Utf8, "data_class": pl.Utf8, "table_name": pl.Utf8,
                 "keep_days": pl.Float64, "action": pl.Utf8, "rows": pl.Int64, "held_rows": pl.Int64,

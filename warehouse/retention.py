@@ -8,7 +8,7 @@ kept, under which policy). So after a run the chain still verifies, and the run 
 evidence. Steps, in order (later steps see what earlier ones left):
 
   content   model_calls.prompt_text/response_text, tool_actions.arguments -> NULL
-  metadata  tool_actions, model_calls, findings deleted; deployment versions deleted when
+  metadata  tool_actions, model_calls, findings, trace_spans deleted; deployment versions deleted when
             superseded and no remaining call ran on them
   samples   older than `samples`: all but the last sample per series and hour deleted
             (cumulative counters and histograms stay exact at hourly resolution);
@@ -67,6 +67,7 @@ STEPS = (
     Step("metadata", "tool_actions", "delete"),
     Step("metadata", "model_calls", "delete"),
     Step("metadata", "findings", "delete"),
+    Step("metadata", "trace_spans", "delete"),
     Step("metadata", "deployments", "delete", _SUPERSEDED_UNUSED),
     Step("samples", "metric_samples", "rollup", _LAST_PER_SERIES_HOUR),
     Step("samples", "metric_samples", "delete", keep_field="samples_rollup"),

@@ -33,6 +33,7 @@ RECORD_TABLES = {
     "deployment": "deployments",
     "finding": "findings",
     "metric_sample": "metric_samples",
+    "span": "trace_spans",
 }
 
 # Every table whose rows the ledger covers, with its key columns.
@@ -60,6 +61,7 @@ AGE_COLUMNS = {
     "findings": "coalesce(t.detected_at, t.observed_at)",
     "deployments": "coalesce(t.valid_from, t.observed_at)",
     "metric_samples": "coalesce(t.ts, t.observed_at)",
+    "trace_spans": "coalesce(t.started_at, t.observed_at)",
     "access_log": "t.accessed_at",
 }
 # What retention judges expiry by: never a client's claimed time alone, but the later of it
