@@ -418,4 +418,4 @@ def test_pages_are_thin_and_nothing_runs_at_import():
     assert data.api_url()  # a function call, not an import-time connection
     for path in (REPO / "app").rglob("*.py"):
         assert len(path.read_text().splitlines()) < 400, path
-    assert Path(MAIN).read_text().count("st.Page(") == 7
+    assert Path(MAIN).read_text().count("st.Page(") == 9
