@@ -139,9 +139,9 @@ class Processor:
     def _restore(self) -> None:
         started = time.monotonic()
         entries, meta = self.state.restore()
-        self.pipeline.joiner.restore(entries, time.time())
-        StateRestored(count=len(entries), topic=self.state.topic,
-                      seconds=time.monotonic() - started).emit(self.metrics, log, len(entries))
+        count = self.pipeline.joiner.restore(entries, time.time())  # taken one chunk at a time
+        StateRestored(count=count, topic=self.state.topic,
+                      seconds=time.monotonic() - started).emit(self.metrics, log, count)
         self.pipeline.report_state()
         self.metrics.gauge("restore", "seconds", "How long the last start took to read the join state back"
                            ).set(time.monotonic() - started)
