@@ -185,40 +185,50 @@ class Chunks:
 
     def stream(self, legacy: dict[str, bytes], chunks: Sequence[tuple[str, bytes | None]]
                ) -> Iterator[tuple[str, bytes | dict]]:
-        """Rebuild the bookkeeping to go on writing the topic now, and return the state it
-        holds as (entry id, value) pairs, each entry once, decoded a chunk at a time.
-        `legacy`: latest value per key of the one-entry-per-key layout (tombstoned keys
-        left out); `chunks`: every `chunk|` message in log order, tombstones (None)
-        included. The chunks are read twice: once for which holds each entry's latest
-        record, once for the values."""
-        attributed: dict[str, int] = {}  # entry id -> position of the chunk holding its latest record
-        keys: list[str] = []  # position -> chunk key (legacy keys first)
-        holds: dict[str, dict[str, bool]] = {}  # chunk -> entry id -> is a marker
-        for entry_id in legacy:
-            attributed[entry_id] = len(keys)
-            keys.append(entry_id)
-            holds[entry_id] = {entry_id: False}
-        for key, value in chunks:
-            position = len(keys)
-            keys.append(key)
+        """The state the topic holds, as (entry id, value) pairs, each entry once, and the
+        bookkeeping to go on writing it (complete once every pair was taken). `legacy`:
+        latest value per key of the one-entry-per-key layout (tombstoned keys left out);
+        `chunks`: every `chunk|` message in log order, tombstones (None) included.
+
+        Read newest first, so each chunk is decoded once and only values still current
+        are kept: the first record of an entry met is its latest; a chunk whose tombstone
+        was met before it (later in the log) holds nothing, so an entry whose latest
+        record it has is gone — what applying the log in order gives."""
+        tombstoned: set[str] = set()
+        holds: dict[str, dict[str, bool]] = {}  # un-tombstoned chunk -> entry id -> is a marker
+        homes: dict[str, str | None] = {}  # entry id -> chunk with its latest record (None: gone)
+        for key, value in reversed(chunks):
             self.next_sequence = max(self.next_sequence, int(key[len(CHUNK):]) + 1)
             if value is None:
-                for entry_id in holds.pop(key, {}):
-                    held = attributed.get(entry_id)
-                    if held is not None and keys[held] == key:
-                        del attributed[entry_id]
+                tombstoned.add(key)
+                continue
+            if key in tombstoned:
+                for entry_id in decode_chunk(value):
+                    homes.setdefault(entry_id, None)
                 continue
             entries = decode_chunk(value)
-            holds[key] = {k: v is None for k, v in entries.items()}
-            for entry_id in entries:
-                attributed[entry_id] = position
+            holds[key] = {entry_id: doc is None for entry_id, doc in entries.items()}
+            for entry_id, doc in entries.items():
+                if entry_id not in homes:
+                    homes[entry_id] = key
+                    if doc is not None:
+                        yield entry_id, doc
+        for entry_id, value in legacy.items():  # one-entry chunks older than every real one
+            holds[entry_id] = {entry_id: False}
+            if entry_id not in homes:
+                homes[entry_id] = entry_id
+                yield entry_id, value
+        self._rebuild(holds, homes)
+
+    def _rebuild(self, holds: dict[str, dict[str, bool]], homes: dict[str, str | None]) -> None:
         self.holds = {key: set(entries) for key, entries in holds.items()}
         self.live = {key: set() for key in holds}
         for key, entries in holds.items():
             for entry_id in entries:
                 self.holders.setdefault(entry_id, set()).add(key)
-        for entry_id, position in attributed.items():
-            key = keys[position]
+        for entry_id, key in homes.items():
+            if key is None:
+                continue
             self.home[entry_id] = key
             if holds[key][entry_id]:
                 self.markers.add(entry_id)
@@ -227,18 +237,3 @@ class Chunks:
             self._settle_marker(entry_id)
         for key in holds:
             self._check(key)
-        return self._values(legacy, chunks, attributed, len(legacy))
-
-    @staticmethod
-    def _values(legacy: dict[str, bytes], chunks: Sequence[tuple[str, bytes | None]],
-                attributed: dict[str, int], first: int) -> Iterator[tuple[str, bytes | dict]]:
-        """The value of every entry from the chunk `attributed` to it (not a marker)."""
-        for entry_id, value in legacy.items():
-            if attributed.get(entry_id) is not None and attributed[entry_id] < first:
-                yield entry_id, value
-        for position, (_key, value) in enumerate(chunks, first):
-            if value is None:
-                continue
-            for entry_id, doc in decode_chunk(value).items():
-                if doc is not None and attributed.get(entry_id) == position:
-                    yield entry_id, doc

@@ -27,6 +27,7 @@ import datetime as dt
 import functools
 import hashlib
 import heapq
+import sys
 from collections import Counter, OrderedDict
 from typing import Any, Iterable, Mapping
 
@@ -34,7 +35,7 @@ import orjson
 
 from nimtrail import records
 from nimtrail.config import ProcessorConfig
-from processors import evidence as ev, traces
+from processors import bounds, evidence as ev, traces
 from processors.build import AddressMap, Builder, Built
 from processors.deployments import Registry
 from processors.evidence import Evidence
@@ -44,6 +45,25 @@ _ROLE = {(ev.MODEL_CALL, ev.SPAN_CLIENT): traces.CLIENT, (ev.MODEL_CALL, ev.SPAN
          (ev.TOOL_ACTION, ev.SPAN_TOOL): traces.ACTION, (ev.AGENT, ev.SPAN_AGENT): traces.AGENT,
          (ev.MCP, ev.SPAN_MCP_CLIENT): traces.MCP_CLIENT, (ev.MCP, ev.SPAN_MCP_SERVER): traces.MCP_SERVER,
          (ev.CALL_SPAN, ev.SPAN_CLIENT): traces.CALL_SPAN}
+
+
+# Fields whose values repeat across records (models, services, identities, tool names):
+# held once each however many entries name them. Ids and times are unique: not worth it.
+_UNIQUE = {"call_id", "action_id", "sample_id", "trace_id", "span_id", "parent_span_id", "tool_call_id",
+           "tool_call_ids", "jsonrpc_id", "mcp_session", "started_at", "ended_at", "ts", "observed_at",
+           "received_at", "time", "prompt_sha256", "response_sha256", "arguments_sha256"}
+_SHARED = bounds.NAME_FIELDS - _UNIQUE
+
+
+def share(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with the repeating text values replaced by one shared copy each (in place)."""
+    for name, value in fields.items():
+        if name in _SHARED:
+            if isinstance(value, str):
+                fields[name] = sys.intern(value)
+            elif isinstance(value, list) and name in bounds.LIST_OF_TEXT:
+                fields[name] = [sys.intern(v) if isinstance(v, str) else v for v in value]
+    return fields
 
 
 def fingerprint(record: dict[str, Any]) -> str:
@@ -56,8 +76,8 @@ class Entry:
     __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "event", "settled", "emitted",
                  "raised", "size", "link")
 
-    def __init__(self, kind: str, key: str, now: float):
-        self.id = f"{kind}|{key}"
+    def __init__(self, kind: str, key: str, now: float, entry_id: str | None = None):
+        self.id = entry_id or f"{kind}|{key}"  # the joiner's own key string: one copy, not two
         self.kind = kind
         self.key = key
         self.evidence: dict[str, Evidence] = {}
@@ -78,10 +98,11 @@ class Entry:
     def decode(cls, entry_id: str, value: bytes | dict[str, Any]) -> "Entry":
         doc = value if isinstance(value, dict) else orjson.loads(value)
         kind, _, key = entry_id.partition("|")
-        entry = cls(kind, key, doc["fs"])
+        entry = cls(kind, key, doc["fs"], entry_id)
         entry.touched, entry.settled, entry.emitted, entry.raised = doc["t"], doc["s"], doc["h"], doc["r"]
         for item in doc["ev"]:
             e = Evidence.from_list(item)
+            share(e.fields)
             entry.evidence[e.evidence_id] = e
             entry.saw(e)
         return entry
@@ -135,7 +156,7 @@ class Joiner:
                 if self.forgotten.seen(entry_id, item.evidence_id):
                     self.late_duplicates += 1  # its record left the state with this in it
                     continue
-                entry = self.entries[entry_id] = Entry(item.kind, item.key, now)
+                entry = self.entries[entry_id] = Entry(item.kind, item.key, now, entry_id)
                 entry.saw(item)
                 if item.kind != ev.AGENT:
                     heapq.heappush(self._deadlines, (now + self.window, entry_id))
@@ -144,6 +165,7 @@ class Joiner:
                 continue
             else:
                 entry.saw(item)
+            share(item.fields)
             entry.evidence[item.evidence_id] = item
             entry.touched = now
             if entry.settled:  # most recently touched: evicted last
@@ -386,6 +408,7 @@ class Joiner:
                 out.append((built.kind, {**record, "observed_at": observed}))
             if entry.settled:
                 out.extend(self._judge(entry, built, observed))
+        self.traces.drop_roles()
         return out
 
     @staticmethod
