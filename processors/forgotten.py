@@ -22,7 +22,8 @@ entry of the changelog (`forgotten|<sequence>`) written in a chunk of its own, h
 keys and the links of its calls. A piece is deleted once everything in it passed the bound
 (`expired()`), and `restore()` reads the live ones back after a restart, so a late
 duplicate or a late action is recognised across restarts too. The call links stay in
-memory as their pieces' encoded bytes, decoded only when a late action asks for one.
+memory as their pieces' encoded bytes, compressed, and decoded only when a late action
+asks for one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ import numpy as np
 import orjson
 
 PIECE = "forgotten|"
+# A piece is closed at this many evidence keys or call links (~270 KB and ~250 KB of JSON),
+# so that one holds in a changelog message however much a state write forgets.
+PIECE_KEYS = 20_000
+PIECE_LINKS = 2_000
 
 
 class CallLink(NamedTuple):
@@ -155,6 +160,7 @@ class Forgotten:
         self._new_evidence: list[int] = []
         self._new_calls: list[tuple[int, int]] = []  # (key, link index)
         self._new_links: list[CallLink] = []
+        self._unwritten: list[tuple[str, bytes]] = []  # pieces closed since the last seal()
 
     def add(self, entry_id: str, evidence_ids: Iterable[str], link: CallLink | None = None,
             tool_call_ids: Iterable[str] = ()) -> None:
@@ -170,6 +176,8 @@ class Forgotten:
                 self._calls.add(key, (self._next_piece + 1) << 32 | index)
                 self._new_calls.append((key, index))
             self._new_links.append(link)
+        if len(self._new_evidence) >= PIECE_KEYS or len(self._new_links) >= PIECE_LINKS:
+            self._unwritten += self._close()
 
     def seen(self, entry_id: str, evidence_id: str) -> bool:
         """Whether this evidence was part of a record that left the state."""
@@ -188,8 +196,12 @@ class Forgotten:
     # -- the changelog --------------------------------------------------------------------
 
     def seal(self) -> list[tuple[str, bytes]]:
-        """(piece id, value) of what was forgotten since the last seal: a piece of evidence
-        keys and, if calls were forgotten, one of their tool-call keys and links."""
+        """(piece id, value) of what was forgotten since the last seal: pieces of evidence
+        keys and, if calls were forgotten, of their tool-call keys and links."""
+        out, self._unwritten = self._unwritten + self._close(), []
+        return out
+
+    def _close(self) -> list[tuple[str, bytes]]:
         out = []
         first = self._next_piece
         self._next_piece += 2  # the second for calls, which name it before it is sealed

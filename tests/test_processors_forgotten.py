@@ -69,3 +69,14 @@ def test_links_not_yet_written_are_known_too():
     index.add("model_call|chatcmpl-1", ["span-1"], link(1), ["tc-1"])
     assert index.call("tc-1") == link(1) and index.seen("model_call|chatcmpl-1", "span-1")
     assert index.call("tc-2") is None and index.call(None) is None
+
+
+def test_what_one_write_forgets_is_cut_into_pieces_a_message_can_hold():
+    index = Forgotten(100_000)
+    for i in range(5000):
+        index.add(f"model_call|chatcmpl-{i}", [f"span-{i}", f"log-{i}"], link(i), [f"tc-{i}"])
+    pieces = index.seal()
+    assert len(pieces) > 2 and max(len(value) for _, value in pieces) < 512 * 1024
+    restored = Forgotten(100_000)
+    restored.restore((piece, orjson.loads(value)) for piece, value in pieces)
+    assert all(known(restored, i)[0] and restored.call(f"tc-{i}") == link(i) for i in range(5000))
