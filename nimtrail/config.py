@@ -399,15 +399,17 @@ class ProcessorConfig:
     # instead of waiting for its old session to time out. Empty: the group id.
     instance_id: str = ""
     join_window: Duration = Duration(300)
-    state_ttl: Duration = Duration(3600)  # a record untouched this long leaves the join state
+    # A record leaves the join state this long after the time its input states (or its last
+    # touch, if earlier), never within a join window of its last touch.
+    state_ttl: Duration = Duration(3600)
     # Bounds on the join state, whatever the input rate: past either, the oldest settled
     # records leave first (and, with none left, the oldest unsettled settle early).
-    # About 4.5 KB of process memory per entry: the defaults keep the processor near 500 MB.
+    # About 3 KB of Python objects per entry: ~200 MB of state at the defaults.
     state_max_entries: int = 60_000
     state_max_bytes: int = 48 * 1024 * 1024  # the entries' encoded size, as on the changelog
     # Evidence ids (and tool-call ids) of records that left the state, kept so that a late
     # duplicate changes nothing and a late tool action still finds its call; the oldest are
-    # forgotten past this many (~80 bytes each).
+    # forgotten past this many of each (~30 bytes a key; kept on the changelog too).
     state_forgotten_ids: int = 500_000
     max_poll_records: int = 100  # OTLP messages of ~100 spans: ~10,000 events per batch
     address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller

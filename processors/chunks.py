@@ -24,13 +24,14 @@ are read first, treated as one-entry chunks older than every real chunk, and ret
 same way (their tombstone is that entry key's own tombstone).
 
 Pure bookkeeping: `write()` turns the joiner's changes into messages, `acknowledged()` is
-called once Kafka has acknowledged them, `restore()` rebuilds both the state and the
-bookkeeping from what the topic holds.
+called once Kafka has acknowledged them, `stream()` rebuilds the bookkeeping from what the
+topic holds and hands the state back one entry at a time (a chunk decoded at a time, so
+restoring never holds the whole state decoded next to the joiner it is read into).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 import orjson
 
@@ -74,19 +75,32 @@ class Chunks:
 
     # -- writing ------------------------------------------------------------------------
 
-    def write(self, changes: Iterable[tuple[str, bytes | None]],
-              target: int = TARGET_BYTES) -> list[tuple[str, bytes | None]]:
+    def write(self, changes: Iterable[tuple[str, bytes | None]], target: int = TARGET_BYTES,
+              apart: tuple[str, ...] = ()) -> list[tuple[str, bytes | None]]:
         """(key, value) messages for these changes (entry id, encoded entry or None), plus
         the tombstones of chunks that stopped being live in earlier, acknowledged writes.
+        Entries whose id starts with one of `apart` go in chunks of their own: they live
+        far longer than the others, and a chunk stays while any of its entries does.
         Call `acknowledged()` once Kafka has acknowledged all of them."""
         if self._pending is not None:
             raise RuntimeError("the previous write was not acknowledged")
+        groups: tuple[list, list] = ([], [])
+        for entry_id, value in changes:
+            if value is None and (entry_id not in self.home or entry_id in self.markers):
+                continue  # never written, or already gone: nothing to shadow
+            groups[entry_id.startswith(apart) if apart else 0].append((entry_id, value))
+        chunks = [chunk for group in groups for chunk in self._pack(group, target)]
+        tombstones = sorted(self._ready)
+        self._ready.clear()
+        self._pending = (chunks, tombstones)
+        return [(key, encode_chunk(entries)) for key, entries in chunks] + [(key, None) for key in tombstones]
+
+    def _pack(self, changes: list[tuple[str, bytes | None]], target: int
+              ) -> list[tuple[str, dict[str, bytes | None]]]:
         chunks: list[tuple[str, dict[str, bytes | None]]] = []
         current: dict[str, bytes | None] = {}
         size = 0
         for entry_id, value in changes:
-            if value is None and (entry_id not in self.home or entry_id in self.markers):
-                continue  # never written, or already gone: nothing to shadow
             if current and size + len(value or b"") > target:
                 chunks.append((self._new_key(), current))
                 current, size = {}, 0
@@ -94,10 +108,7 @@ class Chunks:
             size += len(value or b"") + len(entry_id) + 8
         if current:
             chunks.append((self._new_key(), current))
-        tombstones = sorted(self._ready)
-        self._ready.clear()
-        self._pending = (chunks, tombstones)
-        return [(key, encode_chunk(entries)) for key, entries in chunks] + [(key, None) for key in tombstones]
+        return chunks
 
     def _new_key(self) -> str:
         key = chunk_key(self.next_sequence)
@@ -167,39 +178,57 @@ class Chunks:
 
     # -- restoring ----------------------------------------------------------------------
 
-    def restore(self, legacy: dict[str, bytes], chunks: Iterable[tuple[str, bytes | None]]
+    def restore(self, legacy: dict[str, bytes], chunks: Sequence[tuple[str, bytes | None]]
                 ) -> dict[str, bytes | dict]:
-        """The state the topic holds, and the bookkeeping to go on writing it. `legacy`:
+        """`stream()`, gathered into one mapping."""
+        return dict(self.stream(legacy, chunks))
+
+    def stream(self, legacy: dict[str, bytes], chunks: Sequence[tuple[str, bytes | None]]
+               ) -> Iterator[tuple[str, bytes | dict]]:
+        """The state the topic holds, as (entry id, value) pairs, each entry once, and the
+        bookkeeping to go on writing it (complete once every pair was taken). `legacy`:
         latest value per key of the one-entry-per-key layout (tombstoned keys left out);
-        `chunks`: every `chunk|` message in log order, tombstones (None) included."""
-        state: dict[str, bytes | dict] = dict(legacy)
-        attributed: dict[str, str] = {}
-        holds: dict[str, dict[str, bool]] = {}  # chunk -> entry id -> is a marker
-        for entry_id in legacy:
-            attributed[entry_id] = entry_id
-            holds[entry_id] = {entry_id: False}
-        for key, value in chunks:
+        `chunks`: every `chunk|` message in log order, tombstones (None) included.
+
+        Read newest first, so each chunk is decoded once and only values still current
+        are kept: the first record of an entry met is its latest; a chunk whose tombstone
+        was met before it (later in the log) holds nothing, so an entry whose latest
+        record it has is gone — what applying the log in order gives."""
+        tombstoned: set[str] = set()
+        holds: dict[str, dict[str, bool]] = {}  # un-tombstoned chunk -> entry id -> is a marker
+        homes: dict[str, str | None] = {}  # entry id -> chunk with its latest record (None: gone)
+        for key, value in reversed(chunks):
             self.next_sequence = max(self.next_sequence, int(key[len(CHUNK):]) + 1)
             if value is None:
-                for entry_id in holds.pop(key, {}):
-                    if attributed.get(entry_id) == key:
-                        del attributed[entry_id]
-                        state.pop(entry_id, None)
+                tombstoned.add(key)
+                continue
+            if key in tombstoned:
+                for entry_id in decode_chunk(value):
+                    homes.setdefault(entry_id, None)
                 continue
             entries = decode_chunk(value)
-            holds[key] = {k: v is None for k, v in entries.items()}
+            holds[key] = {entry_id: doc is None for entry_id, doc in entries.items()}
             for entry_id, doc in entries.items():
-                attributed[entry_id] = key
-                if doc is None:
-                    state.pop(entry_id, None)
-                else:
-                    state[entry_id] = doc
+                if entry_id not in homes:
+                    homes[entry_id] = key
+                    if doc is not None:
+                        yield entry_id, doc
+        for entry_id, value in legacy.items():  # one-entry chunks older than every real one
+            holds[entry_id] = {entry_id: False}
+            if entry_id not in homes:
+                homes[entry_id] = entry_id
+                yield entry_id, value
+        self._rebuild(holds, homes)
+
+    def _rebuild(self, holds: dict[str, dict[str, bool]], homes: dict[str, str | None]) -> None:
         self.holds = {key: set(entries) for key, entries in holds.items()}
         self.live = {key: set() for key in holds}
         for key, entries in holds.items():
             for entry_id in entries:
                 self.holders.setdefault(entry_id, set()).add(key)
-        for entry_id, key in attributed.items():
+        for entry_id, key in homes.items():
+            if key is None:
+                continue
             self.home[entry_id] = key
             if holds[key][entry_id]:
                 self.markers.add(entry_id)
@@ -208,4 +237,3 @@ class Chunks:
             self._settle_marker(entry_id)
         for key in holds:
             self._check(key)
-        return state

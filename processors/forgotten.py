@@ -10,17 +10,37 @@ still held:
   model asked for it): the action must still be joined to it, so the few fields an action
   and its findings take from the call are kept (`CallLink`).
 
-Evidence is kept as the Python hash of (entry id, evidence id): 64 bits, about 80 bytes of
-memory per item instead of the kilobytes of the record's evidence. The index lives only in
-memory and is not restored after a restart (the changelog holds live entries only); it
-holds at most `processor.state_forgotten_ids` evidence ids and as many tool-call ids, the
-oldest forgotten first.
+Both are kept as 64-bit keys (BLAKE2b of the ids: the same in every process, so the index
+can be written and read back), at most `processor.state_forgotten_ids` of each, the oldest
+forgotten first. As Python objects (an OrderedDict of ints, one of CallLink tuples) they
+cost 160 MB at that bound; here the newest keys sit in a small dict and the rest in sorted
+numpy arrays (8 bytes per key, its age and its value beside it), about 30 bytes each, and
+a call's link ~40 bytes compressed.
+
+What was forgotten since the last state write is sealed into a *piece* (`seal()`): an
+entry of the changelog (`forgotten|<sequence>`) written in a chunk of its own, holding its
+keys and the links of its calls. A piece is deleted once everything in it passed the bound
+(`expired()`), and `restore()` reads the live ones back after a restart, so a late
+duplicate or a late action is recognised across restarts too. The call links stay in
+memory as their pieces' encoded bytes, compressed, and decoded only when a late action
+asks for one.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Iterable, NamedTuple
+import base64
+import hashlib
+import zlib
+from typing import Any, Iterable, NamedTuple
+
+import numpy as np
+import orjson
+
+PIECE = "forgotten|"
+# A piece is closed at this many evidence keys or call links (~270 KB and ~250 KB of JSON),
+# so that one holds in a changelog message however much a state write forgets.
+PIECE_KEYS = 20_000
+PIECE_LINKS = 2_000
 
 
 class CallLink(NamedTuple):
@@ -32,36 +52,204 @@ class CallLink(NamedTuple):
     deployment_version: int | None
 
 
+def key_of(*ids: str) -> int:
+    """A stable 64-bit key for these ids (Python's hash() differs per process)."""
+    text = "\x1f".join(ids).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+
+
+def piece_id(sequence: int) -> str:
+    return f"{PIECE}{sequence:012d}"
+
+
+def is_piece(entry_id: str) -> bool:
+    return entry_id.startswith(PIECE)
+
+
+def _pack(values: np.ndarray) -> str:
+    return base64.b64encode(values.tobytes()).decode()
+
+
+def _unpack(text: str, dtype: type) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype)
+
+
+class Keys:
+    """At most `limit` 64-bit keys, each with an int value, the oldest dropped first.
+
+    The newest (up to `batch`) are in a dict; the rest in arrays sorted by key with each
+    key's sequence number (its age), merged a batch at a time. A key whose sequence is
+    more than `limit` behind the newest is forgotten, and dropped at the next merge."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.batch = max(1024, limit // 16)
+        self.recent: dict[int, int] = {}  # key -> value, oldest first
+        self.keys = np.empty(0, np.uint64)
+        self.seqs = np.empty(0, np.int64)
+        self.values = np.empty(0, np.int64)
+        self.merged = 0  # the sequence number of the first key in `recent`
+
+    @property
+    def end(self) -> int:
+        """The sequence number the next new key gets."""
+        return self.merged + len(self.recent)
+
+    @property
+    def cutoff(self) -> int:
+        """Keys numbered below this are forgotten."""
+        return self.end - self.limit
+
+    def add(self, key: int, value: int = 0) -> None:
+        self.recent.pop(key, None)  # re-added: it is among the newest again
+        self.recent[key] = value
+        if len(self.recent) >= self.batch:
+            self._merge(np.fromiter(self.recent, np.uint64, len(self.recent)),
+                        np.fromiter(self.recent.values(), np.int64, len(self.recent)),
+                        np.arange(self.merged, self.end, dtype=np.int64))
+            self.merged = self.end
+            self.recent = {}
+
+    def _merge(self, keys: np.ndarray, values: np.ndarray, seqs: np.ndarray) -> None:
+        keep = self.seqs >= self.cutoff
+        keys = np.concatenate([self.keys[keep], keys])
+        seqs = np.concatenate([self.seqs[keep], seqs])
+        values = np.concatenate([self.values[keep], values])
+        order = np.lexsort((-seqs, keys))  # by key, the newest of equal keys first
+        keys, seqs, values = keys[order], seqs[order], values[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = keys[1:] != keys[:-1]
+        self.keys, self.seqs, self.values = keys[first], seqs[first], values[first]
+
+    def get(self, key: int) -> int | None:
+        value = self.recent.get(key)
+        if value is not None or not len(self.keys):
+            return value
+        wanted = np.uint64(key)
+        i = int(self.keys.searchsorted(wanted))  # the method: np.searchsorted() costs 4x as much
+        if i < len(self.keys) and self.keys[i] == wanted and self.seqs[i] >= self.cutoff:
+            return int(self.values[i])
+        return None
+
+    def restore(self, parts: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Rebuild from (end sequence, keys oldest first, values) of what was sealed."""
+        parts = list(parts)
+        if not parts:
+            return
+        self.merged = max(end for end, _k, _v in parts)
+        self._merge(np.concatenate([k for _e, k, _v in parts]).astype(np.uint64),
+                    np.concatenate([v for _e, _k, v in parts]).astype(np.int64),
+                    np.concatenate([np.arange(end - len(k), end, dtype=np.int64) for end, k, _v in parts]))
+
+    def __len__(self) -> int:
+        return min(self.end, self.limit)
+
+
 class Forgotten:
     def __init__(self, limit: int):
         self.limit = limit
-        # Oldest first. OrderedDict, not dict: removing a plain dict's first key again and
-        # again leaves deleted slots that every next `iter()` walks over (quadratic once
-        # the index is full); OrderedDict's popitem(last=False) is O(1).
-        self._evidence: OrderedDict[int, None] = OrderedDict()  # hash((entry id, evidence id))
-        self._calls: OrderedDict[str, CallLink] = OrderedDict()  # tool-call id -> the call that asked for it
+        self._evidence = Keys(limit)  # key_of(entry id, evidence id)
+        self._calls = Keys(limit)  # key_of(tool-call id) -> piece sequence << 32 | link index
+        # Sequence of a piece of calls -> its links, encoded and compressed (ids and times
+        # share long prefixes: a third of the size).
+        self._links: dict[int, bytes] = {}
+        # Sealed pieces, oldest first: sequence -> (which keys, the end sequence of those keys then).
+        self._pieces: dict[int, tuple[Keys, int]] = {}
+        self._next_piece = 0
+        # Forgotten since the last seal: what the next pieces hold.
+        self._new_evidence: list[int] = []
+        self._new_calls: list[tuple[int, int]] = []  # (key, link index)
+        self._new_links: list[CallLink] = []
+        self._unwritten: list[tuple[str, bytes]] = []  # pieces closed since the last seal()
 
     def add(self, entry_id: str, evidence_ids: Iterable[str], link: CallLink | None = None,
             tool_call_ids: Iterable[str] = ()) -> None:
-        # Re-inserted last, so that the newest is forgotten last.
         for evidence_id in evidence_ids:
-            key = hash((entry_id, evidence_id))
-            self._evidence[key] = None
-            self._evidence.move_to_end(key)
+            key = key_of(entry_id, evidence_id)
+            self._evidence.add(key)
+            self._new_evidence.append(key)
         if link is not None:
+            index = len(self._new_links)
             for tool_call_id in tool_call_ids:
-                self._calls[tool_call_id] = link
-                self._calls.move_to_end(tool_call_id)
-        for index in (self._evidence, self._calls):
-            while len(index) > self.limit:
-                index.popitem(last=False)
+                key = key_of(tool_call_id)
+                # The piece these links are sealed into: see seal().
+                self._calls.add(key, (self._next_piece + 1) << 32 | index)
+                self._new_calls.append((key, index))
+            self._new_links.append(link)
+        if len(self._new_evidence) >= PIECE_KEYS or len(self._new_links) >= PIECE_LINKS:
+            self._unwritten += self._close()
 
     def seen(self, entry_id: str, evidence_id: str) -> bool:
         """Whether this evidence was part of a record that left the state."""
-        return hash((entry_id, evidence_id)) in self._evidence
+        return self._evidence.get(key_of(entry_id, evidence_id)) is not None
 
     def call(self, tool_call_id: str | None) -> CallLink | None:
-        return self._calls.get(tool_call_id) if tool_call_id else None
+        found = self._calls.get(key_of(tool_call_id)) if tool_call_id else None
+        if found is None:
+            return None
+        piece, index = found >> 32, found & 0xFFFFFFFF
+        if piece == self._next_piece + 1:  # not sealed yet
+            return self._new_links[index]
+        links = self._links.get(piece)
+        return CallLink(*orjson.loads(zlib.decompress(links))[index]) if links is not None else None
+
+    # -- the changelog --------------------------------------------------------------------
+
+    def seal(self) -> list[tuple[str, bytes]]:
+        """(piece id, value) of what was forgotten since the last seal: pieces of evidence
+        keys and, if calls were forgotten, of their tool-call keys and links."""
+        out, self._unwritten = self._unwritten + self._close(), []
+        return out
+
+    def _close(self) -> list[tuple[str, bytes]]:
+        out = []
+        first = self._next_piece
+        self._next_piece += 2  # the second for calls, which name it before it is sealed
+        if self._new_evidence:
+            keys = np.array(self._new_evidence, np.uint64)
+            out.append(self._sealed(first, self._evidence, {"e": _pack(keys)}))
+        if self._new_calls:
+            links = orjson.dumps([list(link) for link in self._new_links])
+            self._links[first + 1] = zlib.compress(links)
+            out.append(self._sealed(first + 1, self._calls, {
+                "c": _pack(np.array([k for k, _ in self._new_calls], np.uint64)),
+                "i": _pack(np.array([i for _, i in self._new_calls], np.uint32)), "l": orjson.Fragment(links)}))
+        self._new_evidence, self._new_calls, self._new_links = [], [], []
+        if not out:
+            self._next_piece = first
+        return out
+
+    def _sealed(self, sequence: int, keys: Keys, doc: dict[str, Any]) -> tuple[str, bytes]:
+        self._pieces[sequence] = (keys, keys.end)
+        return piece_id(sequence), orjson.dumps({**doc, "end": keys.end})
+
+    def expired(self) -> list[str]:
+        """Sealed pieces all of whose keys passed the bound: to delete from the changelog."""
+        out = []
+        for sequence, (keys, end) in list(self._pieces.items()):
+            if end <= keys.cutoff:
+                del self._pieces[sequence]
+                self._links.pop(sequence, None)
+                out.append(piece_id(sequence))
+        return out
+
+    def restore(self, pieces: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Rebuild from the live pieces (piece id, decoded value), in any order."""
+        evidence, calls = [], []
+        for entry_id, doc in sorted(pieces):
+            sequence = int(entry_id[len(PIECE):])
+            self._next_piece = max(self._next_piece, sequence + 2 - sequence % 2)
+            if "e" in doc:
+                keys = _unpack(doc["e"], np.uint64)
+                evidence.append((doc["end"], keys, np.zeros(len(keys), np.int64)))
+                self._pieces[sequence] = (self._evidence, doc["end"])
+            else:
+                index = _unpack(doc["i"], np.uint32).astype(np.int64)
+                calls.append((doc["end"], _unpack(doc["c"], np.uint64), sequence << 32 | index))
+                self._links[sequence] = zlib.compress(orjson.dumps(doc["l"]))
+                self._pieces[sequence] = (self._calls, doc["end"])
+        self._evidence.restore(evidence)
+        self._calls.restore(calls)
 
     def __len__(self) -> int:
         return len(self._evidence)

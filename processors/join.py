@@ -23,25 +23,47 @@ same input yields the same final records.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import hashlib
 import heapq
+import sys
 from collections import Counter, OrderedDict
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 
 from nimtrail import records
 from nimtrail.config import ProcessorConfig
-from processors import evidence as ev, traces
+from processors import bounds, evidence as ev, traces
 from processors.build import AddressMap, Builder, Built
 from processors.deployments import Registry
 from processors.evidence import Evidence
-from processors.forgotten import CallLink, Forgotten
+from processors.forgotten import CallLink, Forgotten, is_piece
 
 _ROLE = {(ev.MODEL_CALL, ev.SPAN_CLIENT): traces.CLIENT, (ev.MODEL_CALL, ev.SPAN_NIM): traces.NIM,
          (ev.TOOL_ACTION, ev.SPAN_TOOL): traces.ACTION, (ev.AGENT, ev.SPAN_AGENT): traces.AGENT,
          (ev.MCP, ev.SPAN_MCP_CLIENT): traces.MCP_CLIENT, (ev.MCP, ev.SPAN_MCP_SERVER): traces.MCP_SERVER,
          (ev.CALL_SPAN, ev.SPAN_CLIENT): traces.CALL_SPAN}
+
+
+# Fields whose values repeat across records (models, services, identities, tool names):
+# held once each however many entries name them. Ids and times are unique: not worth it.
+_UNIQUE = {"call_id", "action_id", "sample_id", "trace_id", "span_id", "parent_span_id", "tool_call_id",
+           "tool_call_ids", "jsonrpc_id", "mcp_session", "started_at", "ended_at", "ts", "observed_at",
+           "received_at", "time", "prompt_sha256", "response_sha256", "arguments_sha256"}
+_SHARED = bounds.NAME_FIELDS - _UNIQUE
+
+
+def share(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with the repeating text values replaced by one shared copy each (in place)."""
+    for name, value in fields.items():
+        if name in _SHARED:
+            if isinstance(value, str):
+                fields[name] = sys.intern(value)
+            elif isinstance(value, list) and name in bounds.LIST_OF_TEXT:
+                fields[name] = [sys.intern(v) if isinstance(v, str) else v for v in value]
+    return fields
 
 
 def fingerprint(record: dict[str, Any]) -> str:
@@ -51,16 +73,17 @@ def fingerprint(record: dict[str, Any]) -> str:
 class Entry:
     """The evidence of one record (or of one agent / MCP / orphan span), and its history."""
 
-    __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "settled", "emitted", "raised",
-                 "size", "link")
+    __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "event", "settled", "emitted",
+                 "raised", "size", "link")
 
-    def __init__(self, kind: str, key: str, now: float):
-        self.id = f"{kind}|{key}"
+    def __init__(self, kind: str, key: str, now: float, entry_id: str | None = None):
+        self.id = entry_id or f"{kind}|{key}"  # the joiner's own key string: one copy, not two
         self.kind = kind
         self.key = key
         self.evidence: dict[str, Evidence] = {}
         self.first_seen = now
         self.touched = now
+        self.event: float | None = None  # the latest time its evidence states (Unix seconds)
         self.settled = False
         self.emitted: str | None = None  # fingerprint of the last record produced
         self.raised: dict[str, dict[str, Any]] = {}  # finding id -> what was last produced
@@ -75,12 +98,20 @@ class Entry:
     def decode(cls, entry_id: str, value: bytes | dict[str, Any]) -> "Entry":
         doc = value if isinstance(value, dict) else orjson.loads(value)
         kind, _, key = entry_id.partition("|")
-        entry = cls(kind, key, doc["fs"])
+        entry = cls(kind, key, doc["fs"], entry_id)
         entry.touched, entry.settled, entry.emitted, entry.raised = doc["t"], doc["s"], doc["h"], doc["r"]
         for item in doc["ev"]:
             e = Evidence.from_list(item)
+            share(e.fields)
             entry.evidence[e.evidence_id] = e
+            entry.saw(e)
         return entry
+
+    def saw(self, item: Evidence) -> None:
+        """Note the time `item` states, if later than what the entry knew."""
+        when = event_time(item.fields)
+        if when is not None and (self.event is None or when > self.event):
+            self.event = when
 
 
 class Joiner:
@@ -125,12 +156,16 @@ class Joiner:
                 if self.forgotten.seen(entry_id, item.evidence_id):
                     self.late_duplicates += 1  # its record left the state with this in it
                     continue
-                entry = self.entries[entry_id] = Entry(item.kind, item.key, now)
+                entry = self.entries[entry_id] = Entry(item.kind, item.key, now, entry_id)
+                entry.saw(item)
                 if item.kind != ev.AGENT:
                     heapq.heappush(self._deadlines, (now + self.window, entry_id))
-                heapq.heappush(self._expiry, (now + self.ttl, entry_id))
+                heapq.heappush(self._expiry, (self._expires(entry), entry_id))
             elif item.evidence_id in entry.evidence:
                 continue
+            else:
+                entry.saw(item)
+            share(item.fields)
             entry.evidence[item.evidence_id] = item
             entry.touched = now
             if entry.settled:  # most recently touched: evicted last
@@ -208,12 +243,20 @@ class Joiner:
         self._dirty.add(entry.id)
         self._changed.add(entry.id)
 
+    def _expires(self, entry: Entry) -> float:
+        """When an entry's TTL passes: state_ttl after the time its evidence states (or
+        after it was last touched, if that is earlier), so that a replay of old input does
+        not hold the state for the whole TTL; but never within a join window of its last
+        touch, so what arrives together still joins."""
+        since = entry.touched if entry.event is None else min(entry.touched, entry.event)
+        return max(since + self.ttl, entry.touched + self.window)
+
     def _expire(self, entry_id: str, now: float) -> float | None:
         """Evict a record whose TTL passed. Returns when to look again, if not evicted now."""
         members = self._group(entry_id)
-        latest = max(e.touched for e in members)
-        if latest + self.ttl > now or not self._evictable(members):
-            return max(latest + self.ttl, now + self.window)
+        due = max(self._expires(e) for e in members)
+        if due > now or not self._evictable(members):
+            return max(due, now + self.window)
         self._evict(members, "ttl")
         return None
 
@@ -365,6 +408,7 @@ class Joiner:
                 out.append((built.kind, {**record, "observed_at": observed}))
             if entry.settled:
                 out.extend(self._judge(entry, built, observed))
+        self.traces.drop_roles()
         return out
 
     @staticmethod
@@ -425,35 +469,68 @@ class Joiner:
         out = [(entry_id, encoded.get(entry_id) if entry_id in self.entries else None)
                for entry_id in sorted(self._changed)]
         self._changed.clear()
+        # What left the state now, and the end of what left it long ago (forgotten.py).
+        out += self.forgotten.seal()
+        out += [(piece, None) for piece in self.forgotten.expired()]
         return out
 
-    def restore(self, state: dict[str, bytes | dict[str, Any]], now: float) -> None:
-        """Rebuild from the changelog's latest value per entry. Unsettled records get a
-        whole join window from now: the time the processor was down does not count, since
-        their counterparts may be waiting unread in Kafka."""
-        for entry_id, value in sorted(state.items(), key=lambda kv: _touched(kv[1])):
+    def restore(self, state: Mapping[str, bytes | dict[str, Any]] | Iterable[tuple[str, bytes | dict[str, Any]]],
+                now: float) -> int:
+        """Rebuild from the changelog's latest value per entry, taken one at a time (a
+        mapping, or pairs in any order); returns how many entries came back. Unsettled
+        records get a whole join window from now: the time the processor was down does not
+        count, since their counterparts may be waiting unread in Kafka."""
+        settled: list[tuple[float, str]] = []
+        pieces: list[tuple[str, dict[str, Any]]] = []
+        for entry_id, value in (state.items() if isinstance(state, Mapping) else state):
+            if is_piece(entry_id):
+                pieces.append((entry_id, value if isinstance(value, dict) else orjson.loads(value)))
+                continue
             entry = Entry.decode(entry_id, value)
             self.entries[entry_id] = entry
             entry.size = len(value) if isinstance(value, bytes) else len(orjson.dumps(value))
             self.bytes += entry.size
             if entry.settled:
-                self._settled_order[entry_id] = None
+                settled.append((entry.touched, entry_id))
             for item in entry.evidence.values():
                 self._index(entry, item)
             if not entry.settled and entry.kind != ev.AGENT:
                 heapq.heappush(self._deadlines, (now + self.window, entry_id))
-            heapq.heappush(self._expiry, (max(entry.touched + self.ttl, now + self.window), entry_id))
+            heapq.heappush(self._expiry, (max(self._expires(entry), now + self.window), entry_id))
+        settled.sort()
+        self._settled_order.update(dict.fromkeys(entry_id for _, entry_id in settled))
+        self.forgotten.restore(pieces)
         # Nothing is re-materialised: every output of this state was acknowledged before the
         # state was written. What may differ is what deployments registered while the
         # processor was down match; add_deployment marks those calls as the service passes
         # the new ones (rebuilding every record here took longer than reading the state).
         self._dirty_traces.clear()
         self._changed.clear()
+        return len(self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
 
 
-def _touched(value: bytes | dict[str, Any]) -> float:
-    return (value if isinstance(value, dict) else orjson.loads(value))["t"]
+def event_time(fields: dict[str, Any]) -> float | None:
+    """The latest time evidence states (its end, else its start), as Unix seconds. The
+    normalisers clamp both to what the pipeline accepts around the receive time
+    (processors/clock.py) and write them as `%Y-%m-%dT%H:%M:%S.%fZ`."""
+    text = fields.get("ended_at") or fields.get("started_at")
+    if not isinstance(text, str) or len(text) < 20:
+        return None
+    minute = _minute(text[:16])
+    try:
+        return None if minute is None else minute + float(text[17:].rstrip("Z"))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute(text: str) -> float | None:
+    """`YYYY-MM-DDTHH:MM` as Unix seconds (cached: evidence arriving together shares it)."""
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
 

@@ -20,7 +20,7 @@ topic's compaction settings (`COMPACTION`) and reads it to its end.
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -28,6 +28,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from nimtrail import kafka_io
 from nimtrail.config import Config
 from processors.chunks import META, Chunks, is_chunk
+from processors.forgotten import PIECE
 
 DEPLOYMENTS_PASSED = META + "deployments"
 
@@ -60,8 +61,9 @@ class StateStore:
         finally:
             admin.close()
 
-    def restore(self) -> tuple[dict[str, bytes | dict], dict[str, Any]]:
-        """(latest value per entry id, meta values) from the changelog."""
+    def restore(self) -> tuple[Iterator[tuple[str, bytes | dict]], dict[str, Any]]:
+        """(every entry id with its latest value, decoded a chunk at a time as the joiner
+        takes them; meta values) from the changelog."""
         self.tune_compaction()
         consumer = kafka_io.consumer(self._config, group_id=None)
         latest: dict[str, bytes | None] = {}
@@ -78,7 +80,7 @@ class StateStore:
         chunks.sort(key=lambda c: c[:2])
         legacy = {k: v for k, v in latest.items() if v is not None and not k.startswith(META)}
         meta = {k[len(META):]: orjson.loads(v) for k, v in latest.items() if v is not None and k.startswith(META)}
-        entries = self.chunks.restore(legacy, [(key, value) for _, _, key, value in chunks])
+        entries = self.chunks.stream(legacy, [(key, value) for _, _, key, value in chunks])
         return entries, meta
 
     def messages(self, changes: list[tuple[str, bytes | None]], meta: dict[str, Any],
@@ -86,7 +88,7 @@ class StateStore:
         """(topic, key, value, partition) to produce for these changes; `acknowledged()`
         once Kafka has acknowledged all of them."""
         out = []
-        for key, value in self.chunks.write(changes):
+        for key, value in self.chunks.write(changes, apart=(PIECE,)):
             raw = key.encode()
             out.append((self.topic, raw, value, 0 if is_chunk(key) else zlib.crc32(raw) % partitions))
         for k, v in sorted(meta.items()):

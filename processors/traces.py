@@ -100,6 +100,11 @@ class TraceIndex:
                 roles.setdefault(n.role, []).append(n)
         return roles.get(role, [])
 
+    def drop_roles(self) -> None:
+        """Forget the lists `with_role` keeps: they serve one round of building records, and
+        kept for as long as every trace is held they cost ~150 bytes per joiner entry."""
+        self._roles.clear()
+
     def innermost(self, nodes: Iterable[Node], inner: Node) -> Node | None:
         """The latest-starting node whose time span contains `inner`'s (ties: span id)."""
         best = None

@@ -13,7 +13,7 @@ import random
 import orjson
 import pytest
 
-from processors.chunks import Chunks, chunk_key, is_chunk
+from processors.chunks import Chunks, chunk_key, decode_chunk, is_chunk
 
 
 def value(n: int) -> bytes:
@@ -167,3 +167,9 @@ def test_any_compaction_of_the_log_restores_the_state_as_written(seed: int):
     assert restore(log)[1] == {}
     assert live_keys(log) == set()
     assert restore(compacted(log, rng))[1] == {}
+
+
+def test_entries_kept_apart_get_chunks_of_their_own():
+    store = Chunks()
+    written = store.write([("a", value(1)), ("forgotten|1", value(1)), ("b", value(1))], apart=("forgotten|",))
+    assert [sorted(decode_chunk(v)) for _k, v in written] == [["a", "b"], ["forgotten|1"]]

@@ -6,6 +6,7 @@ import datetime as dt
 
 from nimtrail.config import ProcessorConfig
 from processors import normalize
+from processors.forgotten import is_piece
 from processors.join import Joiner
 from processors.pipeline import Pipeline
 from tests import corpus, scenarios as sc, trail
@@ -142,8 +143,11 @@ def test_records_leave_the_state_after_the_ttl_with_tombstones():
     joiner.state_changes()
     joiner_pipeline.sweep(700)  # past state_ttl
     assert len(joiner) == 0
-    tombstones = joiner.state_changes()
+    changes = joiner.state_changes()
+    tombstones = [(key, value) for key, value in changes if not is_piece(key)]
     assert tombstones and all(value is None for _, value in tombstones)
+    # What left is remembered in the changelog too (processors/forgotten.py).
+    assert [key for key, value in changes if is_piece(key) and value is not None]
 
 
 def test_tool_servers_listed_as_urls_match_the_spans_addresses():

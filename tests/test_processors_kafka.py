@@ -301,6 +301,6 @@ def test_a_processor_restores_a_changelog_of_one_entry_per_key_and_retires_it(tm
     call = f"model_call|{ids['call_id']}"
     assert latest[call] is None  # its entry changed: it lives in a chunk now
     assert any(k.startswith("chunk|") and v is not None for k, v in latest.items())
-    entries, _meta = StateStore(env.config).restore()
+    entries = dict(StateStore(env.config).restore()[0])
     assert set(entries) == set(state)
     assert len(entries[call]["ev"]) == len(state[call].evidence)

@@ -89,6 +89,23 @@ def test_a_state_full_of_unsettled_records_settles_the_oldest_early():
     assert "nimtrail_processor_settled_early_records_total" in metrics
 
 
+def test_the_ttl_counts_from_the_time_the_input_states_so_a_replay_of_old_input_leaves_soon():
+    config = dataclasses.replace(ROOMY, state_ttl=3600)
+    ids, messages = runs(1)
+    then = dt.datetime(2026, 3, 3, 12, 0, 1, tzinfo=dt.timezone.utc).timestamp()  # after the run
+    kept = {}
+    for name, now in (("live", then), ("replayed a day later", then + 86400)):
+        pipeline, out = Pipeline(config), trail.Trail()
+        feed(pipeline, messages[0], now, out)
+        feed(pipeline, [], now + 61, out)  # settled: its join window passed
+        feed(pipeline, [], now + 122, out)  # a join window after its last touch
+        kept[name] = len(pipeline.joiner)
+        assert ids[0]["call_id"] in out.of("model_call")
+    # Live input stays its whole TTL; input stating a time a day old leaves once settled
+    # and a join window after it was last touched, not an hour later.
+    assert kept == {"live": 3, "replayed a day later": 0}
+
+
 def test_evicted_entries_leave_the_deadline_and_expiry_schedules_too():
     _, messages = runs(20)
     pipeline, out = Pipeline(SMALL), trail.Trail()
@@ -119,12 +136,15 @@ def test_the_running_processor_holds_its_state_to_the_cap_and_restores_only_live
     kafka_io.ensure_topics(env.config, [t.nimlogs])
     calls = [f"chatcmpl-mem{i:05d}" for i in range(CAP * 10)]
     producer = kafka_io.producer(env.config)
+    # Times of now: older input would leave by its TTL (state_ttl counts from the time the
+    # input states), and this is about the cap.
+    now = dt.datetime.now(dt.timezone.utc)
     for start in range(0, len(calls), PER_MESSAGE):
         lines = []
         for call in calls[start:start + PER_MESSAGE]:
-            lines += [f"INFO 2026-03-03 12:00:00.000 logger.py:1] Received request {call}: params: x",
-                      f"INFO 2026-03-03 12:00:01.000 logger.py:2] Finished request {call}."]
-        producer.send(t.nimlogs, key=b"llama", value=sc.nimlog_message(lines, received=T0, first_offset=start * 1000))
+            lines += [f"INFO {now:%Y-%m-%d %H:%M:%S}.000 logger.py:1] Received request {call}: params: x",
+                      f"INFO {now:%Y-%m-%d %H:%M:%S}.500 logger.py:2] Finished request {call}."]
+        producer.send(t.nimlogs, key=b"llama", value=sc.nimlog_message(lines, received=now, first_offset=start * 1000))
     producer.flush()
     producer.close()
     try:
@@ -165,6 +185,70 @@ def test_the_running_processor_holds_its_state_to_the_cap_and_restores_only_live
             admin.close()
         settings = described["topic"][t.processor_state]
         assert {k: settings[k]["value"] for k in COMPACTION} == COMPACTION
+    finally:
+        env.stop_all()
+
+
+def _sum(gauges: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in gauges.items() if k == prefix or k.startswith(prefix + "{"))
+
+
+def _audit(env: Env, kind: str) -> list[dict]:
+    return [r for m in read_all(env, env.config.topics.audit()[kind]) for r in records.decode_batch(m.value)[1]]
+
+
+@pytest.mark.integration
+def test_what_left_the_state_is_still_known_after_a_restart(tmp_path: Path, kafka_bootstrap: str):
+    """A late tool action for a call that left the state before a SIGKILL still joins it,
+    and re-delivered spans of that call still start no record afresh."""
+    env = Env(tmp_path, kafka_bootstrap, processor={"join_window": "1s", "state_ttl": "1h",
+                                                    "state_max_entries": 12})
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    world = sc.World()
+    first = sc.agent_run(world, now, mcp=False)
+    spans = world.take()
+    call_part = [s for s in spans if not s.name.startswith("execute_tool")]
+    action_part = [s for s in spans if s.name.startswith("execute_tool")]
+    for i in range(20):  # enough settled runs after it to push it past the cap
+        sc.agent_run(world, now + dt.timedelta(milliseconds=i + 1), mcp=False)
+    others = world.take()
+    try:
+        processor = env.start("processor")
+        env.start("collector")
+        env.wait_ready("processor")
+        env.wait_ready("collector")
+        sc.World.send(env.otlp_http, call_part)
+        wait_for(lambda: any(r["call_id"] == first["call_id"] for r in _audit(env, "model_call")),
+                 timeout=60, what="the first call's record")
+        sc.World.send(env.otlp_http, others)
+        total = 2 + 3 * 20  # entries: the first run's agent and call, then agent, call, action each
+
+        def evicted_but_the_cap():
+            g = _gauges(env)
+            return _sum(g, "nimtrail_processor_evicted_entries_total") >= total - 12 and g
+
+        wait_for(evicted_but_the_cap, timeout=90, interval=0.2, what="all but the cap evicted")
+        call_records = [r for r in _audit(env, "model_call") if r["call_id"] == first["call_id"]]
+
+        os.kill(processor.pid, signal.SIGKILL)
+        processor.wait()
+        env.start("processor")
+        env.wait_ready("processor")
+        restored = [int(n) for n in re.findall(r"Restored (\d+) join state entries", env.log("processor"))]
+        assert restored[-1] <= 12  # the first call is not among them
+        assert _gauges(env)["nimtrail_processor_forgotten_evidence"] > 0
+
+        sc.World.send(env.otlp_http, action_part)
+        action = wait_for(lambda: next((r for r in _audit(env, "tool_action")
+                                        if r["action_id"] == first["action_id"] and r["call_id"]), None),
+                          timeout=60, what="the late action, joined")
+        assert action["call_id"] == first["call_id"]
+        sc.World.send(env.otlp_http, call_part)  # re-delivered
+        wait_for(lambda: _sum(_gauges(env), "nimtrail_processor_ignored_late_evidence_total") >= len(call_part),
+                 timeout=60, what="the re-delivered spans ignored")
+        assert [r for r in _audit(env, "model_call") if r["call_id"] == first["call_id"]] == call_records
+        assert not [f for f in _audit(env, "finding") if f["kind"] == "unattributed_action"
+                    and first["action_id"] in f["subject_ids"]]
     finally:
         env.stop_all()
 
