@@ -27,6 +27,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
     broker.stop(data)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how to get the browser test when it was skipped, so that a green run on a machine
+    without Chromium does not read as "the app was tested in a browser"."""
+    for report in terminalreporter.stats.get("skipped", []):
+        if report.nodeid.split("::")[0].endswith("test_app_browser.py") and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            terminalreporter.write_sep("=", "browser test skipped", yellow=True)
+            terminalreporter.write_line(reason)
+            return
+
+
 @pytest.fixture
 def env(tmp_path: Path, kafka_bootstrap: str):
     """A fresh nimtrail world per test (unique topics, free ports); stages stopped after."""

@@ -35,10 +35,11 @@ SETTLED = """() => !document.querySelector('[data-testid="stStatusWidget"]')
   && [...document.querySelectorAll('[data-testid="stCode"]')].filter(c => c.checkVisibility()).every(c => c.innerText.trim().length > 0)
   && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].filter(c => c.checkVisibility()).every(c => c.querySelector('canvas, svg'))"""
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                                      "(apt-get install chromium; .ci/run does it); the "
-                                                      "browser is never downloaded")]
+# Said in the suite's summary when the test is skipped (tests/conftest.py).
+NO_BROWSER = ("the app's browser test needs Debian's Chromium, which is not installed: run "
+              "`sudo apt-get install chromium` (.ci/run does it), then `./dev test tests/test_app_browser.py`; "
+              "Playwright drives that browser and never downloads one")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not CHROMIUM, reason=NO_BROWSER)]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from nimtrail import api_client, config as config_mod
 from nimtrail.deployments import Identity, unknown_deployment
 from nimtrail.ops import StageMetrics
-from tests import app_world
+from tests import app_world, warehouse_data
 from tests.harness import REPO
 from warehouse.api import QueryApi
 from warehouse.store import Store
@@ -219,6 +219,57 @@ def test_the_incidents_trace_as_a_waterfall_and_its_agent_run_as_a_session(app, 
     unknown.query_params["trace_id"] = "0" * 32
     at = ok(unknown.switch_page(TRACE_PAGE).run())
     assert "No audited span has the trace id" in at.warning[0].value
+
+
+def _shows_links(frame) -> None:
+    """The table's "trace back" column is drawn as links (its values are checked as text)."""
+    kinds = {name: c.get("type_config", {}).get("type") for name, c in orjson.loads(frame.proto.columns).items()}
+    assert kinds.get("trace back") == "link", kinds
+
+
+def test_every_call_and_action_links_to_its_trace_back(app, world):
+    incident = world["incident"]
+    at = ok(app.switch_page(PAGES["calls"]).run())
+    ok(at.selectbox(key="calls_caller").select("oncall-bot").run())
+    calls, actions = at.dataframe[0], at.dataframe[1]
+    _shows_links(calls)
+    assert all(link == f"trace-back?call_id={c}" for c, link in zip(calls.value["call id"], calls.value["trace back"]))
+    _shows_links(actions)
+    row = actions.value[actions.value["action id"] == incident["action_id"]].iloc[0]
+    assert row["call id"] == incident["call_id"] and row["tool"] == "delete_records"
+    assert row["trace back"] == f"trace-back?action_id={incident['action_id']}"
+    assert 'url_path="trace-back"' in Path(MAIN).read_text()  # the page those links open
+    for kind in ("call_id", "action_id"):  # what the Trace back page does with such a link
+        linked = AppTest.from_file(MAIN, default_timeout=60)
+        linked.query_params[kind] = incident[kind]
+        at = ok(linked.run())
+        assert f"Found by {kind.replace('_', ' ')}" in text_of(at)
+        chain_shows_the_incident(at, incident)
+
+
+def test_who_called_what_opens_the_newest_settled_call(tmp_path, monkeypatch):
+    """A call still filling in (NIM's side seen, the client's not yet) is listed first but not
+    opened: the newest call that names its model and caller is."""
+    config = config_mod.load(None, env={"NIMTRAIL_DATA_DIR": str(tmp_path / "data")})
+    store = Store(config.warehouse_path)
+    half = {f: None for f in ("caller", "client_service", "model", "ended_at", "finish_reason")}
+    warehouse_data.write(store, "model_call", [
+        warehouse_data.call("chatcmpl-settled", started_at=warehouse_data.ago(minutes=3),
+                            observed_at=warehouse_data.ago(minutes=2)),
+        warehouse_data.call("chatcmpl-filling-in", started_at=warehouse_data.ago(minutes=1),
+                            observed_at=warehouse_data.ago(), signals=["log.nim"], **half),
+        warehouse_data.call("chatcmpl-older", started_at=warehouse_data.ago(minutes=10))])
+    server, url = _api(config, store)
+    try:
+        monkeypatch.setenv("NIMTRAIL_API", url)
+        at = ok(AppTest.from_file(MAIN, default_timeout=60).switch_page(PAGES["calls"]).run())
+        assert list(at.dataframe[0].value["call id"]) == ["chatcmpl-filling-in", "chatcmpl-settled", "chatcmpl-older"]
+        assert at.selectbox(key="calls_open").value == "chatcmpl-settled"
+        assert "alice (ops-agent) → meta/llama-3.1-8b-instruct" in at.selectbox(key="calls_open").format_func(
+            "chatcmpl-settled")
+    finally:
+        server.shutdown()
+        store.close()
 
 
 def _chart(at: AppTest) -> tuple[str, list[dict]]:
