@@ -23,7 +23,8 @@ DEFAULT_API = "http://127.0.0.1:8700"
 TIMEOUT = 60.0
 
 __all__ = ["ApiError", "api_url", "query", "actions", "trace", "trace_back", "trace_waterfall", "session", "calls",
-           "facets", "latency", "usage", "deployments", "findings", "holds", "retention_report", "verify",
+           "facets", "latency", "latency_changes", "gpu_metrics", "usage", "deployments", "findings", "holds",
+           "retention_report", "verify",
            "access_log", "export", "export_lookup", "person", "clear"]
 
 
@@ -132,6 +133,16 @@ def calls(**filters: Any) -> dict[str, Any]:
 
 def latency(**params: Any) -> dict[str, Any]:
     return query("latency", **params)
+
+
+def latency_changes(**params: Any) -> dict[str, Any]:
+    """Each deployment change with its calls' percentiles before and after."""
+    return query("latency-changes", **params)
+
+
+def gpu_metrics(**params: Any) -> dict[str, Any]:
+    """GPU utilisation, GPU memory and KV-cache usage over time, grouped like latency."""
+    return query("gpu-metrics", **params)
 
 
 def usage(**params: Any) -> dict[str, Any]:

@@ -56,11 +56,16 @@ def iso(value: dt.datetime) -> str:
     return timestamps.iso(value.astimezone(dt.timezone.utc))
 
 
-def time_window(key: str, default: str = "last 24 hours") -> tuple[str | None, str | None]:
+def time_window(key: str, default: str = "last 24 hours",
+                extra: dict[str, tuple[str | None, str | None]] | None = None) -> tuple[str | None, str | None]:
     """A time-window picker: (since, until) as ISO-8601 UTC, None for open ends. `since` is
-    rounded down to the minute so that reruns within a minute hit the cache."""
-    names = list(WINDOWS)
+    rounded down to the minute so that reruns within a minute hit the cache. `extra`: named
+    windows a page offers first (a page's own default, such as one around an event)."""
+    extra = extra or {}
+    names = [*extra, *WINDOWS]
     choice = st.selectbox("Time", names, index=names.index(default), key=f"{key}_window")
+    if choice in extra:
+        return extra[choice]
     now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
     if choice == "custom range":
         today = now.date()

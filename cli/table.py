@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """One value as table text: '-' for none, lists and mappings joined."""
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
-        return ",".join(_cell(v) for v in value)
+        return ",".join(cell(v) for v in value)
     if isinstance(value, dict):
-        return ",".join(f"{k}={_cell(v)}" for k, v in value.items())
+        return ",".join(f"{k}={cell(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -25,7 +26,7 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], max_width: in
         return "(no rows)"
     limits = [None if _is_identifier(c) else max_width for c in columns]
     cells = [[v if limit is None or len(v) <= limit else v[: limit - 1] + "…"
-              for v, limit in zip((_cell(r.get(c)) for c in columns), limits)] for r in rows]
+              for v, limit in zip((cell(r.get(c)) for c in columns), limits)] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
@@ -35,5 +36,5 @@ def render_record(title: str, record: dict[str, Any] | None, fields: Sequence[st
     if not record:
         return f"{title}: (none)"
     width = max(len(f) for f in fields)
-    body = "\n".join(f"  {f.ljust(width)}  {_cell(record.get(f))}" for f in fields)
+    body = "\n".join(f"  {f.ljust(width)}  {cell(record.get(f))}" for f in fields)
     return f"{title}:\n{body}"

@@ -50,8 +50,10 @@ class Emitter:
     def mcp_tracer(self, name: str):
         return self.telemetry.tracer(f"mcp:{name}", {"service.name": name, "service.namespace": "tools"})
 
-    def play(self, plan: RequestPlan, end_ns: int) -> dict[str, Any]:
-        """Emit the request so that it ends at `end_ns`; returns the ids it produced."""
+    def play(self, plan: RequestPlan, end_ns: int, logged_ns: int | None = None) -> dict[str, Any]:
+        """Emit the request so that it ends at `end_ns`, the NIM's log lines stamped
+        `logged_ns` (default `end_ns`: a log file only grows forward in time); returns the
+        ids it produced."""
         base = end_ns - plan.end
         client = plan.client
         tracer = self.client_tracer(client.service)
@@ -69,7 +71,8 @@ class Emitter:
             ids["trace_id"] = f"{agent.get_span_context().trace_id:032x}"
         for step in plan.steps:
             if isinstance(step, CallPlan):
-                ids["calls"].append(self._call(tracer, context, plan, step, base, end_ns))
+                ids["calls"].append(self._call(tracer, context, plan, step, base,
+                                               end_ns if logged_ns is None else logged_ns))
             else:
                 ids["actions"].append(self._tool(tracer, context, step, base))
         if agent is not None:

@@ -22,7 +22,7 @@ from simulator.telemetry import Telemetry
 
 KUBELET = "10.28.0.1"  # where readiness probes come from
 RESTART_SECONDS = 2.0  # how long a new pod answers 503 on /v1/health/ready
-
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 @dataclasses.dataclass
 class Pod:
@@ -35,6 +35,7 @@ class Pod:
     log: NimLog
     log_path: Path
     started: float  # monotonic
+    rolled_out_ns: int = 0  # when it went live (Unix ns): no request it serves began earlier
     served: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
@@ -95,7 +96,8 @@ class Deployment:
                   dcgm=DcgmMetrics(self.spec.gpu, self.gpu_uuids[:facts["gpu_count"]], self.hostname,
                                    self.spec.namespace, facts["pod"]),
                   log=NimLog(logfile, release.major, release.engine, self._r),
-                  log_path=log_path, started=time.monotonic())
+                  log_path=log_path, started=time.monotonic(),
+                  rolled_out_ns=(at - EPOCH) // dt.timedelta(microseconds=1) * 1000)
         pod.log.startup(at, model=self.spec.model, nim_release=release.nim_release,
                         profile_id=facts["profile_id"], profile_name=facts["profile_name"],
                         tags=manifests.profile_tags(self.spec, release), gpus=facts["gpu_count"],

@@ -224,10 +224,14 @@ class Simulation:
         deployment = self.fleet[client.deployment]
         release = manifests.revisions(deployment.spec)[deployment.pod.revision - 1][1]
         plan = self.planner.request(client, release, [sc.tool(t) for t in client.tools], deployment.spec.model)
-        self._play(plan)
+        self._play(plan, deployment)
 
-    def _play(self, plan) -> dict[str, Any]:
-        result = self.emitter.play(plan, self._event_ns)
+    def _play(self, plan, deployment: Deployment) -> dict[str, Any]:
+        # A request ends now, unless it would then have begun before the pod serving it
+        # went live (the first seconds after a rollout): its calls would be stamped before
+        # the revision existed, and be matched to the one before it, or to none.
+        end_ns = max(self._event_ns, deployment.pod.rolled_out_ns + plan.end)
+        result = self.emitter.play(plan, end_ns, logged_ns=self._event_ns)
         self.counts["requests"] += 1
         self.counts["model_calls"] += len(result["calls"])
         self.counts["tool_actions"] += len(result["actions"])
@@ -249,7 +253,7 @@ class Simulation:
         plan = self.planner.request(client, release, [], deployment.spec.model, user=inc.user, forced=tool,
                                     target=inc.target, arguments=inc.arguments, prompt=inc.prompt,
                                     policy_id=inc.policy_id or None, deployment_id=inc.deployment)
-        result = self._play(plan)
+        result = self._play(plan, deployment)
         call, action = result["calls"][0], result["actions"][0]
         # The spans must have left before anyone is told to look for them.
         self.telemetry.flush()

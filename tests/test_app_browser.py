@@ -5,6 +5,7 @@ and photographed (the screenshots are left in the test's directory)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import shutil
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from nimtrail import records, timestamps
 from tests import app_world
 from tests.harness import Env, http_ok, wait_for
+from warehouse.queries.common import rows
 from warehouse.store import Store
 
 CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else (shutil.which("chromium") or "")
@@ -47,6 +50,7 @@ def running_app(tmp_path: Path, kafka_bootstrap: str):
     env = Env(tmp_path, kafka_bootstrap)
     store = Store(env.config.warehouse_path)
     incident = app_world.seed(store, tmp_path / "sim")
+    busy_hour(store)
     store.close()  # the warehouse process owns the file from here on
     env.start("warehouse")
     env.wait_ready("warehouse")
@@ -61,6 +65,34 @@ def running_app(tmp_path: Path, kafka_bootstrap: str):
     wait_for(up, timeout=60, what="the app to serve")
     yield url, incident, tmp_path
     env.stop_all()
+
+
+def busy_hour(store: Store) -> None:
+    """Around the world's upgrade: two more deployments change at the same moment (their
+    markers would share one spot), and every deployment's GPUs are scraped every 15 s."""
+    con = store.reader()
+    upgrade, first, last = con.execute(
+        "SELECT (SELECT max(valid_from) FROM deployments WHERE version > 1), min(started_at), max(started_at) "
+        "FROM model_calls").fetchone()
+    latest = rows(con, "SELECT * EXCLUDE (row_hash) FROM deployments WHERE deployment_id IN "
+                       "('prod/mistral-7b', 'staging/qwen-2-5-7b')", [])
+    ids = [d[0] for d in con.execute("SELECT DISTINCT deployment_id FROM deployments").fetchall()]
+    con.close()
+    changed = [records.new("deployment", **{**{k: v for k, v in row.items() if v is not None},
+                                          "version": 2, "valid_from": timestamps.iso(upgrade),
+                                          "purpose": "reviewed again"}) for row in latest]
+    samples = []
+    t, n = first - dt.timedelta(seconds=30), 0
+    while t <= last + dt.timedelta(seconds=30):
+        for i, deployment_id in enumerate(ids):
+            for metric, value in (("DCGM_FI_DEV_GPU_UTIL", 30 + 10 * i + n % 7), ("DCGM_FI_DEV_FB_USED", 60000 + 1000 * i),
+                                  ("vllm:kv_cache_usage_perc", 0.1 + 0.02 * i)):
+                n += 1
+                samples.append(records.new("metric_sample", sample_id=f"s{n}", ts=timestamps.iso(t),
+                                           deployment_id=deployment_id, metric=metric, labels={"gpu": "0"},
+                                           value=float(value), buckets=None, version=1, observed_at=timestamps.iso(t)))
+        t += dt.timedelta(seconds=15)
+    store.write(store.frames({"deployment": changed, "metric_sample": samples}), [])
 
 
 def settle(page) -> None:
@@ -132,7 +164,7 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
                 if path == "latency":
                     main.get_by_role("combobox", name="Time").click()
                     page.get_by_role("option", name="last 15 minutes").click()
-                    expect(main.get_by_text("10s buckets")).to_be_attached()
+                    expect(main.get_by_text("10s buckets").first).to_be_attached()
                     expect(main.get_by_text(last).first).to_be_visible()
                     expect(main.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
                 if path == "compliance":
@@ -156,8 +188,67 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
                     main.get_by_role("link", name="Open in Trace back").click()
                     expect(main.get_by_text("Found by call id")).to_be_visible()
                     expect(main.get_by_role("heading", name="Trace back")).to_be_visible()
+            latency_page_as_an_sre_reads_it(browser, url, shots)
         finally:
             browser.close()
     assert sorted(p.name for p in shots.iterdir()) == sorted(
         ["trace-back-recent.png", "trace-back-incident.png", "trace.png", *(f"{p[0]}.png" for p in PAGES),
-         "compliance-ledger.png", "compliance-export.png"])
+         "compliance-ledger.png", "compliance-export.png", "latency-1400.png",
+         "latency-1400-changes.png", "latency-1400-gpus.png"])
+
+
+# A time axis label: 24-hour clock, optionally after a day and month.
+AXIS_LABEL = re.compile(r"^(?:\d\d [A-Z][a-z]{2} )?([01]\d|2[0-3]):[0-5]\d(?::[0-5]\d)?$")
+CHANGE_LABEL = "g.mark-text text[fill='#d62728']"
+
+
+def latency_page_as_an_sre_reads_it(browser, url: str, shots: Path) -> None:
+    """At 1400 px in a browser whose zone is not UTC: the default window frames the latest
+    change, the axis reads UTC on a 24-hour clock, change labels do not overlap, the change
+    in percent is on screen without scrolling sideways, and the GPUs' metrics are drawn."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, timezone_id="America/Los_Angeles")
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{url}/latency")
+        main = page.get_by_role("main")
+        expect(main.get_by_text("At each deployment change")).to_be_visible()
+        expect(main.get_by_text("What the GPUs were doing")).to_be_visible()
+        settle(page)
+        page.screenshot(path=str(shots / "latency-1400.png"), full_page=True)
+
+        chart = main.locator("[data-testid='stVegaLiteChart']").first
+        labels = [t.strip() for t in chart.locator("g.role-axis-label text").all_text_contents() if t.strip()]
+        times = [t for t in labels if ":" in t]
+        assert times and all(AXIS_LABEL.match(t) for t in times), labels
+        # The labels are the UTC hours of the data (the browser's own zone is 7 or 8 hours off).
+        shown_hours = {int(AXIS_LABEL.match(t).group(1)) for t in times}
+        now = dt.datetime.now(dt.timezone.utc)
+        utc_hours = {(now - dt.timedelta(hours=h)).hour for h in (-1, 0, 1, 2)}
+        assert shown_hours <= utc_hours, (shown_hours, utc_hours)
+
+        boxes = [b for b in (t.bounding_box() for t in chart.locator(CHANGE_LABEL).all()) if b]
+        assert len(boxes) >= 3, "the upgrade and the two changes at the same moment"
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                apart = (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                         or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+                assert apart, f"change labels overlap: {a} {b}"
+
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        after = main.locator("[data-testid='stMetric']", has_text="p95 after").first
+        delta = after.locator("[data-testid='stMetricDelta']")
+        expect(delta).to_contain_text("%")
+        for element in (after, delta):
+            box = element.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 1400, box
+        after.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "latency-1400-changes.png"))
+        for title in ("GPU utilisation", "GPU memory used", "KV-cache usage"):
+            expect(main.locator("[data-testid='stVegaLiteChart'] svg text", has_text=title).first).to_be_attached()
+        main.locator("[data-testid='stVegaLiteChart']").last.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "latency-1400-gpus.png"))
+        assert "Traceback" not in main.inner_text()
+    finally:
+        page.close()

@@ -292,11 +292,12 @@ def test_latency_by_gpu_profile_marks_the_upgrade(app):
     for profile in ("H100 · vllm-bf16-tp1-pp1", "A100 · vllm-fp16-tp2-pp1", "L40S · sglang-fp8-tp1-pp1",
                     "H100 · tensorrt_llm-h100-fp8-tp4-pp1-throughput"):
         assert profile in text
-    change = at.dataframe[-1].value
-    row = change[change["deployment"] == "prod/llama-3-3-70b"].iloc[0]
-    assert row["versions"] == "v1 → v2" and row["profile after"] == "tensorrt_llm-h100-fp8-tp4-pp1-latency"
-    before, after = row["TTFT p95 before (ms)"], row["TTFT p95 after (ms)"]
-    assert after > before  # the simulated regression (median TTFT 120 → 165 ms)
+    # The upgrade's card: what changed, and p50/p95/p99 after it against before, in percent.
+    assert "prod/llama-3-3-70b v1 → v2" in text
+    assert "tensorrt_llm-h100-fp8-tp4-pp1-throughput → tensorrt_llm-h100-fp8-tp4-pp1-latency" in text
+    p95 = next(m for m in at.metric if m.label == "TTFT p95 after")
+    assert p95.value.endswith(" ms") and "(was " in p95.delta
+    assert p95.delta.startswith("+")  # the simulated regression (median TTFT 120 → 165 ms)
 
     # In 10-second buckets the new profile's line starts where the upgrade is marked.
     ok(at.selectbox(key="lat_window").select("last 15 minutes").run())

@@ -102,6 +102,28 @@ def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tm
     # Findings are judged once the incident's records settle (the demo's join window).
     wait_for(lambda: "ungated_action" in kinds(), 120, interval=2, what="the incident's findings")
 
+    # The 70B's upgrade, with its calls' latency before and after; no call of the fleet is
+    # left without its deployment (none is stamped before the revision serving it went live).
+    def upgrade() -> dict | None:
+        changes = orjson.loads(nimtrail("latency", "--changes", "--json", "--config", str(config)).stdout)["rows"]
+        found = [c for c in changes if c["deployment_id"] == "prod/llama-3-3-70b"]
+        return found[0] if found and found[0]["calls_after"] and found[0]["calls_before"] else None
+
+    change = wait_for(upgrade, 180, interval=3, what="calls on both sides of the 70B upgrade")
+    assert (change["from_version"], change["to_version"]) == (1, 2)
+    assert change["before"]["profile_name"] != change["after"]["profile_name"]
+    assert change["ttft_ms_p95_before"] and change["ttft_ms_p95_after"]
+    assert change["ttft_ms_p95_change_pct"] == round(
+        100 * (change["ttft_ms_p95_after"] - change["ttft_ms_p95_before"]) / change["ttft_ms_p95_before"], 1)
+    shown = nimtrail("latency", "--changes", "--config", str(config)).stdout
+    assert "prod/llama-3-3-70b" in shown and "v1 -> v2" in shown and "p95 change" in shown
+
+    def unmatched() -> list:
+        by_version = orjson.loads(nimtrail("latency", "--by", "deployment", "--json", "--config", str(config)).stdout)
+        return [r for r in by_version["rows"] if not r["deployment_id"]]
+
+    wait_for(lambda: not unmatched(), 60, interval=3, what="every call matched to its deployment")
+
     # The governance commands talk to the bundled broker themselves.
     registered = nimtrail("deployments", "register", str(FIXTURES / "llama-values.yaml"),
                           "--deployment", "test/llama", "--config", str(config))

@@ -3,6 +3,7 @@ the GenAI and MCP conventions and vLLM define, and how trace context travels."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from opentelemetry.trace import SpanKind
 
 import simulator
 from simulator import scenario as scenario_mod
+from simulator.fleet import EPOCH
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +142,19 @@ def test_spans_can_go_over_otlp_grpc(tmp_path):
                             tool_call_ids.add(a.value.string_value)
     assert {"ops-agent", "llama-3-1-8b", "db-admin-mcp"} <= services
     assert sim.incident["tool_call_id"] in tool_call_ids
+
+
+
+def test_no_request_begins_before_the_pod_serving_it_went_live(spans):
+    """A call stamped before its revision rolled out would be matched, as of its start, to
+    the revision before it (or to none): the first seconds after each rollout included."""
+    sim, finished = spans
+    went_live = {r["pod"]: dt.datetime.fromisoformat(r["rolled_out_at"].replace("Z", "+00:00"))
+                 for dep in sim.fleet.values() for r in dep.rollouts}
+    served = [s for s in finished if s.name == "llm_request"]
+    for span in served:
+        started = EPOCH + dt.timedelta(microseconds=span.start_time // 1000)
+        assert started >= went_live[span.resource.attributes["k8s.pod.name"]], span.attributes["gen_ai.request.id"]
+    # Both revisions of the upgraded deployment served requests.
+    upgraded = {r["pod"] for r in sim.fleet["prod/llama-3-3-70b"].rollouts}
+    assert len(upgraded) == 2 and upgraded <= {s.resource.attributes["k8s.pod.name"] for s in served}

@@ -24,8 +24,10 @@ from warehouse.params import BadParameter, Params
 from warehouse.queries.actions import ACTIONS_PARAMS, FACETS_PARAMS, actions, facets
 from warehouse.queries.calls import CALLS_PARAMS, TRACE_BACK_PARAMS, calls, trace_back
 from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, time_range, where_sql
+from warehouse.queries.gpu_metrics import GPU_METRICS_PARAMS, gpu_metrics
 from warehouse.queries.governance import DEPLOYMENTS_PARAMS, FINDINGS_PARAMS, deployments, findings
 from warehouse.queries.latency import LATENCY_PARAMS, latency
+from warehouse.queries.latency_changes import LATENCY_CHANGES_PARAMS, latency_changes
 from warehouse.queries.usage import USAGE_PARAMS, usage
 from warehouse.queries.traces import SESSION_PARAMS, TRACE_PARAMS, session, trace
 from warehouse.rollback import Freshness
@@ -166,6 +168,8 @@ _ALL = (
     Operation("query", "session", frozenset(SESSION_PARAMS), ANY_ROLE, _q(session)),
     Operation("query", "facets", frozenset(FACETS_PARAMS), ANY_ROLE, _q(facets)),
     Operation("query", "latency", frozenset(LATENCY_PARAMS), ANY_ROLE, _q(latency)),
+    Operation("query", "latency-changes", frozenset(LATENCY_CHANGES_PARAMS), ANY_ROLE, _q(latency_changes)),
+    Operation("query", "gpu-metrics", frozenset(GPU_METRICS_PARAMS), ANY_ROLE, _q(gpu_metrics)),
     Operation("query", "usage", frozenset(USAGE_PARAMS), ANY_ROLE, _q(usage)),
     Operation("query", "deployments", frozenset(DEPLOYMENTS_PARAMS), ANY_ROLE, _q(deployments)),
     Operation("query", "findings", frozenset(FINDINGS_PARAMS), ANY_ROLE, _q(findings)),

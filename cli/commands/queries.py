@@ -68,11 +68,49 @@ def _fmt(value: object) -> object:
     return round(value, 1) if isinstance(value, float) else value
 
 
+CHANGE_COLUMNS = ["changed_at", "deployment_id", "versions", "profile", "image", "calls"]
+
+
+def _latency_filters(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"since": args.since, "until": args.until, "deployment_id": args.deployment, "model": args.model,
+            "gpu_type": args.gpu_type, "profile_name": args.profile, "source": args.source,
+            "precision": args.precision}
+
+
+def _was_is(before: object, after: object) -> str:
+    return table.cell(after) if before == after else f"{table.cell(before)} -> {table.cell(after)}"
+
+
+def cmd_latency_changes(args: argparse.Namespace) -> int:
+    """Each deployment change with p50/p95/p99 before and after it, and the change in %."""
+    result = query(args, "latency-changes", _latency_filters(args))
+    if args.json:
+        print_json(result)
+        return 0
+    rows = []
+    for r in result["rows"]:
+        before, after = r["before"], r["after"]
+        row = {"changed_at": r["changed_at"], "deployment_id": r["deployment_id"],
+               "versions": f"v{r['from_version']} -> v{r['to_version']}",
+               "profile": _was_is(before["profile_name"], after["profile_name"]),
+               "image": _was_is((before["nim_image"] or "").rpartition(":")[2],
+                                (after["nim_image"] or "").rpartition(":")[2]),
+               "calls": f"{r['calls_before']} -> {r['calls_after']}"}
+        for q in ("p50", "p95", "p99"):
+            was, now, pct = (r.get(f"{args.metric}_{q}_{k}") for k in ("before", "after", "change_pct"))
+            row[q] = f"{table.cell(_fmt(was))} -> {table.cell(_fmt(now))}"
+            row[f"{q} change"] = "-" if pct is None else f"{pct:+.1f}%"
+        rows.append(row)
+    columns = CHANGE_COLUMNS + [c for q in ("p50", "p95", "p99") for c in (q, f"{q} change")]
+    print(table.render(rows, columns, max_width=60))
+    print(f"({args.metric} in milliseconds: calls on the old version -> calls on the new one, within the range)")
+    return 0
+
+
 def cmd_latency(args: argparse.Namespace) -> int:
-    result = query(args, "latency", {
-        "by": args.by, "bucket": args.bucket, "since": args.since, "until": args.until,
-        "deployment_id": args.deployment, "model": args.model, "gpu_type": args.gpu_type,
-        "profile_name": args.profile, "source": args.source, "precision": args.precision})
+    if args.changes:
+        return cmd_latency_changes(args)
+    result = query(args, "latency", {"by": args.by, "bucket": args.bucket, **_latency_filters(args)})
     if args.json:
         print_json(result)
         return 0
@@ -159,6 +197,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="auto: estimate from the calls' histograms when the range holds over a million calls")
     for flag in ("since", "until", "deployment", "model", "gpu-type", "profile"):
         lat.add_argument(f"--{flag}")
+    lat.add_argument("--changes", action="store_true",
+                     help="each deployment change: p50/p95/p99 before and after it, and the change in %%")
+    lat.add_argument("--metric", choices=["ttft_ms", "e2e_ms", "queue_ms"], default="ttft_ms",
+                     help="the latency --changes shows in its table (--json has all three)")
     lat.add_argument("--json", action="store_true")
     lat.set_defaults(func=cmd_latency)
 

@@ -53,6 +53,9 @@ FILTERS = {"deployment_id": ("c.deployment_id", "s.deployment_id"),
            "model": ("c.model", "coalesce(d.model_id, s.labels->>'model_name')"),
            "gpu_type": ("d.gpu_type", "d.gpu_type"),
            "profile_name": ("d.profile_name", "d.profile_name")}
+# Each metric sample with the deployment version in force when it was taken (`d`).
+SAMPLES_AS_OF = ("FROM metric_samples s ASOF LEFT JOIN deployments d "
+                 "ON s.deployment_id = d.deployment_id AND s.ts >= d.valid_from")
 LATENCY_PARAMS = {"by", "bucket", "since", "until", "source", "precision", *FILTERS}
 
 
@@ -160,8 +163,7 @@ def _from_histograms(con, params: Params, sample_cols: dict[str, str], interval:
         SELECT {", ".join(select)}, s.deployment_id AS _dep, s.metric AS _metric,
                CAST(s.labels AS VARCHAR) AS _labels, s.ts AS _ts, CAST(s.buckets AS VARCHAR) AS _buckets,
                regexp_replace(regexp_replace(s.metric, '^[A-Za-z_]+:', ''), '_bucket$', '') AS _base
-        FROM metric_samples s
-        ASOF LEFT JOIN deployments d ON s.deployment_id = d.deployment_id AND s.ts >= d.valid_from
+        {SAMPLES_AS_OF}
         {where_sql(where)}
         ORDER BY _dep, _metric, _labels, _ts""", head + args)
     names = [d[0] for d in cursor.description]
