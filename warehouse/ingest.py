@@ -18,6 +18,7 @@ import polars as pl
 
 from nimtrail import kafka_io, records
 from nimtrail.config import Config
+from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
 from warehouse.events import MessageRejected, RowsWritten
@@ -151,8 +152,16 @@ class Ingest:
         polled = self.consumer.poll(timeout_ms=timeout_ms)
         if not polled:
             return 0
-        return self.writer.write([(tp.topic, tp.partition, m.offset, m.value)
-                                  for tp, messages in polled.items() for m in messages])
+        try:
+            return self.writer.write([(tp.topic, tp.partition, m.offset, m.value)
+                                      for tp, messages in polled.items() for m in messages])
+        except duckdb.OutOfMemoryException as e:
+            # Not the messages' fault (Kafka keeps them; a restart resumes at the stored
+            # offsets): the store outgrew warehouse.memory_limit. Say so, not a traceback.
+            raise PermanentError(
+                f"DuckDB ran out of warehouse.memory_limit while writing ({e}). The store's "
+                "primary-key indexes take about 100 bytes per stored row: raise "
+                "warehouse.memory_limit, or keep fewer rows (retention)") from e
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
