@@ -26,10 +26,10 @@ import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from nimtrail.config import ListenerConfig
-from nimtrail.ops import Event, StageMetrics
+from nimtrail.ops import Event, StageMetrics, health_response
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +177,20 @@ class Listener(ThreadingHTTPServer):
             except OSError:
                 pass  # it went away, or its buffer is full: closing says enough
         self.shutdown_request(request)
+
+
+def serve_ops(address: tuple[str, int], metrics: StageMetrics, healthy: Callable[[], bool],
+              limits: ListenerConfig | None = None) -> Listener:
+    """Start a small HTTP server with only /healthz and /metrics, for stages without an API."""
+    class Handler(LimitedHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            answer = health_response(self.path.split("?")[0], metrics, healthy)
+            status, ctype, body = answer or (404, "text/plain", b"not found\n")
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = Listener(address, Handler, limits or ListenerConfig(), metrics)
+    return server.serve_in_thread(f"{metrics.stage}-ops")

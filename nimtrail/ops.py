@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-
-if TYPE_CHECKING:
-    from nimtrail.config import ListenerConfig
-    from nimtrail.http_listener import Listener
 
 
 class StageMetrics:
@@ -76,24 +72,3 @@ def health_response(path: str, metrics: StageMetrics,
     if path == "/metrics":
         return 200, CONTENT_TYPE_LATEST, metrics.exposition()
     return None
-
-
-def serve_ops(address: tuple[str, int], metrics: StageMetrics, healthy: Callable[[], bool],
-              limits: "ListenerConfig | None" = None) -> "Listener":
-    """Start a small HTTP server with only /healthz and /metrics, for stages without an API."""
-    # Imported here: the listener counts its closes with this module's Event.
-    from nimtrail.config import ListenerConfig
-    from nimtrail.http_listener import LimitedHandler, Listener
-
-    class Handler(LimitedHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            answer = health_response(self.path.split("?")[0], metrics, healthy)
-            status, ctype, body = answer or (404, "text/plain", b"not found\n")
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = Listener(address, Handler, limits or ListenerConfig(), metrics)
-    return server.serve_in_thread(f"{metrics.stage}-ops")

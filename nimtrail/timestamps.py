@@ -11,6 +11,7 @@ Formatting is memoised per second: a batch of spans or log lines shares a few se
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 
 FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 POLARS_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # the same text, written by polars' `dt.strftime`
@@ -52,3 +53,24 @@ def iso_from_seconds(seconds: float) -> str:
 
 def now_iso() -> str:
     return iso(_dt.datetime.now(_UTC))
+
+
+def seconds(text: object) -> float | None:
+    """nimtrail's time text as Unix seconds; None for anything else. Cheap on the hot
+    path: the minute is parsed once per distinct minute, the seconds as a float."""
+    if not isinstance(text, str) or len(text) < 20:
+        return None
+    minute = _minute(text[:16])
+    try:
+        return None if minute is None else minute + float(text[17:].rstrip("Z"))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute(text: str) -> float | None:
+    """`YYYY-MM-DDTHH:MM` as Unix seconds (cached: evidence arriving together shares it)."""
+    try:
+        return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=_UTC).timestamp()
+    except ValueError:
+        return None

@@ -19,14 +19,14 @@ Dependencies, and what each version counts:
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable, Mapping, Protocol
 
 from nimtrail import records
 from processors import evidence as ev, policy, traces
+from processors.deployments import Registry
+from processors.entry import Entry
 from processors.evidence import Evidence
-
-if TYPE_CHECKING:
-    from processors.join import Entry, Joiner
+from processors.forgotten import Forgotten
 
 # Lower rank wins. Client spans know the caller and the tool calls; NIM knows the timings.
 _CALL_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1, ev.LOG_GATEWAY: 2, ev.LOG_NIM: 3, ev.LOG_ACCESS: 4}
@@ -105,24 +105,35 @@ class Built:
         return policy.action_findings(self.record, self.call, self.deployment, self.aliases)
 
 
+class JoinState(Protocol):
+    """What building a record reads of the join state, and nothing more: the joiner
+    (processors/join.py) provides it; the builder never changes it."""
+    entries: Mapping[str, Entry]
+    registry: Registry
+    traces: traces.TraceIndex
+    calls_by_tool_call: Mapping[str, set[str]]  # tool-call id -> the call entries listing it
+    calls_by_nim_parent: Mapping[str, set[str]]  # client span id -> the NIM call entries under it
+    forgotten: Forgotten
+
+
 class Builder:
-    def __init__(self, joiner: "Joiner", address_map: AddressMap):
-        self.j = joiner
+    def __init__(self, state: JoinState, address_map: AddressMap):
+        self.state = state
         self.address_map = address_map
         self.cache: dict[str, Built] = {}
 
     # -- model calls ------------------------------------------------------------------
 
-    def call_evidence(self, entry: "Entry") -> list[Evidence]:
+    def call_evidence(self, entry: Entry) -> list[Evidence]:
         items = list(entry.evidence.values())
         for item in entry.evidence.values():
             if item.source == ev.SPAN_NIM and item.fields.get("parent_span_id"):
-                orphan = self.j.entries.get(f"{ev.CALL_SPAN}|{item.fields['parent_span_id']}")
+                orphan = self.state.entries.get(f"{ev.CALL_SPAN}|{item.fields['parent_span_id']}")
                 if orphan is not None:
                     items.extend(orphan.evidence.values())
         return items
 
-    def call(self, entry: "Entry", call_id: str | None = None) -> Built:
+    def call(self, entry: Entry, call_id: str | None = None) -> Built:
         if entry.id in self.cache:
             return self.cache[entry.id]
         items = self.call_evidence(entry) if entry.kind == ev.MODEL_CALL else list(entry.evidence.values())
@@ -136,17 +147,17 @@ class Builder:
             identities.update(item.fields.get("identities") or ())
         # As of the call's start, by the one registry's rule; the version counts every
         # deployment version these identities point at, so it grows when the match may change.
-        deployment_id, version = self.j.registry.match(identities, record["started_at"]) or (None, None)
-        weight = self.j.registry.weight(identities)
+        deployment_id, version = self.state.registry.match(identities, record["started_at"]) or (None, None)
+        weight = self.state.registry.weight(identities)
         record["deployment_id"], record["deployment_version"] = deployment_id, version
         agent_caller = None
         for item in ordered:
             if item.source != ev.SPAN_CLIENT or not item.fields.get("trace_id"):
                 continue
-            node = self.j.traces.nodes(item.fields["trace_id"]).get(item.fields["span_id"])
+            node = self.state.traces.nodes(item.fields["trace_id"]).get(item.fields["span_id"])
             if node is None:
                 continue
-            agents, w = self.j.traces.agents_for(item.fields["trace_id"], node)
+            agents, w = self.state.traces.agents_for(item.fields["trace_id"], node)
             weight += w
             if agent_caller is None:
                 agent_caller = next((a.fields.get("caller") for a in agents if a.fields.get("caller")), None)
@@ -156,7 +167,7 @@ class Builder:
                             or _value(ordered, "caller", (ev.LOG_GATEWAY,))
                             or self.address_map.lookup(record["client_address"]))
         record["version"] = len(items) + weight
-        built = Built("model_call", record, self.j.registry.get(deployment_id, version))
+        built = Built("model_call", record, self.state.registry.get(deployment_id, version))
         self.cache[entry.id] = built
         return built
 
@@ -169,7 +180,7 @@ class Builder:
         Where the known path breaks: for a server span, the client span of the same
         session and JSON-RPC id; else the execute_tool of the trace with the same tool
         call id; else the innermost execute_tool of the same tool containing it in time."""
-        t = self.j.traces
+        t = self.state.traces
         path = t.path(trace_id, node)
         for ancestor in path:
             if ancestor.role == traces.ACTION:
@@ -194,18 +205,18 @@ class Builder:
         containing = t.innermost([a for a in actions if a.fields.get("tool_name") == tool], node)
         return containing.entry if containing else None
 
-    def action(self, entry: "Entry") -> Built:
+    def action(self, entry: Entry) -> Built:
         if entry.id in self.cache:
             return self.cache[entry.id]
         own = list(entry.evidence.values())
         first = min(own, key=lambda e: e.evidence_id)
-        trace_id, t = first.fields.get("trace_id") or "", self.j.traces
+        trace_id, t = first.fields.get("trace_id") or "", self.state.traces
         weight = 0
         items = list(own)
         for m in t.with_role(trace_id, traces.MCP_CLIENT) + t.with_role(trace_id, traces.MCP_SERVER):
             weight += 1 + len(t.path(trace_id, m))
             if m.entry != entry.id and self.mcp_owner(trace_id, m) == entry.id:
-                items.extend(self.j.entries[m.entry].evidence.values())
+                items.extend(self.state.entries[m.entry].evidence.values())
         weight += t.role_count(trace_id, traces.ACTION)
         ordered = _ordered(items, _ACTION_RANK)
         server_first = sorted(ordered, key=lambda e: e.source != ev.SPAN_MCP_SERVER)
@@ -229,7 +240,7 @@ class Builder:
     def _link(self, action: dict[str, Any], trace_id: str) -> tuple[Built | None, int]:
         """The model call an action followed: by tool_call_id, else the latest call in the
         same trace that ended before the action started and asked for this tool."""
-        j = self.j
+        j = self.state
         by_id = sorted(j.calls_by_tool_call.get(action["tool_call_id"] or "", ()))
         in_trace = sorted(k for k in j.traces.entries(trace_id) if k.startswith(ev.MODEL_CALL + "|"))
         weight = 0
@@ -260,7 +271,7 @@ class Builder:
 
     # -- spans that become records only when nothing claims them -----------------------
 
-    def standalone_mcp(self, entry: "Entry") -> Built | None:
+    def standalone_mcp(self, entry: Entry) -> Built | None:
         """An MCP tools/call span that no execute_tool claims is the tool action itself:
         the conventions make the MCP client span an execute_tool span, and an agent that
         calls MCP servers directly emits no other. Its action is emitted only once no
@@ -270,7 +281,7 @@ class Builder:
         span never came, once its join window has passed."""
         item = next(iter(entry.evidence.values()))
         trace_id = item.fields.get("trace_id") or ""
-        t = self.j.traces
+        t = self.state.traces
         node = t.nodes(trace_id).get(item.fields.get("span_id") or "")
         if node is None:
             return None
@@ -280,10 +291,10 @@ class Builder:
             return None
         return self.action(entry)
 
-    def standalone_call(self, entry: "Entry") -> Built | None:
+    def standalone_call(self, entry: Entry) -> Built | None:
         """A client inference span without a response id, once settled and claimed by no
         NIM span, is a model call of its own, keyed by its span."""
         span_id = entry.key
-        if self.j.calls_by_nim_parent.get(span_id):
+        if self.state.calls_by_nim_parent.get(span_id):
             return None
         return self.call(entry, call_id=f"span-{span_id}")

@@ -10,7 +10,7 @@ import logging
 import threading
 
 from nimtrail.config import Config
-from nimtrail.ops import serve_ops
+from nimtrail.http_listener import serve_ops
 from processors.loop import Interrupted, Processor
 
 log = logging.getLogger(__name__)

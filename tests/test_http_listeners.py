@@ -23,7 +23,8 @@ from collector import tls
 from collector.http_server import HttpServer
 from nimtrail import config as config_mod
 from nimtrail.config import Duration, ListenerConfig, TlsConfig
-from nimtrail.ops import StageMetrics, serve_ops
+from nimtrail.http_listener import serve_ops
+from nimtrail.ops import StageMetrics
 from tests.collector_support import metric, running
 from tests.harness import Env, wait_for
 from tests.tls_support import make_pki
