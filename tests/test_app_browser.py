@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nimtrail import records, timestamps
+from nimtrail import api_client, records, timestamps
 from tests import app_world
 from tests.harness import Env, http_ok, wait_for
 from warehouse.queries.common import rows
@@ -63,6 +63,10 @@ def running_app(tmp_path: Path, kafka_bootstrap: str):
         return http_ok(f"{url}/_stcore/health")
 
     wait_for(up, timeout=60, what="the app to serve")
+    # The incident's agent run, for its session page (the agent's span id names the run).
+    trace_id = api_client.query(env.api, "trace-back", {"call_id": incident["call_id"]})["call"]["trace_id"]
+    spans = api_client.query(env.api, "trace", {"trace_id": trace_id})["rows"]
+    incident = {**incident, "agent_span_id": next(s["span_id"] for s in spans if s.get("role") == "agent")}
     yield url, incident, tmp_path
     env.stop_all()
 
@@ -157,6 +161,18 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
             assert "trace_id=" in page.url
             shoot(page, shots / "trace.png")
 
+            # The incident's agent run, step by step, as its session.
+            page.goto(f"{url}/session?session_id={incident['agent_span_id']}")
+            expect(main.get_by_role("heading", name="Session", exact=True)).to_be_visible()
+            expect(main.get_by_text(re.compile(r"\d+ steps")).first).to_be_visible()
+            settle(page)
+            steps = main.locator("[data-testid='stDataFrame']").first
+            expect(steps).to_be_visible()
+            assert "Traceback" not in main.inner_text()
+            shoot(page, shots / "session.png")
+            page.goto(url)  # back to the app's own navigation (a deep link opens the bare page)
+            expect(main.get_by_role("heading", name="Trace back")).to_be_visible()
+
             for path, title, last in PAGES:
                 page.get_by_role("link", name=title).click()
                 expect(main.get_by_role("heading", name=title)).to_be_visible()
@@ -192,7 +208,8 @@ def test_incident_traced_back_in_a_browser_and_every_page_opens(running_app):
         finally:
             browser.close()
     assert sorted(p.name for p in shots.iterdir()) == sorted(
-        ["trace-back-recent.png", "trace-back-incident.png", "trace.png", *(f"{p[0]}.png" for p in PAGES),
+        ["trace-back-recent.png", "trace-back-incident.png", "trace.png", "session.png",
+         *(f"{p[0]}.png" for p in PAGES),
          "compliance-ledger.png", "compliance-export.png", "latency-1400.png",
          "latency-1400-changes.png", "latency-1400-gpus.png"])
 
