@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 # produced once. Forgetting (or a restart) only produces one again, which the warehouse
 # absorbs: its id and version are the same.
 REPORTED_FINDINGS_KEPT = 4096
+# The latest observation of each NIM and what it was judged to be. A registration often
+# comes after the NIM it describes started (an operator registers what is deployed; a
+# rollout is registered once it is done), so each new deployment version judges these
+# again: a finding it no longer supports is produced once more, resolved.
+OBSERVATIONS_KEPT = 1024
 
 
 @dataclasses.dataclass
@@ -58,6 +63,7 @@ class Pipeline:
         self._out = Outputs()
         self._evidence_counts: dict[str, int] = defaultdict(int)
         self._reported: OrderedDict[str, None] = OrderedDict()
+        self._judged: OrderedDict[tuple, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = OrderedDict()
 
     def handle(self, kind: str, value: bytes, now: float, source: str = "",
                received: float | None = None) -> None:
@@ -119,8 +125,16 @@ class Pipeline:
             log.exception("Checking an observation from %s failed", source)
             self._out.rejected.append((source, value, PermanentError("checker_error", f"{type(e).__name__}: {e}")))
             return
+        key = (observation.get("endpoint"), observation.get("deployment"), observation.get("source"))
+        self._judged[key] = (observation, {f["finding_id"]: f for f in findings})
+        self._judged.move_to_end(key)
+        if len(self._judged) > OBSERVATIONS_KEPT:
+            self._judged.popitem(last=False)
+        self._emit(findings)
+
+    def _emit(self, findings: list[dict[str, Any]], status: str = "open") -> None:
         for finding in findings:
-            if finding["finding_id"] in self._reported:
+            if status == "open" and finding["finding_id"] in self._reported:
                 self._reported.move_to_end(finding["finding_id"])
                 continue
             self._reported[finding["finding_id"]] = None
@@ -129,8 +143,22 @@ class Pipeline:
             finding["observed_at"] = None  # stamped: when the pipeline saw it
             clock.stamp([finding])
             self._out.records["finding"].append(finding)
-            FindingRaised(kind=finding["kind"], status="open",
+            FindingRaised(kind=finding["kind"], status=status,
                           subject=",".join(finding["subject_ids"])).emit(self.metrics, log)
+
+    def _rejudge(self) -> None:
+        """Judge the kept observations again after a new deployment version arrived."""
+        for key, (observation, earlier) in list(self._judged.items()):
+            try:
+                found = {f["finding_id"]: f for f in check_observation(self.joiner.registry, observation)}
+            except Exception:  # noqa: BLE001 - it was judged before; a failure then was reported then
+                continue
+            self._emit([f for fid, f in found.items() if fid not in earlier])
+            self._emit([{**f, "version": (f.get("version") or 1) + 1,
+                         "detail": {**f["detail"], "status": "resolved",
+                                    "resolved_by": "a deployment version registered later covers it"}}
+                        for fid, f in earlier.items() if fid not in found], status="resolved")
+            self._judged[key] = (observation, found)
 
     def _place(self, identities: list[str], items: list[dict[str, Any]]) -> None:
         """Samples and observations that came with identities but no deployment (OTLP
@@ -152,6 +180,7 @@ class Pipeline:
                 if self.joiner.add_deployment(record, mark=passthrough):
                     DeploymentRegistered(deployment=record["deployment_id"],
                                          version=record["version"]).emit(self.metrics, log)
+                    self._rejudge()
         except PermanentError as e:
             if passthrough:  # else it went to the dead-letter topic before the restart
                 self._out.rejected.append((source, value, e))

@@ -134,3 +134,30 @@ def test_the_pipeline_raises_each_reported_finding_once_and_unknown_for_an_unreg
     assert findings[1]["severity"] == "high" and findings[1]["detail"]["endpoint"] == "http://10.0.0.9:8000"
     pipeline.handle("observations", b"{not json", 0.0)
     assert [e.reason for _s, _v, e in pipeline.take().rejected] == ["malformed_observation"]
+
+
+def test_a_nim_that_started_before_its_rollout_was_registered_is_judged_again():
+    """A pod logs its startup before its rollout completes, and the rollout is registered
+    after that: lines within the startup grace before a version takes effect are judged
+    against it too, and what was raised before the registration arrived is produced again,
+    resolved (a higher version of the same finding)."""
+    pipeline = Pipeline()
+    started = log_observation("vllm-bf16-tp1-pp1")  # logged at minute 10
+    pipeline.handle("observations", raw.encode({k: v for k, v in started.items() if k != "schema"}), 0.0)
+    first = pipeline.take().records["finding"]
+    assert [f["kind"] for f in first] == ["unknown_deployment"]
+
+    # The rollout took effect at minute 12 and was registered after the lines were judged.
+    later = sc.deployment("prod/llama-3-1-8b", 1, T0 + dt.timedelta(minutes=12))
+    pipeline.deployment(records.encode_batch("deployment", [later]))
+    resolved = pipeline.take().records["finding"]
+    assert [(f["finding_id"], f["version"], f["detail"]["status"]) for f in resolved] == [
+        (first[0]["finding_id"], 2, "resolved")]
+    assert check_observation(pipeline.joiner.registry, started) == []
+    # Beyond the grace the same lines are a NIM no record covers.
+    early = {**started, "observed_at": at(12 - 11)}
+    assert [f["kind"] for f in check_observation(pipeline.joiner.registry, early)] == ["unknown_deployment"]
+    # And a profile that neither the version in force nor the coming one states is drift.
+    fleet = Registry([sc.deployment("prod/llama-3-1-8b", 1, T0), {**later, "version": 2}])
+    assert check_observation(fleet, log_observation("vllm-bf16-tp1-pp1")) == []
+    assert {f["detail"]["field"] for f in check_observation(fleet, log_observation("vllm-fp8-tp1"))} == {"profile_name"}

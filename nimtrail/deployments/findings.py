@@ -14,13 +14,14 @@ every kind, used by the processor's policy, its clock and its drift check alike.
 
 from __future__ import annotations
 
+import datetime as _dt
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from nimtrail import records
 from nimtrail.deployments.observations import observed_fields, served_models
 from nimtrail.deployments.registry import Identity, Registry
-from nimtrail.deployments.versions import iso
+from nimtrail.deployments.versions import iso, parse_time
 
 SEVERITY = {
     "ungated_action": "critical",
@@ -167,17 +168,29 @@ def observation_identity(observation: dict[str, Any]) -> Identity:
                     model=models[0] if len(models) == 1 else None)
 
 
+# A NIM logs its startup (and may answer /v1/metadata) before its rollout is complete, so
+# before the version that rollout registers takes effect: loading a large model's weights
+# takes minutes.
+STARTUP_GRACE_S = 600.0
+
+
 def check_observation(known: Registry | Iterable[dict[str, Any]], observation: dict[str, Any], *,
-                      now: str | None = None) -> list[dict[str, Any]]:
-    """Findings for one `nimtrail.raw.observations` message: drift against the version of its
-    deployment valid at the observation's time, or unknown_deployment when no registered
-    deployment covers what it is about then."""
+                      now: str | None = None, grace: float = STARTUP_GRACE_S) -> list[dict[str, Any]]:
+    """Findings for one `nimtrail.raw.observations` message: drift when it contradicts every
+    version of its deployment in force from the observation's time to `grace` later (the
+    version running then, or the one its rollout is about to register), or
+    unknown_deployment when no registered deployment covers what it is about in that time."""
     registry = _registry(known)
     at = observation.get("observed_at") or now or records.now_iso()
     identity = observation_identity(observation)
-    matched = registry.match(identity, at)
-    if matched is not None:
-        return drift(registry.get(*matched), observation, now=now)
+    candidates = []
+    for when in (at, iso(parse_time(at) + _dt.timedelta(seconds=grace))):
+        matched = registry.match(identity, when)
+        if matched is not None and matched not in candidates:
+            candidates.append(matched)
+    if candidates:
+        judged = [drift(registry.get(*matched), observation, now=now) for matched in candidates]
+        return [] if any(not found for found in judged) else judged[0]
     endpoint = observation.get("endpoint")
     subject = f"endpoint:{endpoint or 'unknown'}" if identity.is_empty() else identity.describe()
     return [_unknown(subject, identity, registry, at, now, source=observation.get("source"),
