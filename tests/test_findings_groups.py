@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nimtrail import config as config_mod
+from nimtrail import config as config_mod, records
 from processors import policy
 from processors.clock import Clock, ClockLimits
 from tests.warehouse_data import action, ago, call, deployment, write
@@ -117,3 +117,15 @@ def test_resolved_findings_count_but_are_not_open(store):
     write(store, "finding", [resolved])
     (group,) = _query(store, kind="ungated_action")["rows"]
     assert (group["count"], group["open"]) == (3, 2)
+
+
+
+def test_a_group_whose_findings_are_all_resolved_comes_after_the_open_ones(store):
+    """A resolved finding is a higher version of the same finding (as drift resolves a false
+    unknown_deployment once the registration arrives): its group follows the open groups."""
+    unknown = _query(store, group="false", kind="unknown_deployment", limit="1000")["rows"]
+    write(store, "finding", [{**{k: f[k] for k in records.FIELDS["finding"]}, "version": f["version"] + 1,
+                              "detail": {**f["detail"], "status": "resolved"}} for f in unknown])
+    groups = _query(store)["rows"]
+    assert [g["kind"] for g in groups][0] == "ungated_action"
+    assert groups[-1]["kind"] == "unknown_deployment" and groups[-1]["open"] == 0

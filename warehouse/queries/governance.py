@@ -105,7 +105,8 @@ def findings(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
 
     The table keeps every finding (the ledger covers each); grouping is only how they are
     read, so a routine repeat is one line with a count and the incident stays on top:
-    groups are ordered by their highest severity, then by when they were last seen."""
+    groups with open findings first (a resolved group is history, not work), then by
+    their highest severity, then by when they were last seen."""
     where: list[str] = []
     args: list[Any] = []
     equals(params, FINDING_FILTERS, where, args)
@@ -135,7 +136,8 @@ def findings(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
         SELECT g.* EXCLUDE (rank, latest_id),
                {", ".join(f"l.{c} AS latest_{c}" for c in LATEST)}
         FROM grouped g JOIN picked l ON l.finding_id = g.latest_id
-        ORDER BY g.rank DESC, g.last_seen DESC NULLS LAST, {", ".join(f"g.{c}" for c in GROUP_COLUMNS)}"""
+        ORDER BY g.open > 0 DESC, g.rank DESC, g.last_seen DESC NULLS LAST,
+                 {", ".join(f"g.{c}" for c in GROUP_COLUMNS)}"""
     result = paged(con, sql, args + outer_args, limit, offset)
     result["rows"] = [_nest_latest(row) for row in result["rows"]]
     return result
