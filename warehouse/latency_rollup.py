@@ -40,8 +40,6 @@ RELATIVE_ERROR = round(2 ** (1 / PER_DOUBLING) - 1, 4)  # the width of one bucke
 ZERO_BUCKET = -32768
 METRICS = ("ttft_ms", "e2e_ms", "queue_ms")  # metric codes 1, 2, 3; 0 counts calls
 COLUMNS = ("started_at", "deployment_id", "deployment_version", "model", *METRICS)
-# (point lookups of the replaced rows up to this many; a join beyond)
-POINT_LOOKUPS = 16
 
 
 def bucket_sql(column: str) -> str:
@@ -83,16 +81,18 @@ def _add(con: duckdb.DuckDBPyConnection, table: str, rows_sql: str, args: list[A
 
 
 def before_put(con: duckdb.DuckDBPyConnection, table: Any, fresh: pl.DataFrame,
-               new: pl.Series | None) -> None:
+               new: pl.Series | None, within: tuple[str, list[Any]] = ("TRUE", [])) -> None:
     """Inside the write transaction, before `fresh` (rows of `table` that are new keys or
     newer versions; `new` marks the new keys, None: all are) is written: count them in,
-    and count out the stored rows they replace. Other tables are ignored."""
+    and count out the stored rows they replace (`within`: a condition on the calls `t`,
+    with its parameters, that holds for every row replaced: it spares reading the
+    others). Other tables are ignored."""
     if table.name != "model_calls" or fresh.height == 0:
         return
     parts = [fresh.select(*COLUMNS).with_columns(pl.lit(1, pl.Int64).alias("sign"))]
     replaced = [] if new is None else fresh.filter(~new)["call_id"].to_list()
     if replaced:
-        parts.append(_stored(con, replaced).with_columns(pl.lit(-1, pl.Int64).alias("sign")))
+        parts.append(_stored(con, replaced, within).with_columns(pl.lit(-1, pl.Int64).alias("sign")))
     delta = pl.concat(parts, how="vertical_relaxed")
     con.register("latency_delta", delta.to_arrow())
     try:
@@ -117,16 +117,13 @@ def pending_sql(unit: str, where: str) -> str:
     return histogram_sql(f"(SELECT * FROM {PENDING} {where})", "sign", unit)
 
 
-def _stored(con: duckdb.DuckDBPyConnection, call_ids: list[str]) -> pl.DataFrame:
-    cols = ", ".join(COLUMNS)
-    if len(call_ids) <= POINT_LOOKUPS:  # the primary key's index
-        frames = [con.sql(f"SELECT {cols} FROM model_calls WHERE call_id = ?", params=[i]).pl()
-                  for i in call_ids]
-        return pl.concat(frames, how="vertical_relaxed")
+def _stored(con: duckdb.DuckDBPyConnection, call_ids: list[str], within: tuple[str, list[Any]]) -> pl.DataFrame:
+    condition, params = within
     con.register("latency_keys", pl.DataFrame({"call_id": call_ids}).to_arrow())
     try:
-        return con.sql(f"SELECT {', '.join('c.' + c for c in COLUMNS)} FROM model_calls c "
-                       "SEMI JOIN latency_keys k ON c.call_id = k.call_id").pl()
+        return con.sql(f"SELECT {', '.join('t.' + c for c in COLUMNS)} FROM model_calls t "
+                       f"SEMI JOIN latency_keys k ON t.call_id = k.call_id WHERE {condition}",
+                       params=params).pl()
     finally:
         con.unregister("latency_keys")
 

@@ -120,6 +120,8 @@ def apply(store: Store, config: RetentionConfig, principal: Principal, *, dry_ru
             items.append(store.record(con, "retention_purges", purge_rows))
             store.ledger.append(con, "purge", {"run_id": run_id, "policies": policies(config)},
                                 pl.concat(items))
+    if not dry_run and any(r["rows"] for r in results):
+        store.forget_key_indexes()  # they hold keys of rows that are gone
     if metrics is not None and not dry_run:
         for r in results:
             if r["rows"] or r["held_rows"]:

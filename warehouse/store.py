@@ -22,10 +22,11 @@ import polars as pl
 from nimtrail import faults
 from nimtrail.config import WarehouseConfig
 from warehouse import latency_rollup
+from warehouse.key_index import ABSENT, NO_TIME, KeyIndex, key_hashes, seconds
 from warehouse.ledger import Ledger
 from warehouse.schema import migrate
 from warehouse.sql import scalar
-from warehouse.tables import RECORD_TABLES, Table, ledger_items, load_tables
+from warehouse.tables import RECORD_TABLES, Table, ledger_items, load_tables, observed_within
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ SMALL_WRITE = 64
 # about as much as the commits; a larger log is replayed on start and held in memory
 # until then, so not much larger. Every commit is durable in the log either way.
 WAL_AUTOCHECKPOINT = "64MB"
+# Rows per batch when a key index reads a table's keys back.
+KEY_READ_BATCH = 1_000_000
 
 
 def duckdb_config(settings: WarehouseConfig) -> dict[str, str]:
@@ -57,6 +60,8 @@ class Store:
         self.by_name: dict[str, Table] = load_tables(self.con)
         self.tables = {kind: self.by_name[name] for kind, name in RECORD_TABLES.items()}
         self.ledger = Ledger(self.con)
+        # Built on a table's first write (reading its keys back), see key_index.py.
+        self._key_indexes: dict[str, KeyIndex] = {}
         self._write_lock = threading.Lock()
         if LEDGER_MIGRATION in applied:
             self._adopt_existing_rows()
@@ -113,15 +118,20 @@ class Store:
         """Upsert `frame` (from `Table.frame`: newest version per key, canonical JSON text)
         inside an open transaction; returns the ledger lines of the rows that actually
         changed the table."""
-        if frame.height <= SMALL_WRITE:
+        if frame.height <= SMALL_WRITE and not table.self_indexed:
             return self._put_small(con, table, frame)
         # One registered frame name, replaced as the write goes on (each registration and
         # each statement costs about a millisecond, whatever the rows).
+        window: tuple[int, int] | None = None  # where the rows replaced are (None: anywhere)
         try:
-            fresh, new = self._fresh(con, table, frame)
+            if table.self_indexed:
+                fresh, new, window = self._fresh_indexed(con, table, frame)
+            else:
+                fresh, new = self._fresh(con, table, frame)
             if fresh.height == 0:
                 return ledger_items(table, fresh, [])
-            latency_rollup.before_put(con, table, fresh, new)  # the calls' latency histograms
+            # the calls' latency histograms
+            latency_rollup.before_put(con, table, fresh, new, observed_within(window))
             hashes = table.row_hashes(fresh, json_canonical=True)
             fresh = fresh.with_columns(pl.Series("row_hash", hashes, dtype=pl.Utf8))
             if new is not None and not new.all():
@@ -130,9 +140,14 @@ class Store:
                 # the write lock, so the replacement needs no version condition; in DuckDB
                 # a delete and one insert cost a fraction of ON CONFLICT DO UPDATE.
                 con.register("frame", fresh.filter(~new).select(table.key).to_arrow())
-                con.execute(table.delete_sql)
+                condition, params = observed_within(window)
+                con.execute(f"{table.delete_sql} AND {condition}", params)
             con.register("frame", fresh.to_arrow())
             con.execute(table.insert_sql)
+            if table.self_indexed:
+                # At once, not after COMMIT: a key recorded for a write that rolls back only
+                # costs a lookup that finds nothing (see key_index.py).
+                self._key_indexes[table.name].add(key_hashes(fresh, table.key), seconds(fresh))
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.unregister("frame")
@@ -171,6 +186,51 @@ class Store:
         # NULL semantics of SQL: a null version is never higher
         joined = joined.filter(pl.col("_stored").is_null() | (pl.col("version") > pl.col("_stored")))
         return joined.drop("_stored"), joined.get_column("_stored").is_null()
+
+    def _fresh_indexed(self, con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame
+                       ) -> tuple[pl.DataFrame, pl.Series | None, tuple[int, int] | None]:
+        """`_fresh` for a table without a DuckDB index: the key index says which keys are
+        certainly new and in which seconds of `observed_at` the others were written; DuckDB
+        is asked only about those, only in those seconds. Also returns that window (None:
+        some stored row has no time, every row must be read)."""
+        where = self._key_index(con, table).lookup(key_hashes(frame, table.key))
+        maybe = where != ABSENT
+        if not maybe.any():
+            return frame, None, None
+        candidates = where[maybe]
+        window = None if (candidates == NO_TIME).any() else (int(candidates.min()), int(candidates.max()))
+        condition, params = observed_within(window)
+        keys = frame.filter(pl.Series(maybe)).select(table.key)
+        con.register("frame", keys.to_arrow())
+        stored = con.sql(f"{table.stored_join_sql} WHERE {condition}", params=params).pl()
+        if stored.height == 0:  # hash collisions, or rows written by a write that rolled back
+            return frame, None, window
+        joined = frame.join(stored.cast({k: keys.schema[k] for k in table.key}), on=table.key,
+                            how="left", maintain_order="left")
+        # NULL semantics of SQL: a null version is never higher
+        joined = joined.filter(pl.col("_stored").is_null() | (pl.col("version") > pl.col("_stored")))
+        return joined.drop("_stored"), joined.get_column("_stored").is_null(), window
+
+    def _key_index(self, con: duckdb.DuckDBPyConnection, table: Table) -> KeyIndex:
+        index = self._key_indexes.get(table.name)
+        if index is None:
+            index = self._key_indexes[table.name] = KeyIndex()
+            columns = ", ".join(f't."{k}"' for k in table.key)
+            reader = con.sql(f"SELECT {columns}, t.observed_at FROM {table.name} t").to_arrow_reader(KEY_READ_BATCH)
+            try:
+                index.extend_from((pl.from_arrow(batch) for batch in reader), table.key)
+            finally:
+                reader.close()
+            log.info("Key index of %s: %s keys, %.1f MB", table.name, len(index), index.nbytes / 1e6)
+        return index
+
+    def forget_key_indexes(self) -> None:
+        """Rows were deleted (retention): rebuild the key indexes on the next write, so that
+        they stop holding the keys of rows that are gone."""
+        self._key_indexes.clear()
+
+    def key_index_bytes(self) -> int:
+        return sum(index.nbytes for index in self._key_indexes.values())
 
     @staticmethod
     def _fresh_small(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:

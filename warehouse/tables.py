@@ -46,6 +46,11 @@ KEYS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("digest_seq",),
 }
 
+# The large tables: no DuckDB index (migration 0010); the warehouse finds their stored keys
+# with its own compact index (warehouse/key_index.py), which stays small where DuckDB's
+# would hold every key in memory.
+SELF_INDEXED = frozenset({"model_calls", "tool_actions", "trace_spans", "metric_samples"})
+
 # Columns added to a ledgered table by a later migration: in a row's canonical form only
 # when not null (a row stored before the column existed reads it as null, and its hash in
 # the ledger was taken without it).
@@ -84,6 +89,19 @@ _ARROW = {
 
 BULK_HASH_ROWS = 64
 
+# The rows written in a span of seconds [lo, hi] (bound as microseconds): a filter on the
+# column rows are appended in order of, so DuckDB skips every other row group.
+OBSERVED_WITHIN = "t.observed_at >= make_timestamp(?::BIGINT) AND t.observed_at < make_timestamp(?::BIGINT)"
+
+
+def observed_within(window: tuple[int, int] | None) -> tuple[str, list[int]]:
+    """The SQL condition (and its parameters) for rows observed in `window` (seconds, both
+    ends included); None: every row."""
+    if window is None:
+        return "TRUE", []
+    lo, hi = window
+    return OBSERVED_WITHIN, [lo * 1_000_000, (hi + 1) * 1_000_000]
+
 
 def iso(value: dt.datetime | None) -> str | None:
     return timestamps.iso(value) if value is not None else None
@@ -106,6 +124,7 @@ class Table:
         self.schema = {c: _SCALARS[t] for c, t in columns}
         self.arrow_types = {c: _ARROW[t] for c, t in columns}
         self.key = list(KEYS[name])
+        self.self_indexed = name in SELF_INDEXED
         # Key columns come from code, never from input: safe to place in SQL text.
         self.key_sql = "concat_ws('|', " + ", ".join(f'CAST(t."{k}" AS VARCHAR)' for k in self.key) + ")"
         updates = ", ".join(f'"{c}" = excluded."{c}"' for c in [*self.columns, "row_hash"]

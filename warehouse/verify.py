@@ -83,6 +83,7 @@ def verify(con: duckdb.DuckDBPyConnection, data_dir: Path, public_key: Path | No
     for table in tables.values():
         _check_rows(con, table, report)
         _check_binding(con, table, report)
+        _check_unique(con, table, report)
     _check_chain(con, report)
     _check_digests(con, Path(data_dir), public_key, files, report, published or Published(),
                    freshness)
@@ -155,6 +156,16 @@ def _check_binding(con: duckdb.DuckDBPyConnection, table: Table, report: Report)
             message = (f"row hash {str(row_hash)[:12]}… is not the one ledger entry {seq} "
                        f"recorded ({ledger_hash[:12]}…)")
         if not report.problem("binding", where, message):
+            return
+
+
+def _check_unique(con: duckdb.DuckDBPyConnection, table: Table, report: Report) -> None:
+    """No key stored twice: the large tables have no primary key in DuckDB (the warehouse
+    keeps one row per key itself), so this is where a second row would show."""
+    found = con.execute(f"SELECT {table.key_sql} AS key, count(*) FROM {table.name} t "
+                        "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT ?", [MAX_PROBLEMS]).fetchall()
+    for key, count in found:
+        if not report.problem("unique", _describe(table, key), f"key is stored {count} times, not once"):
             return
 
 

@@ -1,0 +1,120 @@
+"""Where the stored rows of a large table are, by key: the warehouse's own key index.
+
+Every write must know, for each incoming record, whether its key is stored already and at
+which version (highest version wins). DuckDB can answer that with a primary key, but its
+ART index holds every key in memory (~100 bytes a row for a text key, ~40 for a 64-bit
+one), cannot be evicted, and must fit whole when the store checkpoints: the warehouse's
+memory grew with the store until DuckDB stopped it. Without an index, the lookup scans
+the key columns of the whole table on every poll, so its cost grows with the store too.
+
+This index holds, for each stored key of the large tables (`tables.SELF_INDEXED`), a 64-bit
+hash of the key and the second of the row's `observed_at`: 12 bytes a row, in sorted numpy
+arrays. It answers two questions without touching DuckDB:
+
+- *is this key certainly new?* A key whose hash is absent was never stored (equal keys
+  have equal hashes), so most of a batch, the new keys, needs no lookup at all;
+- *where could its stored row be?* For the others the warehouse asks DuckDB for the rows
+  with those keys, restricted to the `observed_at` seconds the index gives; rows are
+  appended in `observed_at` order, so DuckDB's per-row-group min/max skips all the rest.
+  That query gives the exact stored version (a hash collision just finds nothing there).
+
+The index is derived data: it is built from the table when the store opens (streaming the
+key columns, about a second per few million rows) and extended after each commit, never
+written to disk. A row whose `observed_at` is null gets NO_TIME, and a lookup that meets it
+reads the whole table (correct, only slower).
+
+Storage is a log-structured set of sorted runs: each commit adds a small run, and runs
+are merged while the newer one is at least half the size of the one before it, so there
+are O(log n) runs and each key is merged O(log n) times. A newer run's entry for a key
+overrides an older one's (a replaced row has a newer `observed_at`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import polars as pl
+
+# The time of a row whose observed_at is null: a lookup that meets it reads every row.
+NO_TIME = np.uint32(0)
+ABSENT = -1
+_SEED = 0x6E696D7472  # any fixed seed: hashes only live in this process
+
+
+def key_hashes(frame: pl.DataFrame, key: list[str]) -> np.ndarray:
+    """A 64-bit hash of each row's key columns (polars' hash: fixed within one process,
+    which is all the index needs, since it is rebuilt on every start)."""
+    if len(key) == 1:
+        column = pl.col(key[0]).cast(pl.Utf8)
+    else:
+        column = pl.concat_str([pl.col(k).cast(pl.Utf8) for k in key], separator="\x1f", ignore_nulls=False)
+    return frame.select(column.hash(seed=_SEED)).to_series().to_numpy()
+
+
+def seconds(frame: pl.DataFrame, column: str = "observed_at") -> np.ndarray:
+    """The whole seconds since 1970 of a datetime column, NO_TIME where it is null."""
+    secs = pl.col(column).dt.epoch("s")
+    # A time that does not fit is as good as none: its lookups read every row.
+    fits = secs.is_between(1, np.iinfo(np.uint32).max).fill_null(False)
+    return frame.select(pl.when(fits).then(secs).otherwise(int(NO_TIME)).cast(pl.UInt32)).to_series().to_numpy()
+
+
+class KeyIndex:
+    """Key hash -> second of the stored row's observed_at, for one table."""
+
+    def __init__(self) -> None:
+        # Sorted runs, oldest (largest) first: (hashes uint64, seconds uint32).
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(h) for h, _ in self._runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(h.nbytes + s.nbytes for h, s in self._runs)
+
+    def lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """For each hash: the second recorded for it (int64), ABSENT where none is."""
+        found = np.full(len(hashes), ABSENT, dtype=np.int64)
+        pending = np.arange(len(hashes))
+        for run_hashes, run_seconds in reversed(self._runs):  # newest first: it overrides
+            if not len(pending):
+                break
+            wanted = hashes[pending]
+            at = np.searchsorted(run_hashes, wanted)
+            at_clipped = np.minimum(at, len(run_hashes) - 1)
+            hit = (at < len(run_hashes)) & (run_hashes[at_clipped] == wanted)
+            found[pending[hit]] = run_seconds[at_clipped[hit]]
+            pending = pending[~hit]
+        return found
+
+    def add(self, hashes: np.ndarray, secs: np.ndarray) -> None:
+        """Record these keys (as written by one commit) at these seconds."""
+        if not len(hashes):
+            return
+        self._runs.append(_sorted_run(hashes, secs))
+        while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
+            newer = self._runs.pop()
+            older = self._runs.pop()
+            self._runs.append(_sorted_run(np.concatenate([older[0], newer[0]]),
+                                          np.concatenate([older[1], newer[1]])))
+
+    def clear(self) -> None:
+        self._runs = []
+
+    def extend_from(self, batches: Iterable[pl.DataFrame], key: list[str]) -> None:
+        """Add the keys of stored rows, read back from the table in batches."""
+        for batch in batches:
+            self.add(key_hashes(batch, key), seconds(batch))
+
+
+def _sorted_run(hashes: np.ndarray, secs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes sorted, one entry per hash: the last one given wins (the newer write)."""
+    # A stable sort keeps equal hashes in the order given; the last of each equal run is
+    # the one to keep. Two sorted runs concatenated sort in linear time (timsort).
+    order = np.argsort(hashes, kind="stable")
+    hashes, secs = hashes[order], secs[order]
+    last = np.ones(len(hashes), dtype=bool)
+    last[:-1] = hashes[1:] != hashes[:-1]
+    return hashes[last], secs[last]
