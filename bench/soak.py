@@ -41,6 +41,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.resources import Resource
 
+from nimtrail import kafka_io
 from bench.pipeline import TRACES_PER_REQUEST, _found, status_mb
 from tests import scenarios as sc
 from tests.harness import Env, scrape, wait_for
@@ -176,6 +177,7 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
     spans_per_request = bodies[0][1]
     say(f"  soak: {minutes:g} min at {rate:,.0f} spans/s ({spans_per_request} spans per request, "
         f"{len(bodies)} templates), probes at {PROBES_PER_S:g}/s")
+    _register_deployment(env)
     pids = {}
     for stage in ("warehouse", "processor", "collector"):
         pids[stage] = env.start(stage).pid
@@ -271,6 +273,18 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
     say(f"  soak: {sent_spans[0]:,} spans; freshness p50 {out['fresh_p50_ms'] or 0:,.0f} ms, "
         f"p99 {out['fresh_p99_ms'] or 0:,.0f} ms; peak RSS MB {out['peak_rss_mb']}")
     return out
+
+
+def _register_deployment(env: Env) -> None:
+    """The governance record of the NIM the traces name, as an install has one: without
+    it every call is also an `unknown_deployment` finding, a row more per call."""
+    topic = env.config.topics.deployments
+    kafka_io.ensure_topics(env.config, [], compacted=[topic])
+    record = sc.deployment("prod/llama-3-1-8b", 1, dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+    key, value = sc.deployment_message(record)
+    producer = kafka_io.producer(env.config)
+    producer.send(topic, key=key, value=value).get(timeout=30)
+    producer.close()
 
 
 def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None]) -> dict:

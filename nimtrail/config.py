@@ -465,10 +465,9 @@ class WarehouseConfig:
     # under memory_limit (DuckDB's own default is 80% of the machine's RAM, and it keeps
     # every block it ever read until then); threads are DuckDB's worker threads, each with
     # its own buffers. See docs/warehouse.md, "Memory".
-    # The floor it needs grows with the store: DuckDB keeps the primary-key index of a
-    # table it writes in memory, about 100 bytes per stored row (measured on DuckDB 2.0),
-    # so 2GB holds the keys of some 15 million records; see docs/warehouse.md, "Memory".
-    memory_limit: ByteSize = ByteSize(2 * 1000 ** 3)
+    # The large tables have no DuckDB index (the warehouse's key index finds their keys),
+    # so what DuckDB must hold does not grow with the store: the limit bounds a cache.
+    memory_limit: ByteSize = ByteSize(256 * 1000 ** 2)
     threads: int = 2
 
     def validate(self, path: str) -> None:

@@ -49,7 +49,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 # The large tables: no DuckDB index (migration 0010); the warehouse finds their stored keys
 # with its own compact index (warehouse/key_index.py), which stays small where DuckDB's
 # would hold every key in memory.
-SELF_INDEXED = frozenset({"model_calls", "tool_actions", "trace_spans", "metric_samples"})
+SELF_INDEXED = frozenset({"model_calls", "tool_actions", "findings", "trace_spans", "metric_samples"})
 
 # Columns added to a ledgered table by a later migration: in a row's canonical form only
 # when not null (a row stored before the column existed reads it as null, and its hash in

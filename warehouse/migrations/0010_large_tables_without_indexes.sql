@@ -1,4 +1,4 @@
--- The large tables (calls, actions, spans, samples) lose their DuckDB indexes, the
+-- The large tables (calls, actions, findings, spans, samples) lose their DuckDB indexes, the
 -- primary keys included. An ART index keeps every key in memory (~100 bytes a row for a
 -- text key), cannot be evicted, and must fit whole when DuckDB checkpoints, so the
 -- warehouse's memory grew with the store until DuckDB refused to go on. The warehouse
@@ -31,3 +31,9 @@ DROP TABLE metric_samples;
 ALTER TABLE metric_samples_0010 RENAME TO metric_samples;
 ALTER TABLE metric_samples ALTER COLUMN sample_id SET NOT NULL;
 ALTER TABLE metric_samples ALTER COLUMN version SET NOT NULL;
+
+CREATE TABLE findings_0010 AS SELECT * FROM findings ORDER BY observed_at;
+DROP TABLE findings;
+ALTER TABLE findings_0010 RENAME TO findings;
+ALTER TABLE findings ALTER COLUMN finding_id SET NOT NULL;
+ALTER TABLE findings ALTER COLUMN version SET NOT NULL;
