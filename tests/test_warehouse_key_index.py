@@ -123,3 +123,20 @@ def test_small_and_large_writes_to_a_large_table_take_the_same_path(tmp_path, ro
     assert con.execute("SELECT count(*), min(version), max(caller) FROM model_calls").fetchall() == [(rows, 2, "alice")]
     con.close()
     store.close()
+
+
+def test_a_lookup_by_key_reads_the_second_the_index_names_and_everything_when_that_misses(tmp_path):
+    from warehouse.queries.common import by_key
+    store = Store(tmp_path / "audit.duckdb")
+    write(store, "model_call", [call("old", days=20)] + [call(f"c{i}") for i in range(100)])
+    window = store.written_within("model_calls", ("old",))
+    assert window is not None and window[0] == window[1]
+    assert store.written_within("model_calls", ("never",)) is None
+    con = store.reader()
+    assert [r["call_id"] for r in by_key(con, "model_calls", "call_id", "old", store.written_within)] == ["old"]
+    # an index a commit behind names the wrong second: the lookup still finds the row
+    stale = lambda table, key: (1, 2)  # noqa: E731
+    assert [r["call_id"] for r in by_key(con, "model_calls", "call_id", "c5", stale)] == ["c5"]
+    assert by_key(con, "model_calls", "call_id", "never", store.written_within) == []
+    con.close()
+    store.close()

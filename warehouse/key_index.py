@@ -13,7 +13,7 @@ arrays. It answers two questions without touching DuckDB:
 
 - *is this key certainly new?* A key whose hash is absent was never stored (equal keys
   have equal hashes), so most of a batch, the new keys, needs no lookup at all;
-- *where could its stored row be?* For the others the warehouse asks DuckDB for the rows
+- *where could its stored row be?* (also asked by the query API for a lookup by key) For the others the warehouse asks DuckDB for the rows
   with those keys, restricted to the `observed_at` seconds the index gives; rows are
   appended in `observed_at` order, so DuckDB's per-row-group min/max skips all the rest.
   That query gives the exact stored version (a hash collision just finds nothing there).
@@ -78,7 +78,7 @@ class KeyIndex:
         """For each hash: the second recorded for it (int64), ABSENT where none is."""
         found = np.full(len(hashes), ABSENT, dtype=np.int64)
         pending = np.arange(len(hashes))
-        for run_hashes, run_seconds in reversed(self._runs):  # newest first: it overrides
+        for run_hashes, run_seconds in reversed(self._runs):  # one list: add() swaps it whole  # newest first: it overrides
             if not len(pending):
                 break
             wanted = hashes[pending]
@@ -93,12 +93,15 @@ class KeyIndex:
         """Record these keys (as written by one commit) at these seconds."""
         if not len(hashes):
             return
-        self._runs.append(_sorted_run(hashes, secs))
-        while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
-            newer = self._runs.pop()
-            older = self._runs.pop()
-            self._runs.append(_sorted_run(np.concatenate([older[0], newer[0]]),
-                                          np.concatenate([older[1], newer[1]])))
+        # A new list, swapped in whole: the query API's threads read the index while the
+        # writer adds to it, and must see one list of runs, never one half-merged.
+        runs = [*self._runs, _sorted_run(hashes, secs)]
+        while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
+            newer = runs.pop()
+            older = runs.pop()
+            runs.append(_sorted_run(np.concatenate([older[0], newer[0]]),
+                                    np.concatenate([older[1], newer[1]])))
+        self._runs = runs
 
     def clear(self) -> None:
         self._runs = []

@@ -224,6 +224,18 @@ class Store:
             log.info("Key index of %s: %s keys, %.1f MB", table.name, len(index), index.nbytes / 1e6)
         return index
 
+    def written_within(self, table_name: str, key: tuple[Any, ...]) -> tuple[int, int] | None:
+        """The seconds of `observed_at` in which the row with this key was written, when the
+        key index knows (None: it does not, or not yet). Only a hint for readers: the index
+        may be a commit behind, so a lookup that finds nothing there must look everywhere."""
+        index = self._key_indexes.get(table_name)
+        table = self.by_name.get(table_name)
+        if index is None or table is None or len(key) != len(table.key):
+            return None
+        second = int(index.lookup(key_hashes(pl.DataFrame([list(key)], schema=table.key, orient="row"),
+                                             table.key))[0])
+        return None if second in (ABSENT, int(NO_TIME)) else (second, second)
+
     def forget_key_indexes(self) -> None:
         """Rows were deleted (retention): rebuild the key indexes on the next write, so that
         they stop holding the keys of rows that are gone."""

@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from warehouse.params import BadParameter, Params
-from warehouse.queries.common import equals, page, rows, time_range, where_sql
+from warehouse.queries.common import Locate, by_key, equals, page, rows, time_range, where_sql
 from warehouse.sql import one
 
 CALL_FILTERS = {
@@ -101,9 +101,9 @@ def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any],
                                       [*args, limit + 1, offset]).fetchall()]
 
 
-def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | None = None) -> dict[str, Any]:
     """From one action, tool call or model call: the action(s), the model call that asked
-    for them, its caller and its deployment version."""
+    for them, its caller and its deployment version (`locate`: see common.by_key)."""
     action_id, tool_call_id, call_id = (params.text("action_id"), params.text("tool_call_id"),
                                         params.text("call_id"))
     given = [n for n, v in (("action_id", action_id), ("tool_call_id", tool_call_id),
@@ -111,7 +111,7 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]
     if len(given) != 1:
         raise BadParameter("action_id", "give exactly one of action_id, tool_call_id, call_id")
     if action_id:
-        actions = rows(con, "SELECT * FROM tool_actions WHERE action_id = ?", [action_id])
+        actions = by_key(con, "tool_actions", "action_id", action_id, locate)
     elif tool_call_id:
         actions = rows(con, "SELECT * FROM tool_actions WHERE tool_call_id = ? ORDER BY started_at",
                        [tool_call_id])
@@ -126,7 +126,7 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]
         call_id = actions[0]["call_id"]
     call = None
     if call_id:
-        found = rows(con, "SELECT * FROM model_calls WHERE call_id = ?", [call_id])
+        found = by_key(con, "model_calls", "call_id", call_id, locate)
         call = found[0] if found else None
     deployment = None
     if call and call.get("deployment_id"):

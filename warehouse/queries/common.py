@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import orjson
 
 from nimtrail import timestamps
 from warehouse.params import BadParameter, Params
+from warehouse.tables import observed_within
 
 JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env", "api_surface",
                 "health_endpoints", "logging_mode", "tracing_config", "tool_calling",
@@ -32,6 +33,27 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict
     names = [d[0] for d in cursor.description]
     return [{n: _value(n, v) for n, v in zip(names, row) if n != "row_hash"}
             for row in cursor.fetchall()]
+
+
+# Where a keyed row was written, if known: (table, key values) -> seconds of observed_at
+# (Store.written_within). Readers without a store pass none.
+Locate = Callable[[str, tuple[Any, ...]], "tuple[int, int] | None"]
+
+
+def by_key(con: duckdb.DuckDBPyConnection, table: str, column: str, value: Any,
+           locate: Locate | None = None) -> list[dict[str, Any]]:
+    """The row of `table` whose one-column key `column` is `value`. The large tables have no
+    index in DuckDB; where the key index knows when the row was written, only the row
+    groups of that second are read, and everything only when that finds nothing (the
+    index may be a commit behind)."""
+    window = locate(table, (value,)) if locate else None
+    sql = f'SELECT * FROM {table} t WHERE t."{column}" = ?'
+    if window is not None:
+        condition, params = observed_within(window)
+        found = rows(con, f"{sql} AND {condition}", [value, *params])
+        if found:
+            return found
+    return rows(con, sql, [value])
 
 
 def time_range(params: Params, column: str, where: list[str], args: list[Any],
