@@ -181,11 +181,7 @@ class Store:
         stored = con.sql(table.stored_join_sql).pl()
         if stored.height == 0:
             return frame, None
-        joined = frame.join(stored.cast({k: keys.schema[k] for k in table.key}), on=table.key,
-                            how="left", maintain_order="left")
-        # NULL semantics of SQL: a null version is never higher
-        joined = joined.filter(pl.col("_stored").is_null() | (pl.col("version") > pl.col("_stored")))
-        return joined.drop("_stored"), joined.get_column("_stored").is_null()
+        return _changing(table, frame, stored.cast({k: keys.schema[k] for k in table.key}))
 
     def _fresh_indexed(self, con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame
                        ) -> tuple[pl.DataFrame, pl.Series | None, tuple[int, int] | None]:
@@ -205,11 +201,7 @@ class Store:
         stored = con.sql(f"{table.stored_join_sql} WHERE {condition}", params=params).pl()
         if stored.height == 0:  # hash collisions, or rows written by a write that rolled back
             return frame, None, window
-        joined = frame.join(stored.cast({k: keys.schema[k] for k in table.key}), on=table.key,
-                            how="left", maintain_order="left")
-        # NULL semantics of SQL: a null version is never higher
-        joined = joined.filter(pl.col("_stored").is_null() | (pl.col("version") > pl.col("_stored")))
-        return joined.drop("_stored"), joined.get_column("_stored").is_null(), window
+        return (*_changing(table, frame, stored.cast({k: keys.schema[k] for k in table.key})), window)
 
     def _key_index(self, con: duckdb.DuckDBPyConnection, table: Table) -> KeyIndex:
         index = self._key_indexes.get(table.name)
@@ -322,3 +314,12 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _changing(table: Table, frame: pl.DataFrame, stored: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """The rows of `frame` that are new keys or newer than their stored version (`stored`:
+    key columns and `_stored`), and which of them are new keys."""
+    joined = frame.join(stored, on=table.key, how="left", maintain_order="left")
+    # NULL semantics of SQL: a null version is never higher
+    joined = joined.filter(pl.col("_stored").is_null() | (pl.col("version") > pl.col("_stored")))
+    return joined.drop("_stored"), joined.get_column("_stored").is_null()
