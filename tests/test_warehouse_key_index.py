@@ -140,3 +140,16 @@ def test_a_lookup_by_key_reads_the_second_the_index_names_and_everything_when_th
     assert by_key(con, "model_calls", "call_id", "never", store.written_within) == []
     con.close()
     store.close()
+
+
+def test_the_key_index_memory_is_on_the_metrics(tmp_path):
+    from nimtrail.ops import StageMetrics
+    from warehouse.service import report_memory
+    store = Store(tmp_path / "audit.duckdb")
+    write(store, "model_call", [call(f"c{i}") for i in range(100)])
+    metrics = StageMetrics("warehouse")
+    report_memory(store, metrics)
+    line = next(l for l in metrics.exposition().decode().splitlines()
+                if l.startswith("nimtrail_warehouse_key_index_bytes "))
+    assert float(line.split()[1]) >= 100 * 12
+    store.close()

@@ -77,6 +77,8 @@ def report_memory(store: Store, metrics: StageMetrics) -> None:
                           "(bounded by warehouse.memory_limit)", ("tag",))
     for tag, used in store.memory().items():
         gauge.labels(tag=tag).set(used)
+    metrics.gauge("key_index", "bytes", "Memory of the key index of the large tables (12 bytes a "
+                  "stored row, outside DuckDB's limit)").set(store.key_index_bytes())
 
 
 def _task(name: str, metrics: StageMetrics, run: Callable[[], object]) -> None:

@@ -234,7 +234,7 @@ class Store:
         self._key_indexes.clear()
 
     def key_index_bytes(self) -> int:
-        return sum(index.nbytes for index in self._key_indexes.values())
+        return sum(index.nbytes for index in list(self._key_indexes.values()))  # read by another thread
 
     @staticmethod
     def _fresh_small(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:
