@@ -153,3 +153,18 @@ def test_the_key_index_memory_is_on_the_metrics(tmp_path):
                 if l.startswith("nimtrail_warehouse_key_index_bytes "))
     assert float(line.split()[1]) >= 100 * 12
     store.close()
+
+
+def test_a_replacement_that_rolls_back_leaves_the_key_where_its_row_still_is(tmp_path):
+    """The poison path halves a poll and rolls back: the key index must not move a key to
+    the second of a replacement that was never committed."""
+    store = Store(tmp_path / "audit.duckdb")
+    write(store, "model_call", [call("k", days=1)] + [call(f"c{i}") for i in range(100)])
+    table = store.tables["model_call"]
+    with pytest.raises(RuntimeError):
+        with store.transaction() as con:
+            store.put(con, table, table.frame([call("k", version=2, caller="rolled back")]))
+            raise RuntimeError("the poll is refused")
+    write(store, "model_call", [call("k", version=2, caller="retried")])
+    assert _only(store, "k") == [(2, "retried")]
+    store.close()

@@ -62,6 +62,7 @@ class Store:
         self.ledger = Ledger(self.con)
         # Built on a table's first write (reading its keys back), see key_index.py.
         self._key_indexes: dict[str, KeyIndex] = {}
+        self._index_pending: list[tuple[str, Any, Any]] = []  # keys written, until COMMIT
         self._write_lock = threading.Lock()
         if LEDGER_MIGRATION in applied:
             self._adopt_existing_rows()
@@ -90,11 +91,15 @@ class Store:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
+                self._index_pending.clear()
                 self.ledger.rolled_back()
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
             self.ledger.committed()
+            for name, hashes, secs in self._index_pending:
+                self._key_indexes[name].add(hashes, secs)
+            self._index_pending.clear()
 
     @contextlib.contextmanager
     def snapshot(self, under_lock: Callable[[], Any] | None = None
@@ -145,9 +150,9 @@ class Store:
             con.register("frame", fresh.to_arrow())
             con.execute(table.insert_sql)
             if table.self_indexed:
-                # At once, not after COMMIT: a key recorded for a write that rolls back only
-                # costs a lookup that finds nothing (see key_index.py).
-                self._key_indexes[table.name].add(key_hashes(fresh, table.key), seconds(fresh))
+                # Recorded once COMMIT succeeds: a rolled-back replacement must leave the key
+                # at the second of the row that is still there.
+                self._index_pending.append((table.name, key_hashes(fresh, table.key), seconds(fresh)))
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.unregister("frame")
@@ -199,20 +204,21 @@ class Store:
         keys = frame.filter(pl.Series(maybe)).select(table.key)
         con.register("frame", keys.to_arrow())
         stored = con.sql(f"{table.stored_join_sql} WHERE {condition}", params=params).pl()
-        if stored.height == 0:  # hash collisions, or rows written by a write that rolled back
+        if stored.height == 0:  # hash collisions, or rows retention deleted
             return frame, None, window
         return (*_changing(table, frame, stored.cast({k: keys.schema[k] for k in table.key})), window)
 
     def _key_index(self, con: duckdb.DuckDBPyConnection, table: Table) -> KeyIndex:
         index = self._key_indexes.get(table.name)
         if index is None:
-            index = self._key_indexes[table.name] = KeyIndex()
+            index = KeyIndex()
             columns = ", ".join(f't."{k}"' for k in table.key)
             reader = con.sql(f"SELECT {columns}, t.observed_at FROM {table.name} t").to_arrow_reader(KEY_READ_BATCH)
             try:
                 index.extend_from((pl.from_arrow(batch) for batch in reader), table.key)
             finally:
                 reader.close()
+            self._key_indexes[table.name] = index  # only once whole: a partial one would lie
             log.info("Key index of %s: %s keys, %.1f MB", table.name, len(index), index.nbytes / 1e6)
         return index
 
