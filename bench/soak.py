@@ -88,7 +88,9 @@ def templates(now: dt.datetime) -> list[tuple[bytes, int]]:
 
     def marked_uuid4():
         counter[0] += 1
-        return types.SimpleNamespace(hex=MARK_HEX.decode() + f"{counter[0]:024x}")
+        # The counter first: a tool-call id keeps only the first 16 hex digits, and must
+        # stay unique within a request, or one call would be joined to every trace's action.
+        return types.SimpleNamespace(hex=MARK_HEX.decode() + f"{counter[0]:08x}" + "0" * 16)
 
     out = []
     with mock.patch.object(sc, "uuid", types.SimpleNamespace(uuid4=marked_uuid4)):
@@ -101,6 +103,8 @@ def templates(now: dt.datetime) -> list[tuple[bytes, int]]:
             body = sc.World.otlp(spans)
             if body.count(MARK_HEX) < TRACES_PER_REQUEST or body.count(MARK) < len(spans):
                 raise RuntimeError("a template's ids do not carry the marker")
+            if len(set(re.findall(rb"chatcmpl-tool-[0-9a-f]{16}", body))) < TRACES_PER_REQUEST:
+                raise RuntimeError("a template's traces share a tool-call id")
             out.append((body, len(spans)))
     return out
 

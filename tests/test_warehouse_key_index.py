@@ -7,9 +7,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.warehouse_data import call, write
+from tests.warehouse_data import action, ago, call, write
 from warehouse import schema
-from warehouse.key_index import ABSENT, KeyIndex
+from warehouse.key_index import ABSENT, KeyIndex, ValueIndex
 from warehouse.store import Store
 from warehouse.tables import SELF_INDEXED
 from warehouse.verify import verify
@@ -129,16 +129,99 @@ def test_a_lookup_by_key_reads_the_second_the_index_names_and_everything_when_th
     from warehouse.queries.common import by_key
     store = Store(tmp_path / "audit.duckdb")
     write(store, "model_call", [call("old", days=20)] + [call(f"c{i}") for i in range(100)])
-    window = store.written_within("model_calls", ("old",))
-    assert window is not None and window[0] == window[1]
-    assert store.written_within("model_calls", ("never",)) is None
+    [window] = store.written_where("model_calls", "call_id", "old")
+    assert window[0] == window[1]
+    assert store.written_where("model_calls", "call_id", "never") == [], "certainly not stored"
     con = store.reader()
-    assert [r["call_id"] for r in by_key(con, "model_calls", "call_id", "old", store.written_within)] == ["old"]
+    assert [r["call_id"] for r in by_key(con, "model_calls", "call_id", "old", store.written_where)] == ["old"]
     # an index a commit behind names the wrong second: the lookup still finds the row
-    stale = lambda table, key: (1, 2)  # noqa: E731
+    stale = lambda table, column, value: [(1, 2)]  # noqa: E731
     assert [r["call_id"] for r in by_key(con, "model_calls", "call_id", "c5", stale)] == ["c5"]
-    assert by_key(con, "model_calls", "call_id", "never", store.written_within) == []
+    assert by_key(con, "model_calls", "call_id", "never", store.written_where) == []
     con.close()
+    store.close()
+
+
+def test_value_index_gives_every_second_a_value_was_written_in_across_merged_runs():
+    index = ValueIndex()
+    rng = np.random.default_rng(11)
+    values = rng.integers(0, 2**63, 20_000, dtype=np.uint64)
+    for start in range(0, len(values), 500):
+        index.add(values[start:start + 500], np.full(500, start // 500 + 10, dtype=np.uint32))
+    index.add(values[:2], np.array([900, 10], dtype=np.uint32))  # written again, and once more at 10
+    assert index.seconds(int(values[0])).tolist() == [10, 900]
+    assert index.seconds(int(values[1])).tolist() == [10]
+    assert index.seconds(int(values[-1])).tolist() == [49]
+    assert index.seconds(int(values[0]) ^ (1 << 40)).tolist() == [], "another value: nothing"
+    assert index.nbytes <= 8 * (len(values) + 2)
+    assert len(index._runs) <= 2 * int(np.log2(len(values)))
+
+
+def _trace_back_everywhere(con, store, **given):
+    """trace-back with the store's indexes, and reading every row: the same answer."""
+    from warehouse.params import Params
+    from warehouse.queries.calls import TRACE_BACK_PARAMS, trace_back
+    params = Params({k: [v] for k, v in given.items()}, TRACE_BACK_PARAMS)
+    located = trace_back(con, params, store.written_where)
+    assert located == trace_back(con, params), given
+    return located
+
+
+def test_trace_back_by_lookup_columns_reads_only_where_the_values_were_written(tmp_path):
+    from nimtrail import records
+    store = Store(tmp_path / "audit.duckdb")
+    write(store, "model_call", [call("old", days=20, tool_call_ids=["tc-a", "tc-b"])]
+          + [call(f"c{i}") for i in range(200)])
+    write(store, "tool_action", [action("a1", "old", days=20, tool_call_id="tc-a"),
+                                 action("a2", "old", days=1, tool_call_id="tc-b")]
+          + [action(f"x{i}", f"c{i}") for i in range(200)])
+    finding = dict(kind="ungated_action", severity="high", detected_at=ago(), detail={"why": "test"})
+    write(store, "finding", [records.new("finding", finding_id="f1", subject_ids=["a2", "old"], version=1,
+                                         observed_at=ago(days=1), **finding),
+                             records.new("finding", finding_id="f2", subject_ids=["old"], version=1,
+                                         observed_at=ago(days=20), **finding)]
+          + [records.new("finding", finding_id=f"g{i}", subject_ids=[f"c{i}"], version=1, observed_at=ago(),
+                         **finding) for i in range(100)])
+    con = store.reader()
+    # the windows named: one per second the rows were written in, far apart
+    assert len(store.written_where("tool_actions", "call_id", "old")) == 2
+    assert store.written_where("tool_actions", "call_id", "nobody") == []
+    assert len(store.written_where("findings", "subject_ids", "old")) == 2
+    assert store.written_where("model_calls", "tool_call_ids", "tc-b") == store.written_where(
+        "model_calls", "call_id", "old")
+    by_call = _trace_back_everywhere(con, store, call_id="old")
+    assert [a["action_id"] for a in by_call["actions"]] == ["a1", "a2"]
+    assert sorted(f["finding_id"] for f in by_call["findings"]) == ["f1", "f2"]
+    assert _trace_back_everywhere(con, store, tool_call_id="tc-b")["call"]["call_id"] == "old"
+    write(store, "tool_action", [action("a2", "old", days=0, tool_call_id="tc-b", version=2, outcome="error")])
+    assert _trace_back_everywhere(con, store, action_id="a2")["actions"][0]["outcome"] == "error"
+    assert _trace_back_everywhere(con, store, call_id="nobody")["found"] is False
+    con.close()
+    store.close()
+    store = Store(tmp_path / "audit.duckdb")  # a restart: built again from the tables
+    assert store.written_where("tool_actions", "call_id", "old") is None, "not built before a write"
+    write(store, "tool_action", [action("new", "c1")])
+    assert len(store.written_where("tool_actions", "call_id", "old")) >= 2
+    assert store.written_where("findings", "subject_ids", "old") is None, "findings not written yet"
+    store.close()
+
+
+def test_a_key_committed_before_the_index_holds_it_is_never_called_absent(tmp_path, monkeypatch):
+    """Between COMMIT and the key index's update a reader may see the row in DuckDB: the
+    index must not answer 'no such row' then."""
+    store = Store(tmp_path / "audit.duckdb")
+    write(store, "model_call", [call(f"c{i}") for i in range(100)])
+    seen = []
+    add = KeyIndex.add
+
+    def add_and_ask(index, hashes, secs):
+        seen.append(store.written_where("model_calls", "call_id", "late"))
+        add(index, hashes, secs)
+    monkeypatch.setattr(KeyIndex, "add", add_and_ask)
+    write(store, "model_call", [call("late")])
+    assert seen == [None], "unknown while the commit is not yet indexed"
+    monkeypatch.undo()
+    assert store.written_where("model_calls", "call_id", "late") not in (None, [])
     store.close()
 
 

@@ -31,7 +31,7 @@ overrides an older one's (a replaced row has a newer `observed_at`).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -78,7 +78,8 @@ class KeyIndex:
         """For each hash: the second recorded for it (int64), ABSENT where none is."""
         found = np.full(len(hashes), ABSENT, dtype=np.int64)
         pending = np.arange(len(hashes))
-        for run_hashes, run_seconds in reversed(self._runs):  # one list: add() swaps it whole  # newest first: it overrides
+        # Newest first: it overrides. One list: add() swaps it whole.
+        for run_hashes, run_seconds in reversed(self._runs):
             if not len(pending):
                 break
             wanted = hashes[pending]
@@ -95,13 +96,9 @@ class KeyIndex:
             return
         # A new list, swapped in whole: the query API's threads read the index while the
         # writer adds to it, and must see one list of runs, never one half-merged.
-        runs = [*self._runs, _sorted_run(hashes, secs)]
-        while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
-            newer = runs.pop()
-            older = runs.pop()
-            runs.append(_sorted_run(np.concatenate([older[0], newer[0]]),
-                                    np.concatenate([older[1], newer[1]])))
-        self._runs = runs
+        self._runs = _with_run(self._runs, _sorted_run(hashes, secs), lambda older, newer: _sorted_run(
+            np.concatenate([older[0], newer[0]]), np.concatenate([older[1], newer[1]])),
+            size=lambda run: len(run[0]))
 
     def clear(self) -> None:
         self._runs = []
@@ -110,6 +107,67 @@ class KeyIndex:
         """Add the keys of stored rows, read back from the table in batches."""
         for batch in batches:
             self.add(key_hashes(batch, key), seconds(batch))
+
+
+class ValueIndex:
+    """Value hash -> every second of `observed_at` in which a row holding that value in one
+    column was written: the lookup columns (`tables.LOOKUP_COLUMNS`), by which queries find
+    rows that are not found by their key (a call's actions by call id, the findings about a
+    subject). An entry is 8 bytes, the high 32 bits of the value's hash and the second packed
+    in one uint64, kept sorted in runs like KeyIndex's; a hash prefix shared by two values
+    only makes a lookup read more row groups, never miss one.
+
+    Entries are only ever added, before the write that holds them commits: the index names a
+    superset of where the rows are (a replaced or rolled-back row leaves a second that holds
+    nothing, which costs a read and no answer). So a value the index has never seen is in no
+    row, and a lookup needs no read at all.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self._runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(run.nbytes for run in self._runs)
+
+    def seconds(self, value_hash: int) -> np.ndarray:
+        """Every second recorded for this hash (sorted, unique; may include NO_TIME)."""
+        lo, hi = (value_hash >> 32) << 32, ((value_hash >> 32) << 32) | 0xFFFF_FFFF
+        found = [run[np.searchsorted(run, lo):np.searchsorted(run, hi, side="right")]
+                 for run in self._runs]  # one list: add() swaps it whole
+        return np.unique((np.concatenate(found) if found else np.empty(0, np.uint64)) & 0xFFFF_FFFF)
+
+    def add(self, hashes: np.ndarray, secs: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        packed = ((hashes >> np.uint64(32)) << np.uint64(32)) | secs.astype(np.uint64)
+        self._runs = _with_run(self._runs, np.unique(packed),
+                               lambda older, newer: np.unique(np.concatenate([older, newer])))
+
+    def clear(self) -> None:
+        self._runs = []
+
+    def extend_from(self, batches: Iterable[pl.DataFrame], column: str) -> None:
+        """Add the values of stored rows (a list column gives each of its items)."""
+        for batch in batches:
+            values = batch.select(column, "observed_at")
+            if isinstance(values.schema[column], pl.List):
+                values = values.explode(column)
+            values = values.drop_nulls(column)
+            self.add(key_hashes(values, [column]), seconds(values))
+
+
+def _with_run(runs: list, run: Any, merge: Callable[[Any, Any], Any], size: Callable[[Any], int] = len) -> list:
+    """`runs` (oldest and largest first) with `run` added: runs are merged while the newer
+    one is at least half the size of the one before it, so there are O(log n) of them."""
+    runs = [*runs, run]
+    while len(runs) > 1 and 2 * size(runs[-1]) >= size(runs[-2]):
+        newer = runs.pop()
+        runs.append(merge(runs.pop(), newer))
+    return runs
 
 
 def _sorted_run(hashes: np.ndarray, secs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -163,7 +163,7 @@ def _q(fn: Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]]) -> Cal
 _ALL = (
     Operation("query", "calls", frozenset(CALLS_PARAMS), ANY_ROLE, _q(calls)),
     Operation("query", "trace-back", frozenset(TRACE_BACK_PARAMS), ANY_ROLE,
-              lambda ctx, params: trace_back(ctx.con, params, ctx.store.written_within if ctx.store else None)),
+              lambda ctx, params: trace_back(ctx.con, params, ctx.store.written_where if ctx.store else None)),
     Operation("query", "actions", frozenset(ACTIONS_PARAMS), ANY_ROLE, _q(actions)),
     Operation("query", "trace", frozenset(TRACE_PARAMS), ANY_ROLE, _q(trace)),
     Operation("query", "session", frozenset(SESSION_PARAMS), ANY_ROLE, _q(session)),

@@ -22,11 +22,12 @@ import polars as pl
 from nimtrail import faults
 from nimtrail.config import WarehouseConfig
 from warehouse import latency_rollup
-from warehouse.key_index import ABSENT, NO_TIME, KeyIndex, key_hashes, seconds
+from warehouse.key_index import ABSENT, NO_TIME, KeyIndex, ValueIndex, key_hashes, seconds
 from warehouse.ledger import Ledger
 from warehouse.schema import migrate
 from warehouse.sql import scalar
-from warehouse.tables import RECORD_TABLES, Table, ledger_items, load_tables, observed_within
+from warehouse.tables import (LOOKUP_COLUMNS, RECORD_TABLES, Table, ledger_items, load_tables, observed_within,
+                              windows_of)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class Store:
         # Built on a table's first write (reading its keys back), see key_index.py.
         self._key_indexes: dict[str, KeyIndex] = {}
         self._index_pending: list[tuple[str, Any, Any]] = []  # keys written, until COMMIT
+        # Built with the key index: where each value of a lookup column was written.
+        self._value_indexes: dict[tuple[str, str], ValueIndex] = {}
+        # Odd from just before a COMMIT until the key indexes hold its keys: while it is, a
+        # key the index lacks may be stored all the same (see written_where).
+        self._commit_seq = 0
         self._write_lock = threading.Lock()
         if LEDGER_MIGRATION in applied:
             self._adopt_existing_rows()
@@ -89,17 +95,20 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
+                self._commit_seq += 1
                 con.execute("COMMIT")
             except BaseException:
                 self._index_pending.clear()
                 self.ledger.rolled_back()
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
+                self._commit_seq += self._commit_seq % 2
                 raise
             self.ledger.committed()
             for name, hashes, secs in self._index_pending:
                 self._key_indexes[name].add(hashes, secs)
             self._index_pending.clear()
+            self._commit_seq += 1
 
     @contextlib.contextmanager
     def snapshot(self, under_lock: Callable[[], Any] | None = None
@@ -153,6 +162,9 @@ class Store:
                 # Recorded once COMMIT succeeds: a rolled-back replacement must leave the key
                 # at the second of the row that is still there.
                 self._index_pending.append((table.name, key_hashes(fresh, table.key), seconds(fresh)))
+                # Before COMMIT: the value indexes may name more than is stored, never less.
+                for column in LOOKUP_COLUMNS.get(table.name, ()):
+                    self._value_indexes[(table.name, column)].extend_from([fresh], column)
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.unregister("frame")
@@ -209,38 +221,67 @@ class Store:
         return (*_changing(table, frame, stored.cast({k: keys.schema[k] for k in table.key})), window)
 
     def _key_index(self, con: duckdb.DuckDBPyConnection, table: Table) -> KeyIndex:
+        """The table's key index, and its lookup columns' value indexes, built from the
+        table in one read on its first write."""
         index = self._key_indexes.get(table.name)
         if index is None:
             index = KeyIndex()
-            columns = ", ".join(f't."{k}"' for k in table.key)
+            lookups = LOOKUP_COLUMNS.get(table.name, ())
+            values = {column: ValueIndex() for column in lookups}
+            columns = ", ".join(f't."{c}"' for c in [*table.key, *lookups])
             reader = con.sql(f"SELECT {columns}, t.observed_at FROM {table.name} t").to_arrow_reader(KEY_READ_BATCH)
             try:
-                index.extend_from((pl.from_arrow(batch) for batch in reader), table.key)
+                for batch in reader:
+                    frame = pl.from_arrow(batch)
+                    index.extend_from([frame], table.key)
+                    for column, value_index in values.items():
+                        value_index.extend_from([frame], column)
             finally:
                 reader.close()
-            self._key_indexes[table.name] = index  # only once whole: a partial one would lie
-            log.info("Key index of %s: %s keys, %.1f MB", table.name, len(index), index.nbytes / 1e6)
+            # Only once whole: a partial one would lie.
+            self._value_indexes.update({(table.name, column): v for column, v in values.items()})
+            self._key_indexes[table.name] = index
+            log.info("Key index of %s: %s keys, %.1f MB (lookup columns %.1f MB)", table.name, len(index),
+                     index.nbytes / 1e6, sum(v.nbytes for v in values.values()) / 1e6)
         return index
 
-    def written_within(self, table_name: str, key: tuple[Any, ...]) -> tuple[int, int] | None:
-        """The seconds of `observed_at` in which the row with this key was written, when the
-        key index knows (None: it does not, or not yet). Only a hint for readers: the index
-        may be a commit behind, so a lookup that finds nothing there must look everywhere."""
-        index = self._key_indexes.get(table_name)
+    def written_where(self, table_name: str, column: str, value: Any) -> list[tuple[int, int]] | None:
+        """The windows of `observed_at` seconds in which the rows of `table_name` whose
+        `column` (its one-column key, or a lookup column) holds `value` were written:
+        [] when no row holds it, None when the indexes cannot say (read every row).
+
+        A hint for readers. The key index may be a commit behind: a key it names at a
+        second may have moved (read everything when that finds nothing), and a key it
+        lacks is certainly absent only when no commit ran while it was asked."""
         table = self.by_name.get(table_name)
-        if index is None or table is None or len(key) != len(table.key):
+        if table is None:
             return None
-        second = int(index.lookup(key_hashes(pl.DataFrame([list(key)], schema=table.key, orient="row"),
-                                             table.key))[0])
-        return None if second in (ABSENT, int(NO_TIME)) else (second, second)
+        value_hash = key_hashes(pl.DataFrame({column: [value]}, schema={column: pl.Utf8}), [column])
+        if table.key == [column]:
+            index = self._key_indexes.get(table_name)
+            if index is None:
+                return None
+            before = self._commit_seq
+            second = int(index.lookup(value_hash)[0])
+            if second == ABSENT:
+                return [] if before % 2 == 0 and self._commit_seq == before else None
+            return None if second == NO_TIME else [(second, second)]
+        value_index = self._value_indexes.get((table_name, column))
+        if value_index is None:
+            return None
+        secs = value_index.seconds(int(value_hash[0]))
+        return None if (secs == NO_TIME).any() else windows_of((int(s), int(s)) for s in secs)
 
     def forget_key_indexes(self) -> None:
         """Rows were deleted (retention): rebuild the key indexes on the next write, so that
         they stop holding the keys of rows that are gone."""
-        self._key_indexes.clear()
+        with self._write_lock:  # not between a write's lookups and its COMMIT
+            self._key_indexes.clear()
+            self._value_indexes.clear()
 
     def key_index_bytes(self) -> int:
-        return sum(index.nbytes for index in list(self._key_indexes.values()))  # read by another thread
+        indexes = [*list(self._key_indexes.values()), *list(self._value_indexes.values())]  # read by another thread
+        return sum(index.nbytes for index in indexes)
 
     @staticmethod
     def _fresh_small(con: duckdb.DuckDBPyConnection, table: Table, frame: pl.DataFrame) -> pl.DataFrame:

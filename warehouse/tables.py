@@ -50,6 +50,14 @@ KEYS: dict[str, tuple[str, ...]] = {
 # with its own compact index (warehouse/key_index.py), which stays small where DuckDB's
 # would hold every key in memory.
 SELF_INDEXED = frozenset({"model_calls", "tool_actions", "findings", "trace_spans", "metric_samples"})
+# Columns of those tables by which queries look rows up other than by key (trace-back: a
+# call's actions, the call that asked for a tool call, the findings about a subject); the
+# warehouse indexes where each value was written (key_index.ValueIndex).
+LOOKUP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "tool_actions": ("call_id", "tool_call_id"),
+    "model_calls": ("tool_call_ids",),
+    "findings": ("subject_ids",),
+}
 
 # Columns added to a ledgered table by a later migration: in a row's canonical form only
 # when not null (a row stored before the column existed reads it as null, and its hash in
@@ -101,6 +109,32 @@ def observed_within(window: tuple[int, int] | None) -> tuple[str, list[int]]:
         return "TRUE", []
     lo, hi = window
     return OBSERVED_WITHIN, [lo * 1_000_000, (hi + 1) * 1_000_000]
+
+
+def observed_within_any(windows: list[tuple[int, int]] | None) -> tuple[str, list[int]]:
+    """`observed_within` for several windows (DuckDB prunes row groups for an OR of them)."""
+    if not windows:
+        return observed_within(None)
+    parts = [observed_within(window) for window in windows]
+    return "(" + " OR ".join(f"({condition})" for condition, _ in parts) + ")", [p for _, ps in parts for p in ps]
+
+
+def windows_of(spans: Iterable[tuple[int, int]], gap: int = 60, most: int = 16) -> list[tuple[int, int]]:
+    """Spans of seconds (both ends included) as a few sorted windows that cover them all:
+    spans closer than `gap` share one (a row group holds a minute or more of a large
+    table's rows, so that reads nothing more), and the gap widens until at most `most`
+    windows are left."""
+    spans = sorted(spans)
+    while True:
+        windows: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if windows and lo - windows[-1][1] <= gap:
+                windows[-1] = (windows[-1][0], max(hi, windows[-1][1]))
+            else:
+                windows.append((lo, hi))
+        if len(windows) <= most:
+            return windows
+        gap *= 4
 
 
 def iso(value: dt.datetime | None) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from warehouse.params import BadParameter, Params
-from warehouse.queries.common import Locate, by_key, equals, page, rows, time_range, where_sql
+from warehouse.queries.common import Locate, by_key, equals, located, page, rows, time_range, where_sql
 from warehouse.sql import one
 
 CALL_FILTERS = {
@@ -103,7 +103,7 @@ def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any],
 
 def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | None = None) -> dict[str, Any]:
     """From one action, tool call or model call: the action(s), the model call that asked
-    for them, its caller and its deployment version (`locate`: see common.by_key)."""
+    for them, its caller and its deployment version (`locate`: see common.located)."""
     action_id, tool_call_id, call_id = (params.text("action_id"), params.text("tool_call_id"),
                                         params.text("call_id"))
     given = [n for n, v in (("action_id", action_id), ("tool_call_id", tool_call_id),
@@ -113,15 +113,15 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | 
     if action_id:
         actions = by_key(con, "tool_actions", "action_id", action_id, locate)
     elif tool_call_id:
-        actions = rows(con, "SELECT * FROM tool_actions WHERE tool_call_id = ? ORDER BY started_at",
-                       [tool_call_id])
+        actions = located(con, "tool_actions", "t.tool_call_id = ?", tool_call_id, "tool_call_id",
+                          [tool_call_id], locate, "ORDER BY started_at")
         if not actions:
-            found = rows(con, "SELECT call_id FROM model_calls WHERE list_contains(tool_call_ids, ?)",
-                         [tool_call_id])
+            found = located(con, "model_calls", "list_contains(t.tool_call_ids, ?)", tool_call_id,
+                            "tool_call_ids", [tool_call_id], locate)
             call_id = found[0]["call_id"] if found else None
     else:
-        actions = rows(con, "SELECT * FROM tool_actions WHERE call_id = ? ORDER BY started_at",
-                       [call_id])
+        actions = located(con, "tool_actions", "t.call_id = ?", call_id, "call_id", [call_id], locate,
+                          "ORDER BY started_at")
     if actions and not call_id:
         call_id = actions[0]["call_id"]
     call = None
@@ -136,8 +136,8 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | 
     subject_ids = [a["action_id"] for a in actions] + ([call["call_id"]] if call else [])
     if deployment:  # findings about the deployment version that served the call (drift)
         subject_ids.append(f"{deployment['deployment_id']}@{deployment['version']}")
-    findings = rows(con, "SELECT * FROM findings WHERE list_has_any(subject_ids, ?::VARCHAR[]) "
-                         "ORDER BY detected_at", [subject_ids]) if subject_ids else []
+    findings = located(con, "findings", "list_has_any(t.subject_ids, ?::VARCHAR[])", subject_ids,
+                       "subject_ids", subject_ids, locate, "ORDER BY detected_at") if subject_ids else []
     caller = None
     if call:
         caller = {k: call.get(k) for k in ("caller", "client_service", "client_address",

@@ -10,7 +10,7 @@ import orjson
 
 from nimtrail import timestamps
 from warehouse.params import BadParameter, Params
-from warehouse.tables import observed_within
+from warehouse.tables import observed_within_any, windows_of
 
 JSON_COLUMNS = {"labels", "buckets", "detail", "lora", "container_config", "env", "api_surface",
                 "health_endpoints", "logging_mode", "tracing_config", "tool_calling",
@@ -35,25 +35,37 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict
             for row in cursor.fetchall()]
 
 
-# Where a keyed row was written, if known: (table, key values) -> seconds of observed_at
-# (Store.written_within). Readers without a store pass none.
-Locate = Callable[[str, tuple[Any, ...]], "tuple[int, int] | None"]
+# Where the rows of a table whose column holds a value were written: (table, column, value)
+# -> windows of observed_at seconds, [] for none, None for unknown (Store.written_where).
+# Readers without a store pass none.
+Locate = Callable[[str, str, Any], "list[tuple[int, int]] | None"]
+
+
+def located(con: duckdb.DuckDBPyConnection, table: str, condition: str, arg: Any, column: str,
+            values: list[Any], locate: Locate | None = None, order_by: str = "") -> list[dict[str, Any]]:
+    """The rows of `table` that `condition` (SQL over `t` with one parameter, `arg`)
+    selects, where `condition` holds only for rows whose `column` holds one of `values`.
+    The large tables have no index in DuckDB: where the warehouse's indexes know when such
+    rows were written, only those row groups are read, none when no row holds any of the
+    values, and everything when the windows find nothing (the key index may be a commit
+    behind)."""
+    sql = f"SELECT * FROM {table} t WHERE {condition}"
+    found_windows = [locate(table, column, v) for v in values] if locate else [None]
+    if all(w is not None for w in found_windows):
+        windows = windows_of(span for w in found_windows for span in w)
+        if not windows:
+            return []
+        within, params = observed_within_any(windows)
+        found = rows(con, f"{sql} AND {within} {order_by}", [arg, *params])
+        if found:
+            return found
+    return rows(con, f"{sql} {order_by}", [arg])
 
 
 def by_key(con: duckdb.DuckDBPyConnection, table: str, column: str, value: Any,
            locate: Locate | None = None) -> list[dict[str, Any]]:
-    """The row of `table` whose one-column key `column` is `value`. The large tables have no
-    index in DuckDB; where the key index knows when the row was written, only the row
-    groups of that second are read, and everything only when that finds nothing (the
-    index may be a commit behind)."""
-    window = locate(table, (value,)) if locate else None
-    sql = f'SELECT * FROM {table} t WHERE t."{column}" = ?'
-    if window is not None:
-        condition, params = observed_within(window)
-        found = rows(con, f"{sql} AND {condition}", [value, *params])
-        if found:
-            return found
-    return rows(con, sql, [value])
+    """The row of `table` whose one-column key `column` is `value` (see `located`)."""
+    return located(con, table, f't."{column}" = ?', value, column, [value], locate)
 
 
 def time_range(params: Params, column: str, where: list[str], args: list[Any],
