@@ -28,14 +28,15 @@ from typing import Iterator
 import orjson
 import yaml
 
-from bench import pipeline, raw, report
+from bench import pipeline, raw, report, stages
 from cli import broker
 
 SIZES = {
     "quick": {"kafka_msgs": 2000, "arrow_rows": 100_000, "traces": 1500, "log_calls": 300,
-              "fresh_s": 5, "calls": 100_000, "requests": 20},
+              "fresh_s": 5, "calls": 100_000, "requests": 20, "stage_traces": 300, "stage_records": 20_000},
     "default": {"kafka_msgs": 6000, "arrow_rows": 1_000_000, "traces": 8000, "log_calls": 2000,
-                "fresh_s": 10, "calls": 1_000_000, "requests": 100},
+                "fresh_s": 10, "calls": 1_000_000, "requests": 100, "stage_traces": 2000,
+                "stage_records": 100_000},
 }
 RATES = (1000, 5000)
 
@@ -53,15 +54,16 @@ def machine() -> dict:
 
 
 @contextlib.contextmanager
-def kafka(args: argparse.Namespace, work: Path) -> Iterator[str]:
-    """The broker's bootstrap: --bootstrap's, or a bundled one started for the run."""
+def kafka(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, int | None]]:
+    """The broker's bootstrap and process id: --bootstrap's (pid unknown), or a bundled one
+    started for the run."""
     if args.bootstrap:
-        yield args.bootstrap
+        yield args.bootstrap, None
         return
     data = work / "kafka"
     handle = broker.start(data, port=0, timeout=180)
     try:
-        yield handle.bootstrap
+        yield handle.bootstrap, handle.pid
     finally:
         broker.stop(data)
 
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="queries at 10M model calls")
     parser.add_argument("--bootstrap", default="", help="use this broker instead of starting one")
     parser.add_argument("--work", help="directory for the files (default: a temporary one)")
-    parser.add_argument("--skip", action="append", default=[], choices=["raw", "pipeline", "queries"])
+    parser.add_argument("--skip", action="append", default=[], choices=["raw", "pipeline", "stages", "queries"])
     parser.add_argument("--soak", action="store_true", help="steady load for --minutes at --rate, then a restart")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
     parser.add_argument("--rate", type=float, default=5000.0, help="soak spans per second (default 5000)")
@@ -97,7 +99,7 @@ def main() -> None:
                  "mode": "quick" if args.quick else ("full" if args.full else "default"),
                  "machine": machine(), "sizes": size}
     out["broker"] = "shared" if args.bootstrap else "bundled"
-    with kafka(args, work) as bootstrap:
+    with kafka(args, work) as (bootstrap, broker_pid):
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         sample, spans = pipeline._traces(pipeline.TRACES_PER_REQUEST, now)
         body = sample[0][0]
@@ -113,8 +115,13 @@ def main() -> None:
             say(f"  DuckDB Arrow insert: {r['rows_per_s']:,.0f} rows/s ({r['rows']:,} rows, one frame)")
         if "pipeline" not in args.skip:
             say("pipeline (collector + processor + warehouse processes):")
-            out["sustained"] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say)
+            out["sustained"] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say,
+                                                  broker_pid=broker_pid)
             out["freshness"] = [pipeline.freshness(work, bootstrap, rate, size["fresh_s"], say) for rate in RATES]
+        if "stages" not in args.skip:
+            say("stages alone, in this process:")
+            out["processor_alone"] = stages.processor_alone(bootstrap, work, size["stage_traces"], say)
+            out["warehouse_alone"] = stages.warehouse_alone(work, size["stage_records"], say)
     if "queries" not in args.skip:
         from bench.warehouse_bench import bench_queries
         say(f"queries at {size['calls']:,} model calls, {size['requests']} requests each, over HTTP:")
@@ -158,7 +165,7 @@ def soak_main(args: argparse.Namespace) -> None:
     out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "soak",
                  "machine": machine(), "settings": args.set}
     out["broker"] = "shared" if args.bootstrap else "bundled"
-    with kafka(args, work) as bootstrap:
+    with kafka(args, work) as (bootstrap, broker_pid):
         out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set))
     say(f"wrote {write_result(out, 'soak')}")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import os
 import random
 import re
 import statistics
@@ -48,6 +49,15 @@ def status_mb(field: str, pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds a process has used so far (utime + stime; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -124,7 +134,8 @@ def _count(env: Env) -> dict[str, int]:
         con.close()
 
 
-def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None]) -> dict:
+def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None],
+              broker_pid: int | None = None) -> dict:
     (work / "sustained").mkdir(parents=True, exist_ok=True)
     env = Env(work / "sustained", bootstrap, collector={"filelog": [
         {"include": [str(work / "sustained" / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
@@ -133,6 +144,8 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
     lines = nim_log_lines(log_calls, now)
     say(f"  {traces:,} traces ({spans:,} spans in {len(requests)} requests) + {len(lines):,} log lines prepared")
     pids = _start(env)
+    measured = {**pids, **({"broker": broker_pid} if broker_pid else {})}
+    cpu_before = {stage: cpu_seconds(pid) for stage, pid in measured.items()}
     try:
         bodies = [b for b, _, _ in requests]
         half = len(bodies) // 2
@@ -156,6 +169,8 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
 
         wait_for(done, timeout=max(120.0, traces / 50), interval=0.2, what="every call queryable")
         elapsed = time.perf_counter() - began
+        cpu = {stage: cpu_seconds(pid) - cpu_before[stage] for stage, pid in measured.items()}
+        rows = sum(_written(env).values())
         rss = {stage: peak_rss_mb(pid) for stage, pid in pids.items()}
     finally:
         env.stop_all()
@@ -165,10 +180,17 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
            "collector_accept_s": accepted, "end_to_end_s": elapsed, "events_per_s": events / elapsed,
            "spans_per_s": spans / elapsed, "collector_events_per_s": events / accepted,
            "expected": {"model_calls": expected, "tool_actions": traces}, "found": counts,
-           "peak_rss_mb": rss, "request_bytes": statistics.mean(len(b) for b in bodies)}
+           "peak_rss_mb": rss, "request_bytes": statistics.mean(len(b) for b in bodies),
+           # Each process's CPU over the run (the last polls of the done() check included).
+           "cpu_s": cpu, "rows_written": rows,
+           "events_per_cpu_s": {stage: events / used for stage, used in cpu.items() if used > 0},
+           "events_per_cpu_s_all": events / sum(cpu.values())}
     say(f"  sustained: {events:,} events in {elapsed:.1f}s = {events / elapsed:,.0f} events/s end to end "
         f"(collector accepted them in {accepted:.1f}s); rows {counts} of expected {out['expected']}; "
         f"peak RSS MB {({k: round(v or 0) for k, v in rss.items()})}")
+    say("  CPU seconds per stage: " + ", ".join(f"{k} {v:.1f} ({events / v:,.0f} events per CPU s)"
+                                               for k, v in cpu.items() if v > 0)
+        + f"; all together {out['events_per_cpu_s_all']:,.0f} events per CPU s")
     return out
 
 

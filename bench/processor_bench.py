@@ -105,7 +105,7 @@ def bench_pure(messages: list[tuple[str, bytes]], batch: int) -> tuple[float, fl
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def _config(bootstrap: str, data: Path) -> config_mod.Config:
+def config_for(bootstrap: str, data: Path) -> config_mod.Config:
     suffix = uuid.uuid4().hex[:8]
     base = config_mod.Config()
     topics = {f.name: f"{getattr(base.topics, f.name)}.bench{suffix}"
@@ -115,7 +115,7 @@ def _config(bootstrap: str, data: Path) -> config_mod.Config:
                                       **{f"NIMTRAIL_TOPICS__{k.upper()}": v for k, v in topics.items()}})
 
 
-def _load_input(config: config_mod.Config, messages: list[tuple[str, bytes]]) -> None:
+def load_input(config: config_mod.Config, messages: list[tuple[str, bytes]]) -> None:
     t = config.topics
     topic_of = {normalize.SPANS: t.otlp_spans, normalize.NIMLOGS: t.nimlogs, normalize.SCRAPES: t.scrapes,
                 normalize.DEPLOYMENTS: t.deployments}
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             raw, full, full_cpu = float("inf"), float("inf"), float("inf")
             for run in range(args.repeat):
-                config = _config(bootstrap, Path(tmp) / f"data{run}")
-                _load_input(config, messages)
+                config = config_for(bootstrap, Path(tmp) / f"data{run}")
+                load_input(config, messages)
                 raw = min(raw, bench_raw(config, len(inputs)))
                 wall, cpu = bench_processor(config, len(inputs))
                 full, full_cpu = min(full, wall), min(full_cpu, cpu)

@@ -64,7 +64,42 @@ def markdown(r: dict) -> str:
     if dd:
         lines.append(f"| (raw) DuckDB Arrow insert, one frame of {dd['rows']:,} calls | {_n(dd['rows_per_s'])} rows/s "
                      f"| | | |")
+    lines += stage_table(r)
     return "\n".join(lines)
+
+
+def stage_table(r: dict) -> list[str]:
+    """CPU per event of each stage, in the pipeline (the sustained run) and alone."""
+    s, pa, wa = r.get("sustained") or {}, r.get("processor_alone"), r.get("warehouse_alone")
+    per_cpu = s.get("events_per_cpu_s", {})
+    if not (per_cpu or pa or wa):
+        return []
+    kp = r.get("raw_kafka_python") or {}
+    spans_per_msg = r.get("request", {}).get("spans", 1)
+    cpu = s.get("cpu_s", {})
+    rows_cpu = s["rows_written"] / cpu["warehouse"] if cpu.get("warehouse") else None
+    lines = ["", "CPU per event by stage: events (spans + log lines) per CPU second of each stage's process, "
+             "in the sustained run above and alone in one process on the same broker; the warehouse also "
+             "in rows written per CPU second.", "",
+             "| stage | in the pipeline | alone | raw limit (same run) | target |", "|---|---|---|---|---|"]
+    lines.append(f"| collector | {_n(per_cpu.get('collector'))} events per CPU s | | kafka-python produce "
+                 f"{_n(kp['produce_msgs_per_s'] * spans_per_msg if kp else None)} spans/s | CPU per span ≤ the "
+                 "OpenTelemetry Collector's, side by side |")
+    lines.append(f"| processor | {_n(per_cpu.get('processor'))} events per CPU s | "
+                 + (f"{_n(pa['events_per_cpu_s'])} events per CPU s (normalise + join alone "
+                    f"{_n(pa['pure_events_per_cpu_s'])}) | kafka-python consume + produce of its input "
+                    f"{_n(pa['raw_events_per_s'])} events/s" if pa else " | ")
+                 + " | ≥ 60,000 events per CPU s |")
+    lines.append(f"| warehouse | {_n(rows_cpu)} rows per CPU s ({_n(per_cpu.get('warehouse'))} events) | "
+                 + (f"{_n(wa['ingest_rows_per_cpu_s'])} rows per CPU s | DuckDB Arrow insert of the same rows, "
+                    f"a poll at a time, {_n(wa['raw_chunked_rows_per_cpu_s'])} rows per CPU s" if wa else " | ")
+                 + " | ≥ 150,000 rows per CPU s |")
+    if "broker" in per_cpu:
+        lines.append(f"| broker (both passes) | {_n(per_cpu['broker'])} events per CPU s | | | |")
+    if s.get("events_per_cpu_s_all"):
+        lines.append(f"| all of them | {_n(s['events_per_cpu_s_all'])} events per CPU s, {_n(s['events_per_s'])} "
+                     f"events/s | | | ≥ 25,000 events/s end to end |")
+    return lines
 
 
 def update(path: Path, mode: str, table: str) -> None:

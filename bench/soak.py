@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.resources import Resource
 
 from nimtrail import kafka_io
-from bench.pipeline import TRACES_PER_REQUEST, _found, status_mb
+from bench.pipeline import TRACES_PER_REQUEST, _found, cpu_seconds, status_mb
 from tests import scenarios as sc
 from tests.harness import Env, scrape, wait_for
 
@@ -114,14 +114,6 @@ def _instance(body: bytes, sequence: int) -> bytes:
 
 
 # -- reading the stages -----------------------------------------------------------------
-
-def _cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
 
 def _sum(metrics: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in metrics.items() if k == prefix or k.startswith(prefix + "{"))
@@ -203,12 +195,15 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
 
     def snapshot() -> dict:
         p, w = scrape(ops), scrape(f"{env.api}/metrics")
-        return {"t": time.monotonic(), "sent": sent_spans[0], "cpu": {s: _cpu_s(pid) for s, pid in pids.items()},
+        return {"t": time.monotonic(), "sent": sent_spans[0], "cpu": {s: cpu_seconds(pid) for s, pid in pids.items()},
                 "joined": _sum(p, "nimtrail_processor_joined_evidence_total"),
                 "written": _sum(w, "nimtrail_warehouse_written_records_total"),
                 "evicted": _sum(p, "nimtrail_processor_evicted_entries_total"),
                 "early": _sum(p, "nimtrail_processor_settled_early_records_total"),
-                "entries": p.get("nimtrail_processor_state_entries"), "bytes": p.get("nimtrail_processor_state_bytes")}
+                "entries": p.get("nimtrail_processor_state_entries"), "bytes": p.get("nimtrail_processor_state_bytes"),
+                # what of the warehouse's RSS is accounted for: DuckDB's buffers and the key index
+                "duckdb": _sum(w, "nimtrail_warehouse_duckdb_memory_bytes"),
+                "key_index": w.get("nimtrail_warehouse_key_index_bytes")}
 
     def report(before: dict, after: dict, minute: int) -> dict:
         span = after["t"] - before["t"]
@@ -223,14 +218,16 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
                "events_per_cpu_s": sent / cpu if cpu else None,
                "cpu_s": {s: after["cpu"][s] - before["cpu"][s] for s in pids},
                "state_entries": after["entries"], "state_bytes": after["bytes"],
-               "evicted": after["evicted"] - before["evicted"], "settled_early": after["early"] - before["early"]}
+               "evicted": after["evicted"] - before["evicted"], "settled_early": after["early"] - before["early"],
+               "warehouse_duckdb_mb": after["duckdb"] / 1e6, "warehouse_key_index_mb": (after["key_index"] or 0) / 1e6}
         rss = " ".join(f"{s} {v or 0:,.0f}" for s, v in row["rss_mb"].items())
         say(f"  min {minute:>3}: RSS MB {rss} | fresh p50 {row['fresh_p50_ms'] or 0:,.0f} ms "
             f"p99 {row['fresh_p99_ms'] or 0:,.0f} ms ({len(fresh)} probes) | in {row['spans_in_per_s']:,.0f} spans/s, "
             f"out {row['evidence_out_per_s']:,.0f} evidence/s, {row['records_written_per_s']:,.0f} records/s | "
             f"{row['events_per_cpu_s'] or 0:,.0f} events/CPU-s | state {row['state_entries'] or 0:,.0f} entries "
             f"{(row['state_bytes'] or 0) / 1e6:,.1f} MB, evicted {row['evicted']:,.0f}, "
-            f"settled early {row['settled_early']:,.0f}")
+            f"settled early {row['settled_early']:,.0f} | warehouse DuckDB {row['warehouse_duckdb_mb']:,.0f} MB, "
+            f"key index {row['warehouse_key_index_mb']:,.0f} MB")
         return row
 
     try:
