@@ -29,6 +29,7 @@ asks for one.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import zlib
 from typing import Any, Iterable, NamedTuple
@@ -153,8 +154,11 @@ class Forgotten:
         # Sequence of a piece of calls -> its links, encoded and compressed (ids and times
         # share long prefixes: a third of the size).
         self._links: dict[int, bytes] = {}
-        # Sealed pieces, oldest first: sequence -> (which keys, the end sequence of those keys then).
-        self._pieces: dict[int, tuple[Keys, int]] = {}
+        # Sealed pieces of each index, oldest first: (sequence, the end sequence of its keys
+        # then). Ends only grow and cutoffs only advance, so expiry pops from the front and
+        # a state write never walks the pieces still live.
+        self._evidence_pieces: collections.deque[tuple[int, int]] = collections.deque()
+        self._call_pieces: collections.deque[tuple[int, int]] = collections.deque()
         self._next_piece = 0
         # Forgotten since the last seal: what the next pieces hold.
         self._new_evidence: list[int] = []
@@ -207,11 +211,11 @@ class Forgotten:
         self._next_piece += 2  # the second for calls, which name it before it is sealed
         if self._new_evidence:
             keys = np.array(self._new_evidence, np.uint64)
-            out.append(self._sealed(first, self._evidence, {"e": _pack(keys)}))
+            out.append(self._sealed(first, self._evidence, self._evidence_pieces, {"e": _pack(keys)}))
         if self._new_calls:
             links = orjson.dumps([list(link) for link in self._new_links])
             self._links[first + 1] = zlib.compress(links)
-            out.append(self._sealed(first + 1, self._calls, {
+            out.append(self._sealed(first + 1, self._calls, self._call_pieces, {
                 "c": _pack(np.array([k for k, _ in self._new_calls], np.uint64)),
                 "i": _pack(np.array([i for _, i in self._new_calls], np.uint32)), "l": orjson.Fragment(links)}))
         self._new_evidence, self._new_calls, self._new_links = [], [], []
@@ -219,16 +223,18 @@ class Forgotten:
             self._next_piece = first
         return out
 
-    def _sealed(self, sequence: int, keys: Keys, doc: dict[str, Any]) -> tuple[str, bytes]:
-        self._pieces[sequence] = (keys, keys.end)
+    def _sealed(self, sequence: int, keys: Keys, pieces: collections.deque[tuple[int, int]],
+                doc: dict[str, Any]) -> tuple[str, bytes]:
+        pieces.append((sequence, keys.end))
         return piece_id(sequence), orjson.dumps({**doc, "end": keys.end})
 
     def expired(self) -> list[str]:
         """Sealed pieces all of whose keys passed the bound: to delete from the changelog."""
         out = []
-        for sequence, (keys, end) in list(self._pieces.items()):
-            if end <= keys.cutoff:
-                del self._pieces[sequence]
+        for keys, pieces in ((self._evidence, self._evidence_pieces), (self._calls, self._call_pieces)):
+            cutoff = keys.cutoff
+            while pieces and pieces[0][1] <= cutoff:
+                sequence, _end = pieces.popleft()
                 self._links.pop(sequence, None)
                 out.append(piece_id(sequence))
         return out
@@ -242,12 +248,12 @@ class Forgotten:
             if "e" in doc:
                 keys = _unpack(doc["e"], np.uint64)
                 evidence.append((doc["end"], keys, np.zeros(len(keys), np.int64)))
-                self._pieces[sequence] = (self._evidence, doc["end"])
+                self._evidence_pieces.append((sequence, doc["end"]))
             else:
                 index = _unpack(doc["i"], np.uint32).astype(np.int64)
                 calls.append((doc["end"], _unpack(doc["c"], np.uint64), sequence << 32 | index))
                 self._links[sequence] = zlib.compress(orjson.dumps(doc["l"]))
-                self._pieces[sequence] = (self._calls, doc["end"])
+                self._call_pieces.append((sequence, doc["end"]))
         self._evidence.restore(evidence)
         self._calls.restore(calls)
 
