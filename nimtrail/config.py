@@ -412,6 +412,11 @@ class ProcessorConfig:
     # forgotten past this many of each (~30 bytes a key; kept on the changelog too).
     state_forgotten_ids: int = 500_000
     max_poll_records: int = 100  # OTLP messages of ~100 spans: ~10,000 events per batch
+    # How long a poll may wait for more input (up to 1 MiB) before the batch is processed:
+    # each batch has a fixed cost (produce, changelog, offsets). Adds up to this much to
+    # freshness; 0 (process whatever is there) because the processor's saving is small
+    # (docs/processors.md, "Scale and limits").
+    batch_wait: Duration = Duration(0)
     address_map: dict[str, str] = dataclasses.field(default_factory=dict)  # ip/cidr -> caller
     content: ContentConfig = ContentConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -428,6 +433,7 @@ class ProcessorConfig:
         for key in ("state_max_entries", "state_max_bytes", "state_forgotten_ids"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{path}.{key}: must be at least 1")
+        _validate_batch_wait(self.batch_wait, f"{path}.batch_wait")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,6 +455,9 @@ class WarehouseConfig:
     path: str = ""  # empty: <data_dir>/audit.duckdb
     api: HostPort = HostPort("127.0.0.1:8700")
     max_poll_records: int = 2000
+    # As processor.batch_wait: each transaction has a fixed cost (statements, COMMIT, ledger
+    # entry), most of the warehouse's CPU at moderate rates (BENCHMARKS.md, "Soak").
+    batch_wait: Duration = Duration(0.1)
     tokens_file: str = ""  # YAML/JSON: token (or sha256:<hex>) -> role, name; empty: open on loopback
     # Signed ledger digests, written even when idle so that a missing one means something;
     # 0: only at start and shutdown (and no freshness check).
@@ -485,6 +494,17 @@ class WarehouseConfig:
                               "alone holds up to 64 MB until a checkpoint)")
         if not 1 <= self.threads <= 256:
             raise ConfigError(f"{path}.threads: expected between 1 and 256")
+        _validate_batch_wait(self.batch_wait, f"{path}.batch_wait")
+
+
+# A poll's wait is added to every record's freshness, and a broker holds a fetch no
+# longer than the client's request timeout allows: beyond a second it only hurts.
+MAX_BATCH_WAIT = 1.0
+
+
+def _validate_batch_wait(wait: float, path: str) -> None:
+    if not 0 <= wait <= MAX_BATCH_WAIT:
+        raise ConfigError(f"{path}: expected between 0s and 1s, got {wait:g}s")
 
 
 def _validate_person_headers(names: tuple[str, ...], path: str) -> None:

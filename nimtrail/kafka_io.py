@@ -125,6 +125,18 @@ def producer(config: Config, **overrides) -> KafkaProducer:
     return KafkaProducer(**_common(config), **settings)
 
 
+# What a poll waits for, up to its stage's batch_wait, before it returns what there is.
+BATCH_BYTES = 1024 * 1024
+
+
+def batching(wait: float) -> dict[str, int]:
+    """Consumer settings that let the broker hold a fetch until BATCH_BYTES are there or
+    `wait` seconds passed (Kafka's fetch.min.bytes / fetch.max.wait.ms); {} for no wait."""
+    if wait <= 0:
+        return {}
+    return {"fetch_min_bytes": BATCH_BYTES, "fetch_max_wait_ms": max(1, round(wait * 1000))}
+
+
 def consumer(config: Config, *, group_id: str | None, **overrides) -> KafkaConsumer:
     settings = dict(
         group_id=group_id,

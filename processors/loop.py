@@ -134,6 +134,7 @@ class Processor:
         self._restore()
         self.consumer = kafka_io.consumer(
             config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,
+            **kafka_io.batching(config.processor.batch_wait),
             group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-",
                                      config.processor.instance_id or config.processor.group_id))
         # Metadata for every input topic first: a leader that computes the assignment without

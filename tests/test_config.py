@@ -2,7 +2,7 @@
 
 import pytest
 
-from nimtrail import config
+from nimtrail import config, kafka_io
 from cli.main import main
 from nimtrail.errors import ConfigError
 
@@ -56,6 +56,8 @@ def test_config_file_from_environment(tmp_path):
     ("warehouse:\n  memory_limit: 64MB\n", "warehouse.memory_limit: expected at least 128MB"),
     ("warehouse:\n  threads: two\n", "warehouse.threads: expected an integer, got 'two'"),
     ("warehouse:\n  threads: 0\n", "warehouse.threads: expected between 1 and 256"),
+    ("warehouse:\n  batch_wait: soon\n", "warehouse.batch_wait: expected a duration"),
+    ("processor:\n  batch_wait: 2m\n", "processor.batch_wait: expected between 0s and 1s, got 120s"),
 ])
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -101,3 +103,8 @@ def test_check_command_validates_without_network(tmp_path, capsys):
     bad.write_text("warehouse:\n  api: nowhere\n")
     assert main(["--config", str(bad), "check"]) == 2
     assert "warehouse.api: expected host:port" in capsys.readouterr().err
+
+
+def test_batch_wait_becomes_the_consumers_fetch_wait():
+    assert kafka_io.batching(0) == {}
+    assert kafka_io.batching(0.1) == {"fetch_min_bytes": kafka_io.BATCH_BYTES, "fetch_max_wait_ms": 100}

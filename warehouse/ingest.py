@@ -138,7 +138,8 @@ class Ingest:
         self.writer = BatchWriter(store, metrics, dead_letters)
         topics = sorted(set(config.topics.audit().values()))
         self.consumer = kafka_io.consumer(config, group_id=None,
-                                          max_poll_records=config.warehouse.max_poll_records)
+                                          max_poll_records=config.warehouse.max_poll_records,
+                                          **kafka_io.batching(config.warehouse.batch_wait))
         partitions = [tp for topic in topics for tp in kafka_io.partitions_of(self.consumer, topic)]
         self.consumer.assign(partitions)
         stored = store.offsets()
