@@ -17,19 +17,15 @@ from pathlib import Path
 from typing import Callable
 
 from bench import ingest_bench, processor_bench
-from processors import normalize, service
+from processors import service
 
 
 def processor_alone(bootstrap: str, work: Path, traces: int, say: Callable[[str], None]) -> dict:
     service.tune_gc()  # as the processor stage runs
     messages, events = processor_bench.workload(traces)
-    inputs = sum(1 for kind, _ in messages if kind != normalize.DEPLOYMENTS)
     pure_s, pure_cpu = processor_bench.bench_pure(messages, 500)
-    config = processor_bench.config_for(bootstrap, work / "processor-alone")
-    processor_bench.load_input(config, messages)
-    raw_s = processor_bench.bench_raw(config, inputs)
-    full_s, full_cpu = processor_bench.bench_processor(config, inputs)
-    out = {"events": events, "messages": inputs,
+    raw_s, full_s, full_cpu = processor_bench.through_kafka(bootstrap, work / "processor-alone", messages)
+    out = {"events": events, "messages": len(messages),
            "pure_events_per_s": events / pure_s, "pure_events_per_cpu_s": events / pure_cpu,
            "events_per_s": events / full_s, "events_per_cpu_s": events / full_cpu,
            "raw_events_per_s": events / raw_s}
