@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
                           KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
-from nimtrail import faults, kafka_io, raw, records
+from nimtrail import columnar, faults, kafka_io, raw, records
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.kafka_io import DeadLetters, read_to_end
@@ -83,7 +83,7 @@ def encode_batches(kind: str, batch: list[dict[str, Any]],
     """`batch` as audit messages each small enough for Kafka (halved until it fits), and how
     many records lost their text: one record that cannot fit alone (kept prompt or response
     text of many megabytes) goes without it; its hashes still prove what the text was."""
-    value = records.encode_batch(kind, batch)
+    value = columnar.encode_audit(kind, batch)
     if len(value) <= limit:
         return [value], 0
     if len(batch) > 1:
@@ -91,7 +91,7 @@ def encode_batches(kind: str, batch: list[dict[str, Any]],
         (first, a), (second, b) = encode_batches(kind, batch[:half], limit), encode_batches(kind, batch[half:], limit)
         return first + second, a + b
     bare = {**batch[0], **dict.fromkeys(records.CONTENT_FIELDS & batch[0].keys())}
-    return [records.encode_batch(kind, [bare])], 1
+    return [columnar.encode_audit(kind, [bare])], 1
 
 
 def _return_freed_memory() -> None:
@@ -388,10 +388,10 @@ class Processor:
         if m.rejected is None:
             if isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError)) \
                     and m.topic in self.audit_topics.values():
-                kind, batch = records.decode_batch(m.value or b"")
+                kind, batch = columnar.records_of(m.value or b"")
                 if len(batch) > 1:
                     half = len(batch) // 2
-                    return [Message(m.topic, m.key, records.encode_batch(kind, part), None, m.partition)
+                    return [Message(m.topic, m.key, columnar.encode_audit(kind, part), None, m.partition)
                             for part in (batch[:half], batch[half:])]
             OutputRefused(topic=m.topic, error=repr(error), size=len(m.value or b"")).emit(self.metrics, log)
             return [Message(m.topic, m.key, m.value, PermanentError("output_refused", f"{m.topic}: {error!r}"))]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nimtrail import kafka_io, records
+from nimtrail import columnar, kafka_io, records
 from nimtrail.kafka_io import read_to_end
 from tests import corpus, scenarios as sc
 from tests.harness import Env, wait_for
@@ -45,7 +45,7 @@ def audit_trail(env: Env) -> Trail:
     try:
         for topic in sorted(set(env.config.topics.audit().values())):
             for message in read_to_end(consumer, topic):
-                kind, batch = records.decode_batch(message.value)
+                kind, batch = columnar.records_of(message.value)
                 for record in batch:
                     trail.add(kind, record)
     finally:
@@ -288,7 +288,7 @@ def test_a_processor_restores_a_changelog_of_one_entry_per_key_and_retires_it(tm
             consumer = kafka_io.consumer(env.config, group_id=None)
             try:
                 for message in read_to_end(consumer, t.audit()["tool_action"]):
-                    found.extend(records.decode_batch(message.value)[1])
+                    found.extend(columnar.records_of(message.value)[1])
             finally:
                 consumer.close()
             return [a for a in found if a["call_id"] == ids["call_id"]]

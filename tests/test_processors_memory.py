@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from nimtrail import kafka_io, records
+from nimtrail import columnar, kafka_io, records
 from nimtrail.config import ProcessorConfig
 from processors.pipeline import Pipeline
 from processors.state import COMPACTION
@@ -168,7 +168,7 @@ def test_the_running_processor_holds_its_state_to_the_cap_and_restores_only_live
         assert 0 < gauges["nimtrail_processor_state_bytes"]
         emitted = set()
         for message in read_all(env, t.audit()["model_call"]):
-            emitted.update(r["call_id"] for r in records.decode_batch(message.value)[1])
+            emitted.update(r["call_id"] for r in columnar.records_of(message.value)[1])
         assert emitted == set(calls)  # evicting lost no record
         live = int(gauges["nimtrail_processor_state_entries"])
 
@@ -196,7 +196,7 @@ def _sum(gauges: dict[str, float], prefix: str) -> float:
 
 
 def _audit(env: Env, kind: str) -> list[dict]:
-    return [r for m in read_all(env, env.config.topics.audit()[kind]) for r in records.decode_batch(m.value)[1]]
+    return [r for m in read_all(env, env.config.topics.audit()[kind]) for r in columnar.records_of(m.value)[1]]
 
 
 @pytest.mark.integration

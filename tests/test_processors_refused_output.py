@@ -12,7 +12,7 @@ import urllib.request
 
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from nimtrail import records
+from nimtrail import columnar
 from tests.harness import Env, wait_for
 from tests.hostile import agent_trace, post_traces
 from tests.kafka_util import headers, read_all
@@ -23,7 +23,7 @@ TOPIC_LIMIT = 16 * 1024
 def _calls(env: Env) -> dict[str, dict]:
     found = {}
     for message in read_all(env.config.kafka.bootstrap, env.config.topics.calls, expect=0, timeout=5):
-        for record in records.decode_batch(message.value)[1]:
+        for record in columnar.records_of(message.value)[1]:
             found[record["call_id"]] = record
     return found
 
@@ -70,7 +70,7 @@ def test_refused_output_is_dead_lettered_and_the_rest_arrives_across_a_restart(t
                  what="the ordinary calls on the calls topic")
         refused = wait_for(lambda: _refused(env), timeout=60, what="the refused call in the dead-letter topic")
         assert len(refused) == 1
-        kind, batch = records.decode_batch(refused[0].value)
+        kind, batch = columnar.records_of(refused[0].value)
         assert kind == "model_call" and [r["call_id"] for r in batch] == [big["call_id"]]
         assert headers(refused[0])["nimtrail.stage"] == "processor"
         assert "MessageSizeTooLarge" in headers(refused[0])["nimtrail.detail"]

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.harness import REPO
-from nimtrail import records
+from nimtrail import columnar, records
 from tests.warehouse_data import action, ago, call, checkpointer, deployment, write
 from warehouse import digests, schema
 from warehouse.store import Store
@@ -299,6 +299,12 @@ def test_row_hashes_in_bulk_are_the_bytes_of_the_definition(tmp_path):
         reference = table.row_hashes_by_row(frame)
         assert table.row_hashes(frame, json_canonical=True) == reference, kind
         assert table.row_hashes(frame) == reference, kind
+        # The same rows as the processor sends them (columns, nimtrail.columnar): the same
+        # frame, so the same hashes.
+        sent_kind, columns = columnar.decode(columnar.encode(kind, rows))
+        from_columns = table.frame_of([columns])
+        assert sent_kind == kind and from_columns.equals(frame), kind
+        assert table.row_hashes(from_columns, json_canonical=True) == reference, kind
     store.close()
 
 

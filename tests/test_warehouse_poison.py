@@ -1,14 +1,24 @@
 """An audit message the warehouse cannot decode or write goes to the dead-letter topic with
-its reason, and the warehouse goes on writing what follows it."""
+its reason, and the warehouse goes on writing what follows it, in either wire form (JSON
+batches and the columnar form, nimtrail.columnar)."""
 
 from __future__ import annotations
 
 import json
 
-from nimtrail import kafka_io, records
+import pyarrow as pa
+
+from nimtrail import columnar, kafka_io, records
 from tests.harness import scrape, wait_for
 from tests.hostile import stored
 from tests.kafka_util import headers, read_all
+
+
+def _stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _call(call_id: str, **fields) -> dict:
@@ -23,18 +33,25 @@ def test_unprocessable_audit_messages_are_dead_lettered_and_the_rest_is_written(
     env.wait_ready("warehouse")
     calls = env.config.topics.calls
     producer = kafka_io.producer(env.config)
+    columns = [_call(f"col-{i}") for i in range(columnar.COLUMNAR_FROM)]  # the columnar form
+    unfit = pa.table({"call_id": ["x"], "version": ["one"]}).replace_schema_metadata(
+        columnar.SCHEMAS["model_call"].metadata)
     for value in (b"\x00 not an audit batch",
                   records.encode_batch("model_call", [_call({"a": 1})]),  # a key of the wrong type
                   records.encode_batch("model_call", [_call("bad-time", started_at="yesterday-ish")]),
+                  columnar.encode("model_call", columns)[:-64],  # a truncated stream
+                  _stream(unfit),  # a column that does not cast to the table's type
+                  columnar.encode("model_call", columns),
                   records.encode_batch("model_call", [_call("good-1"), _call("good-2")])):
         producer.send(calls, value=value, partition=0).get(timeout=30)
     producer.close()
 
-    wait_for(lambda: {"good-1", "good-2"} <= stored(env.api, "calls", "call_id"), timeout=60,
+    good = {"good-1", "good-2", *(c["call_id"] for c in columns)}
+    wait_for(lambda: good <= stored(env.api, "calls", "call_id"), timeout=60,
              what="the good calls behind the bad messages")
-    dead = read_all(env.config.kafka.bootstrap, env.config.topics.dlq, expect=3)
+    dead = read_all(env.config.kafka.bootstrap, env.config.topics.dlq, expect=5)
     assert sorted(headers(m)["nimtrail.reason"] for m in dead) == [
-        "invalid_record", "invalid_record", "malformed_audit_message"]
+        "invalid_record", "invalid_record", "invalid_record", "malformed_audit_message", "malformed_audit_message"]
     assert {headers(m)["nimtrail.stage"] for m in dead} == {"warehouse"}
     assert "bad-time" not in stored(env.api, "calls", "call_id")
 

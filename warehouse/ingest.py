@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
-from nimtrail import kafka_io, records
+from nimtrail import columnar, kafka_io
 from nimtrail.config import Config
 from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import DeadLetters
@@ -44,7 +45,7 @@ class Polled:
     offset: int
     value: bytes
     kind: str | None
-    records: list[dict]
+    batch: list[dict] | pa.Table  # records (a JSON batch) or columns (nimtrail.columnar)
 
 
 class BatchWriter:
@@ -73,11 +74,11 @@ class BatchWriter:
         for topic, partition, offset, value in messages:
             value = value or b""
             try:
-                kind, recs = records.decode_batch(value)
+                kind, batch = columnar.decode_any(value)
             except ValueError as e:
                 self._reject(topic, value, "malformed_audit_message", str(e))
-                kind, recs = None, []  # its offset still advances with the others
-            polled.append(Polled(topic, partition, offset, value, kind, recs))
+                kind, batch = None, []  # its offset still advances with the others
+            polled.append(Polled(topic, partition, offset, value, kind, batch))
         return polled
 
     def _write_run(self, run: list[Polled]) -> int:
@@ -91,7 +92,7 @@ class BatchWriter:
         partition's messages in it, so a crash between halves repeats and skips nothing.
         One bad message among n costs about 2·log2(n) attempts."""
         try:
-            frames = self.store.frames(_batches(run))
+            frames = self.store.frames_of(_batches(run))
         except Exception as e:  # noqa: BLE001 - any conversion error is the input's fault
             return self._split(run, "invalid_record", e)
         try:
@@ -117,11 +118,12 @@ class BatchWriter:
         self.dead_letters.send(value, reason=reason, detail=detail, source=topic, wait=True)
 
 
-def _batches(run: list[Polled]) -> dict[str, list[dict]]:
-    batches: dict[str, list[dict]] = defaultdict(list)
+def _batches(run: list[Polled]) -> dict[str, list[list[dict] | pa.Table]]:
+    """Each kind's batches in the run, in order."""
+    batches: dict[str, list[list[dict] | pa.Table]] = defaultdict(list)
     for message in run:
-        if message.kind is not None:
-            batches[message.kind].extend(message.records)
+        if message.kind is not None and len(message.batch):
+            batches[message.kind].append(message.batch)
     return batches
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from nimtrail import faults
 from nimtrail.config import WarehouseConfig
@@ -91,6 +92,11 @@ class Store:
     def frames(self, batches: dict[str, list[dict[str, Any]]]) -> dict[str, pl.DataFrame]:
         """Validate and convert records to frames; raises on records of the wrong shape."""
         return {kind: self.tables[kind].frame(rows) for kind, rows in batches.items() if rows}
+
+    def frames_of(self, batches: dict[str, list[list[dict[str, Any]] | pa.Table]]) -> dict[str, pl.DataFrame]:
+        """`frames` of each kind's audit messages, each decoded to its records or (the
+        columnar form) its columns; raises on records of the wrong shape."""
+        return {kind: self.tables[kind].frame_of(parts) for kind, parts in batches.items() if parts}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

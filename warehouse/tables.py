@@ -185,6 +185,15 @@ class Table:
     def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
         """Records (timestamps as ISO strings, JSON values as Python values) -> a frame with
         the newest version per key."""
+        return self._framed(self._arrow_of(rows))
+
+    def frame_of(self, parts: list[list[dict[str, Any]] | pa.Table]) -> pl.DataFrame:
+        """`frame` of several batches of one kind, each either records or the columns of an
+        audit message (`nimtrail.columnar`), as they arrived."""
+        tables = [self._arrow_of(part) if isinstance(part, list) else self._conformed(part) for part in parts]
+        return self._framed(tables[0] if len(tables) == 1 else pa.concat_tables(tables))
+
+    def _arrow_of(self, rows: list[dict[str, Any]]) -> pa.Table:
         # Column by column (much cheaper than a frame from row dicts); the caller's records
         # stay untouched, so a failed batch can be retried message by message. Nested
         # values are stored as JSON text.
@@ -202,8 +211,34 @@ class Table:
             data[c] = [None if v is None else canonical(v).decode() for v in data[c]]
         # Through Arrow: its C conversion checks types as strictly and is far cheaper than
         # polars' per-element path for list columns.
-        frame = pl.from_arrow(pa.Table.from_arrays(
-            [pa.array(data[c], type=self.arrow_types[c]) for c in self.columns], names=self.columns))
+        return pa.Table.from_arrays([pa.array(data[c], type=self.arrow_types[c]) for c in self.columns],
+                                    names=self.columns)
+
+    def _conformed(self, table: pa.Table) -> pa.Table:
+        """Columns as an audit message carried them -> this table's columns and types: a
+        field the message lacks is null, one it has in another type is cast (raising when a
+        value does not convert), one the table lacks is left out, as `frame` leaves out a
+        record's unknown keys."""
+        canonical, loads = records.canonical_bytes, orjson.loads
+        arrays = []
+        for c in self.columns:
+            type_ = self.arrow_types[c]
+            if c not in table.column_names:
+                arrays.append(pa.nulls(table.num_rows, type_))
+                continue
+            column = table.column(c)
+            if column.type != type_:
+                column = column.cast(type_)
+            if c in self.json_columns:
+                # The row hash embeds this text as it is (json_canonical): whoever wrote the
+                # message, what is stored must be the canonical JSON (and JSON at all).
+                column = pa.array([None if v is None else canonical(loads(v)).decode()
+                                   for v in column.to_pylist()], type=type_)
+            arrays.append(column)
+        return pa.Table.from_arrays(arrays, names=self.columns)
+
+    def _framed(self, table: pa.Table) -> pl.DataFrame:
+        frame = pl.from_arrow(table)
         if self.time_columns:
             frame = frame.with_columns(
                 pl.col(c).str.to_datetime(time_zone="UTC", strict=True, time_unit="us")
