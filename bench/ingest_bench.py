@@ -7,7 +7,7 @@
 The records are what the processor emits for its benchmark mix (`bench.processor_bench`:
 agent traces, NIM log lines, scrapes → model calls, tool actions, findings, metric
 samples, deployments), copied under new keys until there are --records of them, then
-encoded as the processor sends them (`records.encode_batch`, at most 1000 records per
+encoded as the processor sends them (`columnar.encode_audit`, at most 1000 records per
 message, one kind per message). One record in twenty comes again later with the same
 version (a re-delivery: a no-op) and one in twenty with a higher version (an upsert).
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from nimtrail import config as config_mod, records
+from nimtrail import columnar, config as config_mod, records
 from nimtrail.ops import StageMetrics
 from warehouse.ingest import BatchWriter
 from warehouse.store import Store
@@ -116,16 +116,16 @@ def messages(n: int, traces: int = 300, seed: int = 5) -> tuple[list[tuple[str, 
                 elif roll < 0.10:
                     later[kind].append({**r, "version": r["version"] + 1})  # newer version
             for start in range(0, len(batch), RECORDS_PER_MESSAGE):
-                out.append((kind, records.encode_batch(kind, batch[start:start + RECORDS_PER_MESSAGE])))
+                out.append((kind, columnar.encode_audit(kind, batch[start:start + RECORDS_PER_MESSAGE])))
             total += len(batch)
             for k in list(later):
                 if len(later[k]) >= 200:
-                    out.append((k, records.encode_batch(k, later.pop(k))))
+                    out.append((k, columnar.encode_audit(k, later.pop(k))))
         copy += 1
         if per_copy == 0:
             break
     for k, recs in later.items():
-        out.append((k, records.encode_batch(k, recs)))
+        out.append((k, columnar.encode_audit(k, recs)))
         total += len(recs)
     return out, total
 
@@ -166,7 +166,7 @@ def ingest(work: Path, msgs: list[tuple[str, bytes]], poll: int,
     writer = BatchWriter(store, StageMetrics("warehouse"), _NoDeadLetters())  # type: ignore[arg-type]
     polls = [[(TOPICS[kind], 0, offset, value) for offset, (kind, value) in
               enumerate(msgs[i:i + poll], start=i)] for i in range(0, len(msgs), poll)]
-    rows_per_poll = [sum(len(records.decode_batch(v)[1]) for _t, _p, _o, v in batch) for batch in polls]
+    rows_per_poll = [sum(len(columnar.decode_any(v)[1]) for _t, _p, _o, v in batch) for batch in polls]
     pa.array([{"a": 1}])  # the one-time import pyarrow does on its first conversion
     began, cpu = time.perf_counter(), time.process_time()
     if profile:

@@ -41,7 +41,7 @@ import polars as pl
 
 from bench import generate
 from cli import broker
-from nimtrail import config as config_mod, kafka_io, records
+from nimtrail import columnar, config as config_mod, kafka_io, records
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
 from warehouse.api import QueryApi
@@ -80,7 +80,7 @@ def bench_ingest(bootstrap: str, work: Path, n: int, batch: int, say: Callable[[
     producer = kafka_io.producer(config)
     began = time.perf_counter()
     for i in range(0, n, batch):
-        producer.send(t.calls, key=str(i).encode(), value=records.encode_batch("model_call", recs[i:i + batch]))
+        producer.send(t.calls, key=str(i).encode(), value=columnar.encode_audit("model_call", recs[i:i + batch]))
     producer.flush()
     produced = time.perf_counter() - began
     say(f"  produced {n:,} records in {produced:.1f}s")
