@@ -105,13 +105,31 @@ class Keys:
         self.recent.pop(key, None)  # re-added: it is among the newest again
         self.recent[key] = value
         if len(self.recent) >= self.batch:
-            self._merge(np.fromiter(self.recent, np.uint64, len(self.recent)),
-                        np.fromiter(self.recent.values(), np.int64, len(self.recent)),
-                        np.arange(self.merged, self.end, dtype=np.int64))
+            self._merge_newer(np.fromiter(self.recent, np.uint64, len(self.recent)),
+                              np.fromiter(self.recent.values(), np.int64, len(self.recent)),
+                              np.arange(self.merged, self.end, dtype=np.int64))
             self.merged = self.end
             self.recent = {}
 
+    def _merge_newer(self, keys: np.ndarray, values: np.ndarray, seqs: np.ndarray) -> None:
+        """Merge distinct keys, all newer than the arrays', into them. The arrays are sorted
+        and distinct already: a stable sort (timsort) of them followed by the new keys finds
+        the one sorted run and merges the new keys in, in about linear time where a full
+        sort of both cost 1–2 % of the processor's CPU. Of two equal keys the later, the
+        newer, is kept."""
+        keep = self.seqs >= self.cutoff
+        keys = np.concatenate([self.keys[keep], keys])
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        last = np.ones(len(keys), bool)
+        last[:-1] = keys[1:] != keys[:-1]
+        self.keys = keys[last]
+        self.seqs = np.concatenate([self.seqs[keep], seqs])[order][last]
+        self.values = np.concatenate([self.values[keep], values])[order][last]
+
     def _merge(self, keys: np.ndarray, values: np.ndarray, seqs: np.ndarray) -> None:
+        """Merge keys in any order, repeats included, into the arrays: of equal keys the
+        one with the highest sequence is kept."""
         keep = self.seqs >= self.cutoff
         keys = np.concatenate([self.keys[keep], keys])
         seqs = np.concatenate([self.seqs[keep], seqs])
