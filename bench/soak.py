@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.resources import Resource
 
 from nimtrail import kafka_io
-from bench.pipeline import TRACES_PER_REQUEST, _found, cpu_seconds, status_mb
+from bench.pipeline import TRACES_PER_REQUEST, _get, cpu_seconds, status_mb
 from tests import scenarios as sc
 from tests.harness import Env, scrape, wait_for
 
@@ -50,6 +50,8 @@ MARK = b"\x9e\x37\x79\xb9"  # the first 4 bytes of every trace and span id in a 
 MARK_HEX = b"c0ffee5a"  # the first 8 hex digits of every response and tool-call id in one
 TEMPLATES = 8
 PROBES_PER_S = 2.0
+PROBE_CALLER = "probe"
+PROBE_SLACK = dt.timedelta(seconds=5)  # look a little before the oldest pending probe's start
 
 
 class _MarkedIds(IdGenerator):
@@ -127,17 +129,26 @@ def _pct(values: list[float], q: float) -> float | None:
 # -- the run ----------------------------------------------------------------------------
 
 class _Probes:
-    """Probe traces sent at the current time; each one's freshness once it is queryable."""
+    """Probe traces sent at the current time; each one's freshness once it is queryable.
+
+    One query a round finds every probe that arrived (the probes' calls, newest first, since
+    the oldest one still pending): asking for each pending probe by id made the warehouse's
+    load grow with the backlog itself — at 25 s of freshness, ~50 queries a second, each with
+    its access-log write, which slowed the warehouse and so grew the backlog further."""
 
     def __init__(self, env: Env):
         self.env = env
         self.world = sc.World()
         self.sent: dict[str, float] = {}
+        self.started: dict[str, dt.datetime] = {}  # the probe call's start: where to look from
         self.fresh: list[tuple[float, float]] = []  # (when it became queryable, seconds)
         self._lock = threading.Lock()
 
     def make(self) -> tuple[str, bytes]:
-        ids = sc.agent_run(self.world, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), caller="probe")
+        start = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        ids = sc.agent_run(self.world, start, caller=PROBE_CALLER)
+        with self._lock:
+            self.started[ids["call_id"]] = start
         return ids["call_id"], sc.World.otlp(self.world.take())
 
     def sent_at(self, call_id: str, at: float) -> None:
@@ -147,17 +158,19 @@ class _Probes:
     def poll(self, stop: threading.Event) -> None:
         while not stop.is_set():
             with self._lock:
-                pending = list(self.sent.items())
-            for call_id, at in pending:
+                pending = set(self.sent)
+                since = min((self.started[c] for c in pending), default=None)
+            if since is not None:
                 try:
-                    found = _found(self.env, call_id)
+                    rows = _get(self.env, "calls", caller=PROBE_CALLER, limit=1000,
+                                since=(since - PROBE_SLACK).isoformat() + "Z")["rows"]
                 except OSError:
-                    found = False  # the warehouse is busy: ask again
-                if found:
-                    now = time.monotonic()
-                    with self._lock:
-                        self.sent.pop(call_id, None)
-                        self.fresh.append((now, now - at))
+                    rows = []  # the warehouse is busy: ask again
+                now = time.monotonic()
+                with self._lock:
+                    for call_id in pending & {row["call_id"] for row in rows}:
+                        self.started.pop(call_id, None)
+                        self.fresh.append((now, now - self.sent.pop(call_id)))
             stop.wait(0.25)  # each look is a query: keep the warehouse's load from them small
 
     def since(self, t: float) -> list[float]:
