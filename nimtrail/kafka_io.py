@@ -26,6 +26,13 @@ from nimtrail.records import now_iso
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # matches the bundled broker's message.max.bytes
+# What one fetch may bring back, per partition and in all. The broker still returns a first
+# message larger than these whole (KIP-74), so they bound what a consumer holds fetched
+# ahead of its polls, not the messages it can read. At the message limit (16 MiB a
+# partition, 64 MiB a fetch) a stage behind its input held tens of megabytes of fetched
+# records it would not reach for seconds.
+FETCH_PARTITION_BYTES = 1024 * 1024
+FETCH_BYTES = 8 * 1024 * 1024
 
 
 class KafkaAuthError(NimtrailError):
@@ -142,8 +149,8 @@ def consumer(config: Config, *, group_id: str | None, **overrides) -> KafkaConsu
         group_id=group_id,
         enable_auto_commit=False,  # offsets are committed only after outputs are durable
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-        fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+        max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+        fetch_max_bytes=FETCH_BYTES,
         isolation_level="read_committed",
     )
     settings.update(overrides)
