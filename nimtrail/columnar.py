@@ -31,7 +31,8 @@ from nimtrail import records
 MAGIC = b"\xff\xff\xff\xff"
 KIND_KEY, SCHEMA_KEY = b"nimtrail.kind", b"nimtrail.schema"
 
-_ARROW = {
+# The Arrow type of each SQL column type, on the wire and in the warehouse's frames.
+ARROW_TYPES = {
     "VARCHAR": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
     "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.string(), "JSON": pa.string(), "VARCHAR[]": pa.list_(pa.string()),
 }
@@ -63,7 +64,7 @@ TYPES: dict[str, dict[str, str]] = {
 }
 JSON_FIELDS = {kind: frozenset(f for f, t in types.items() if t == "JSON") for kind, types in TYPES.items()}
 SCHEMAS = {
-    kind: pa.schema([(f, _ARROW[t]) for f, t in types.items()],
+    kind: pa.schema([(f, ARROW_TYPES[t]) for f, t in types.items()],
                     metadata={KIND_KEY: kind.encode(), SCHEMA_KEY: str(records.SCHEMA_VERSION).encode()})
     for kind, types in TYPES.items()
 }
@@ -82,12 +83,10 @@ CONVERSION_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 def encode(kind: str, batch: list[dict[str, Any]]) -> bytes:
     """Records of `kind` as one message; raises one of CONVERSION_ERRORS when a value does
-    not fit its column (the caller may send that batch as JSON, see `encode_or_json`)."""
+    not fit its column (`encode_audit` then sends the batch as JSON)."""
     fields, schema = records.FIELDS[kind], SCHEMAS[kind]
     if not batch:
         columns: list[Any] = [[] for _ in fields]
-    elif len(fields) == 1:
-        columns = [[r[fields[0]] for r in batch]]
     else:
         try:  # every record carries every field (records.new): one C call per record
             columns = list(zip(*map(_GETTERS[kind], batch)))

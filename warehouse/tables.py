@@ -24,6 +24,7 @@ import polars as pl
 import pyarrow as pa
 
 from nimtrail import records, timestamps
+from nimtrail.columnar import ARROW_TYPES
 from warehouse import rowbytes
 
 # Record kind -> table, for the canonical records the pipeline produces.
@@ -89,12 +90,6 @@ _SCALARS = {
     "BOOLEAN": pl.Boolean, "JSON": pl.Utf8, "TIMESTAMP": pl.Utf8, "VARCHAR[]": pl.List(pl.Utf8),
 }
 
-_ARROW = {
-    "VARCHAR": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(), "JSON": pa.string(), "TIMESTAMP": pa.string(),
-    "VARCHAR[]": pa.list_(pa.string()),
-}
-
 BULK_HASH_ROWS = 64
 
 # The rows written in a span of seconds [lo, hi] (bound as microseconds): a filter on the
@@ -156,7 +151,7 @@ class Table:
         self.float_columns = [c for c, t in columns if t == "DOUBLE"]
         self.late_columns = [c for c in self.sorted_columns if c in LATE_COLUMNS.get(name, ())]
         self.schema = {c: _SCALARS[t] for c, t in columns}
-        self.arrow_types = {c: _ARROW[t] for c, t in columns}
+        self.arrow_types = {c: ARROW_TYPES[t] for c, t in columns}
         self.key = list(KEYS[name])
         self.self_indexed = name in SELF_INDEXED
         # Key columns come from code, never from input: safe to place in SQL text.
