@@ -44,3 +44,44 @@ def test_trace_back_returns_the_whole_chain(env):
     calls = json.loads(env.cli("calls", "--json").stdout)
     assert [r["call_id"] for r in calls["rows"]] == [sent["call_id"]]
     assert calls["rows"][0]["actions"][0]["tool_name"] == "delete_record"
+
+
+def test_a_burst_travels_as_columns_and_is_stored_once(env):
+    """One export request of 150 agent traces: the processor's batch of calls and of spans is
+    large enough for the columnar form (nimtrail.columnar), the warehouse stores every call
+    once, and `verify` covers them."""
+    import datetime as dt
+
+    from nimtrail import columnar, kafka_io
+    from nimtrail.kafka_io import read_to_end
+    from tests import scenarios as sc
+
+    for stage in ("warehouse", "processor", "collector"):
+        env.start(stage)
+    for stage in ("warehouse", "processor", "collector"):
+        env.wait_ready(stage)
+
+    world, start = sc.World(), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    sent = {sc.agent_run(world, start + dt.timedelta(milliseconds=i), caller="burst")["call_id"]
+            for i in range(150)}
+    assert len(sent) >= columnar.COLUMNAR_FROM
+    sc.World.send(env.otlp_http, world.take())
+
+    def stored():
+        rows = json.loads(env.cli("calls", "--caller", "burst", "--limit", "1000", "--json").stdout)["rows"]
+        return rows if {r["call_id"] for r in rows} == sent else None
+
+    rows = wait_for(stored, timeout=90, what="every call of the burst in the warehouse")
+    assert len(rows) == len(sent)
+
+    consumer = kafka_io.consumer(env.config, group_id=None)
+    try:
+        forms = {kind: [columnar.is_columnar(m.value) for m in read_to_end(consumer, env.config.topics.audit()[kind])]
+                 for kind in ("model_call", "span")}
+    finally:
+        consumer.close()
+    assert any(forms["model_call"]) and any(forms["span"]), forms
+
+    report = json.loads(env.cli("verify", "--json").stdout)
+    assert report["ok"], report["problems"]
+    assert report["rows_checked"]["model_calls"] == len(sent)
