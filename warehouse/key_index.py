@@ -135,7 +135,9 @@ class ValueIndex:
 
     def seconds(self, value_hash: int) -> np.ndarray:
         """Every second recorded for this hash (sorted, unique; may include NO_TIME)."""
-        lo, hi = (value_hash >> 32) << 32, ((value_hash >> 32) << 32) | 0xFFFF_FFFF
+        # (as uint64: numpy compares a Python int beyond int64 by converting every run)
+        lo = np.uint64((value_hash >> 32) << 32)
+        hi = np.uint64(((value_hash >> 32) << 32) | 0xFFFF_FFFF)
         found = [run[np.searchsorted(run, lo):np.searchsorted(run, hi, side="right")]
                  for run in self._runs]  # one list: add() swaps it whole
         return np.unique((np.concatenate(found) if found else np.empty(0, np.uint64)) & 0xFFFF_FFFF)

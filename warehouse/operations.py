@@ -161,7 +161,8 @@ def _q(fn: Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]]) -> Cal
 
 
 _ALL = (
-    Operation("query", "calls", frozenset(CALLS_PARAMS), ANY_ROLE, _q(calls)),
+    Operation("query", "calls", frozenset(CALLS_PARAMS), ANY_ROLE,
+              lambda ctx, params: calls(ctx.con, params, ctx.store.written_where if ctx.store else None)),
     Operation("query", "trace-back", frozenset(TRACE_BACK_PARAMS), ANY_ROLE,
               lambda ctx, params: trace_back(ctx.con, params, ctx.store.written_where if ctx.store else None)),
     Operation("query", "actions", frozenset(ACTIONS_PARAMS), ANY_ROLE, _q(actions)),

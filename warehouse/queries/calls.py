@@ -10,6 +10,7 @@ import duckdb
 from warehouse.params import BadParameter, Params
 from warehouse.queries.common import Locate, by_key, equals, located, page, rows, time_range, where_sql
 from warehouse.sql import one
+from warehouse.tables import observed_within_any, windows_of
 
 CALL_FILTERS = {
     "caller": "c.caller = ?",
@@ -21,7 +22,7 @@ CALL_FILTERS = {
 CALLS_PARAMS = {*CALL_FILTERS, "since", "until", "limit", "offset"}
 TRACE_BACK_PARAMS = {"action_id", "tool_call_id", "call_id"}
 
-CALLS_ORDER = "ORDER BY c.started_at DESC NULLS LAST, c.call_id"
+CALLS_ORDER = "ORDER BY started_at DESC NULLS LAST, call_id"
 # The newest page first looks at a window back from the newest call that holds, at the
 # store's average rate, WINDOW_ROWS times the rows up to the end of the page (at least
 # MIN_WINDOW); then at a window 16 times wider, until the page is full or the window
@@ -32,8 +33,9 @@ MIN_WINDOW = dt.timedelta(seconds=1)
 WINDOW_GROWTH = 16
 
 
-def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
-    """Who called what model, and what action followed; newest first, paginated."""
+def calls(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | None = None) -> dict[str, Any]:
+    """Who called what model, and what action followed; newest first, paginated
+    (`locate`: see common.located)."""
     where: list[str] = []
     args: list[Any] = []
     equals(params, CALL_FILTERS, where, args)
@@ -41,38 +43,69 @@ def calls(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     limit, offset = page(params)
     # (one call_id names at most one call: no window to try)
     windowed = params.text("call_id") is None
-    ids = _page_ids(con, where, args, limit, offset, params.time("since"), params.time("until"),
-                    windowed)
-    # Then the whole rows of that page only (sorting every column of every call to keep
-    # 50 of them costs ten times more); call_id is the key, so the page is the same.
-    found = rows(con, f"SELECT c.* EXCLUDE (row_hash) FROM model_calls c WHERE c.call_id IN "
-                      f"({', '.join('?' for _ in ids[:limit])}) {CALLS_ORDER}",
-                 ids[:limit]) if ids else []
-    result = {"rows": found, "next_offset": offset + limit if len(ids) > limit else None}
-    # The page's actions in a second query: a correlated subquery would be evaluated for
-    # every action in the store before the LIMIT applies.
-    ids = [r["call_id"] for r in result["rows"]]
-    actions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-    if ids:
-        for a in rows(con, "SELECT call_id, action_id, tool_name, outcome, target FROM tool_actions "
-                           "WHERE list_contains(?::VARCHAR[], call_id) ORDER BY started_at, action_id",
-                      [ids]):
-            actions[a.pop("call_id")].append(a)
-    for row in result["rows"]:
+    page_ids = _page_ids(con, where, args, limit, offset, params.time("since"), params.time("until"),
+                         windowed)
+    found = _whole_rows(con, page_ids[:limit])
+    result = {"rows": found, "next_offset": offset + limit if len(page_ids) > limit else None}
+    actions = _actions_of(con, [r["call_id"] for r in found], locate)
+    for row in found:
         row["actions"] = actions[row["call_id"]] or None
     return result
 
 
+def _whole_rows(con: duckdb.DuckDBPyConnection, page_ids: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The whole rows of a page's calls, in page order (sorting every column of every call
+    to keep 50 of them costs ten times more than sorting ids). model_calls has no DuckDB
+    index: reading only the row groups written in the seconds the page's rows were
+    observed keeps this from scanning the whole table; a call replaced since (a later
+    version, observed later) is read again without that bound."""
+    if not page_ids:
+        return []
+    ids = [call_id for call_id, _ in page_ids]
+    select = f"SELECT t.* EXCLUDE (row_hash) FROM model_calls t WHERE t.call_id IN ({', '.join('?' for _ in ids)})"
+    seconds = [second for _, second in page_ids]
+    if None not in seconds:
+        within, bounds = observed_within_any(windows_of((s, s) for s in seconds))
+        found = rows(con, f"{select} AND {within} {CALLS_ORDER}", [*ids, *bounds])
+        if len(found) == len(ids):
+            return found
+    return rows(con, f"{select} {CALLS_ORDER}", ids)
+
+
+def _actions_of(con: duckdb.DuckDBPyConnection, ids: list[str],
+                locate: Locate | None) -> dict[str, list[dict[str, Any]]]:
+    """The actions that followed each of `ids`' calls. One query for the page (a correlated
+    subquery would be evaluated for every action in the store before the LIMIT applies),
+    reading only where the warehouse's index says those calls' actions were written."""
+    actions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    if not ids:
+        return actions
+    sql = ("SELECT call_id, action_id, tool_name, outcome, target FROM tool_actions t "
+           "WHERE list_contains(?::VARCHAR[], call_id)")
+    known = [locate("tool_actions", "call_id", i) for i in ids] if locate else [None]
+    within, bounds = "TRUE", []
+    if all(w is not None for w in known):
+        spans = windows_of(span for w in known for span in w)
+        if not spans:
+            return actions  # none of the page's calls has an action
+        within, bounds = observed_within_any(spans)
+    for a in rows(con, f"{sql} AND {within} ORDER BY started_at, action_id", [ids, *bounds]):
+        actions[a.pop("call_id")].append(a)
+    return actions
+
+
 def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any], limit: int,
               offset: int, since: dt.datetime | None, until: dt.datetime | None,
-              windowed: bool = True) -> list[str]:
-    """The call ids of one page (and of the first row after it), in page order.
+              windowed: bool = True) -> list[tuple[str, int]]:
+    """The call ids of one page (and of the first row after it), in page order, each with
+    the second its row was observed (written) in.
 
     `ORDER BY started_at DESC ... LIMIT` sorts every matching call. Calls with
     `started_at >= cutoff` come before all others in that order, so when a window
     [cutoff, ...) already holds the page and the row after it, its page is the page: try
     growing windows back from the newest call first, and the whole table last."""
-    query = f"SELECT c.call_id FROM model_calls c {{}} {CALLS_ORDER} LIMIT ? OFFSET ?"
+    query = (f"SELECT c.call_id, epoch_us(c.observed_at) // 1000000 FROM model_calls c {{}} {CALLS_ORDER} "
+             f"LIMIT ? OFFSET ?")
     count, oldest, newest = (one(con, "SELECT count(*), min(started_at), max(started_at) FROM model_calls")
                              if windowed else (0, None, None))
     # Windows are only a shortcut: a store whose times Python cannot subtract (DuckDB
@@ -93,12 +126,11 @@ def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any],
             found = con.execute(query.format(where_sql([*where, "c.started_at >= ?"])),
                                 [*args, cutoff, limit + 1, offset]).fetchall()
             if len(found) > limit:
-                return [r[0] for r in found]
+                return found
             window *= WINDOW_GROWTH
     except OverflowError:
         pass  # the window passed year 1: the whole table is the next window anyway
-    return [r[0] for r in con.execute(query.format(where_sql(where)),
-                                      [*args, limit + 1, offset]).fetchall()]
+    return con.execute(query.format(where_sql(where)), [*args, limit + 1, offset]).fetchall()
 
 
 def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | None = None) -> dict[str, Any]:
