@@ -57,6 +57,7 @@ class Joiner:
         self.max_entries = config.state_max_entries
         self.max_bytes = config.state_max_bytes
         self.bytes = 0  # sum of the entries' sizes
+        self._unsized = 0  # entries added since the last state write (no size yet)
         self.forgotten = Forgotten(config.state_forgotten_ids)
         self.evicted: Counter[str] = Counter()  # why -> entries evicted, since last taken
         self.settled_early = 0  # records settled before their window because the state was full
@@ -92,6 +93,7 @@ class Joiner:
                     self.late_duplicates += 1  # its record left the state with this in it
                     continue
                 entry = self.entries[entry_id] = Entry(item.kind, item.key, now, entry_id)
+                self._unsized += 1
                 entry.saw(item)
                 if item.kind != ev.AGENT:
                     heapq.heappush(self._deadlines, (now + self.window, entry_id))
@@ -323,9 +325,31 @@ class Joiner:
         self._dirty_traces.clear()
         return [self.entries[e] for e in sorted(affected) if e in self.entries]
 
+    def _make_room(self) -> None:
+        """Before a batch is built: when the state would stay over its caps even once
+        everything settled had left, settle its oldest unsettled records now. They are
+        judged in this flush and can leave at this state write; settled only at the write
+        (_hold_to_caps), they stayed a batch longer and the state ran a batch or two over
+        its caps. (Agents never settle and leave with their traces: this settles a little
+        less than a full state needs, and _hold_to_caps settles the rest.)"""
+        room = self.max_entries
+        sized = len(self.entries) - self._unsized
+        if sized > 0 and self.bytes > 0:  # the byte cap, in entries of today's average size
+            room = min(room, self.max_bytes * sized // self.bytes)
+        excess = len(self.entries) - len(self._settled_order) - room
+        while excess > 0 and self._deadlines:
+            _, entry_id = heapq.heappop(self._deadlines)
+            entry = self.entries.get(entry_id)
+            if entry is None or entry.settled:
+                continue
+            self._settle(entry)
+            self.settled_early += 1
+            excess -= 1
+
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         """(kind, record) for every record and finding whose content or version changed.
         `observed_at` is stamped here: it is the only field that differs between replays."""
+        self._make_room()
         builder = Builder(self, self.address_map)
         out: list[tuple[str, dict[str, Any]]] = []
         observed = records.now_iso()
@@ -399,6 +423,7 @@ class Joiner:
                 value = encoded[entry_id] = entry.encode()
                 self.bytes += len(value) - entry.size
                 entry.size = len(value)
+        self._unsized = 0
         self._hold_to_caps()
         self._prune_schedules()
         out = [(entry_id, encoded.get(entry_id) if entry_id in self.entries else None)

@@ -91,6 +91,20 @@ def test_a_state_full_of_unsettled_records_settles_the_oldest_early():
     assert "nimtrail_processor_settled_early_records_total" in metrics
 
 
+def test_a_state_fed_more_than_its_cap_a_batch_is_back_at_its_cap_after_every_write():
+    """What a full state settles early is judged in the same batch and leaves at that
+    batch's state write, not a batch later (the state ran to three times its cap here)."""
+    _, messages = runs(60)
+    for per_batch in (1, 3, 6):  # 3 to 18 entries a batch, against a cap of 12
+        pipeline, out = Pipeline(SMALL), trail.Trail()
+        sizes = []
+        for i in range(0, len(messages), per_batch):
+            feed(pipeline, [m for run in messages[i:i + per_batch] for m in run], 0.0, out)
+            sizes.append(len(pipeline.joiner))
+        one_trace = 3  # agent, call and action of one run: evicted together or not at all
+        assert max(sizes[2:]) <= SMALL.state_max_entries + one_trace, (per_batch, sizes)
+
+
 def test_the_ttl_counts_from_the_time_the_input_states_so_a_replay_of_old_input_leaves_soon():
     config = dataclasses.replace(ROOMY, state_ttl=3600)
     ids, messages = runs(1)
