@@ -87,7 +87,10 @@ def stage_table(r: dict) -> list[str]:
                  "OpenTelemetry Collector's, side by side |")
     lines.append(f"| processor | {_n(per_cpu.get('processor'))} events per CPU s | "
                  + (f"{_n(pa['events_per_cpu_s'])} events per CPU s (normalise + join alone "
-                    f"{_n(pa['pure_events_per_cpu_s'])}) | kafka-python consume + produce of its input "
+                    f"{_n(pa['pure_events_per_cpu_s'])}"
+                    + (f", with the join state full {_n(pa['full_state_events_per_cpu_s'])}"
+                       if "full_state_events_per_cpu_s" in pa else "")
+                    + f") | kafka-python consume + produce of its input "
                     f"{_n(pa['raw_events_per_s'])} events/s" if pa else " | ")
                  + " | ≥ 60,000 events per CPU s |")
     lines.append(f"| warehouse | {_n(rows_cpu)} rows per CPU s ({_n(per_cpu.get('warehouse'))} events) | "

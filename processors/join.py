@@ -276,14 +276,21 @@ class Joiner:
             excess = len(self.entries) - self.max_entries
         else:
             excess = -(-(self.bytes - self.max_bytes) * len(self.entries) // max(self.bytes, 1))
-        while excess > 0 and self._deadlines:
+        self._settle_early(excess)
+
+    def _settle_early(self, count: int) -> None:
+        """Settle at least `count` of the oldest unsettled records now, each with the rest
+        of its traces: a trace settled in parts is built and judged once per part."""
+        while count > 0 and self._deadlines:
             _, entry_id = heapq.heappop(self._deadlines)
             entry = self.entries.get(entry_id)
             if entry is None or entry.settled:
                 continue
-            self._settle(entry)
-            self.settled_early += 1
-            excess -= 1
+            for member in self._group(entry_id):
+                if not member.settled and member.kind != ev.AGENT:  # agents leave with their traces
+                    self._settle(member)
+                    self.settled_early += 1
+                    count -= 1
 
     def _unindex(self, entry: Entry, item: Evidence) -> None:
         f = item.fields
@@ -336,15 +343,7 @@ class Joiner:
         sized = len(self.entries) - self._unsized
         if sized > 0 and self.bytes > 0:  # the byte cap, in entries of today's average size
             room = min(room, self.max_bytes * sized // self.bytes)
-        excess = len(self.entries) - len(self._settled_order) - room
-        while excess > 0 and self._deadlines:
-            _, entry_id = heapq.heappop(self._deadlines)
-            entry = self.entries.get(entry_id)
-            if entry is None or entry.settled:
-                continue
-            self._settle(entry)
-            self.settled_early += 1
-            excess -= 1
+        self._settle_early(len(self.entries) - len(self._settled_order) - room)
 
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         """(kind, record) for every record and finding whose content or version changed.

@@ -13,6 +13,7 @@ is enforced.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -37,6 +38,16 @@ def _deployment_ref(deployment: dict[str, Any]) -> dict[str, Any]:
             "purpose": deployment.get("purpose")}
 
 
+@functools.lru_cache(maxsize=4096)
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """An allowed-clients entry as a network, or None when it is a name. Parsed once:
+    every settled call with a client address is checked against the same few entries."""
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
+
+
 def _matches_client(entries: list[Any], call: dict[str, Any]) -> bool | None:
     """Whether any identity of the caller is allowed; None when the call names none."""
     names = {v for v in (call.get("caller"), call.get("client_service")) if v}
@@ -52,12 +63,8 @@ def _matches_client(entries: list[Any], call: dict[str, Any]) -> bool | None:
     for entry in entries:
         if entry in names:
             return True
-        if ip is not None:
-            try:
-                if ip in ipaddress.ip_network(str(entry), strict=False):
-                    return True
-            except ValueError:
-                continue
+        if ip is not None and (network := _network(str(entry))) is not None and ip in network:
+            return True
     return False
 
 
