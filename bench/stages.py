@@ -2,8 +2,9 @@
 
 Alone (in this process, on the run's broker):
   - processor: `bench.processor_bench`'s mix through normalise + join in process (below the
-    join state's caps, and with it full: every record settles and leaves), and the
-    processor end to end (consume, normalise, join, produce, changelog, commit), beside a
+    join state's caps, and with it full: records settle early and leave, as under load),
+    and the processor end to end with its state full (consume, normalise, join, produce,
+    changelog, commit), beside a
     raw kafka-python consume + produce of the same messages;
   - warehouse: `bench.ingest_bench` (decode, convert, hash, insert, ledger and offsets in
     one transaction per poll), beside a raw DuckDB Arrow insert of the same rows.
@@ -26,9 +27,10 @@ def processor_alone(bootstrap: str, work: Path, traces: int, say: Callable[[str]
     service.tune_gc()  # as the processor stage runs
     messages, events = processor_bench.workload(traces)
     batch = config_mod.ProcessorConfig().max_poll_records  # input messages per take, as the stage reads
+    cap = processor_bench.full_state_cap(messages)
     pure_s, pure_cpu = processor_bench.bench_pure(messages, batch)
-    _full_state_s, full_state_cpu = processor_bench.bench_full_state(messages, batch)
-    raw_s, full_s, full_cpu = processor_bench.through_kafka(bootstrap, work / "processor-alone", messages)
+    _full_state_s, full_state_cpu = processor_bench.bench_pure(messages, batch, cap)
+    raw_s, full_s, full_cpu = processor_bench.through_kafka(bootstrap, work / "processor-alone", messages, cap)
     out = {"events": events, "messages": len(messages),
            "pure_events_per_s": events / pure_s, "pure_events_per_cpu_s": events / pure_cpu,
            "full_state_events_per_cpu_s": events / full_state_cpu,
