@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -22,6 +23,7 @@ class StageMetrics:
         self.registry = CollectorRegistry()
         self._metrics: dict[str, Counter | Gauge] = {}
         self._lock = threading.Lock()
+        self._held: dict[type, tuple[float, float]] = {}  # summarised event -> (last logged, amount since)
 
     def counter(self, thing: str, unit: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         # prometheus-client appends _total to counters itself.
@@ -41,6 +43,19 @@ class StageMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def due(self, event: type, every: float, amount: float) -> float | None:
+        """For an event logged at most once per `every` seconds: the amount to log now
+        (everything since its last line), or None while it is held."""
+        now = time.monotonic()
+        with self._lock:
+            logged, held = self._held.get(event, (float("-inf"), 0.0))
+            held += amount
+            if now - logged < every:
+                self._held[event] = (logged, held)
+                return None
+            self._held[event] = (now, 0.0)
+            return held
+
 
 class Event:
     """One thing that happened: logs a sentence and counts it under the same labels."""
@@ -51,6 +66,9 @@ class Event:
     unit = "total"
     doc = ""
     labels: tuple[str, ...] = ()
+    # Seconds: an event that recurs with every batch while a condition lasts logs at most
+    # once per this long, its `count` the amount since its last line (0: every time).
+    every = 0.0
 
     def __init__(self, **values: object):
         self.values = values
@@ -59,8 +77,12 @@ class Event:
         label_values = [str(self.values.get(k, "")) for k in self.labels]
         counter = metrics.counter(self.thing, self.unit, self.doc, self.labels)
         (counter.labels(*label_values) if self.labels else counter).inc(amount)
-        if logger.isEnabledFor(self.level):
+        if not logger.isEnabledFor(self.level):
+            return
+        if not self.every:
             logger.log(self.level, self.message, self.values)
+        elif (held := metrics.due(type(self), self.every, amount)) is not None:
+            logger.log(self.level, self.message, {**self.values, "count": int(held)})
 
 
 def health_response(path: str, metrics: StageMetrics,
