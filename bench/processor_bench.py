@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import logging
 import os
 import random
 import sys
@@ -92,6 +91,21 @@ def workload(traces: int, seed: int = 7) -> tuple[list[tuple[str, bytes]], int]:
     return messages, events
 
 
+def _feed(pipeline: Pipeline, messages: list[tuple[str, bytes]], batch: int) -> None:
+    """The messages through normalise + join, taking outputs and state changes after every
+    `batch` of them, with one receive time per batch, as the stage drives its polls."""
+    for i, (kind, value) in enumerate(messages):
+        if kind == normalize.DEPLOYMENTS:
+            pipeline.deployment(value)
+        else:
+            pipeline.handle(kind, value, float(i // batch))
+        if i % batch == batch - 1:
+            pipeline.take()
+            pipeline.joiner.state_changes()
+    pipeline.take()
+    pipeline.joiner.state_changes()
+
+
 def bench_pure(messages: list[tuple[str, bytes]], batch: int,
                state_max_entries: int | None = None) -> tuple[float, float]:
     """(wall-clock seconds, CPU seconds of this process). With `state_max_entries`, the
@@ -101,16 +115,7 @@ def bench_pure(messages: list[tuple[str, bytes]], batch: int,
         processor_config = dataclasses.replace(processor_config, state_max_entries=state_max_entries)
     pipeline = Pipeline(processor_config)
     started, cpu = time.perf_counter(), time.process_time()
-    for i, (kind, value) in enumerate(messages):
-        if kind == normalize.DEPLOYMENTS:
-            pipeline.deployment(value)
-        else:  # one receive time per batch, as the stage stamps its polls
-            pipeline.handle(kind, value, float(i // batch))
-        if i % batch == batch - 1:
-            pipeline.take()
-            pipeline.joiner.state_changes()
-    pipeline.take()
-    pipeline.joiner.state_changes()
+    _feed(pipeline, messages, batch)
     # What has not settled yet settles now: every record is judged once, as a running
     # processor judges it when its join window passes.
     pipeline.sweep(float("inf"))
@@ -126,12 +131,7 @@ def full_state_cap(messages: list[tuple[str, bytes]]) -> int:
     state of a processor under load (the soaks) is a full state: records settle early,
     in many small groups, and leave with their traces."""
     pipeline = Pipeline(config_mod.ProcessorConfig())
-    for kind, value in messages:
-        if kind == normalize.DEPLOYMENTS:
-            pipeline.deployment(value)
-        else:
-            pipeline.handle(kind, value, 0.0)
-    pipeline.take()
+    _feed(pipeline, messages, len(messages))
     return max(1, len(pipeline.joiner.entries) // 4)
 
 
@@ -199,8 +199,6 @@ def bench_processor(config: config_mod.Config, total: int) -> tuple[float, float
     """(wall-clock seconds, CPU seconds of this process: the loop and the Kafka client's
     threads)."""
     processor = Processor(config)  # restores state and reads the deployments (not timed)
-    # A full state warns on every batch that it settles records early: by design here.
-    logging.getLogger("processors").setLevel(logging.ERROR)
     started, cpu = time.perf_counter(), time.process_time()
     seen = 0
     while seen < total:

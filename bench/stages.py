@@ -4,8 +4,7 @@ Alone (in this process, on the run's broker):
   - processor: `bench.processor_bench`'s mix through normalise + join in process (below the
     join state's caps, and with it full: records settle early and leave, as under load),
     and the processor end to end with its state full (consume, normalise, join, produce,
-    changelog, commit), beside a
-    raw kafka-python consume + produce of the same messages;
+    changelog, commit), beside a raw kafka-python consume + produce of the same messages;
   - warehouse: `bench.ingest_bench` (decode, convert, hash, insert, ledger and offsets in
     one transaction per poll), beside a raw DuckDB Arrow insert of the same rows.
 In the pipeline: each stage process's CPU seconds over the sustained run (bench/pipeline.py)
