@@ -80,6 +80,11 @@ def _actions_of(con: duckdb.DuckDBPyConnection, ids: list[str],
     actions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
     if not ids:
         return actions
+    for a in located(con, "tool_actions", "list_contains(?::VARCHAR[], t.call_id)", ids, "call_id", ids,
+                     locate, "ORDER BY started_at, action_id",
+                     columns="call_id, action_id, tool_name, outcome, target"):
+        actions[a.pop("call_id")].append(a)
+    return actions
     sql = ("SELECT call_id, action_id, tool_name, outcome, target FROM tool_actions t "
            "WHERE list_contains(?::VARCHAR[], call_id)")
     known = [locate("tool_actions", "call_id", i) for i in ids] if locate else [None]

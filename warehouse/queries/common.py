@@ -42,14 +42,15 @@ Locate = Callable[[str, str, Any], "list[tuple[int, int]] | None"]
 
 
 def located(con: duckdb.DuckDBPyConnection, table: str, condition: str, arg: Any, column: str,
-            values: list[Any], locate: Locate | None = None, order_by: str = "") -> list[dict[str, Any]]:
-    """The rows of `table` that `condition` (SQL over `t` with one parameter, `arg`)
-    selects, where `condition` holds only for rows whose `column` holds one of `values`.
-    The large tables have no index in DuckDB: where the warehouse's indexes know when such
-    rows were written, only those row groups are read, none when no row holds any of the
-    values, and everything when the windows find nothing (the key index may be a commit
-    behind)."""
-    sql = f"SELECT * FROM {table} t WHERE {condition}"
+            values: list[Any], locate: Locate | None = None, order_by: str = "",
+            columns: str = "*") -> list[dict[str, Any]]:
+    """`columns` of the rows of `table` that `condition` (SQL over `t` with one parameter,
+    `arg`) selects, where `condition` holds only for rows whose `column` holds one of
+    `values`. The large tables have no index in DuckDB: where the warehouse's indexes know
+    when such rows were written, only those row groups are read, none when no row holds any
+    of the values, and everything when the windows find nothing (the key index may be a
+    commit behind)."""
+    sql = f"SELECT {columns} FROM {table} t WHERE {condition}"
     found_windows = [locate(table, column, v) for v in values] if locate else [None]
     if all(w is not None for w in found_windows):
         windows = windows_of(span for w in found_windows for span in w)
