@@ -3,20 +3,34 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
 
 from tests.warehouse_data import action, ago, call, write
-from warehouse import schema
+from warehouse import schema, spilled_runs
 from warehouse.key_index import ABSENT, KeyIndex, ValueIndex
 from warehouse.store import Store
 from warehouse.tables import SELF_INDEXED
 from warehouse.verify import verify
 
 
-def test_key_index_gives_the_newest_second_of_each_key_across_merged_runs():
-    index = KeyIndex()
+@pytest.fixture(params=["in memory", "spilled"])
+def spill(request, tmp_path, monkeypatch):
+    """No spill directory, or one that takes every run past a few thousand entries, merged
+    in chunks of a few hundred: the answers must be the same."""
+    if request.param == "in memory":
+        return None
+    monkeypatch.setattr(spilled_runs, "SPILL_ENTRIES", 3_000)
+    monkeypatch.setattr(spilled_runs, "MERGE_CHUNK", 700)
+    return spilled_runs.SpillDirectory(tmp_path / "spill")
+
+
+def test_key_index_gives_the_newest_second_of_each_key_across_merged_runs(spill):
+    index = KeyIndex(spill)
     rng = np.random.default_rng(7)
     keys = rng.integers(0, 2**63, 50_000, dtype=np.uint64)
     for start in range(0, len(keys), 1_000):  # one run per commit, merged as they grow
@@ -35,7 +49,7 @@ def _only(store: Store, call_id: str) -> list[tuple]:
         "SELECT version, caller FROM model_calls WHERE call_id = ?", [call_id]).fetchall()
 
 
-def test_a_key_written_long_ago_is_replaced_once_and_a_redelivery_changes_nothing(tmp_path):
+def test_a_key_written_long_ago_is_replaced_once_and_a_redelivery_changes_nothing(tmp_path, spill):
     data = tmp_path / "data"
     store = Store(data / "audit.duckdb")
     write(store, "model_call", [call(f"old{i}", days=20) for i in range(100)])
@@ -58,6 +72,9 @@ def test_a_key_written_long_ago_is_replaced_once_and_a_redelivery_changes_nothin
     assert con.execute("SELECT count(*), count(DISTINCT call_id) FROM model_calls").fetchall() == [(5100, 5100)]
     result = verify(con, data)
     assert result["ok"], result["problems"]
+    if spill:
+        runs = store._key_indexes["model_calls"]._runs
+        assert any(spilled_runs.is_spilled(hashes) for hashes, _ in runs), "the store's index spilled"
     con.close()
     store.close()
 
@@ -142,8 +159,8 @@ def test_a_lookup_by_key_reads_the_second_the_index_names_and_everything_when_th
     store.close()
 
 
-def test_value_index_gives_every_second_a_value_was_written_in_across_merged_runs():
-    index = ValueIndex()
+def test_value_index_gives_every_second_a_value_was_written_in_across_merged_runs(spill):
+    index = ValueIndex(spill)
     rng = np.random.default_rng(11)
     values = rng.integers(0, 2**63, 20_000, dtype=np.uint64)
     for start in range(0, len(values), 500):
@@ -155,6 +172,43 @@ def test_value_index_gives_every_second_a_value_was_written_in_across_merged_run
     assert index.seconds(int(values[0]) ^ (1 << 40)).tolist() == [], "another value: nothing"
     assert index.nbytes <= 8 * (len(values) + 2)
     assert len(index._runs) <= 2 * int(np.log2(len(values)))
+    if spill:
+        assert index.nbytes < 2 * 8 * 3_000, "only the runs too small to spill are in memory"
+
+
+def _resident_kb(array: np.ndarray) -> int:
+    """The resident size of the mapping that holds `array`, from /proc/self/smaps."""
+    address = array.__array_interface__["data"][0]
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("Rss:"):
+            return int(line.split()[1])
+    raise AssertionError("no mapping holds the array")
+
+
+def test_spilled_runs_leave_no_file_and_hold_no_pages_after_a_lookup(tmp_path, monkeypatch):
+    monkeypatch.setattr(spilled_runs, "SPILL_ENTRIES", 10_000)
+    spill = spilled_runs.SpillDirectory(tmp_path / "spill")
+    index = KeyIndex(spill)
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**63, 100_000, dtype=np.uint64)
+    for start in range(0, len(keys), 5_000):
+        index.add(keys[start:start + 5_000], np.full(5_000, 7, dtype=np.uint32))
+    assert list((tmp_path / "spill").iterdir()) == [], "a spilled run's file is unlinked once mapped"
+    spilled = [run for run in index._runs if spilled_runs.is_spilled(run[0])]
+    assert spilled and index.nbytes < 12 * 10_000
+    assert (index.lookup(keys[::97]) == 7).all()
+    hashes = spilled[0][0]
+    assert _resident_kb(hashes) == 0, "a lookup gives back the pages it read"
+    assert int(hashes.sum()) and _resident_kb(hashes) > 0  # (the check sees pages when there are some)
+    spilled_runs.release(hashes)
+    assert _resident_kb(hashes) == 0
+    again = spilled_runs.SpillDirectory(tmp_path / "spill")  # a store opening again
+    assert (index.lookup(keys[:5]) == 7).all(), "mapped runs outlive their directory's files"
+    assert again.path.exists()
 
 
 def _trace_back_everywhere(con, store, **given):

@@ -19,22 +19,26 @@ arrays. It answers two questions without touching DuckDB:
   That query gives the exact stored version (a hash collision just finds nothing there).
 
 The index is derived data: it is built from the table when the store opens (streaming the
-key columns, about a second per few million rows) and extended after each commit, never
-written to disk. A row whose `observed_at` is null gets NO_TIME, and a lookup that meets it
+key columns, about a second per few million rows) and extended after each commit; its
+spilled runs are scratch files, never read back after a restart. A row whose `observed_at` is null gets NO_TIME, and a lookup that meets it
 reads the whole table (correct, only slower).
 
 Storage is a log-structured set of sorted runs: each commit adds a small run, and runs
 are merged while the newer one is at least half the size of the one before it, so there
 are O(log n) runs and each key is merged O(log n) times. A newer run's entry for a key
-overrides an older one's (a replaced row has a newer `observed_at`).
+overrides an older one's (a replaced row has a newer `observed_at`). A run that grows to
+`spilled_runs.SPILL_ENTRIES` moves to a file and is read through a memory map, so what the
+index holds in memory stays bounded however large the store grows (spilled_runs.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import polars as pl
+
+from warehouse.spilled_runs import Run, SpillDirectory, merged, merged_in_memory, placed, release, resident_bytes
 
 # The time of a row whose observed_at is null: a lookup that meets it reads every row.
 NO_TIME = np.uint32(0)
@@ -63,16 +67,18 @@ def seconds(frame: pl.DataFrame, column: str = "observed_at") -> np.ndarray:
 class KeyIndex:
     """Key hash -> second of the stored row's observed_at, for one table."""
 
-    def __init__(self) -> None:
+    def __init__(self, spill: SpillDirectory | None = None) -> None:
         # Sorted runs, oldest (largest) first: (hashes uint64, seconds uint32).
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._runs: list[Run] = []
+        self._spill = spill
 
     def __len__(self) -> int:
         return sum(len(h) for h, _ in self._runs)
 
     @property
     def nbytes(self) -> int:
-        return sum(h.nbytes + s.nbytes for h, s in self._runs)
+        """What the index holds in memory (its spilled runs are in files)."""
+        return sum(resident_bytes(*run) for run in self._runs)
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """For each hash: the second recorded for it (int64), ABSENT where none is."""
@@ -88,6 +94,7 @@ class KeyIndex:
             hit = (at < len(run_hashes)) & (run_hashes[at_clipped] == wanted)
             found[pending[hit]] = run_seconds[at_clipped[hit]]
             pending = pending[~hit]
+            release(run_hashes, run_seconds)
         return found
 
     def add(self, hashes: np.ndarray, secs: np.ndarray) -> None:
@@ -96,9 +103,7 @@ class KeyIndex:
             return
         # A new list, swapped in whole: the query API's threads read the index while the
         # writer adds to it, and must see one list of runs, never one half-merged.
-        self._runs = _with_run(self._runs, _sorted_run(hashes, secs), lambda older, newer: _sorted_run(
-            np.concatenate([older[0], newer[0]]), np.concatenate([older[1], newer[1]])),
-            size=lambda run: len(run[0]))
+        self._runs = _with_run(self._runs, _newest_first(hashes, secs), self._spill)
 
     def clear(self) -> None:
         self._runs = []
@@ -123,31 +128,34 @@ class ValueIndex:
     row, and a lookup needs no read at all.
     """
 
-    def __init__(self) -> None:
-        self._runs: list[np.ndarray] = []
+    def __init__(self, spill: SpillDirectory | None = None) -> None:
+        self._runs: list[Run] = []  # each a 1-tuple: the packed entries
+        self._spill = spill
 
     def __len__(self) -> int:
-        return sum(len(run) for run in self._runs)
+        return sum(len(run[0]) for run in self._runs)
 
     @property
     def nbytes(self) -> int:
-        return sum(run.nbytes for run in self._runs)
+        """What the index holds in memory (its spilled runs are in files)."""
+        return sum(resident_bytes(*run) for run in self._runs)
 
     def seconds(self, value_hash: int) -> np.ndarray:
         """Every second recorded for this hash (sorted, unique; may include NO_TIME)."""
         # (as uint64: numpy compares a Python int beyond int64 by converting every run)
         lo = np.uint64((value_hash >> 32) << 32)
         hi = np.uint64(((value_hash >> 32) << 32) | 0xFFFF_FFFF)
-        found = [run[np.searchsorted(run, lo):np.searchsorted(run, hi, side="right")]
-                 for run in self._runs]  # one list: add() swaps it whole
+        found = []
+        for (run,) in self._runs:  # one list: add() swaps it whole
+            found.append(np.array(run[np.searchsorted(run, lo):np.searchsorted(run, hi, side="right")]))
+            release(run)
         return np.unique((np.concatenate(found) if found else np.empty(0, np.uint64)) & 0xFFFF_FFFF)
 
     def add(self, hashes: np.ndarray, secs: np.ndarray) -> None:
         if not len(hashes):
             return
         packed = ((hashes >> np.uint64(32)) << np.uint64(32)) | secs.astype(np.uint64)
-        self._runs = _with_run(self._runs, np.unique(packed),
-                               lambda older, newer: np.unique(np.concatenate([older, newer])))
+        self._runs = _with_run(self._runs, (np.unique(packed),), self._spill)
 
     def clear(self) -> None:
         self._runs = []
@@ -162,22 +170,16 @@ class ValueIndex:
             self.add(key_hashes(values, [column]), seconds(values))
 
 
-def _with_run(runs: list, run: Any, merge: Callable[[Any, Any], Any], size: Callable[[Any], int] = len) -> list:
+def _with_run(runs: list[Run], run: Run, spill: SpillDirectory | None) -> list[Run]:
     """`runs` (oldest and largest first) with `run` added: runs are merged while the newer
     one is at least half the size of the one before it, so there are O(log n) of them."""
-    runs = [*runs, run]
-    while len(runs) > 1 and 2 * size(runs[-1]) >= size(runs[-2]):
+    runs = [*runs, placed(run, spill)]
+    while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
         newer = runs.pop()
-        runs.append(merge(runs.pop(), newer))
+        runs.append(merged(runs.pop(), newer, spill))
     return runs
 
 
-def _sorted_run(hashes: np.ndarray, secs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes sorted, one entry per hash: the last one given wins (the newer write)."""
-    # A stable sort keeps equal hashes in the order given; the last of each equal run is
-    # the one to keep. Two sorted runs concatenated sort in linear time (timsort).
-    order = np.argsort(hashes, kind="stable")
-    hashes, secs = hashes[order], secs[order]
-    last = np.ones(len(hashes), dtype=bool)
-    last[:-1] = hashes[1:] != hashes[:-1]
-    return hashes[last], secs[last]
+def _newest_first(hashes: np.ndarray, secs: np.ndarray) -> Run:
+    """One commit's keys as a run: sorted, one entry per hash, the last one given winning."""
+    return merged_in_memory((hashes[:0], secs[:0]), (hashes, secs))

@@ -25,6 +25,7 @@ from nimtrail.config import WarehouseConfig
 from warehouse import latency_rollup
 from warehouse.key_index import ABSENT, NO_TIME, KeyIndex, ValueIndex, key_hashes, seconds
 from warehouse.ledger import Ledger
+from warehouse.spilled_runs import SpillDirectory
 from warehouse.schema import migrate
 from warehouse.sql import scalar
 from warehouse.tables import (LOOKUP_COLUMNS, RECORD_TABLES, Table, ledger_items, load_tables, observed_within,
@@ -70,6 +71,7 @@ class Store:
         self.ledger = Ledger(self.con)
         # Built on a table's first write (reading its keys back), see key_index.py.
         self._key_indexes: dict[str, KeyIndex] = {}
+        self._spill = SpillDirectory(self.path.with_name(self.path.name + ".key-index"))
         self._index_pending: list[tuple[str, Any, Any]] = []  # keys written, until COMMIT
         # Built with the key index: where each value of a lookup column was written.
         self._value_indexes: dict[tuple[str, str], ValueIndex] = {}
@@ -237,9 +239,9 @@ class Store:
         table in one read on its first write."""
         index = self._key_indexes.get(table.name)
         if index is None:
-            index = KeyIndex()
+            index = KeyIndex(self._spill)
             lookups = LOOKUP_COLUMNS.get(table.name, ())
-            values = {column: ValueIndex() for column in lookups}
+            values = {column: ValueIndex(self._spill) for column in lookups}
             columns = ", ".join(f't."{c}"' for c in [*table.key, *lookups])
             reader = con.sql(f"SELECT {columns}, t.observed_at FROM {table.name} t").to_arrow_reader(KEY_READ_BATCH)
             try:
