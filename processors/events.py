@@ -108,6 +108,13 @@ class StateEvicted(Event):
     labels = ("reason",)
 
 
+class StateRewritten(Event):
+    level = logging.DEBUG
+    message = "Wrote %(count)s unchanged join state entries again, so that the chunks holding them can go"
+    thing, unit, doc = "state_rewritten", "entries", ("Unchanged join state entries written again so that the "
+                                                     "changelog chunks holding them could be tombstoned")
+
+
 class StateFull(Event):
     level = logging.WARNING
     message = ("The join state is at its cap with unsettled records: %(count)s settled before their "

@@ -412,9 +412,11 @@ class Joiner:
 
     # -- the changelog ------------------------------------------------------------------
 
-    def state_changes(self) -> list[tuple[str, bytes | None]]:
+    def state_changes(self, rewrite: Iterable[str] = ()) -> list[tuple[str, bytes | None]]:
         """Changelog entries changed since the last call: (entry id, value or None), after
-        holding the state to its caps (an evicted entry's value is None: its tombstone)."""
+        holding the state to its caps (an evicted entry's value is None: its tombstone);
+        also the entries of `rewrite` still held, unchanged (chunks.Chunks.sparse_values)."""
+        self._changed.update(entry_id for entry_id in rewrite if entry_id in self.entries)
         encoded = {}
         for entry_id in self._changed:
             entry = self.entries.get(entry_id)

@@ -40,7 +40,7 @@ from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
 from processors.events import (AssignmentIncomplete, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
-                               OutputRefused, ProduceRetried, ProducerReplaced, StateRestored)
+                               OutputRefused, ProduceRetried, ProducerReplaced, StateRestored, StateRewritten)
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore
@@ -273,7 +273,10 @@ class Processor:
             self._send_all(messages, "audit records")
             faults.point("processor.after_produce")
         # 3. Then the state that produced them, so a restart never skips an output.
-        changes = self.pipeline.state_changes()
+        rewrite = self.state.sparse_values()
+        changes = self.pipeline.state_changes(rewrite)
+        if rewrite:
+            StateRewritten(count=len(rewrite)).emit(self.metrics, log, len(rewrite))
         meta = {}
         if self._passed_dirty:
             meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
@@ -287,6 +290,7 @@ class Processor:
                             for topic, key, value, partition in self.state.messages(changes, meta, partitions)],
                            "join state")
             self.state.acknowledged()  # chunks left without a needed record: tombstoned next time
+            self.state.report(self.metrics)
             faults.point("processor.after_state")
 
     def _output_messages(self, outputs: Outputs) -> list[Message]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict, defaultdict
-from typing import Any
+from typing import Any, Iterable
 
 from nimtrail.config import ProcessorConfig, RetentionConfig
 from nimtrail.deployments.findings import check_observation
@@ -213,11 +213,11 @@ class Pipeline:
         out, self._out = self._out, Outputs()
         return out
 
-    def state_changes(self) -> list[tuple[str, bytes | None]]:
-        """The joiner's changelog entries since the last call (the state held to its caps),
-        with what left the state counted and its size on /metrics."""
+    def state_changes(self, rewrite: Iterable[str] = ()) -> list[tuple[str, bytes | None]]:
+        """The joiner's changelog entries since the last call (the state held to its caps,
+        `rewrite` written again), with what left the state counted and its size on /metrics."""
         j = self.joiner
-        changes = j.state_changes()
+        changes = j.state_changes(rewrite)
         for reason, count in j.evicted.items():
             StateEvicted(reason=reason, count=count).emit(self.metrics, log, count)
         j.evicted.clear()

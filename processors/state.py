@@ -27,6 +27,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from nimtrail import kafka_io
 from nimtrail.config import Config
+from nimtrail.ops import StageMetrics
 from processors.chunks import META, Chunks, is_chunk
 from processors.forgotten import PIECE
 
@@ -98,6 +99,17 @@ class StateStore:
 
     def acknowledged(self) -> None:
         self.chunks.acknowledged()
+
+    def report(self, metrics: StageMetrics) -> None:
+        """The changelog's size as this process keeps track of it."""
+        chunks = self.chunks
+        metrics.gauge("state_changelog", "chunks", "Changelog chunks not yet tombstoned").set(len(chunks.holds))
+        metrics.gauge("state_changelog", "markers", "Deletion markers the changelog still needs (each shadows a "
+                      "value in an older chunk)").set(len(chunks.markers))
+
+    def sparse_values(self) -> list[str]:
+        """Entries to write again so that the chunks holding them can go."""
+        return self.chunks.sparse_values()
 
     @property
     def waiting(self) -> bool:

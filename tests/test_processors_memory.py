@@ -191,6 +191,11 @@ def test_the_running_processor_holds_its_state_to_the_cap_and_restores_only_live
         assert 1 <= warned <= 1 + (time.monotonic() - started) // 60
         assert _sum(gauges, "nimtrail_processor_settled_early_records_total") > 10 * warned
         live = int(gauges["nimtrail_processor_state_entries"])
+        # The changelog's bookkeeping left the evicted calls behind too: of 600 deletion
+        # markers, only those still shadowing a value in an older chunk are kept.
+        changelog = _gauges(env)
+        assert changelog["nimtrail_processor_state_changelog_markers"] <= 2 * PER_MESSAGE
+        assert changelog["nimtrail_processor_state_changelog_chunks"] <= live
 
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
