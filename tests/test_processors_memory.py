@@ -81,6 +81,20 @@ def test_settled_records_leave_a_full_state_and_late_input_comes_out_as_if_held(
     assert not [f for f in small.of("finding").values() if f["kind"] == "unattributed_action"]
 
 
+def test_entries_written_again_for_the_changelog_come_out_unchanged_and_nothing_else_does():
+    """`state_changes(rewrite)` (chunks.Chunks.sparse_values): a held entry comes out again
+    with its value as it is; an id the joiner does not hold (a forgotten piece, an entry
+    that left) is not turned into a tombstone."""
+    _, messages = runs(2)
+    pipeline, out = Pipeline(ROOMY), trail.Trail()
+    for run in messages:
+        feed(pipeline, run, 0.0, out)
+    held = sorted(pipeline.joiner.entries)[:3]
+    before = {entry_id: pipeline.joiner.entries[entry_id].encode() for entry_id in held}
+    rewritten = dict(pipeline.state_changes([*held, "forgotten|000000000000", "model_call|gone"]))
+    assert rewritten == before
+
+
 def test_a_state_full_of_unsettled_records_settles_the_oldest_early():
     _, messages = runs(20)
     pipeline, out = Pipeline(SMALL), trail.Trail()
