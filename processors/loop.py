@@ -22,7 +22,6 @@ nimtrail.audit.deployments is kept in the changelog, so a restart re-passes noth
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import random
 import re
@@ -33,7 +32,7 @@ from typing import Any, NamedTuple
 from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
                           KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
-from nimtrail import columnar, faults, kafka_io, raw, records
+from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.kafka_io import DeadLetters, read_to_end
@@ -94,16 +93,6 @@ def encode_batches(kind: str, batch: list[dict[str, Any]],
     return [columnar.encode_audit(kind, [bare])], 1
 
 
-def _return_freed_memory() -> None:
-    """Hand the heap pages freed since to the system. glibc keeps them for reuse, and what
-    reading the changelog back freed (its messages, the chunks decoded one at a time) is
-    ~50 MB at the default caps that a steady state never asks for again."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator decides
-
-
 class Message(NamedTuple):
     topic: str
     key: bytes | None
@@ -145,6 +134,7 @@ class Processor:
         self.consumer.subscribe(sorted(self.kinds))
         self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, False)
         self.horizon = Horizon(interval=min(1.0, self.pipeline.joiner.window / 4))
+        self._trimmer = heap.Trimmer()
         self._closed = False
 
     # -- start ----------------------------------------------------------------------------
@@ -154,7 +144,9 @@ class Processor:
         entries, meta = self.state.restore()
         count = self.pipeline.joiner.restore(entries, time.time())  # taken one chunk at a time
         del entries
-        _return_freed_memory()
+        # What reading the changelog back freed (its messages, the chunks decoded one at
+        # a time) is ~50 MB at the default caps that a steady state never asks for again.
+        heap.trim()
         StateRestored(count=count, topic=self.state.topic,
                       seconds=time.monotonic() - started).emit(self.metrics, log, count)
         self.pipeline.report_state()
@@ -214,6 +206,7 @@ class Processor:
                 # whose evidence the changelog already holds.
                 log.warning("Could not commit input offsets: %s", e)
             faults.point("processor.after_commit")
+        self._trimmer.maybe()  # what evicted entries freed, back to the system
         return count
 
     def _catch_up_deployments(self, timeout: float = 5.0) -> None:

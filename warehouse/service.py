@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from nimtrail import kafka_io
+from nimtrail import heap, kafka_io
 from nimtrail.config import Config
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
@@ -49,12 +49,14 @@ def run(config: Config, stop: threading.Event) -> None:
     every = float(config.warehouse.retention.interval)
     next_retention = time.monotonic() + every if every > 0 else None
     next_memory_report = time.monotonic()
+    trimmer = heap.Trimmer()
     try:
         while not stop.is_set():
             ingest.run_once()
             if time.monotonic() >= next_memory_report:
                 next_memory_report = time.monotonic() + MEMORY_REPORT_EVERY
                 _task("memory report", metrics, lambda: report_memory(store, metrics))
+            trimmer.maybe()  # what each poll's frames and messages freed, back to the system
             if checkpointer.due():
                 _task("checkpoint", metrics, checkpointer.checkpoint)
             if next_retention is not None and time.monotonic() >= next_retention:

@@ -1,0 +1,41 @@
+"""Handing freed heap memory back to the system, for the long-running stages.
+
+glibc keeps memory a process freed for reuse: the top of the main heap past a threshold
+is returned, but free pages inside it and in the other threads' arenas are kept. A
+stage that frees as much as it allocates (the processor evicts ~250,000 join state
+entries a minute at 5,000 spans/s; Kafka's client threads allocate and free every
+batch) therefore grows its RSS with no more live data: in a soak at that rate one
+`malloc_trim(0)` took a processor from 610 to 544 MB. Each stage calls `trim()` after a
+restore and `Trimmer.maybe()` from its loop, at most once a minute (a trim walks every
+arena: a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+EVERY_S = 60.0
+
+
+def trim() -> None:
+    """Hand the heap pages freed since to the system (a no-op where libc is not glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator decides
+
+
+class Trimmer:
+    def __init__(self, every: float = EVERY_S, clock=time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._next = clock() + every
+
+    def maybe(self) -> bool:
+        """Trim if the last trim was at least `every` seconds ago; whether it did."""
+        if self._clock() < self._next:
+            return False
+        trim()
+        self._next = self._clock() + self._every
+        return True
