@@ -32,7 +32,7 @@ import numpy as np
 
 # A run of at least this many entries lives in a file (1.5 MB of a key index's run).
 SPILL_ENTRIES = 1 << 17
-MERGE_CHUNK = 1 << 20
+MERGE_CHUNK = 1 << 18  # a chunk's merge holds ~20 MB of arrays for a moment
 
 
 Run = tuple[np.ndarray, ...]  # sorted unique keys first, then any values beside them
