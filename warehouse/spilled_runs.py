@@ -39,17 +39,18 @@ Run = tuple[np.ndarray, ...]  # sorted unique keys first, then any values beside
 
 
 class SpillDirectory:
-    """Where one store's spilled runs are written: emptied when the store opens."""
+    """Where one store's spilled runs are written: what a crash left there is removed when
+    the store opens; made when a first run spills (a small store never has one)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True, exist_ok=True)
 
     def written(self, chunks: Iterable[Run], dtypes: Sequence[np.dtype]) -> Run:
         """The chunks, column by column, each column written to a file as they come and
         then mapped read-only."""
         files = []
+        self.path.mkdir(parents=True, exist_ok=True)
         try:
             for _ in dtypes:
                 fd, name = tempfile.mkstemp(dir=self.path, suffix=".run")
