@@ -41,7 +41,8 @@ TRACES_PER_REQUEST = 16  # ~100 spans, as an SDK batch exporter sends
 
 
 def status_mb(field: str, pid: int) -> float | None:
-    """A memory figure of /proc/<pid>/status (VmHWM: peak RSS; VmRSS: now) in MB."""
+    """A memory figure of /proc/<pid>/status (VmHWM: peak RSS; VmRSS: now; RssAnon: its
+    anonymous part) in MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):

@@ -224,6 +224,8 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
         fresh = probes.since(before["t"])
         sent = after["sent"] - before["sent"]
         row = {"minute": minute, "rss_mb": {s: status_mb("VmRSS", pid) for s, pid in pids.items()},
+               # RSS less the shared libraries' code and other file pages: the stage's own
+               "anon_mb": {s: status_mb("RssAnon", pid) for s, pid in pids.items()},
                "fresh_p50_ms": None if not fresh else _pct(fresh, 0.5) * 1000,
                "fresh_p99_ms": None if not fresh else _pct(fresh, 0.99) * 1000, "probes": len(fresh),
                "spans_in_per_s": sent / span, "evidence_out_per_s": (after["joined"] - before["joined"]) / span,
