@@ -85,18 +85,6 @@ def _actions_of(con: duckdb.DuckDBPyConnection, ids: list[str],
                      columns="call_id, action_id, tool_name, outcome, target"):
         actions[a.pop("call_id")].append(a)
     return actions
-    sql = ("SELECT call_id, action_id, tool_name, outcome, target FROM tool_actions t "
-           "WHERE list_contains(?::VARCHAR[], call_id)")
-    known = [locate("tool_actions", "call_id", i) for i in ids] if locate else [None]
-    within, bounds = "TRUE", []
-    if all(w is not None for w in known):
-        spans = windows_of(span for w in known for span in w)
-        if not spans:
-            return actions  # none of the page's calls has an action
-        within, bounds = observed_within_any(spans)
-    for a in rows(con, f"{sql} AND {within} ORDER BY started_at, action_id", [ids, *bounds]):
-        actions[a.pop("call_id")].append(a)
-    return actions
 
 
 def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any], limit: int,
