@@ -306,3 +306,27 @@ def test_a_processor_restores_a_changelog_of_one_entry_per_key_and_retires_it(tm
     entries = dict(StateStore(env.config).restore()[0])
     assert set(entries) == set(state)
     assert len(entries[call]["ev"]) == len(state[call].evidence)
+
+
+def test_end_offsets_are_asked_of_a_client_that_never_fetches(tmp_path: Path, kafka_bootstrap: str):
+    """Kafka answers a connection's requests in order: asked of a consumer whose fetch is
+    waiting at the broker (the idle deployments topic: up to fetch.max.wait.ms, 500 ms),
+    end offsets wait behind it, and the horizon asks once a second on the processor's loop."""
+    from processors.loop import Processor
+
+    env = Env(tmp_path, kafka_bootstrap)
+    register_deployments(env)
+    processor = Processor(env.config)
+    try:
+        def fetching_consumer_asked(*_args, **_kwargs):
+            raise AssertionError("end offsets asked of a consumer that fetches")
+
+        processor.consumer.end_offsets = fetching_consumer_asked
+        processor.deployments.end_offsets = fetching_consumer_asked
+        horizon, reached = processor._horizon, []  # noqa: SLF001
+        processor._horizon = lambda now: reached.append(horizon(now)) or reached[-1]  # noqa: SLF001
+        wait_for(lambda: processor.run_once(timeout_ms=100) is not None and any(r is not None for r in reached),
+                 timeout=60, what="the horizon to move (the input known to be read)")
+        assert not processor.offsets.assignment() and not processor.offsets.subscription()
+    finally:
+        processor.close()
