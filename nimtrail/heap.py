@@ -9,6 +9,14 @@ batch) therefore grows its RSS with no more live data: in a soak at that rate on
 restore and `Trimmer.maybe()` from its loop, at most once a minute (a trim took 7 ms
 when it had 67 MB to give back, 0.1 ms when it had none; trimming every ten seconds
 instead changed no stage's RSS in a soak, BENCHMARKS.md).
+
+Two of glibc's defaults also hold memory in such a process, so `configure()` sets them
+when a stage starts: blocks from 128 KiB up are given their own mapping, returned whole
+when freed (by default the first free of such a block raises that threshold, up to 32 MiB,
+and later Kafka messages and encoded batches of that size are carved out of the heap,
+leaving holes between live objects); and two arenas, not eight per core (each of Kafka's
+and the HTTP servers' threads otherwise gets an arena of its own, and keeps its free
+pages there).
 """
 
 from __future__ import annotations
@@ -17,12 +25,31 @@ import ctypes
 import time
 
 EVERY_S = 60.0
+# mallopt(3) parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD = 128 * 1024
+ARENA_MAX = 2
+
+
+def _libc():
+    return ctypes.CDLL("libc.so.6")
+
+
+def configure() -> None:
+    """Set the allocator for a long-running stage (see above); before its threads start."""
+    try:
+        libc = _libc()
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator decides
 
 
 def trim() -> None:
     """Hand the heap pages freed since to the system (a no-op where libc is not glibc)."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc: its allocator decides
 

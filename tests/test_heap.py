@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 from nimtrail import heap
 
 
@@ -18,3 +20,26 @@ def test_the_trimmer_trims_once_an_interval_however_often_it_is_asked(monkeypatc
 
 def test_trim_is_harmless_when_called():
     heap.trim()  # glibc here: returns what it can; elsewhere: nothing to do
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def test_after_configure_a_freed_large_block_does_not_move_the_next_ones_into_the_heap():
+    """glibc's default: freeing a mapped block raises the threshold to its size, so later
+    blocks of that size come from the heap and leave holes there when freed."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = _MallInfo2
+    heap.configure()
+    libc.free(libc.malloc(4 * 1024 * 1024))  # would raise the threshold to 4 MiB
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(heap.MMAP_THRESHOLD + 64 * 1024)
+    try:
+        assert libc.mallinfo2().hblks == before + 1  # a mapping of its own, returned when freed
+    finally:
+        libc.free(block)
