@@ -43,7 +43,7 @@ def with_bootstrap_if_running(config: Config) -> Config:
 
 def run_stage(run: Callable[[Config, threading.Event], None], config: Config) -> None:
     """Run a stage until SIGINT or SIGTERM, then let it shut down cleanly."""
-    heap.configure()  # before the stage's threads allocate
+    heap.limit_arenas()  # before the stage's threads allocate
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

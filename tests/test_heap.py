@@ -27,7 +27,7 @@ class _MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def test_after_configure_a_freed_large_block_does_not_move_the_next_ones_into_the_heap():
+def test_after_map_large_blocks_a_freed_large_block_does_not_move_the_next_ones_into_the_heap():
     """glibc's default: freeing a mapped block raises the threshold to its size, so later
     blocks of that size come from the heap and leave holes there when freed."""
     libc = ctypes.CDLL("libc.so.6")
@@ -35,7 +35,7 @@ def test_after_configure_a_freed_large_block_does_not_move_the_next_ones_into_th
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     libc.mallinfo2.restype = _MallInfo2
-    heap.configure()
+    heap.map_large_blocks()
     libc.free(libc.malloc(4 * 1024 * 1024))  # would raise the threshold to 4 MiB
     before = libc.mallinfo2().hblks
     block = libc.malloc(heap.MMAP_THRESHOLD + 64 * 1024)
@@ -43,3 +43,7 @@ def test_after_configure_a_freed_large_block_does_not_move_the_next_ones_into_th
         assert libc.mallinfo2().hblks == before + 1  # a mapping of its own, returned when freed
     finally:
         libc.free(block)
+
+
+def test_limiting_arenas_is_harmless_when_called():
+    heap.limit_arenas()

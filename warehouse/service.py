@@ -28,6 +28,7 @@ MEMORY_REPORT_EVERY = 15.0  # seconds between readings of DuckDB's memory for /m
 
 
 def run(config: Config, stop: threading.Event) -> None:
+    heap.map_large_blocks()
     t = config.topics
     kafka_io.ensure_topics(config, [*t.audit().values(), t.dlq, t.digests])
     metrics = StageMetrics("warehouse")
