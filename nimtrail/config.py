@@ -479,7 +479,9 @@ class WarehouseConfig:
     # every block it ever read until then); threads are DuckDB's worker threads, each with
     # its own buffers. See docs/warehouse.md, "Memory".
     # The large tables have no DuckDB index (the warehouse's key index finds their keys),
-    # so what DuckDB must hold does not grow with the store: the limit bounds a cache.
+    # so what DuckDB must hold does not grow with the store: the limit bounds a cache. At
+    # 160 MB the warehouse stays under 500 MB of RSS at 5,000 spans/s; a larger cache keeps
+    # pages of a large store in memory for queries (docs/warehouse.md, "Memory").
     memory_limit: ByteSize = ByteSize(160 * 1000 ** 2)
     threads: int = 2
 
