@@ -218,8 +218,8 @@ class Processor:
         """Observations are judged against every version registered before they were read:
         a registration committed a moment ago may not have been fetched yet."""
         try:
-            ends = self.offsets.end_offsets(list(self.deployments.assignment()))
-        except KafkaError as e:  # judged against what was read; the broker is away anyway
+            ends = self._end_offsets(list(self.deployments.assignment()))
+        except (KafkaError, KeyError) as e:  # judged against what was read; the broker is away anyway
             log.warning("Could not read the deployments topic's end offsets: %s", e)
             return
         deadline = time.monotonic() + timeout
@@ -254,15 +254,22 @@ class Processor:
         deployments = self.deployments.assignment()
         consumer_of = {tp: self.consumer for tp in inputs} | {tp: self.deployments for tp in deployments}
 
-        def end_offsets():
-            return self.offsets.end_offsets([*inputs, *deployments])
-
         try:
-            return self.horizon.advance(now, frozenset(consumer_of), end_offsets,
+            return self.horizon.advance(now, frozenset(consumer_of), lambda: self._end_offsets([*inputs, *deployments]),
                                         lambda tp: consumer_of[tp].position(tp))
-        except KafkaError as e:  # the broker is away: settle nothing until it is back
+        except (KafkaError, KeyError) as e:  # the broker is away, or its metadata behind: settle nothing now
             log.warning("Could not read the input's end offsets: %s", e)
             return None
+
+    def _end_offsets(self, partitions: list) -> dict:
+        try:
+            return self.offsets.end_offsets(partitions)
+        except KeyError:
+            # kafka-python leaves out a partition whose leader this client's metadata lacks
+            # (a topic it was never asked about, a partition added since) and then fails on
+            # it: fetch every topic's metadata, and ask once more.
+            self.offsets.topics()
+            return self.offsets.end_offsets(partitions)
 
     def _deliver(self, outputs: Outputs) -> None:
         # 1. and 2. Outputs produced and acknowledged (retried as a whole until they are).

@@ -103,12 +103,15 @@ def _demo(env, run: int, resumed: dict | None = None) -> dict:
         assert described["deployments"][0]["metrics_url"] in printed and "(DCGM)" in printed
         if resumed is not None:  # what the earlier run recorded is still there
             assert _trace_back(env, resumed["tool_call_id"])["call"]["call_id"] == resumed["call_id"]
-        # The demo registers its fleet.
+        # The demo registers its fleet, each revision as it rolls out, one registration at a
+        # time: the scenario's upgrades too, which can come after the incident.
+        final = {d.id: len(d.upgrades) + 1 for d in scenario_mod.load().deployments}
+
         def registered():
             rows = json.loads(env.cli("deployments", "list", "--json").stdout)["rows"]
-            return {r["deployment_id"] for r in rows} == {d["deployment_id"] for d in described["deployments"]}
+            return {r["deployment_id"]: r["version"] for r in rows} == final
 
-        wait_for(registered, timeout=60, interval=1, what="the simulated fleet to be registered")
+        wait_for(registered, timeout=90, interval=1, what="the simulated fleet's revisions to be registered")
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)
