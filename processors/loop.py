@@ -219,7 +219,7 @@ class Processor:
         a registration committed a moment ago may not have been fetched yet."""
         try:
             ends = self._end_offsets(list(self.deployments.assignment()))
-        except (KafkaError, KeyError) as e:  # judged against what was read; the broker is away anyway
+        except (KafkaError, KeyError) as e:  # judged against what was read (broker away, or its metadata behind)
             log.warning("Could not read the deployments topic's end offsets: %s", e)
             return
         deadline = time.monotonic() + timeout
