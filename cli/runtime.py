@@ -9,7 +9,7 @@ import threading
 from typing import Callable
 
 from cli import broker
-from nimtrail import heap
+from nimtrail import heap, import_guard
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
 
@@ -44,6 +44,7 @@ def with_bootstrap_if_running(config: Config) -> Config:
 def run_stage(run: Callable[[Config, threading.Event], None], config: Config) -> None:
     """Run a stage until SIGINT or SIGTERM, then let it shut down cleanly."""
     heap.limit_arenas()  # before the stage's threads allocate
+    import_guard.keep_out(*import_guard.UNUSED_BY_STAGES)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -56,8 +56,7 @@ def test_a_burst_travels_as_columns_and_is_stored_once(env):
     from nimtrail.kafka_io import read_to_end
     from tests import scenarios as sc
 
-    for stage in ("warehouse", "processor", "collector"):
-        env.start(stage)
+    processes = {stage: env.start(stage) for stage in ("warehouse", "processor", "collector")}
     for stage in ("warehouse", "processor", "collector"):
         env.wait_ready(stage)
 
@@ -85,3 +84,8 @@ def test_a_burst_travels_as_columns_and_is_stored_once(env):
     report = json.loads(env.cli("verify", "--json").stdout)
     assert report["ok"], report["problems"]
     assert report["rows_checked"]["model_calls"] == len(sent)
+
+    # Columns were made and read (pyarrow probes for pandas then): no stage loaded pandas.
+    for stage, process in processes.items():
+        mapped = open(f"/proc/{process.pid}/maps").read()
+        assert "/pandas/" not in mapped, f"the {stage} loaded pandas"
