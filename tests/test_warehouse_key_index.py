@@ -148,9 +148,9 @@ def test_a_lookup_by_key_reads_the_second_the_index_names_and_everything_when_th
     from warehouse.queries.common import by_key
     store = Store(tmp_path / "audit.duckdb")
     write(store, "model_call", [call("old", days=20)] + [call(f"c{i}") for i in range(100)])
-    [window] = store.written_where("model_calls", "call_id", "old")
+    [window] = store.written_where("model_calls", "call_id", ["old"])
     assert window[0] == window[1]
-    assert store.written_where("model_calls", "call_id", "never") == [], "certainly not stored"
+    assert store.written_where("model_calls", "call_id", ["never"]) == [], "certainly not stored"
     con = store.reader()
     assert [r["call_id"] for r in by_key(con, "model_calls", "call_id", "old", store.written_where)] == ["old"]
     # an index a commit behind names the wrong second: the lookup still finds the row
@@ -168,10 +168,11 @@ def test_value_index_gives_every_second_a_value_was_written_in_across_merged_run
     for start in range(0, len(values), 500):
         index.add(values[start:start + 500], np.full(500, start // 500 + 10, dtype=np.uint32))
     index.add(values[:2], np.array([900, 10], dtype=np.uint32))  # written again, and once more at 10
-    assert index.seconds(int(values[0])).tolist() == [10, 900]
-    assert index.seconds(int(values[1])).tolist() == [10]
-    assert index.seconds(int(values[-1])).tolist() == [49]
-    assert index.seconds(int(values[0]) ^ (1 << 40)).tolist() == [], "another value: nothing"
+    assert index.seconds(np.array([int(values[0])], np.uint64)).tolist() == [10, 900]
+    assert index.seconds(np.array([int(values[1])], np.uint64)).tolist() == [10]
+    assert index.seconds(np.array([int(values[-1])], np.uint64)).tolist() == [49]
+    assert index.seconds(np.array([int(values[0]) ^ (1 << 40)], np.uint64)).tolist() == [], "another value: nothing"
+    assert index.seconds(values[[0, 1, -1, 0]]).tolist() == [10, 49, 900], "several at once: every second of any"
     assert index.nbytes <= 8 * (len(values) + 2)
     assert len(index._runs) <= 2 * int(np.log2(len(values)))
     if spill:
@@ -240,11 +241,14 @@ def test_trace_back_by_lookup_columns_reads_only_where_the_values_were_written(t
                          **finding) for i in range(100)])
     con = store.reader()
     # the windows named: one per second the rows were written in, far apart
-    assert len(store.written_where("tool_actions", "call_id", "old")) == 2
-    assert store.written_where("tool_actions", "call_id", "nobody") == []
-    assert len(store.written_where("findings", "subject_ids", "old")) == 2
-    assert store.written_where("model_calls", "tool_call_ids", "tc-b") == store.written_where(
-        "model_calls", "call_id", "old")
+    assert len(store.written_where("tool_actions", "call_id", ["old"])) == 2
+    assert store.written_where("tool_actions", "call_id", ["nobody"]) == []
+    assert len(store.written_where("findings", "subject_ids", ["old"])) == 2
+    assert store.written_where("model_calls", "tool_call_ids", ["tc-b"]) == store.written_where(
+        "model_calls", "call_id", ["old"])
+    # several values at once: where any of them is
+    assert store.written_where("tool_actions", "call_id", ["nobody", "old"]) == store.written_where(
+        "tool_actions", "call_id", ["old"])
     by_call = _trace_back_everywhere(con, store, call_id="old")
     assert [a["action_id"] for a in by_call["actions"]] == ["a1", "a2"]
     assert sorted(f["finding_id"] for f in by_call["findings"]) == ["f1", "f2"]
@@ -255,10 +259,10 @@ def test_trace_back_by_lookup_columns_reads_only_where_the_values_were_written(t
     con.close()
     store.close()
     store = Store(tmp_path / "audit.duckdb")  # a restart: built again from the tables
-    assert store.written_where("tool_actions", "call_id", "old") is None, "not built before a write"
+    assert store.written_where("tool_actions", "call_id", ["old"]) is None, "not built before a write"
     write(store, "tool_action", [action("new", "c1")])
-    assert len(store.written_where("tool_actions", "call_id", "old")) >= 2
-    assert store.written_where("findings", "subject_ids", "old") is None, "findings not written yet"
+    assert len(store.written_where("tool_actions", "call_id", ["old"])) >= 2
+    assert store.written_where("findings", "subject_ids", ["old"]) is None, "findings not written yet"
     store.close()
 
 
@@ -271,13 +275,13 @@ def test_a_key_committed_before_the_index_holds_it_is_never_called_absent(tmp_pa
     add = KeyIndex.add
 
     def add_and_ask(index, hashes, secs):
-        seen.append(store.written_where("model_calls", "call_id", "late"))
+        seen.append(store.written_where("model_calls", "call_id", ["late"]))
         add(index, hashes, secs)
     monkeypatch.setattr(KeyIndex, "add", add_and_ask)
     write(store, "model_call", [call("late")])
     assert seen == [None], "unknown while the commit is not yet indexed"
     monkeypatch.undo()
-    assert store.written_where("model_calls", "call_id", "late") not in (None, [])
+    assert store.written_where("model_calls", "call_id", ["late"]) not in (None, [])
     store.close()
 
 

@@ -140,14 +140,21 @@ class ValueIndex:
         """What the index holds in memory (its spilled runs are in files)."""
         return sum(resident_bytes(*run) for run in self._runs)
 
-    def seconds(self, value_hash: int) -> np.ndarray:
-        """Every second recorded for this hash (sorted, unique; may include NO_TIME)."""
-        # (as uint64: numpy compares a Python int beyond int64 by converting every run)
-        lo = np.uint64((value_hash >> 32) << 32)
-        hi = np.uint64(((value_hash >> 32) << 32) | 0xFFFF_FFFF)
+    def seconds(self, value_hashes: np.ndarray) -> np.ndarray:
+        """Every second recorded for any of these hashes (sorted, unique; may include
+        NO_TIME): one search per run for all of them, not one per hash."""
+        # Entries pack the hash's upper 32 bits above the second: a hash's entries lie
+        # between its bits followed by 0 and by 0xFFFF_FFFF.
+        upper = (value_hashes.astype(np.uint64) >> np.uint64(32)) << np.uint64(32)
+        lo, hi = upper, upper | np.uint64(0xFFFF_FFFF)
         found = []
         for (run,) in self._runs:  # one list: add() swaps it whole
-            found.append(np.array(run[np.searchsorted(run, lo):np.searchsorted(run, hi, side="right")]))
+            starts, ends = np.searchsorted(run, lo), np.searchsorted(run, hi, side="right")
+            lengths = ends - starts
+            if lengths.any():
+                # every position in every [start, end) range, without a loop per hash
+                offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                found.append(np.array(run[offsets + np.arange(int(lengths.sum()))]))
             release(run)
         return np.unique((np.concatenate(found) if found else np.empty(0, np.uint64)) & 0xFFFF_FFFF)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -259,10 +260,10 @@ class Store:
                      index.nbytes / 1e6, sum(v.nbytes for v in values.values()) / 1e6)
         return index
 
-    def written_where(self, table_name: str, column: str, value: Any) -> list[tuple[int, int]] | None:
+    def written_where(self, table_name: str, column: str, values: list[Any]) -> list[tuple[int, int]] | None:
         """The windows of `observed_at` seconds in which the rows of `table_name` whose
-        `column` (its one-column key, or a lookup column) holds `value` were written:
-        [] when no row holds it, None when the indexes cannot say (read every row).
+        `column` (its one-column key, or a lookup column) holds any of `values` were
+        written: [] when no row holds any, None when the indexes cannot say (read every row).
 
         A hint for readers. The key index may be a commit behind: a key it names at a
         second may have moved (read everything when that finds nothing), and a key it
@@ -270,21 +271,28 @@ class Store:
         table = self.by_name.get(table_name)
         if table is None:
             return None
-        value_hash = key_hashes(pl.DataFrame({column: [value]}, schema={column: pl.Utf8}), [column])
+        if not values:
+            return []
+        # One hashing plan and one search per index run for all the values: a page of
+        # calls asks for each of its calls' actions at once.
+        hashes = key_hashes(pl.DataFrame({column: values}, schema={column: pl.Utf8}), [column])
         if table.key == [column]:
             index = self._key_indexes.get(table_name)
             if index is None:
                 return None
             before = self._commit_seq
-            second = int(index.lookup(value_hash)[0])
-            if second == ABSENT:
-                return [] if before % 2 == 0 and self._commit_seq == before else None
-            return None if second == NO_TIME else [(second, second)]
-        value_index = self._value_indexes.get((table_name, column))
-        if value_index is None:
+            secs = index.lookup(hashes)
+            present = secs[secs != ABSENT]
+            if len(present) < len(secs) and not (before % 2 == 0 and self._commit_seq == before):
+                return None
+        else:
+            value_index = self._value_indexes.get((table_name, column))
+            if value_index is None:
+                return None
+            present = value_index.seconds(hashes)
+        if (present == NO_TIME).any():
             return None
-        secs = value_index.seconds(int(value_hash[0]))
-        return None if (secs == NO_TIME).any() else windows_of((int(s), int(s)) for s in secs)
+        return windows_of((int(s), int(s)) for s in np.unique(present))
 
     def forget_key_indexes(self) -> None:
         """Rows were deleted (retention): rebuild the key indexes on the next write, so that

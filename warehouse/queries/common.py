@@ -35,10 +35,10 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict
             for row in cursor.fetchall()]
 
 
-# Where the rows of a table whose column holds a value were written: (table, column, value)
-# -> windows of observed_at seconds, [] for none, None for unknown (Store.written_where).
-# Readers without a store pass none.
-Locate = Callable[[str, str, Any], "list[tuple[int, int]] | None"]
+# Where the rows of a table whose column holds any of some values were written: (table,
+# column, values) -> windows of observed_at seconds, [] for none, None for unknown
+# (Store.written_where). Readers without a store pass none.
+Locate = Callable[[str, str, list[Any]], "list[tuple[int, int]] | None"]
 
 
 def located(con: duckdb.DuckDBPyConnection, table: str, condition: str, arg: Any, column: str,
@@ -51,9 +51,8 @@ def located(con: duckdb.DuckDBPyConnection, table: str, condition: str, arg: Any
     of the values, and everything when the windows find nothing (the key index may be a
     commit behind)."""
     sql = f"SELECT {columns} FROM {table} t WHERE {condition}"
-    found_windows = [locate(table, column, v) for v in values] if locate else [None]
-    if all(w is not None for w in found_windows):
-        windows = windows_of(span for w in found_windows for span in w)
+    windows = locate(table, column, list(values)) if locate else None
+    if windows is not None:
         if not windows:
             return []
         within, params = observed_within_any(windows)
