@@ -168,6 +168,15 @@ def _pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
 
+def test_the_processor_never_runs_twice():
+    """One joiner sees all of a call's evidence (docs/scale.md): one replica, and an upgrade
+    stops the old pod before it starts the new one."""
+    [processor] = [d for d in _k8s_docs() if d.get("metadata", {}).get("name") == "nimtrail-processor"
+                   and d["kind"] == "Deployment"]
+    assert processor["spec"]["replicas"] == 1
+    assert processor["spec"]["strategy"] == {"type": "Recreate"}
+
+
 def test_only_the_collector_may_list_services():
     rules = {(r, v) for role in _by_kind("ClusterRole") + _by_kind("Role") for rule in role["rules"]
              for r in rule["resources"] for v in rule["verbs"] if "" in rule["apiGroups"]}
