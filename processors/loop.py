@@ -219,7 +219,7 @@ class Processor:
         a registration committed a moment ago may not have been fetched yet."""
         try:
             ends = self._end_offsets(list(self.deployments.assignment()))
-        except (KafkaError, KeyError) as e:  # judged against what was read (broker away, or its metadata behind)
+        except KafkaError as e:  # judged against what was read; the broker is away, or its metadata behind
             log.warning("Could not read the deployments topic's end offsets: %s", e)
             return
         deadline = time.monotonic() + timeout
@@ -257,11 +257,12 @@ class Processor:
         try:
             return self.horizon.advance(now, frozenset(consumer_of), lambda: self._end_offsets([*inputs, *deployments]),
                                         lambda tp: consumer_of[tp].position(tp))
-        except (KafkaError, KeyError) as e:  # the broker is away, or its metadata behind: settle nothing now
+        except KafkaError as e:  # the broker is away, or its metadata behind: settle nothing now
             log.warning("Could not read the input's end offsets: %s", e)
             return None
 
     def _end_offsets(self, partitions: list) -> dict:
+        """End offsets of `partitions`; raises KafkaError when Kafka cannot say now."""
         try:
             return self.offsets.end_offsets(partitions)
         except KeyError:
@@ -269,7 +270,10 @@ class Processor:
             # (a topic it was never asked about, a partition added since) and then fails on
             # it: fetch every topic's metadata, and ask once more.
             self.offsets.topics()
+        try:
             return self.offsets.end_offsets(partitions)
+        except KeyError as e:
+            raise KafkaError(f"no leader known for {e}") from e
 
     def _deliver(self, outputs: Outputs) -> None:
         # 1. and 2. Outputs produced and acknowledged (retried as a whole until they are).
