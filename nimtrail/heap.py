@@ -36,33 +36,27 @@ MMAP_THRESHOLD = 128 * 1024
 ARENA_MAX = 2
 
 
-def _libc():
-    return ctypes.CDLL("libc.so.6")
+def _glibc(function: str, *args: int) -> None:
+    """Call one of glibc's allocator functions; elsewhere its allocator decides."""
+    try:
+        getattr(ctypes.CDLL("libc.so.6"), function)(*args)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def limit_arenas() -> None:
     """At most ARENA_MAX arenas (see above); before the stage's threads start."""
-    _mallopt(_M_ARENA_MAX, ARENA_MAX)
+    _glibc("mallopt", _M_ARENA_MAX, ARENA_MAX)
 
 
 def map_large_blocks() -> None:
     """Blocks from MMAP_THRESHOLD up in mappings of their own, returned whole when freed."""
-    _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-def _mallopt(parameter: int, value: int) -> None:
-    try:
-        _libc().mallopt(parameter, value)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator decides
+    _glibc("mallopt", _M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def trim() -> None:
     """Hand the heap pages freed since to the system (a no-op where libc is not glibc)."""
-    try:
-        _libc().malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator decides
+    _glibc("malloc_trim", 0)
 
 
 class Trimmer:
