@@ -46,9 +46,9 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any]) -> list[dict
     1,000 calls has ~45,000 values, most of them passed through as they are."""
     cursor = con.execute(sql, args)
     names = [d[0] for d in cursor.description]
-    convert = [(n, _time_text if str(t) in _TIME_TYPES else _json_text)
-               for n, t in zip(names, (d[1] for d in cursor.description))
-               if str(t) in _TIME_TYPES or n in JSON_COLUMNS]
+    types = [str(d[1]) for d in cursor.description]
+    convert = [(n, _time_text if t in _TIME_TYPES else _json_text)
+               for n, t in zip(names, types) if t in _TIME_TYPES or n in JSON_COLUMNS]
     drop = "row_hash" in names
     out = []
     for row in cursor.fetchall():
@@ -79,7 +79,7 @@ def located(con: duckdb.DuckDBPyConnection, table: str, condition: str, arg: Any
     of the values, and everything when the windows find nothing (the key index may be a
     commit behind)."""
     sql = f"SELECT {columns} FROM {table} t WHERE {condition}"
-    windows = locate(table, column, list(values)) if locate else None
+    windows = locate(table, column, values) if locate else None
     if windows is not None:
         if not windows:
             return []
