@@ -62,6 +62,20 @@ def test_incident_is_traced_back_to_the_model_call_and_caller(env, tmp_path):
     assert unpropagated and all(sorted(r["signals"]) == ["span.client", "span.nim"] for r in unpropagated)
 
 
+def _children_running(parent: int, stages: tuple[str, ...]) -> dict[str, int]:
+    """{stage: pid} of the processes `parent` started as `nimtrail <stage>`."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == parent and argv[-2:-1] and argv[-2].decode() in stages:
+            found[argv[-2].decode()] = int(stat.parent.name)
+    return found
+
+
 def _demo(env, run: int, resumed: dict | None = None) -> dict:
     """One `nimtrail up --demo` until its incident is traced back, then Ctrl-C. `resumed`: the
     incident of an earlier run on the same data directory, which a resumed demo reports
@@ -112,6 +126,15 @@ def _demo(env, run: int, resumed: dict | None = None) -> dict:
             return {r["deployment_id"]: r["version"] for r in rows} == final
 
         wait_for(registered, timeout=90, interval=1, what="the simulated fleet's revisions to be registered")
+        # The calls page names each call's actions (one index lookup for the page's calls).
+        calls = json.loads(env.cli("calls", "--json", "--limit", "1000").stdout)["rows"]
+        [asked] = [c for c in calls if c["call_id"] == doc["call"]["call_id"]]
+        assert "delete_records" in [a["tool_name"] for a in asked["actions"]]
+        # The stages `up` runs keep pandas out (nimtrail/import_guard.py).
+        stages = _children_running(up.pid, ("collector", "processor", "warehouse"))
+        assert sorted(stages) == ["collector", "processor", "warehouse"], stages
+        for stage, pid in stages.items():
+            assert "/pandas/" not in Path(f"/proc/{pid}/maps").read_text(), f"the {stage} loaded pandas"
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)
