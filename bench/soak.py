@@ -304,7 +304,8 @@ def _register_deployment(env: Env) -> None:
 
 
 def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None]) -> dict:
-    """SIGKILL the processor and start it again: how long until it serves, and its state."""
+    """SIGKILL the processor and start it again: how long until it reads the input again
+    (its state restored), and its state."""
     before = scrape(ops)
     os.kill(pids["processor"], signal.SIGKILL)
     for p in env.processes:
@@ -313,8 +314,9 @@ def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None
     started = time.monotonic()
     pids["processor"] = env.start("processor").pid
     env.wait_ready("processor", timeout=600)
+    after = wait_for(lambda: (lambda m: m if m.get("nimtrail_processor_active_members") == 1 else None)(scrape(ops)),
+                     timeout=600, interval=0.2, what="the restarted processor to read the input again")
     ready = time.monotonic() - started
-    after = wait_for(lambda: scrape(ops) or None, timeout=30, what="the restarted processor's metrics")
     restored = re.findall(r"Restored (\d+) join state entries from \S+ in ([\d.]+)s", env.log("processor"))
     out = {"entries_before_kill": before.get("nimtrail_processor_state_entries"),
            "bytes_before_kill": before.get("nimtrail_processor_state_bytes"),

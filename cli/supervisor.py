@@ -31,6 +31,7 @@ class Child:
     restarts: int = 0
     started: float = 0.0
     restart_at: float | None = None  # monotonic time of a pending restart
+    source: bool = False  # an extra child feeding the pipeline (the demo's simulator)
 
 
 def _say(message: str) -> None:
@@ -39,13 +40,15 @@ def _say(message: str) -> None:
 
 class Supervisor:
     def __init__(self, config: Config, config_path: str | None, extra: list[tuple[str, list[str]]] = (),
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, processors: int = 1):
         self.config = config
         self.config_path = config_path
         self.extra_env = dict(env or {})
-        self.children = [Child(stage, [sys.executable, "-m", "nimtrail", *self._config_args(), stage])
-                         for stage in STAGES]
-        self.children += [Child(name, args) for name, args in extra]
+        nimtrail = [sys.executable, "-m", "nimtrail", *self._config_args()]
+        self.children = [Child(stage, [*nimtrail, stage]) for stage in STAGES if stage != "processor"]
+        self.children[1:1] = [Child(name, [*nimtrail, "processor", *args])
+                              for name, args in processor_children(config, processors)]
+        self.children += [Child(name, args, source=True) for name, args in extra]
         self.started_broker = False
         self.bootstrap = config.kafka.bootstrap
         self._stopping = False
@@ -115,8 +118,8 @@ class Supervisor:
         # Stop in reverse order of the data flow: sources first, the warehouse last. Extra
         # children (the demo's simulator) are sources: they finish sending before the
         # collector they send to goes away.
-        self._terminate([c for c in self.children if c.stage not in STAGES])
-        self._terminate([c for c in self.children if c.stage in STAGES])
+        self._terminate([c for c in self.children if c.source])
+        self._terminate([c for c in self.children if not c.source])
         if self.started_broker:
             broker.stop(self.config.data_path)
         _say("stopped")
@@ -138,6 +141,17 @@ class Supervisor:
                 _signal_group(child.process, signal.SIGTERM)  # leftovers of a child that exited
 
 
+def processor_children(config: Config, count: int) -> list[tuple[str, list[str]]]:
+    """(name, arguments) of each processor `up` runs: one reads the input, the others stand
+    by to take over (processors/assignor.py). The first is the plain `nimtrail processor`;
+    the k-th after it has its own static instance id and /metrics port (the ops port + k)."""
+    base = config.processor.instance_id or config.processor.group_id
+    ops = config.processor.ops
+    return [("processor", [])] + [
+        (f"processor-{k}", ["--instance-id", f"{base}-{k}", "--ops", f"{ops.host}:{ops.port + k}"])
+        for k in range(1, count)]
+
+
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     try:
         os.killpg(process.pid, signum)
@@ -149,8 +163,8 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 def up(config: Config, config_path: str | None, duration: float | None = None,
        extra: list[tuple[str, list[str]]] = (), on_ready=None, env: dict[str, str] | None = None,
-       poll: Callable[[], None] | None = None) -> None:
-    supervisor = Supervisor(config, config_path, list(extra), env)
+       poll: Callable[[], None] | None = None, processors: int = 1) -> None:
+    supervisor = Supervisor(config, config_path, list(extra), env, processors)
 
     def request_stop(_signum: int, _frame: object) -> None:
         supervisor._stopping = True

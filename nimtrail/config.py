@@ -398,6 +398,9 @@ class ProcessorConfig:
     # Static group membership: a restarted processor takes its partitions back at once
     # instead of waiting for its old session to time out. Empty: the group id.
     instance_id: str = ""
+    # How long the group waits for a member that stopped answering before it hands the
+    # input to a standby (Kafka's session.timeout.ms; the broker allows 6 s to 30 min).
+    session_timeout: Duration = Duration(45)
     join_window: Duration = Duration(300)
     # A record leaves the join state this long after the time its input states (or its last
     # touch, if earlier), never within a join window of its last touch.

@@ -148,3 +148,23 @@ class OutputLost(Event):
     message = "The dead-letter topic refused even the headers of a message from %(topic)s (%(reason)s): %(error)s"
     thing, unit, doc = "lost", "messages", "Dead letters Kafka refused even without their value"
     labels = ("topic",)
+
+
+class BecameActive(Event):
+    level = logging.INFO
+    message = ("Reading the input (%(partitions)s partitions) as the group's active processor; "
+               "state restored from the changelog: %(restored)s (%(seconds)s s)")
+    thing, unit, doc = "became_active", "times", "Times this processor was handed the input"
+    labels = ("restored",)
+
+
+class BecameStandby(Event):
+    level = logging.INFO
+    message = "Standing by: another member of %(group)s reads the input"
+    thing, unit, doc = "became_standby", "times", "Times this processor gave the input up (or joined as a standby)"
+
+
+class StateFenced(Event):
+    level = logging.WARNING
+    message = "Dropped the join state and rejoining the group: %(reason)s"
+    thing, unit, doc = "fenced", "times", "Times another member wrote the join state while this one held it"

@@ -18,6 +18,14 @@ same version = no-op) makes the repeats harmless.
 The deployments topic is read whole at start (every processor needs every deployment,
 like a global table) and followed afterwards; how far it has been passed through to
 nimtrail.audit.deployments is kept in the changelog, so a restart re-passes nothing.
+
+Membership: one member of the group is active and reads every input partition; others
+stand by with no state (processors/assignor.py). A member handed the input restores the
+state from the changelog unless the one it holds is still the changelog's latest: the
+changelog's end offsets are what they were after this member's own last write. The same
+comparison fences a member that lost the input without knowing it yet (paused past its
+session): before each state write, an end offset that moved means another member wrote,
+so this one writes nothing more, commits nothing, and drops its state.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from kafka import ConsumerRebalanceListener
 from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
-                          KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+                          InconsistentGroupProtocolError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError)
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
@@ -38,8 +47,9 @@ from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
-from processors.events import (AssignmentIncomplete, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
-                               OutputRefused, ProduceRetried, ProducerReplaced, StateRestored, StateRewritten)
+from processors.assignor import ActiveStandbyAssignor
+from processors.events import (AssignmentIncomplete, BecameActive, BecameStandby, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
+                               OutputRefused, ProduceRetried, ProducerReplaced, StateFenced, StateRestored, StateRewritten)
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore
@@ -64,6 +74,10 @@ MAX_FATAL_ATTEMPTS = 3
 
 class Interrupted(NimtrailError):
     """Stopping while Kafka does not acknowledge: the input stays uncommitted for the next start."""
+
+
+class Fenced(NimtrailError):
+    """Another member wrote the join state: this one no longer holds the input."""
 
 
 def fitting_documents(doc: dict[str, Any], items: str, limit: int = MAX_BATCH_BYTES) -> list[bytes]:
@@ -118,29 +132,50 @@ class Processor:
         self.producer = kafka_io.producer(config)
         self.dead_letters = DeadLetters(self.producer, t.dlq, "processor")
         self._producer_error: KafkaError | None = None  # why the last new producer could not be made
-        self.pipeline = Pipeline(config.processor, self.metrics, config.warehouse.retention)
-        self.state = StateStore(config)
-        self._restore()
+        self.deployments = None
+        # End offsets come from a client of their own that never fetches. Kafka answers one
+        # connection's requests in order, so asking a consumer that has a fetch waiting at
+        # the broker (the deployments topic is idle; fetch.max.wait.ms is 500 ms) queues
+        # the question behind that wait: ~450 ms, once a second, on the processor's loop.
+        self.offsets = kafka_io.consumer(config, group_id=None)
+        # And the changelog's, from one assigned to it (never polled either): assigning is
+        # what keeps a topic in a client's metadata, without which kafka-python waits out its
+        # timeout for the leaders of a changelog created a moment before.
+        self._changelog = kafka_io.consumer(config, group_id=None)
+        self._changelog.assign(kafka_io.partitions_of(self._changelog, t.processor_state))
+        self._drop_state()  # the state is restored once the group hands this member the input
+        self.assignor = ActiveStandbyAssignor()
+        self.active = False  # holds the input partitions (and a current state)
+        self._handed: set | None = None  # an assignment the listener saw, not yet taken
+        self._standing_by = False  # said so since it last held the input
         self.consumer = kafka_io.consumer(
             config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,
             **kafka_io.batching(config.processor.batch_wait),
             group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-",
-                                     config.processor.instance_id or config.processor.group_id))
+                                     config.processor.instance_id or config.processor.group_id),
+            partition_assignment_strategy=[self.assignor],
+            session_timeout_ms=round(config.processor.session_timeout * 1000),
+            # (Kafka's advice: heartbeats at most a third of the session apart)
+            heartbeat_interval_ms=min(3000, round(config.processor.session_timeout * 1000 / 3)))
         # Metadata for every input topic first: a leader that computes the assignment without
         # it assigns none of that topic's partitions, and a static member restarting later is
         # handed that stored assignment back (see _check_assignment).
         for topic in self.kinds:
             kafka_io.partitions_of(self.consumer, topic)
-        self.consumer.subscribe(sorted(self.kinds))
+        self.consumer.subscribe(sorted(self.kinds), listener=_Handover(self))
         self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, False)
-        self.horizon = Horizon(interval=min(1.0, self.pipeline.joiner.window / 4))
         self._trimmer = heap.Trimmer()
         self._closed = False
 
     # -- start ----------------------------------------------------------------------------
 
     def _restore(self) -> None:
+        """A new pipeline with the state the changelog holds and every deployment."""
         started = time.monotonic()
+        self._drop_state()
+        # Before reading: a write after this is then read or, if not, makes the state
+        # look behind (never ahead) at the next comparison.
+        self._state_ends = self._changelog_ends()
         entries, meta = self.state.restore()
         count = self.pipeline.joiner.restore(entries, time.time())  # taken one chunk at a time
         del entries
@@ -155,16 +190,69 @@ class Processor:
         self._passed = {int(p): o for p, o in (meta.get("deployments") or {}).items()}
         self._passed_dirty = False
         self.deployments = kafka_io.consumer(self.config, group_id=None)
-        # End offsets come from a client of their own that never fetches. Kafka answers one
-        # connection's requests in order, so asking a consumer that has a fetch waiting at
-        # the broker (the deployments topic is idle; fetch.max.wait.ms is 500 ms) queues
-        # the question behind that wait: ~450 ms, once a second, on the processor's loop.
-        self.offsets = kafka_io.consumer(self.config, group_id=None)
         for message in read_to_end(self.deployments, self.config.topics.deployments):
             self._deployment(message)
         # Whatever differs from what was produced before the restart (deployments that
         # arrived meanwhile) goes out now, before any new input.
         self._deliver(self.pipeline.take())
+
+    def _drop_state(self) -> None:
+        """An empty pipeline and changelog bookkeeping, no deployments consumer."""
+        self.pipeline = Pipeline(self.config.processor, self.metrics, self.config.warehouse.retention)
+        self.state = StateStore(self.config)
+        self.horizon = Horizon(interval=min(1.0, self.pipeline.joiner.window / 4))
+        self._state_ends: dict | None = None  # the changelog's end offsets the state is current at
+        if self.deployments is not None:
+            self.deployments.close(autocommit=False)
+            self.deployments = None
+
+    def _changelog_ends(self) -> dict:
+        try:
+            return self._changelog.end_offsets(list(self._changelog.assignment()))
+        except KafkaTimeoutError as e:
+            raise KafkaError(f"the join state's changelog: {e}") from e
+
+    # -- membership -----------------------------------------------------------------------
+
+    def _assigned(self, assigned: set) -> None:
+        """The group's decision: the input (restore the state unless the one held is
+        current) or nothing (stand by, holding no state). Taken after the poll that brought
+        it, before any message that poll returned: kafka-python's clients share one network
+        loop, which the listener runs inside, so the listener itself can ask Kafka nothing."""
+        if not assigned:
+            if self._state_ends is not None:
+                self._drop_state()
+                heap.trim()
+            if not self._standing_by:
+                BecameStandby(group=self.config.processor.group_id).emit(self.metrics, log)
+            self._standing_by = True
+            self._set_active(False)
+            return
+        self._standing_by = False
+        started = time.monotonic()
+        current = self._state_ends is not None and self._changelog_ends() == self._state_ends
+        try:
+            if not current:
+                self._restore()
+        except Fenced as e:  # the member that held the input is still writing: not ours yet
+            self._fenced(e)
+            return
+        self._set_active(True)
+        BecameActive(partitions=len(assigned), restored="no" if current else "yes",
+                     seconds=round(time.monotonic() - started, 3)).emit(self.metrics, log)
+
+    def _set_active(self, active: bool) -> None:
+        self.active = self.assignor.active = active  # the assignor tells the next rebalance
+        self.metrics.gauge("active", "members", "1 while this processor reads the input, 0 while it stands by"
+                           ).set(1 if active else 0)
+
+    def _fenced(self, error: Fenced) -> None:
+        """Another member writes the state: hold nothing, and ask the group again."""
+        StateFenced(reason=str(error)).emit(self.metrics, log)
+        self._drop_state()
+        self._set_active(False)
+        # kafka-python has no public call for this (see _check_assignment).
+        self.consumer._coordinator.request_rejoin()  # noqa: SLF001
 
     def _deployment(self, message: Any) -> None:
         if message.value is None:
@@ -178,7 +266,19 @@ class Processor:
 
     def run_once(self, timeout_ms: int = 500) -> int:
         """Process one polled batch end to end; returns the number of input messages."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
+        except InconsistentGroupProtocolError as e:
+            raise NimtrailError(
+                f"Another member of {self.config.processor.group_id} assigns partitions another way: a "
+                "processor of an older nimtrail, running or stopped less than its session timeout ago. "
+                f"Stop it, or wait that long ({e})") from e
+        if self._handed is not None:  # the group decided again during that poll
+            handed, self._handed = self._handed, None
+            self._assigned(handed)
+        if not self.active:
+            self._check_assignment()
+            return 0
         now = time.time()
         if any(tp.topic == self.config.topics.observations for tp in polled):
             self._catch_up_deployments()
@@ -201,7 +301,11 @@ class Processor:
         reached = self._horizon(now)
         if reached is not None:
             self.pipeline.sweep(reached)
-        self._deliver(self.pipeline.take())
+        try:
+            self._deliver(self.pipeline.take())
+        except Fenced as e:
+            self._fenced(e)
+            return count  # uncommitted: the member that holds the input reads it again
         if polled:
             # 4. Only now is the input consumed for good.
             try:
@@ -238,8 +342,9 @@ class Processor:
         due, missed_before = self._assignment_check
         if time.monotonic() < due:
             return
+        assignment = self.consumer.assignment()
         expected = {tp for topic in self.kinds for tp in kafka_io.partitions_of(self.consumer, topic)}
-        missing = expected - self.consumer.assignment()
+        missing = expected - assignment if assignment else set()  # a standby holds nothing
         if missing and missed_before:
             AssignmentIncomplete(missing=len(missing), expected=len(expected)).emit(self.metrics, log)
             # kafka-python has no public call for this; the coordinator's own rejoin request
@@ -291,6 +396,8 @@ class Processor:
             meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
             self._passed_dirty = False
         if changes or meta or self.state.waiting:
+            if self._changelog_ends() != self._state_ends:
+                raise Fenced("the join state's changelog was written by another member")
             while self.producer is None and not self._new_producer():
                 if self.stop.wait(1.0):
                     raise Interrupted("stopped while the broker was away")
@@ -299,6 +406,7 @@ class Processor:
                             for topic, key, value, partition in self.state.messages(changes, meta, partitions)],
                            "join state")
             self.state.acknowledged()  # chunks left without a needed record: tombstoned next time
+            self._state_ends = self._changelog_ends()
             self.state.report(self.metrics)
             faults.point("processor.after_state")
 
@@ -440,8 +548,21 @@ class Processor:
             return
         self._closed = True
         self.consumer.close(autocommit=False)
-        self.deployments.close(autocommit=False)
+        if self.deployments is not None:
+            self.deployments.close(autocommit=False)
         self.offsets.close(autocommit=False)
+        self._changelog.close(autocommit=False)
         if self.producer is not None:
             self.producer.close(timeout=30)
 
+
+
+class _Handover(ConsumerRebalanceListener):
+    def __init__(self, processor: Processor):
+        self.processor = processor
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass  # the state stays until the new assignment says whose it is
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.processor._handed = set(assigned)  # noqa: SLF001 - taken by run_once after the poll

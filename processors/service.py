@@ -26,7 +26,8 @@ def tune_gc() -> None:
 
 
 def build(config: Config, stop: threading.Event | None = None) -> Processor:
-    """Connect, restore the join state and the deployment registry; ready to run."""
+    """Connect and join the group; the join state and the deployment registry are restored
+    when the group hands this processor the input (loop.Processor._assigned)."""
     return Processor(config, stop)
 
 
@@ -35,8 +36,9 @@ def run(config: Config, stop: threading.Event) -> None:
     processor = build(config, stop)
     ops = serve_ops((config.processor.ops.host, config.processor.ops.port), processor.metrics,
                     lambda: not stop.is_set(), config.listeners)
-    log.info("Processor consuming %s; %s join state entries",
-             ", ".join(sorted(processor.kinds)), len(processor.pipeline.joiner))
+    log.info("Processor %s in group %s, consuming %s once the group hands it the input",
+             processor.consumer.config["group_instance_id"], config.processor.group_id,
+             ", ".join(sorted(processor.kinds)))
     try:
         while not stop.is_set():
             processor.run_once()

@@ -99,13 +99,14 @@ class Env:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.ports['api']}"
 
-    def start(self, stage: str, faults: str = "") -> subprocess.Popen:
+    def start(self, stage: str, faults: str = "", args: tuple[str, ...] = (), log_name: str = "") -> subprocess.Popen:
+        """`nimtrail --config <this env> STAGE ARGS`, its output in LOG_NAME (default STAGE).log."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
         if faults:
             env["NIMTRAIL_FAULTS"] = faults
-        log = open(self.dir / f"{stage}.log", "ab")
+        log = open(self.dir / f"{log_name or stage}.log", "ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "nimtrail", "--config", str(self.path), stage],
+            [sys.executable, "-m", "nimtrail", "--config", str(self.path), stage, *args],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.processes.append(process)
         return process
@@ -113,7 +114,7 @@ class Env:
     def wait_ready(self, stage: str, timeout: float = 60.0) -> None:
         url = {"collector": f"{self.otlp_http}/healthz", "warehouse": f"{self.api}/healthz",
                "processor": f"http://127.0.0.1:{self.ports['ops']}/healthz"}[stage]
-        process = next((p for p in reversed(self.processes) if p.args[-1] == stage), None)
+        process = next((p for p in reversed(self.processes) if p.args[5] == stage), None)
 
         def ready() -> bool:
             if process is not None and process.poll() is not None:

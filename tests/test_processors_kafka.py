@@ -279,8 +279,15 @@ def test_a_processor_restores_a_changelog_of_one_entry_per_key_and_retires_it(tm
     producer.close()
 
     processor = Processor(env.config)
+    restored: list[set[str]] = []
+    restore = processor._restore  # noqa: SLF001 - what the state was right after it was read back
+
+    def restore_and_look() -> None:
+        restore()
+        restored.append(set(processor.pipeline.joiner.entries))
+
+    processor._restore = restore_and_look  # noqa: SLF001
     try:
-        assert set(processor.pipeline.joiner.entries) == {k for k, _ in old}
         found = []
 
         def action_joined():
@@ -294,6 +301,7 @@ def test_a_processor_restores_a_changelog_of_one_entry_per_key_and_retires_it(tm
             return [a for a in found if a["call_id"] == ids["call_id"]]
 
         wait_for(action_joined, timeout=60, what="the action joined to the call held in the old changelog")
+        assert restored == [{k for k, _ in old}]
         for _ in range(3):  # the tombstones of what moved go out with the next writes
             processor.run_once(timeout_ms=100)
         state = dict(processor.pipeline.joiner.entries)
@@ -321,6 +329,8 @@ def test_end_offsets_are_asked_of_a_client_that_never_fetches(tmp_path: Path, ka
         def fetching_consumer_asked(*_args, **_kwargs):
             raise AssertionError("end offsets asked of a consumer that fetches")
 
+        wait_for(lambda: processor.run_once(timeout_ms=100) is not None and processor.active, timeout=60,
+                 what="the group to hand the processor the input")
         processor.consumer.end_offsets = fetching_consumer_asked
         processor.deployments.end_offsets = fetching_consumer_asked
         horizon, reached = processor._horizon, []  # noqa: SLF001

@@ -9,6 +9,7 @@ from pathlib import Path
 from kafka.admin import NewPartitions
 
 from nimtrail import kafka_io
+from processors.assignor import ActiveStandbyAssignor
 from tests import corpus, scenarios as sc
 from tests.harness import Env, wait_for
 from tests.test_processors_kafka import audit_trail
@@ -22,7 +23,8 @@ def test_a_restarted_processor_reads_partitions_its_stored_assignment_lacks(tmp_
     # A processor's incarnation joined and left the assignment behind (static members send
     # no LeaveGroup); then the spans topic grew a partition that assignment does not have.
     before = kafka_io.consumer(config, group_id=config.processor.group_id,
-                               group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-", config.processor.group_id))
+                               group_instance_id=re.sub(r"[^A-Za-z0-9._-]", "-", config.processor.group_id),
+                               partition_assignment_strategy=[ActiveStandbyAssignor()])
     for topic in inputs:
         kafka_io.partitions_of(before, topic)
     before.subscribe(inputs)

@@ -215,7 +215,7 @@ def test_the_running_processor_holds_its_state_to_the_cap_and_restores_only_live
         process.wait()
         env.start("processor")
         env.wait_ready("processor")
-        restored = [int(n) for n in re.findall(r"Restored (\d+) join state entries", env.log("processor"))]
+        restored = _restored(env, starts=2)
         assert restored[-1] == live <= CAP  # only the live entries came back
         assert _gauges(env)["nimtrail_processor_state_entries"] == live
         # The changelog's segments close and get compacted soon, not after 1 GiB or 7 days.
@@ -228,6 +228,14 @@ def test_the_running_processor_holds_its_state_to_the_cap_and_restores_only_live
         assert {k: settings[k]["value"] for k in COMPACTION} == COMPACTION
     finally:
         env.stop_all()
+
+
+def _restored(env: Env, starts: int) -> list[int]:
+    """The entries each start restored, once `starts` did: a processor restores when the
+    group hands it the input, after it is healthy."""
+    return wait_for(lambda: (lambda r: r if len(r) >= starts else None)(
+        [int(n) for n in re.findall(r"Restored (\d+) join state entries", env.log("processor"))]),
+        timeout=60, what=f"start {starts} of the processor to restore its state")
 
 
 def _sum(gauges: dict[str, float], prefix: str) -> float:
@@ -275,7 +283,7 @@ def test_what_left_the_state_is_still_known_after_a_restart(tmp_path: Path, kafk
         processor.wait()
         env.start("processor")
         env.wait_ready("processor")
-        restored = [int(n) for n in re.findall(r"Restored (\d+) join state entries", env.log("processor"))]
+        restored = _restored(env, starts=2)
         assert restored[-1] <= 12  # the first call is not among them
         assert _gauges(env)["nimtrail_processor_forgotten_evidence"] > 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import simulator
 from simulator import scenario as scenario_mod
-from tests.harness import REPO, http_ok, wait_for
+from tests.harness import REPO, http_ok, scrape, wait_for
 
 
 def _trace_back(env, tool_call_id: str):
@@ -76,16 +76,16 @@ def _children_running(parent: int, stages: tuple[str, ...]) -> dict[str, int]:
     return found
 
 
-def _demo(env, run: int, resumed: dict | None = None) -> dict:
-    """One `nimtrail up --demo` until its incident is traced back, then Ctrl-C. `resumed`: the
-    incident of an earlier run on the same data directory, which a resumed demo reports
-    instead of playing a new one."""
+def _demo(env, run: int, resumed: dict | None = None, processors: int = 1) -> dict:
+    """One `nimtrail up --demo [--processors N]` until its incident is traced back, then
+    Ctrl-C. `resumed`: the incident of an earlier run on the same data directory, which a
+    resumed demo reports instead of playing a new one."""
     data = Path(env.config.data_dir)
     log_path = env.dir / f"up-{run}.log"
     log = open(log_path, "w")
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
     up = subprocess.Popen([sys.executable, "-m", "nimtrail", "--config", str(env.path), "up", "--demo",
-                           "--duration", "90"], cwd=REPO, env=clean_env, stdout=log,
+                           "--duration", "90", "--processors", str(processors)], cwd=REPO, env=clean_env, stdout=log,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     path = data / "simulator" / simulator.INCIDENT_FILE
@@ -135,6 +135,11 @@ def _demo(env, run: int, resumed: dict | None = None) -> dict:
         assert sorted(stages) == ["collector", "processor", "warehouse"], stages
         for stage, pid in stages.items():
             assert "/pandas/" not in Path(f"/proc/{pid}/maps").read_text(), f"the {stage} loaded pandas"
+        # One processor reads the input; the others (on the ops port + k) stand by.
+        ops = env.config.processor.ops
+        states = [scrape(f"http://{ops.host}:{ops.port + k}/metrics").get("nimtrail_processor_active_members")
+                  for k in range(processors)]
+        assert sorted(states) == [0] * (processors - 1) + [1], states
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)
@@ -154,6 +159,6 @@ def test_up_demo_prints_a_trace_back_command_and_resumes(env):
     versions = latest()
     # A second run on the same data directory continues the scenario: the same incident (no
     # second one), and the upgraded deployment keeps its version (no rollback registered).
-    _demo(env, 2, resumed=first)
+    _demo(env, 2, resumed=first, processors=2)  # with a standby processor beside the one reading
     assert json.loads((Path(env.config.data_dir) / "simulator" / simulator.INCIDENT_FILE).read_text()) == first
     assert latest() == versions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Callable
 
@@ -10,6 +11,7 @@ import yaml
 
 from cli import broker
 from nimtrail import config as config_mod
+from nimtrail.errors import ConfigError
 from cli.commands.common import load
 
 
@@ -20,10 +22,23 @@ def _stage(module: str) -> Callable[[argparse.Namespace], int]:
         from cli.runtime import run_stage, setup_logging
 
         setup_logging(args.log_level)
-        run_stage(import_module(module).run, load(args))
+        run_stage(import_module(module).run, _with_flags(load(args), args))
         return 0
 
     return run
+
+
+def _with_flags(config: config_mod.Config, args: argparse.Namespace) -> config_mod.Config:
+    """The processor's --instance-id and --ops over what the configuration says."""
+    processor = config.processor
+    if getattr(args, "instance_id", None):
+        processor = dataclasses.replace(processor, instance_id=args.instance_id)
+    if getattr(args, "ops", None):
+        try:
+            processor = dataclasses.replace(processor, ops=config_mod.HostPort.parse(args.ops))
+        except ValueError as e:
+            raise ConfigError(f"--ops {args.ops!r}: {e}") from None
+    return dataclasses.replace(config, processor=processor)
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -36,14 +51,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     from cli.supervisor import up
 
     config = load(args)
+    if args.processors < 1:
+        raise ConfigError(f"--processors {args.processors}: at least 1")
     if not args.demo:
-        up(config, args.config, duration=args.duration)
+        up(config, args.config, duration=args.duration, processors=args.processors)
         return 0
     from cli.demo import Demo
 
     demo = Demo(config, args.config, args.scenario)
     up(config, args.config, duration=args.duration, extra=demo.children(), env=demo.env(),
-       on_ready=demo.announce, poll=demo.poll)
+       on_ready=demo.announce, poll=demo.poll, processors=args.processors)
     return 0
 
 
@@ -80,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--scenario", help="with --demo: the simulator's scenario (default: the built-in one)")
     up.add_argument("--duration", type=float, default=None,
                     help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    up.add_argument("--processors", type=int, default=1,
+                    help="processors to run: one reads the input, the others stand by to take over "
+                         "(default 1)")
     up.set_defaults(func=cmd_up)
 
     check = sub.add_parser("check", help="validate the configuration without touching the network")
@@ -94,5 +114,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, module, text in (("collector", "collector.service", "run the collector"),
                                ("processor", "processors.service", "run the processor"),
                                ("warehouse", "warehouse.service", "run the warehouse and query API")):
-        sub.add_parser(name, help=text).set_defaults(func=_stage(module))
+        stage = sub.add_parser(name, help=text)
+        stage.set_defaults(func=_stage(module))
+        if name == "processor":
+            stage.add_argument("--instance-id", help="this member's static id in the processor group "
+                               "(default: processor.instance_id, else the group id); each running "
+                               "processor needs its own")
+            stage.add_argument("--ops", help="host:port of its /healthz and /metrics (default: processor.ops)")
     sub.add_parser("app", help="run the Streamlit app").set_defaults(func=cmd_app)

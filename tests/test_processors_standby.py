@@ -1,0 +1,152 @@
+"""Processors as a group on the real broker: one reads the input, the others stand by, and
+SIGKILL of the one reading hands the input to a standby that ends with exactly the trail
+of a processor that was never interrupted."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from nimtrail import kafka_io
+from tests import corpus, scenarios as sc
+from tests.harness import Env, free_port, scrape, wait_for
+from tests.test_processors_kafka import _round_input, audit_trail, read_all, register_deployments
+
+pytestmark = pytest.mark.integration
+ACTIVE = "nimtrail_processor_active_members"
+
+
+class Member:
+    """One `nimtrail processor --instance-id ID --ops HOST:PORT`, as a user starts a second one."""
+
+    def __init__(self, env: Env, name: str):
+        self.name, self.port = name, free_port()
+        self.process = env.start("processor", args=("--instance-id", name, "--ops", f"127.0.0.1:{self.port}"),
+                                 log_name=name)
+
+    def active(self) -> float | None:
+        return scrape(f"http://127.0.0.1:{self.port}/metrics").get(ACTIVE)
+
+
+def _send_round(env: Env, world: sc.World, round_no: int) -> None:
+    traces, logs = _round_input(world, round_no)
+    for spans in traces:
+        sc.World.send(env.otlp_http, spans)
+    producer = kafka_io.producer(env.config)
+    for value in logs:
+        producer.send(env.config.topics.nimlogs, key=b"src", value=value)
+    producer.flush()
+    producer.close()
+
+
+def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(tmp_path: Path,
+                                                                                  kafka_bootstrap: str):
+    for name in ("steady", "group"):
+        (tmp_path / name).mkdir()
+    steady = Env(tmp_path / "steady", kafka_bootstrap, processor={"join_window": "2s"})
+    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
+    # The group's members read the same input and write their own outputs and state; a
+    # silent member is given up after 6 s (the broker's least) instead of 45.
+    group = Env(tmp_path / "group", kafka_bootstrap, processor={"join_window": "2s", "session_timeout": "6s"},
+                topics=shared)
+    members: list[Member] = []
+    try:
+        register_deployments(steady)
+        steady.start("collector")
+        steady.start("processor")
+        steady.wait_ready("collector")
+        members += [Member(group, "a"), Member(group, "b")]
+        world = sc.World()
+        _send_round(steady, world, 0)
+
+        def one_active() -> Member | None:
+            states = [m.active() for m in members if m.process.poll() is None]
+            return next((m for m in members if m.active() == 1), None) if sorted(states) == [0, 1] else None
+
+        first = wait_for(one_active, timeout=90, what="one member reading the input and one standing by")
+        _send_round(steady, world, 1)
+        wait_for(lambda: len(audit_trail(group).of("model_call")) >= 6, timeout=90,
+                 what="the first active member to write the first round")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+        _send_round(steady, world, 2)  # while nobody reads: the group has not given up on it yet
+        members.append(Member(group, "c"))  # a fresh member, as an orchestrator would start
+        _send_round(steady, world, 3)
+        second = wait_for(one_active, timeout=90, what="a standing-by member to take the input over")
+        assert second is not first
+        rounds = 4
+        expected_calls = rounds * (4 + 2)
+
+        def converged():
+            a, b = audit_trail(steady), audit_trail(group)
+            settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
+            return a if len(a.of("model_call")) == expected_calls and settled and a.kept == b.kept else None
+
+        try:
+            final = wait_for(converged, timeout=180, interval=1.0,
+                             what="the group's trail to equal the uninterrupted processor's")
+        except AssertionError as e:
+            a, b = audit_trail(steady), audit_trail(group)
+            differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
+            logs = "\n".join(f"--- {m.name}\n{group.log(m.name)[-2500:]}" for m in members)
+            raise AssertionError(f"{e}; {len(differ)} records differ, first: "
+                                 f"{[(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]}\n{logs}") from None
+        assert len(final.of("tool_action")) == rounds * 4
+        assert all(a["call_id"] for a in final.of("tool_action").values())
+        taken_over = group.log(second.name)
+        assert "state restored from the changelog: yes" in taken_over
+        assert "Standing by" in taken_over or second.name == "c"
+        standing = [m for m in members if m.process.poll() is None and m is not second]
+        assert [m.active() for m in standing] == [0]
+    finally:
+        for m in members:
+            if m.process.poll() is None:
+                m.process.terminate()
+        group.stop_all()
+        steady.stop_all()
+
+
+
+def test_a_member_whose_changelog_another_wrote_writes_and_commits_nothing_more(tmp_path: Path,
+                                                                               kafka_bootstrap: str):
+    """A member paused past its session (a stopped VM, a long GC) resumes mid-batch while
+    another member already holds the input and writes the state: the changelog's end moved,
+    so it writes no state, commits no offset, and drops what it held."""
+    from processors.chunks import chunk_key, encode_chunk
+    from processors.loop import Processor
+
+    env = Env(tmp_path, kafka_bootstrap)
+    t = env.config.topics
+    register_deployments(env)
+    processor = Processor(env.config)
+    try:
+        producer = kafka_io.producer(env.config)
+        world = sc.World()
+
+        def spans() -> bytes:
+            sc.agent_run(world, corpus.T0)
+            return sc.World.otlp(world.take())
+
+        # Settled in the group first: the processor has read and written the state once.
+        producer.send(t.otlp_spans, key=b"t", value=spans()).get(30)
+        ends = wait_for(lambda: processor.run_once(timeout_ms=100) is not None and processor.active
+                        and len(processor.pipeline.joiner) and processor._state_ends,  # noqa: SLF001
+                        timeout=60, what="the processor to read the input and write its state")
+        assert ends == processor._changelog_ends()  # noqa: SLF001 - its own write is the end
+        # What the member that took over writes (an empty chunk under a key of its own).
+        producer.send(t.processor_state, key=chunk_key(10**9).encode(), value=encode_chunk({}), partition=0).get(30)
+        producer.send(t.otlp_spans, key=b"t", value=spans()).get(30)
+        producer.close()
+        written = len(read_all(env, t.processor_state))
+        wait_for(lambda: processor.run_once(timeout_ms=200) is not None and not processor.active, timeout=60,
+                 what="the processor to find the changelog written by another member")
+        assert len(processor.pipeline.joiner) == 0  # it holds nothing now
+        assert len(read_all(env, t.processor_state)) == written  # and wrote nothing after the other
+        committed = sum(processor.consumer.committed(tp) or 0
+                        for tp in kafka_io.partitions_of(processor.offsets, t.otlp_spans))
+        assert committed == 1  # the first message's offset; the second is read again by its owner
+        assert b"nimtrail_processor_fenced_times_total 1.0" in processor.metrics.exposition()
+    finally:
+        processor.close()
