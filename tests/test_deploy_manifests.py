@@ -168,13 +168,17 @@ def _pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
 
-def test_the_processor_never_runs_twice():
-    """One joiner sees all of a call's evidence (docs/scale.md): one replica, and an upgrade
-    stops the old pod before it starts the new one."""
+def test_the_processor_runs_with_a_standby_each_pod_a_member_of_its_own():
+    """One member reads the input, the other stands by (processors/assignor.py): two replicas,
+    a rolling update that never leaves none, and each pod its own static instance id (two
+    pods with one id would fence each other out of the group)."""
     [processor] = [d for d in _k8s_docs() if d.get("metadata", {}).get("name") == "nimtrail-processor"
                    and d["kind"] == "Deployment"]
-    assert processor["spec"]["replicas"] == 1
-    assert processor["spec"]["strategy"] == {"type": "Recreate"}
+    assert processor["spec"]["replicas"] == 2
+    assert processor["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    [container] = _pod_spec(processor)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NIMTRAIL_PROCESSOR__INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_only_the_collector_may_list_services():
