@@ -5,6 +5,8 @@
     python -m bench --full         # queries at 10M model calls
     python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
     python -m bench --soak [--minutes 30] [--rate 5000]   # steady load, then a processor restart
+    python -m bench --soak --standby ...                  # a standby, and a failover half-way
+    python -m bench --scale        # the pipeline with 1, 2 and 3 processors in the group
     python -m bench --redaction    # only redaction: MB/s and CPU seconds on adversarial text
 
 Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
@@ -78,13 +80,19 @@ def main() -> None:
     parser.add_argument("--soak", action="store_true", help="steady load for --minutes at --rate, then a restart")
     parser.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
     parser.add_argument("--rate", type=float, default=5000.0, help="soak spans per second (default 5000)")
+    parser.add_argument("--standby", action="store_true",
+                        help="soak with a standby processor; half-way, SIGKILL the one reading the input")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config key for the soak's stages, e.g. processor.state_max_entries=50000")
+    parser.add_argument("--scale", action="store_true",
+                        help="only the pipeline, with 1, 2 and 3 processors in the group (results JSON only)")
     parser.add_argument("--redaction", action="store_true",
                         help="only the redaction benchmark (no broker; results JSON, BENCHMARKS.md untouched)")
     args = parser.parse_args()
     if args.soak:
         return soak_main(args)
+    if args.scale:
+        return scale_main(args)
     if args.redaction:
         redaction()
         return
@@ -158,6 +166,30 @@ def overrides(settings: list[str]) -> dict[str, dict]:
     return out
 
 
+def scale_main(args: argparse.Namespace, counts: tuple[int, ...] = (1, 2, 3)) -> None:
+    """The default run's pipeline load through 1, 2 and 3 processors in one group: events/s
+    end to end and CPU per event of every process (standbys and the broker included)."""
+    from bench import pipeline
+    size = SIZES["quick" if args.quick else "default"]
+    work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-scale-"))
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "scale",
+                 "machine": machine(), "sizes": size, "broker": "shared" if args.bootstrap else "bundled",
+                 "runs": {}}
+    with kafka(args, work) as (bootstrap, broker_pid):
+        for n in counts:
+            say(f"{n} processor{'s' if n > 1 else ''}:")
+            out["runs"][n] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say,
+                                                broker_pid, processors=n)
+    base = out["runs"][counts[0]]
+    say("processors | events/s end to end | CPU µs per event (every process) | CPU per event against 1")
+    for n, run in out["runs"].items():
+        per_event = 1e6 / run["events_per_cpu_s_all"]
+        say(f"{n:>10} | {run['events_per_s']:>19,.0f} | {per_event:>33,.1f} | "
+            f"{base['events_per_cpu_s_all'] / run['events_per_cpu_s_all']:.2f}")
+    say(f"wrote {write_result(out, 'scale')}")
+
+
 def soak_main(args: argparse.Namespace) -> None:
     from bench import soak
     work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-soak-"))
@@ -166,7 +198,7 @@ def soak_main(args: argparse.Namespace) -> None:
                  "machine": machine(), "settings": args.set}
     out["broker"] = "shared" if args.bootstrap else "bundled"
     with kafka(args, work) as (bootstrap, broker_pid):
-        out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set))
+        out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set), args.standby)
     say(f"wrote {write_result(out, 'soak')}")
 
 

@@ -34,7 +34,8 @@ import orjson
 
 from bench.collector_bench import _send_grpc, _send_http
 from tests import scenarios as sc
-from tests.harness import Env, wait_for
+from cli.supervisor import processor_children
+from tests.harness import Env, scrape, wait_for
 
 SPANS_PER_TRACE = 6
 TRACES_PER_REQUEST = 16  # ~100 spans, as an SDK batch exporter sends
@@ -119,12 +120,27 @@ def _found(env: Env, call_id: str) -> bool:
     return bool(_get(env, "trace-back", call_id=call_id).get("found"))
 
 
-def _start(env: Env) -> dict[str, int]:
+def _start(env: Env, processors: int = 1) -> dict[str, int]:
+    """The stages as processes: {name: pid}. Processors after the first join its group as
+    `nimtrail processor --instance-id <id>-k` (standing by, processors/assignor.py)."""
     pids = {}
     for stage in ("warehouse", "processor", "collector"):
         pids[stage] = env.start(stage).pid
         env.wait_ready(stage, timeout=120)
+    for name, args in processor_children(env.config, processors)[1:]:
+        pids[name] = env.start("processor", args=tuple(args), log_name=name).pid
+    wait_settled(env, processors)
     return pids
+
+
+def wait_settled(env: Env, processors: int) -> list[str]:
+    """Until one processor of the group reads the input and the others stand by (the ops
+    ports `up --processors` gives them); their /metrics URLs."""
+    ops = env.config.processor.ops
+    urls = [f"http://127.0.0.1:{ops.port + k}/metrics" for k in range(processors)]
+    wait_for(lambda: sorted(scrape(url).get("nimtrail_processor_active_members") for url in urls)
+             == [0] * (processors - 1) + [1], timeout=120, what="the processor group to settle")
+    return urls
 
 
 def _count(env: Env) -> dict[str, int]:
@@ -136,22 +152,25 @@ def _count(env: Env) -> dict[str, int]:
 
 
 def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None],
-              broker_pid: int | None = None) -> dict:
-    (work / "sustained").mkdir(parents=True, exist_ok=True)
-    env = Env(work / "sustained", bootstrap, collector={"filelog": [
-        {"include": [str(work / "sustained" / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
+              broker_pid: int | None = None, processors: int = 1) -> dict:
+    """`traces` agent traces over OTLP and `log_calls` calls' NIM log lines through the
+    running stages, `processors` of them in the processor group."""
+    name = "sustained" if processors == 1 else f"sustained-{processors}"
+    (work / name).mkdir(parents=True, exist_ok=True)
+    env = Env(work / name, bootstrap, collector={"filelog": [
+        {"include": [str(work / name / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     requests, spans = _traces(traces, now)
     lines = nim_log_lines(log_calls, now)
     say(f"  {traces:,} traces ({spans:,} spans in {len(requests)} requests) + {len(lines):,} log lines prepared")
-    pids = _start(env)
+    pids = _start(env, processors)
     measured = {**pids, **({"broker": broker_pid} if broker_pid else {})}
     cpu_before = {stage: cpu_seconds(pid) for stage, pid in measured.items()}
     try:
         bodies = [b for b, _, _ in requests]
         half = len(bodies) // 2
         began = time.perf_counter()
-        log_path = work / "sustained" / "nim.log.jsonl"
+        log_path = work / name / "nim.log.jsonl"
         log_path.write_text("\n".join(lines) + "\n")
         senders = [threading.Thread(target=_send_http, args=(env.ports["http"], bodies[:half])),
                    threading.Thread(target=_send_grpc, args=(env.ports["grpc"], bodies[half:]))]

@@ -20,6 +20,11 @@ per CPU second (spans sent over the CPU time of the three stages); the processor
 state (entries, encoded bytes) and what left it. At the end it kills the processor with
 SIGKILL, restarts it, and reports how long the restart took to read its state back and
 how large that state was. The result goes to bench/results/<time>-soak.json.
+
+With --standby a second processor stands by (`nimtrail processor --instance-id …`), and
+half-way through, under the same load, the one reading the input is SIGKILLed instead:
+the result says when the standby read the input again (the group's session timeout plus
+its restore), what freshness was meanwhile, and whether every probe still arrived.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.resources import Resource
 
 from nimtrail import kafka_io
-from bench.pipeline import TRACES_PER_REQUEST, _get, cpu_seconds, status_mb
+from bench.pipeline import TRACES_PER_REQUEST, _get, cpu_seconds, status_mb, wait_settled
 from tests import scenarios as sc
+from cli.supervisor import processor_children
 from tests.harness import Env, scrape, wait_for
 
 MARK = b"\x9e\x37\x79\xb9"  # the first 4 bytes of every trace and span id in a template
@@ -179,7 +185,7 @@ class _Probes:
 
 
 def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[[str], None],
-         overrides: dict[str, dict] | None = None) -> dict:
+         overrides: dict[str, dict] | None = None, standby: bool = False) -> dict:
     (work / "soak").mkdir(parents=True, exist_ok=True)
     env = Env(work / "soak", bootstrap, **(overrides or {}))
     bodies = templates(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
@@ -192,6 +198,7 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
         pids[stage] = env.start(stage).pid
         env.wait_ready(stage, timeout=120)
     ops = f"http://127.0.0.1:{env.ports['ops']}/metrics"
+    failover = _Failover(env, pids, say) if standby else None
     probes = _Probes(env)
     stop = threading.Event()
     poller = threading.Thread(target=probes.poll, args=(stop,), daemon=True)
@@ -269,13 +276,15 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
                 sequence += 1
                 post(_instance(body, sequence))
                 sent_spans[0] += spans
+            if failover is not None:
+                failover.step(began + minutes * 30)
             if time.monotonic() >= next_report:
                 current = snapshot()
                 minutes_out.append(report(last, current, len(minutes_out) + 1))
                 last, next_report = current, next_report + 60
         if time.monotonic() - last["t"] > 5:  # the last part-minute
             minutes_out.append(report(last, snapshot(), len(minutes_out) + 1))
-        restart = _restart(env, pids, ops, say)
+        restart = failover.result() if failover is not None else _restart(env, pids, ops, say)
     finally:
         stop.set()
         conn.close()
@@ -301,6 +310,47 @@ def _register_deployment(env: Env) -> None:
     producer = kafka_io.producer(env.config)
     producer.send(topic, key=key, value=value).get(timeout=30)
     producer.close()
+
+
+class _Failover:
+    """A standby beside the processor; at `at`, SIGKILL whichever reads the input and time
+    how long until the other does (its /metrics: nimtrail_processor_active_members)."""
+
+    def __init__(self, env: Env, pids: dict[str, int], say: Callable[[str], None]):
+        self.env, self.pids, self.say = env, pids, say
+        [(name, args)] = processor_children(env.config, 2)[1:]
+        pids["standby"] = env.start("processor", args=tuple(args), log_name="standby").pid
+        self.ops = dict(zip(("processor", "standby"), wait_settled(env, 2)))
+        self.killed: str | None = None
+        self.killed_at = self.took_over = None
+        self.next_look = 0.0
+
+    def _states(self) -> dict[str, float | None]:
+        return {name: scrape(url).get("nimtrail_processor_active_members") for name, url in self.ops.items()}
+
+    def step(self, at: float) -> None:
+        now = time.monotonic()
+        if self.killed is None and now >= at:
+            self.killed = next(name for name, state in self._states().items() if state == 1)
+            os.kill(self.pids[self.killed], signal.SIGKILL)
+            self.killed_at = time.monotonic()
+            self.say(f"  failover: SIGKILL {self.killed} (reading the input)")
+        elif self.killed is not None and self.took_over is None and now >= self.next_look:
+            self.next_look = now + 0.2
+            survivor = "standby" if self.killed == "processor" else "processor"
+            if scrape(self.ops[survivor]).get("nimtrail_processor_active_members") == 1:
+                self.took_over = now - self.killed_at
+                self.say(f"  failover: {survivor} reads the input {self.took_over:.1f}s after the kill")
+
+    def result(self) -> dict:
+        survivor = "standby" if self.killed == "processor" else "processor"
+        log = self.env.log(survivor)
+        restored = re.findall(r"Restored (\d+) join state entries from \S+ in ([\d.]+)s", log)
+        self.pids.pop(self.killed, None)
+        return {"killed": self.killed, "took_over_s": self.took_over,
+                "session_timeout_s": float(self.env.config.processor.session_timeout),
+                "restored_entries": int(restored[-1][0]) if restored else None,
+                "restore_read_s": float(restored[-1][1]) if restored else None}
 
 
 def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None]) -> dict:

@@ -35,11 +35,11 @@ import random
 import re
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from kafka import ConsumerRebalanceListener
 from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
-                          InconsistentGroupProtocolError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError)
+                          InconsistentGroupProtocolError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
@@ -207,10 +207,23 @@ class Processor:
             self.deployments = None
 
     def _changelog_ends(self) -> dict:
-        try:
-            return self._changelog.end_offsets(list(self._changelog.assignment()))
-        except KafkaTimeoutError as e:
-            raise KafkaError(f"the join state's changelog: {e}") from e
+        return self._while_kafka_is_away("read the join state changelog's end offsets",
+                                         lambda: self._changelog.end_offsets(list(self._changelog.assignment())))
+
+    def _while_kafka_is_away(self, what: str, call: Callable[[], Any]) -> Any:
+        """`call()`, again with backoff while it fails for a reason that passes (the broker
+        away or electing leaders), as produce is retried; stopping raises Interrupted."""
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except KafkaError as e:
+                if not e.retriable:
+                    raise
+                log.warning("Could not %s (%r); again in %.1fs", what, e, delay)
+            if self.stop.wait(delay):
+                raise Interrupted(f"stopped while the broker was away (could not {what})")
+            delay = min(delay * 2, 30.0)
 
     # -- membership -----------------------------------------------------------------------
 
@@ -309,7 +322,7 @@ class Processor:
         if polled:
             # 4. Only now is the input consumed for good.
             try:
-                self.consumer.commit()
+                self._while_kafka_is_away("commit the input offsets", self.consumer.commit)
             except CommitFailedError as e:
                 # A rebalance took the partitions: their next owner re-reads this batch,
                 # whose evidence the changelog already holds.
