@@ -179,9 +179,9 @@ def scale_main(args: argparse.Namespace, counts: tuple[int, ...] = (1, 2, 3)) ->
     with kafka(args, work) as (bootstrap, broker_pid):
         for n in counts:
             say(f"{n} processor{'s' if n > 1 else ''}:")
-            out["runs"][n] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say,
+            out["runs"][str(n)] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say,
                                                 broker_pid, processors=n)
-    base = out["runs"][counts[0]]
+    base = out["runs"][str(counts[0])]
     say("processors | events/s end to end | CPU µs per event (every process) | CPU per event against 1")
     for n, run in out["runs"].items():
         per_event = 1e6 / run["events_per_cpu_s_all"]

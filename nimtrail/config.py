@@ -437,6 +437,9 @@ class ProcessorConfig:
                 raise ConfigError(f"{path}.address_map.{key}: expected an IP address or CIDR") from e
         if self.state_ttl < self.join_window:
             raise ConfigError(f"{path}.state_ttl: must not be shorter than join_window")
+        if not 1 <= self.session_timeout <= 3600:
+            raise ConfigError(f"{path}.session_timeout: expected 1s to 1h (the broker's own limits apply too: "
+                              "by default 6s to 30min)")
         for key in ("state_max_entries", "state_max_bytes", "state_forgotten_ids"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{path}.{key}: must be at least 1")

@@ -39,7 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 from kafka import ConsumerRebalanceListener
 from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
-                          InconsistentGroupProtocolError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+                          InconsistentGroupProtocolError, InvalidSessionTimeoutError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
@@ -286,6 +286,11 @@ class Processor:
                 f"Another member of {self.config.processor.group_id} assigns partitions another way: a "
                 "processor of an older nimtrail, running or stopped less than its session timeout ago. "
                 f"Stop it, or wait that long ({e})") from e
+        except InvalidSessionTimeoutError as e:
+            raise NimtrailError(
+                f"The broker refuses processor.session_timeout {self.config.processor.session_timeout:g}s "
+                "(its group.min.session.timeout.ms and group.max.session.timeout.ms bound it; 6s to 30min "
+                f"by default) ({e})") from e
         if self._handed is not None:  # the group decided again during that poll
             handed, self._handed = self._handed, None
             self._assigned(handed)
@@ -560,6 +565,13 @@ class Processor:
         if self._closed:
             return
         self._closed = True
+        if self.active:
+            # A static member that stops does not leave the group: a restart within the
+            # session gets its input back without a rebalance, and a crash is found by the
+            # session timeout. A member stopping cleanly while it reads the input would keep
+            # a standby waiting that long for nothing, so it leaves; kafka-python sends the
+            # LeaveGroup only for a member without an instance id.
+            self.consumer._coordinator.config["group_instance_id"] = None  # noqa: SLF001
         self.consumer.close(autocommit=False)
         if self.deployments is not None:
             self.deployments.close(autocommit=False)

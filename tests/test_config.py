@@ -58,6 +58,8 @@ def test_config_file_from_environment(tmp_path):
     ("warehouse:\n  threads: 0\n", "warehouse.threads: expected between 1 and 256"),
     ("warehouse:\n  batch_wait: soon\n", "warehouse.batch_wait: expected a duration"),
     ("processor:\n  batch_wait: 2m\n", "processor.batch_wait: expected between 0s and 1s, got 120s"),
+    ("processor:\n  session_timeout: 0s\n", "processor.session_timeout: expected 1s to 1h"),
+    ("processor:\n  session_timeout: soon\n", "processor.session_timeout: expected a duration"),
 ])
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
