@@ -30,6 +30,15 @@ class Member:
         return scrape(f"http://127.0.0.1:{self.port}/metrics").get(ACTIVE)
 
 
+def _one_active(members: list[Member]) -> Member | None:
+    """The member reading the input, when one of those running does and the others stand by."""
+    running = [m for m in members if m.process.poll() is None]
+    states = [m.active() for m in running]
+    if sorted(states) != [0] * (len(running) - 1) + [1]:
+        return None
+    return running[states.index(1)]
+
+
 def _send_round(env: Env, world: sc.World, round_no: int) -> None:
     traces, logs = _round_input(world, round_no)
     for spans in traces:
@@ -62,8 +71,7 @@ def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(
         _send_round(steady, world, 0)
 
         def one_active() -> Member | None:
-            states = [m.active() for m in members if m.process.poll() is None]
-            return next((m for m in members if m.active() == 1), None) if sorted(states) == [0, 1] else None
+            return _one_active(members)
 
         first = wait_for(one_active, timeout=90, what="one member reading the input and one standing by")
         _send_round(steady, world, 1)
@@ -107,6 +115,32 @@ def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(
         group.stop_all()
         steady.stop_all()
 
+
+
+def test_a_processor_stopped_cleanly_hands_the_input_over_without_waiting_out_its_session(
+        tmp_path: Path, kafka_bootstrap: str):
+    """Static members keep their input through a restart by not leaving the group; one that
+    stops cleanly while it reads leaves, so the standby takes over long before the session
+    (here 5 minutes) would have ended."""
+    env = Env(tmp_path, kafka_bootstrap, processor={"session_timeout": "300s"})
+    register_deployments(env)
+    members = [Member(env, "a"), Member(env, "b")]
+    try:
+        first = wait_for(lambda: _one_active(members), timeout=90, what="one member reading, one standing by")
+        first.process.terminate()
+        assert first.process.wait(timeout=60) == 0
+        second = wait_for(lambda: _one_active(members), timeout=120,
+                          what="the standby to read the input well within the 300 s session")
+        assert second is not first
+        world = sc.World()
+        ids = sc.agent_run(world, corpus.T0)
+        producer = kafka_io.producer(env.config)
+        producer.send(env.config.topics.otlp_spans, key=b"t", value=sc.World.otlp(world.take())).get(30)
+        producer.close()
+        wait_for(lambda: ids["call_id"] in {c["call_id"] for c in audit_trail(env).of("model_call").values()},
+                 timeout=60, what="the call, joined by the member that took over")
+    finally:
+        env.stop_all()
 
 
 def test_a_member_whose_changelog_another_wrote_writes_and_commits_nothing_more(tmp_path: Path,
