@@ -30,16 +30,18 @@ so this one writes nothing more, commits nothing, and drops its state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from kafka import ConsumerRebalanceListener
-from kafka.errors import (CommitFailedError, CorruptRecordError, KafkaConnectionError, InvalidRecordError, InvalidTimestampError,
-                          InconsistentGroupProtocolError, InvalidSessionTimeoutError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+from kafka.errors import (CommitFailedError, CorruptRecordError, FencedInstanceIdError, InconsistentGroupProtocolError,
+                          InvalidRecordError, InvalidSessionTimeoutError, InvalidTimestampError, KafkaConnectionError,
+                          KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
@@ -279,18 +281,8 @@ class Processor:
 
     def run_once(self, timeout_ms: int = 500) -> int:
         """Process one polled batch end to end; returns the number of input messages."""
-        try:
+        with self._group_errors():
             polled = self.consumer.poll(timeout_ms=timeout_ms)
-        except InconsistentGroupProtocolError as e:
-            raise NimtrailError(
-                f"Another member of {self.config.processor.group_id} assigns partitions another way: a "
-                "processor of an older nimtrail, running or stopped less than its session timeout ago. "
-                f"Stop it, or wait that long ({e})") from e
-        except InvalidSessionTimeoutError as e:
-            raise NimtrailError(
-                f"The broker refuses processor.session_timeout {self.config.processor.session_timeout:g}s "
-                "(its group.min.session.timeout.ms and group.max.session.timeout.ms bound it; 6s to 30min "
-                f"by default) ({e})") from e
         if self._handed is not None:  # the group decided again during that poll
             handed, self._handed = self._handed, None
             self._assigned(handed)
@@ -327,7 +319,8 @@ class Processor:
         if polled:
             # 4. Only now is the input consumed for good.
             try:
-                self._while_kafka_is_away("commit the input offsets", self.consumer.commit)
+                with self._group_errors():
+                    self._while_kafka_is_away("commit the input offsets", self.consumer.commit)
             except CommitFailedError as e:
                 # A rebalance took the partitions: their next owner re-reads this batch,
                 # whose evidence the changelog already holds.
@@ -335,6 +328,27 @@ class Processor:
             faults.point("processor.after_commit")
         self._trimmer.maybe()  # what evicted entries freed, back to the system
         return count
+
+    @contextlib.contextmanager
+    def _group_errors(self) -> Iterator[None]:
+        """The group's refusals that no retry mends, said in the terms of the configuration."""
+        group = self.config.processor.group_id
+        try:
+            yield
+        except FencedInstanceIdError as e:
+            raise NimtrailError(
+                f"Another processor joined {group} with this one's instance id "
+                f"{self.consumer.config['group_instance_id']!r}: give each its own (--instance-id) ({e})") from e
+        except InconsistentGroupProtocolError as e:
+            raise NimtrailError(
+                f"Another member of {group} assigns partitions another way: a processor of an older "
+                f"nimtrail, running or stopped less than its session timeout ago. Stop it, or wait that long ({e})"
+            ) from e
+        except InvalidSessionTimeoutError as e:
+            raise NimtrailError(
+                f"The broker refuses processor.session_timeout {self.config.processor.session_timeout:g}s "
+                "(its group.min.session.timeout.ms and group.max.session.timeout.ms bound it; 6s to 30min "
+                f"by default) ({e})") from e
 
     def _catch_up_deployments(self, timeout: float = 5.0) -> None:
         """Observations are judged against every version registered before they were read:

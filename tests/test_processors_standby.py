@@ -5,6 +5,7 @@ of a processor that was never interrupted."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,29 @@ def test_a_member_whose_changelog_another_wrote_writes_and_commits_nothing_more(
         assert b"nimtrail_processor_fenced_times_total 1.0" in processor.metrics.exposition()
     finally:
         processor.close()
+
+
+def test_two_processors_given_one_instance_id_are_told_so(tmp_path: Path, kafka_bootstrap: str):
+    """The group fences a member whose instance id a newer one took: the fenced one stops,
+    saying why, instead of reading the input beside it."""
+    env = Env(tmp_path, kafka_bootstrap)
+    register_deployments(env)
+    first = env.start("processor", log_name="first")
+    try:
+        env.wait_ready("processor")
+        second = env.start("processor", args=("--ops", f"127.0.0.1:{free_port()}"), log_name="second")
+        world = sc.World()
+        producer = kafka_io.producer(env.config)
+
+        def one_stopped() -> subprocess.Popen | None:
+            sc.agent_run(world, corpus.T0)
+            producer.send(env.config.topics.otlp_spans, key=b"t", value=sc.World.otlp(world.take())).get(30)
+            return next((p for p in (first, second) if p.poll() is not None), None)
+
+        stopped = wait_for(one_stopped, timeout=120, interval=1.0, what="one of the two to be fenced")
+        producer.close()
+        log = env.log("first" if stopped is first else "second")
+        assert stopped.returncode != 0
+        assert "with this one's instance id" in log and "give each its own (--instance-id)" in log, log[-3000:]
+    finally:
+        env.stop_all()
