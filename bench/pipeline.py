@@ -122,7 +122,7 @@ def _found(env: Env, call_id: str) -> bool:
 
 def _start(env: Env, processors: int = 1) -> dict[str, int]:
     """The stages as processes: {name: pid}. Processors after the first join its group as
-    `nimtrail processor --instance-id <id>-k` (standing by, processors/assignor.py)."""
+    `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py)."""
     pids = {}
     for stage in ("warehouse", "processor", "collector"):
         pids[stage] = env.start(stage).pid

@@ -143,7 +143,7 @@ class Supervisor:
 
 def processor_children(config: Config, count: int) -> list[tuple[str, list[str]]]:
     """(name, arguments) of each processor `up` runs: one reads the input, the others stand
-    by to take over (processors/assignor.py). The first is the plain `nimtrail processor`;
+    by to take over (processors/membership.py). The first is the plain `nimtrail processor`;
     the k-th after it has its own static instance id and /metrics port (the ops port + k)."""
     base = config.processor.instance_id or config.processor.group_id
     ops = config.processor.ops

@@ -20,7 +20,7 @@ like a global table) and followed afterwards; how far it has been passed through
 nimtrail.audit.deployments is kept in the changelog, so a restart re-passes nothing.
 
 Membership: one member of the group is active and reads every input partition; others
-stand by with no state (processors/assignor.py). A member handed the input restores the
+stand by with no state (processors/membership.py). A member handed the input restores the
 state from the changelog unless the one it holds is still the changelog's latest: the
 changelog's end offsets are what they were after this member's own last write. The same
 comparison fences a member that lost the input without knowing it yet (paused past its
@@ -30,18 +30,15 @@ so this one writes nothing more, commits nothing, and drops its state.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
-from kafka import ConsumerRebalanceListener
-from kafka.errors import (CommitFailedError, CorruptRecordError, FencedInstanceIdError, InconsistentGroupProtocolError,
-                          InvalidRecordError, InvalidSessionTimeoutError, InvalidTimestampError, KafkaConnectionError,
-                          KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+from kafka.errors import (CommitFailedError, CorruptRecordError, InvalidRecordError, InvalidTimestampError,
+                          KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
@@ -49,7 +46,7 @@ from nimtrail.errors import NimtrailError, PermanentError
 from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
-from processors.assignor import ActiveStandbyAssignor
+from processors.membership import ActiveStandbyAssignor, Handover, group_errors
 from processors.events import (AssignmentIncomplete, BecameActive, BecameStandby, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
                                OutputRefused, ProduceRetried, ProducerReplaced, StateFenced, StateRestored, StateRewritten)
 from processors.pipeline import Outputs, Pipeline
@@ -148,7 +145,7 @@ class Processor:
         self._drop_state()  # the state is restored once the group hands this member the input
         self.assignor = ActiveStandbyAssignor()
         self.active = False  # holds the input partitions (and a current state)
-        self._handed: set | None = None  # an assignment the listener saw, not yet taken
+        self.handover = Handover()
         self._standing_by = False  # said so since it last held the input
         self.consumer = kafka_io.consumer(
             config, group_id=config.processor.group_id, max_poll_records=config.processor.max_poll_records,
@@ -164,7 +161,7 @@ class Processor:
         # handed that stored assignment back (see _check_assignment).
         for topic in self.kinds:
             kafka_io.partitions_of(self.consumer, topic)
-        self.consumer.subscribe(sorted(self.kinds), listener=_Handover(self))
+        self.consumer.subscribe(sorted(self.kinds), listener=self.handover)
         self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, False)
         self._trimmer = heap.Trimmer()
         self._closed = False
@@ -230,10 +227,9 @@ class Processor:
     # -- membership -----------------------------------------------------------------------
 
     def _assigned(self, assigned: set) -> None:
-        """The group's decision: the input (restore the state unless the one held is
-        current) or nothing (stand by, holding no state). Taken after the poll that brought
-        it, before any message that poll returned: kafka-python's clients share one network
-        loop, which the listener runs inside, so the listener itself can ask Kafka nothing."""
+        """The group's decision, taken after the poll that brought it and before any message
+        of that poll (membership.Handover): the input (restore the state unless the one held
+        is current) or nothing (stand by, holding no state)."""
         if not assigned:
             if self._state_ends is not None:
                 self._drop_state()
@@ -281,10 +277,10 @@ class Processor:
 
     def run_once(self, timeout_ms: int = 500) -> int:
         """Process one polled batch end to end; returns the number of input messages."""
-        with self._group_errors():
+        with group_errors(self.config.processor, self.consumer.config['group_instance_id']):
             polled = self.consumer.poll(timeout_ms=timeout_ms)
-        if self._handed is not None:  # the group decided again during that poll
-            handed, self._handed = self._handed, None
+        handed = self.handover.take()
+        if handed is not None:  # the group decided again during that poll
             self._assigned(handed)
         if not self.active:
             self._check_assignment()
@@ -319,7 +315,7 @@ class Processor:
         if polled:
             # 4. Only now is the input consumed for good.
             try:
-                with self._group_errors():
+                with group_errors(self.config.processor, self.consumer.config['group_instance_id']):
                     self._while_kafka_is_away("commit the input offsets", self.consumer.commit)
             except CommitFailedError as e:
                 # A rebalance took the partitions: their next owner re-reads this batch,
@@ -328,27 +324,6 @@ class Processor:
             faults.point("processor.after_commit")
         self._trimmer.maybe()  # what evicted entries freed, back to the system
         return count
-
-    @contextlib.contextmanager
-    def _group_errors(self) -> Iterator[None]:
-        """The group's refusals that no retry mends, said in the terms of the configuration."""
-        group = self.config.processor.group_id
-        try:
-            yield
-        except FencedInstanceIdError as e:
-            raise NimtrailError(
-                f"Another processor joined {group} with this one's instance id "
-                f"{self.consumer.config['group_instance_id']!r}: give each its own (--instance-id) ({e})") from e
-        except InconsistentGroupProtocolError as e:
-            raise NimtrailError(
-                f"Another member of {group} assigns partitions another way: a processor of an older "
-                f"nimtrail, running or stopped less than its session timeout ago. Stop it, or wait that long ({e})"
-            ) from e
-        except InvalidSessionTimeoutError as e:
-            raise NimtrailError(
-                f"The broker refuses processor.session_timeout {self.config.processor.session_timeout:g}s "
-                "(its group.min.session.timeout.ms and group.max.session.timeout.ms bound it; 6s to 30min "
-                f"by default) ({e})") from e
 
     def _catch_up_deployments(self, timeout: float = 5.0) -> None:
         """Observations are judged against every version registered before they were read:
@@ -595,13 +570,3 @@ class Processor:
             self.producer.close(timeout=30)
 
 
-
-class _Handover(ConsumerRebalanceListener):
-    def __init__(self, processor: Processor):
-        self.processor = processor
-
-    def on_partitions_revoked(self, revoked) -> None:
-        pass  # the state stays until the new assignment says whose it is
-
-    def on_partitions_assigned(self, assigned) -> None:
-        self.processor._handed = set(assigned)  # noqa: SLF001 - taken by run_once after the poll

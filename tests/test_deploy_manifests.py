@@ -169,7 +169,7 @@ def _pod_spec(doc: dict) -> dict:
 
 
 def test_the_processor_runs_with_a_standby_each_pod_a_member_of_its_own():
-    """One member reads the input, the other stands by (processors/assignor.py): two replicas,
+    """One member reads the input, the other stands by (processors/membership.py): two replicas,
     a rolling update that never leaves none, and each pod its own static instance id (two
     pods with one id would fence each other out of the group)."""
     [processor] = [d for d in _k8s_docs() if d.get("metadata", {}).get("name") == "nimtrail-processor"

@@ -9,7 +9,7 @@ from pathlib import Path
 from kafka.admin import NewPartitions
 
 from nimtrail import kafka_io
-from processors.assignor import ActiveStandbyAssignor
+from processors.membership import ActiveStandbyAssignor
 from tests import corpus, scenarios as sc
 from tests.harness import Env, wait_for
 from tests.test_processors_kafka import audit_trail

@@ -1,4 +1,4 @@
-"""Who the processor group hands the input to (processors/assignor.py): pure."""
+"""Who the processor group hands the input to, and what the loop is handed (processors/membership.py): pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from kafka.coordinator.assignors.abstract import ConsumerProtocolSubscription
 
-from processors.assignor import ACTIVE, ActiveStandbyAssignor, choose_active
+from processors.membership import ACTIVE, ActiveStandbyAssignor, Handover, choose_active
 
 
 class Cluster:
@@ -52,3 +52,13 @@ def test_a_member_says_whether_it_held_the_input():
 def test_a_topic_without_metadata_is_left_out_not_fatal():
     assignment = ActiveStandbyAssignor().assign(Cluster({"spans": 1}), [member("m-1", "a", False)])
     assert assignment["m-1"].partitions() == [("spans", 0)]
+
+
+def test_the_loop_takes_each_decision_once():
+    handover = Handover()
+    assert handover.take() is None
+    handover.on_partitions_revoked({("spans", 0)})
+    handover.on_partitions_assigned([("spans", 0), ("logs", 1)])
+    handover.on_partitions_assigned([])  # a second rebalance before the loop looked: the latest counts
+    assert handover.take() == set()
+    assert handover.take() is None

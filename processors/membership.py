@@ -1,4 +1,5 @@
-"""Every input partition to one member of the processor group; the others stand by.
+"""The processor group's membership: every input partition to one member, the others
+stand by; the assignment handed to the loop; the group's refusals in config terms.
 
 The join needs all of a call's evidence in one process, and the raw topics do not put it
 in one partition (docs/scale.md says why, and what repartitioning would take). So the
@@ -17,9 +18,17 @@ run by whichever member leads the rebalance, only decides who is active:
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
+from kafka import ConsumerRebalanceListener
 from kafka.coordinator.assignors.abstract import (AbstractPartitionAssignor, ConsumerProtocolAssignment,
                                                   ConsumerProtocolSubscription)
+from kafka.errors import FencedInstanceIdError, InconsistentGroupProtocolError, InvalidSessionTimeoutError
 from kafka.structs import TopicPartition
+
+from nimtrail.config import ProcessorConfig
+from nimtrail.errors import NimtrailError
 
 ACTIVE = b"active"
 
@@ -61,3 +70,44 @@ def _by_topic(partitions: list[TopicPartition]) -> list[tuple[str, list[int]]]:
     for tp in partitions:
         grouped.setdefault(tp.topic, []).append(tp.partition)
     return sorted(grouped.items())
+
+
+class Handover(ConsumerRebalanceListener):
+    """Keeps the group's latest decision for the loop to take after the poll that brought
+    it (`take()`): kafka-python's clients share one network loop, which the listener runs
+    inside, so the listener itself can ask Kafka nothing (a restore from here blocked)."""
+
+    def __init__(self) -> None:
+        self._handed: set[TopicPartition] | None = None
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass  # the state stays until the new assignment says whose it is
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._handed = set(assigned)
+
+    def take(self) -> set[TopicPartition] | None:
+        """The assignment given since the last take, or None."""
+        handed, self._handed = self._handed, None
+        return handed
+
+
+@contextlib.contextmanager
+def group_errors(config: ProcessorConfig, instance_id: str) -> Iterator[None]:
+    """The group's refusals that no retry mends, said in the terms of the configuration."""
+    try:
+        yield
+    except FencedInstanceIdError as e:
+        raise NimtrailError(
+            f"Another processor joined {config.group_id} with this one's instance id {instance_id!r}: "
+            f"give each its own (--instance-id) ({e})") from e
+    except InconsistentGroupProtocolError as e:
+        raise NimtrailError(
+            f"Another member of {config.group_id} assigns partitions another way: a processor of an older "
+            f"nimtrail, running or stopped less than its session timeout ago. Stop it, or wait that long ({e})"
+        ) from e
+    except InvalidSessionTimeoutError as e:
+        raise NimtrailError(
+            f"The broker refuses processor.session_timeout {config.session_timeout:g}s (its "
+            "group.min.session.timeout.ms and group.max.session.timeout.ms bound it; 6s to 30min by "
+            f"default) ({e})") from e
