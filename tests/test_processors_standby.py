@@ -4,8 +4,11 @@ of a processor that was never interrupted."""
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +25,15 @@ ACTIVE = "nimtrail_processor_active_members"
 class Member:
     """One `nimtrail processor --instance-id ID --ops HOST:PORT`, as a user starts a second one."""
 
-    def __init__(self, env: Env, name: str):
-        self.name, self.port = name, free_port()
-        self.process = env.start("processor", args=("--instance-id", name, "--ops", f"127.0.0.1:{self.port}"),
-                                 log_name=name)
+    def __init__(self, env: Env, name: str, faults: str = ""):
+        self.env, self.name, self.port = env, name, free_port()
+        self.process = self.start(faults)
+
+    def start(self, faults: str = "") -> subprocess.Popen:
+        """(Again, after a crash: the same instance id and port.)"""
+        self.process = self.env.start("processor", faults=faults, log_name=self.name,
+                                      args=("--instance-id", self.name, "--ops", f"127.0.0.1:{self.port}"))
+        return self.process
 
     def active(self) -> float | None:
         return scrape(f"http://127.0.0.1:{self.port}/metrics").get(ACTIVE)
@@ -116,6 +124,87 @@ def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(
         group.stop_all()
         steady.stop_all()
 
+
+
+def test_a_group_whose_members_crash_between_write_and_commit_ends_with_the_uninterrupted_trail(
+        tmp_path: Path, kafka_bootstrap: str):
+    """Both members of a group armed to crash at random points of the delivery order (after
+    the outputs, after the state, after the commit) or SIGKILLed while they read: each crash
+    hands the input to the other member or back to the restarted one, restoring the state
+    from the changelog, and the trail ends equal to an uninterrupted processor's."""
+    seed = int(os.environ.get("NIMTRAIL_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    points = ["processor.after_produce", "processor.after_state", "processor.after_commit"]
+    for name in ("steady", "group"):
+        (tmp_path / name).mkdir()
+    steady = Env(tmp_path / "steady", kafka_bootstrap, processor={"join_window": "2s"})
+    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
+    group = Env(tmp_path / "group", kafka_bootstrap, processor={"join_window": "2s", "session_timeout": "6s"},
+                topics=shared)
+    armed: list[str] = []
+
+    def fault() -> str:
+        armed.append(f"{rng.choice(points)}:{rng.randint(1, 3)}")
+        return armed[-1]
+
+    members: list[Member] = []
+    crashes = [0]
+    try:
+        register_deployments(steady)
+        steady.start("collector")
+        steady.start("processor")
+        steady.wait_ready("collector")
+        members += [Member(group, "a", fault()), Member(group, "b", fault())]
+        world = sc.World()
+
+        def restart_the_crashed(faulty: bool = True) -> None:
+            for m in members:
+                if m.process.poll() is not None:
+                    assert m.process.returncode in (137, -9), group.log(m.name)[-2000:]
+                    crashes[0] += 1
+                    m.start(fault() if faulty else "")
+
+        rounds = 6
+        for round_no in range(rounds):
+            _send_round(steady, world, round_no)
+            restart_the_crashed()
+            if rng.random() < 0.4:  # SIGKILL the one reading, once one does
+                def reading() -> Member | None:
+                    restart_the_crashed()
+                    return next((m for m in members if m.process.poll() is None and m.active() == 1), None)
+
+                victim = wait_for(reading, timeout=60, interval=0.2, what="a member reading the input")
+                victim.process.send_signal(signal.SIGKILL)
+                victim.process.wait()
+                armed.append(f"SIGKILL {victim.name}")
+            time.sleep(rng.uniform(0.5, 3.0))  # some of it read before the next round
+        expected_calls = rounds * (4 + 2)
+
+        def converged():
+            restart_the_crashed(faulty=False)  # the faults still armed fire; then none
+            a, b = audit_trail(steady), audit_trail(group)
+            settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
+            return a if len(a.of("model_call")) == expected_calls and settled and a.kept == b.kept else None
+
+        try:
+            final = wait_for(converged, timeout=300, interval=1.0,
+                             what=f"the group's trail to equal the uninterrupted one (seed {seed}, {armed})")
+        except AssertionError as e:
+            a, b = audit_trail(steady), audit_trail(group)
+            differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
+            logs = "\n".join(f"--- {m.name}\n{group.log(m.name)[-2500:]}" for m in members)
+            raise AssertionError(f"{e}; {len(differ)} records differ, first: "
+                                 f"{[(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]}\n{logs}") from None
+        assert len(final.of("tool_action")) == rounds * 4
+        restored = sum(group.log(m.name).count("state restored from the changelog: yes") for m in members)
+        print(f"seed {seed}: {crashes[0]} crashes, {restored} restores; {armed}")
+        assert crashes[0] >= 1 and restored >= 2, (seed, armed)
+    finally:
+        for m in members:
+            if m.process.poll() is None:
+                m.process.terminate()
+        group.stop_all()
+        steady.stop_all()
 
 
 def test_a_processor_stopped_cleanly_hands_the_input_over_without_waiting_out_its_session(
