@@ -53,6 +53,44 @@ def audit_trail(env: Env) -> Trail:
     return trail
 
 
+def beside(tmp_path: Path, bootstrap: str, **processor: str) -> tuple[Env, Env]:
+    """An uninterrupted processor's world ("steady") and one beside it ("other") reading the
+    same input topics and writing its own outputs and state, with `processor` settings."""
+    for name in ("steady", "other"):
+        (tmp_path / name).mkdir()
+    steady = Env(tmp_path / "steady", bootstrap, processor={"join_window": "2s"})
+    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
+    return steady, Env(tmp_path / "other", bootstrap, processor={"join_window": "2s", **processor}, topics=shared)
+
+
+def start_steady(steady: Env) -> None:
+    """The deployments, a collector and the uninterrupted processor, ready."""
+    register_deployments(steady)
+    steady.start("collector")
+    steady.start("processor")
+    steady.wait_ready("collector")
+    steady.wait_ready("processor")
+
+
+def same_trail(steady: Env, other: Env, rounds: int, what: str, tick=lambda: None, logs=lambda: "") -> Trail:
+    """The steady trail once `rounds` of `_round_input` are in it, settled, and the other
+    trail equals it record by record; `tick()` runs on every look (restarting what crashed),
+    `logs()` says what the other side did if they never agree."""
+    def converged() -> Trail | None:
+        tick()
+        a, b = audit_trail(steady), audit_trail(other)
+        settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
+        return a if len(a.of("model_call")) == rounds * (4 + 2) and settled and a.kept == b.kept else None
+
+    try:
+        return wait_for(converged, timeout=300, interval=1.0, what=what)
+    except AssertionError as e:
+        a, b = audit_trail(steady), audit_trail(other)
+        differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
+        detail = [(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]
+        raise AssertionError(f"{e}; {len(differ)} records differ, first: {detail}\n{logs()}") from None
+
+
 def read_all(env: Env, topic: str) -> list:
     consumer = kafka_io.consumer(env.config, group_id=None)
     try:
@@ -159,21 +197,12 @@ def test_a_processor_killed_at_random_points_ends_with_the_uninterrupted_trail(t
                                                                                 kafka_bootstrap: str):
     seed = int(os.environ.get("NIMTRAIL_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    for name in ("steady", "crashy"):
-        (tmp_path / name).mkdir()
-    steady = Env(tmp_path / "steady", kafka_bootstrap, processor={"join_window": "2s"})
-    # The second processor reads the same input topics and writes its own outputs and state.
-    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
-    crashy = Env(tmp_path / "crashy", kafka_bootstrap, processor={"join_window": "2s"}, topics=shared)
+    steady, crashy = beside(tmp_path, kafka_bootstrap)
     points = ["processor.after_produce", "processor.after_state", "processor.after_commit"]
     kills: list[str] = []  # the fault armed at each start, and SIGKILLs
     crashes = [0]
     try:
-        register_deployments(steady)
-        steady.start("collector")
-        steady.start("processor")
-        steady.wait_ready("collector")
-        steady.wait_ready("processor")
+        start_steady(steady)
         producer = kafka_io.producer(steady.config)
         world = sc.World()
 
@@ -207,29 +236,16 @@ def test_a_processor_killed_at_random_points_ends_with_the_uninterrupted_trail(t
                 victim = restart_crashy()
         producer.close()
         running = [victim]
-        expected_calls = rounds * (4 + 2)
 
-        def converged():
+        def restart_without_a_fault() -> None:
             if running[0].poll() is not None:  # its last fault fired: finish without one
                 assert running[0].returncode == 137, crashy.log("processor")[-2000:]
                 crashes[0] += 1
                 running[0] = crashy.start("processor")
-            a, b = audit_trail(steady), audit_trail(crashy)
-            settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
-            if len(a.of("model_call")) == expected_calls and settled and a.kept == b.kept:
-                return a
-            return None
 
-        try:
-            final = wait_for(converged, timeout=240, interval=1.0,
-                             what=f"the killed processor's trail to equal the steady one "
-                                  f"(seed {seed}, kills {kills})")
-        except AssertionError as e:
-            a, b = audit_trail(steady), audit_trail(crashy)
-            differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
-            detail = [(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]
-            raise AssertionError(f"{e}; {len(differ)} records differ, first: {detail}; "
-                                 f"the killed processor's log ends:\n{crashy.log('processor')[-4000:]}") from None
+        final = same_trail(steady, crashy, rounds, f"the killed processor's trail to equal the steady one "
+                                                   f"(seed {seed}, kills {kills})", restart_without_a_fault,
+                           lambda: f"the killed processor's log ends:\n{crashy.log('processor')[-4000:]}")
         assert len(final.of("tool_action")) == rounds * 4
         assert all(a["call_id"] for a in final.of("tool_action").values())
         assert all(c["caller"] for c in final.of("model_call").values() if c["client_service"])

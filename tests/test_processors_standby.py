@@ -16,7 +16,8 @@ import pytest
 from nimtrail import kafka_io
 from tests import corpus, scenarios as sc
 from tests.harness import Env, free_port, scrape, wait_for
-from tests.test_processors_kafka import _round_input, audit_trail, read_all, register_deployments
+from tests.test_processors_kafka import (_round_input, audit_trail, beside, read_all, register_deployments,
+                                         same_trail, start_steady)
 
 pytestmark = pytest.mark.integration
 ACTIVE = "nimtrail_processor_active_members"
@@ -48,6 +49,10 @@ def _one_active(members: list[Member]) -> Member | None:
     return running[states.index(1)]
 
 
+def _logs(env: Env, members: list[Member]) -> str:
+    return "\n".join(f"--- {m.name}\n{env.log(m.name)[-2500:]}" for m in members)
+
+
 def _send_round(env: Env, world: sc.World, round_no: int) -> None:
     traces, logs = _round_input(world, round_no)
     for spans in traces:
@@ -61,20 +66,12 @@ def _send_round(env: Env, world: sc.World, round_no: int) -> None:
 
 def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(tmp_path: Path,
                                                                                   kafka_bootstrap: str):
-    for name in ("steady", "group"):
-        (tmp_path / name).mkdir()
-    steady = Env(tmp_path / "steady", kafka_bootstrap, processor={"join_window": "2s"})
-    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
     # The group's members read the same input and write their own outputs and state; a
     # silent member is given up after 6 s (the broker's least) instead of 45.
-    group = Env(tmp_path / "group", kafka_bootstrap, processor={"join_window": "2s", "session_timeout": "6s"},
-                topics=shared)
+    steady, group = beside(tmp_path, kafka_bootstrap, session_timeout="6s")
     members: list[Member] = []
     try:
-        register_deployments(steady)
-        steady.start("collector")
-        steady.start("processor")
-        steady.wait_ready("collector")
+        start_steady(steady)
         members += [Member(group, "a"), Member(group, "b")]
         world = sc.World()
         _send_round(steady, world, 0)
@@ -94,22 +91,8 @@ def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(
         second = wait_for(one_active, timeout=90, what="a standing-by member to take the input over")
         assert second is not first
         rounds = 4
-        expected_calls = rounds * (4 + 2)
-
-        def converged():
-            a, b = audit_trail(steady), audit_trail(group)
-            settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
-            return a if len(a.of("model_call")) == expected_calls and settled and a.kept == b.kept else None
-
-        try:
-            final = wait_for(converged, timeout=180, interval=1.0,
-                             what="the group's trail to equal the uninterrupted processor's")
-        except AssertionError as e:
-            a, b = audit_trail(steady), audit_trail(group)
-            differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
-            logs = "\n".join(f"--- {m.name}\n{group.log(m.name)[-2500:]}" for m in members)
-            raise AssertionError(f"{e}; {len(differ)} records differ, first: "
-                                 f"{[(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]}\n{logs}") from None
+        final = same_trail(steady, group, rounds, "the group's trail to equal the uninterrupted processor's",
+                           logs=lambda: _logs(group, members))
         assert len(final.of("tool_action")) == rounds * 4
         assert all(a["call_id"] for a in final.of("tool_action").values())
         taken_over = group.log(second.name)
@@ -118,10 +101,7 @@ def test_a_standby_takes_over_from_a_killed_processor_and_the_trail_stays_exact(
         standing = [m for m in members if m.process.poll() is None and m is not second]
         assert [m.active() for m in standing] == [0]
     finally:
-        for m in members:
-            if m.process.poll() is None:
-                m.process.terminate()
-        group.stop_all()
+        group.stop_all()  # every member (Env.start keeps them)
         steady.stop_all()
 
 
@@ -135,12 +115,7 @@ def test_a_group_whose_members_crash_between_write_and_commit_ends_with_the_unin
     seed = int(os.environ.get("NIMTRAIL_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     points = ["processor.after_produce", "processor.after_state", "processor.after_commit"]
-    for name in ("steady", "group"):
-        (tmp_path / name).mkdir()
-    steady = Env(tmp_path / "steady", kafka_bootstrap, processor={"join_window": "2s"})
-    shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
-    group = Env(tmp_path / "group", kafka_bootstrap, processor={"join_window": "2s", "session_timeout": "6s"},
-                topics=shared)
+    steady, group = beside(tmp_path, kafka_bootstrap, session_timeout="6s")
     armed: list[str] = []
 
     def fault() -> str:
@@ -150,10 +125,7 @@ def test_a_group_whose_members_crash_between_write_and_commit_ends_with_the_unin
     members: list[Member] = []
     crashes = [0]
     try:
-        register_deployments(steady)
-        steady.start("collector")
-        steady.start("processor")
-        steady.wait_ready("collector")
+        start_steady(steady)
         members += [Member(group, "a", fault()), Member(group, "b", fault())]
         world = sc.World()
 
@@ -178,32 +150,16 @@ def test_a_group_whose_members_crash_between_write_and_commit_ends_with_the_unin
                 victim.process.wait()
                 armed.append(f"SIGKILL {victim.name}")
             time.sleep(rng.uniform(0.5, 3.0))  # some of it read before the next round
-        expected_calls = rounds * (4 + 2)
-
-        def converged():
-            restart_the_crashed(faulty=False)  # the faults still armed fire; then none
-            a, b = audit_trail(steady), audit_trail(group)
-            settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
-            return a if len(a.of("model_call")) == expected_calls and settled and a.kept == b.kept else None
-
-        try:
-            final = wait_for(converged, timeout=300, interval=1.0,
-                             what=f"the group's trail to equal the uninterrupted one (seed {seed}, {armed})")
-        except AssertionError as e:
-            a, b = audit_trail(steady), audit_trail(group)
-            differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
-            logs = "\n".join(f"--- {m.name}\n{group.log(m.name)[-2500:]}" for m in members)
-            raise AssertionError(f"{e}; {len(differ)} records differ, first: "
-                                 f"{[(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]}\n{logs}") from None
+        final = same_trail(steady, group, rounds, f"the group's trail to equal the uninterrupted one "
+                                                  f"(seed {seed}, {armed})",
+                           lambda: restart_the_crashed(faulty=False),  # the faults still armed fire; then none
+                           lambda: _logs(group, members))
         assert len(final.of("tool_action")) == rounds * 4
         restored = sum(group.log(m.name).count("state restored from the changelog: yes") for m in members)
         print(f"seed {seed}: {crashes[0]} crashes, {restored} restores; {armed}")
         assert crashes[0] >= 1 and restored >= 2, (seed, armed)
     finally:
-        for m in members:
-            if m.process.poll() is None:
-                m.process.terminate()
-        group.stop_all()
+        group.stop_all()  # every member (Env.start keeps them)
         steady.stop_all()
 
 
