@@ -39,6 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 from kafka.errors import (CommitFailedError, CorruptRecordError, InvalidRecordError, InvalidTimestampError,
                           KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+from kafka.structs import TopicPartition
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
 from nimtrail.config import Config
@@ -220,9 +221,14 @@ class Processor:
                 if not e.retriable:
                     raise
                 log.warning("Could not %s (%r); again in %.1fs", what, e, delay)
-            if self.stop.wait(delay):
-                raise Interrupted(f"stopped while the broker was away (could not {what})")
-            delay = min(delay * 2, 30.0)
+            delay = self._pause(delay, f"stopped while the broker was away (could not {what})")
+
+    def _pause(self, delay: float, why: str) -> float:
+        """Wait `delay` seconds before trying again (Interrupted, saying `why`, if told to
+        stop meanwhile); the next delay: doubled, up to 30 s, give or take a fifth."""
+        if self.stop.wait(delay):
+            raise Interrupted(why)
+        return min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
 
     # -- membership -----------------------------------------------------------------------
 
@@ -262,8 +268,7 @@ class Processor:
         StateFenced(reason=str(error)).emit(self.metrics, log)
         self._drop_state()
         self._set_active(False)
-        # kafka-python has no public call for this (see _check_assignment).
-        self.consumer._coordinator.request_rejoin()  # noqa: SLF001
+        self._rejoin()
 
     def _deployment(self, message: Any) -> None:
         if message.value is None:
@@ -354,10 +359,13 @@ class Processor:
         missing = expected - assignment if assignment else set()  # a standby holds nothing
         if missing and missed_before:
             AssignmentIncomplete(missing=len(missing), expected=len(expected)).emit(self.metrics, log)
-            # kafka-python has no public call for this; the coordinator's own rejoin request
-            # is what a metadata change would have triggered in the leader that assigned.
-            self.consumer._coordinator.request_rejoin()  # noqa: SLF001
+            self._rejoin()
         self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, bool(missing) and not missed_before)
+
+    def _rejoin(self) -> None:
+        # kafka-python has no public call for this; the coordinator's own rejoin request is
+        # what a metadata change would have triggered in the leader that assigned.
+        self.consumer._coordinator.request_rejoin()  # noqa: SLF001
 
     def _horizon(self, now: float) -> float | None:
         inputs = self.consumer.assignment()
@@ -409,11 +417,17 @@ class Processor:
                 if self.stop.wait(1.0):
                     raise Interrupted("stopped while the broker was away")
             partitions = len(self.producer.partitions_for(self.state.topic))
+            acked: list = []
             self._send_all([Message(topic, key, value, None, partition)
                             for topic, key, value, partition in self.state.messages(changes, meta, partitions)],
-                           "join state")
+                           "join state", acked)
             self.state.acknowledged()  # chunks left without a needed record: tombstoned next time
-            self._state_ends = self._changelog_ends()
+            # The ends after this write, as Kafka's acknowledgments place it (another member's
+            # write after it then shows at the next comparison; no request needed).
+            for metadata in acked:
+                if metadata.topic == self.state.topic:
+                    tp = TopicPartition(metadata.topic, metadata.partition)
+                    self._state_ends[tp] = max(self._state_ends.get(tp, 0), metadata.offset + 1)
             self.state.report(self.metrics)
             faults.point("processor.after_state")
 
@@ -436,7 +450,7 @@ class Processor:
             out.append(Message(source, None, value, error))
         return out
 
-    def _send_all(self, messages: list[Message], what: str) -> None:
+    def _send_all(self, messages: list[Message], what: str, acked: list | None = None) -> None:
         """Produce `messages` and wait until Kafka acknowledged each; only failed ones are sent
         again, with exponential backoff under a deadline that stopping interrupts.
 
@@ -447,13 +461,13 @@ class Processor:
         pending = list(messages)
         strikes: dict[int, int] = {}  # id(message) -> non-retriable errors it met
         while True:
-            failed = self._attempt(pending)
+            failed = self._attempt(pending, acked)
             if not failed:
                 return
             if any(not e.retriable for _m, e in failed):
                 # kafka-python fails every message behind a non-retriable error with that same
                 # error: only each failed message alone says which one Kafka refuses.
-                failed = [(m, e) for m, _e in failed for e in self._attempt_alone(m)]
+                failed = [(m, e) for m, _e in failed for e in self._attempt_alone(m, acked)]
             pending, converted = [], 0
             for m, error in failed:
                 if not error.retriable:
@@ -468,20 +482,19 @@ class Processor:
                 delay = 0.5
                 continue  # only dead letters in place of refused messages: nothing to wait for
             ProduceRetried(what=what, error=repr(failed[0][1]), delay=delay).emit(self.metrics, log)
-            if self.stop.wait(delay):
-                raise Interrupted(f"stopped while Kafka did not acknowledge {what}")
-            delay = min(delay * 2, 30.0) * random.uniform(0.8, 1.2)
+            delay = self._pause(delay, f"stopped while Kafka did not acknowledge {what}")
 
-    def _attempt_alone(self, m: Message) -> list[KafkaError]:
+    def _attempt_alone(self, m: Message, acked: list | None = None) -> list[KafkaError]:
         """Send one message by itself: [] when acknowledged, else [why not], after which a
         producer a non-retriable error stopped is retired for the next message's sake."""
-        errors = [e for _m, e in self._attempt([m])]
+        errors = [e for _m, e in self._attempt([m], acked)]
         if errors and not errors[0].retriable:
             self._replace_producer(errors[0])
         return errors[:1]
 
-    def _attempt(self, messages: list[Message]) -> list[tuple[Message, KafkaError]]:
-        """Send `messages` once; the ones Kafka did not acknowledge, with why."""
+    def _attempt(self, messages: list[Message], acked: list | None = None) -> list[tuple[Message, KafkaError]]:
+        """Send `messages` once; the ones Kafka did not acknowledge, with why. What Kafka
+        said of each one it did (RecordMetadata) goes to `acked`, if given."""
         failed: list[tuple[Message, KafkaError]] = []
         if self.producer is None and not self._new_producer():
             return [(m, self._producer_error) for m in messages]
@@ -503,9 +516,12 @@ class Processor:
             pass  # each future below says what became of its message
         for m, future in futures:
             try:
-                future.get(timeout=60)
+                metadata = future.get(timeout=60)
             except KafkaError as e:
                 failed.append((m, e))
+            else:
+                if acked is not None:
+                    acked.append(metadata)
         return failed
 
     def _refused(self, m: Message, error: KafkaError) -> list[Message]:
