@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -237,6 +238,14 @@ def dead_letter(value: bytes, *, reason: str, detail: str, stage: str) -> tuple[
         headers.append(("nimtrail.truncated_from", str(len(value)).encode()))
         value = value[: 1024 * 1024]
     return value, headers
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition a record's key places it in, among `partitions`: every version of a
+    record lands in the same one, so a reader of some partitions sees all of a record or
+    none of it. CRC-32, not Kafka's murmur2, which kafka-python computes in Python at
+    ~14 µs a key (a tenth of the processor's whole cost per event)."""
+    return zlib.crc32(key.encode()) % partitions
 
 
 def partitions_of(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:

@@ -434,11 +434,13 @@ class Processor:
     def _output_messages(self, outputs: Outputs) -> list[Message]:
         out: list[Message] = []
         for kind, batch in outputs.records.items():
-            for start in range(0, len(batch), RECORDS_PER_MESSAGE):
-                values, dropped = encode_batches(kind, batch[start:start + RECORDS_PER_MESSAGE])
-                out += [Message(self.audit_topics[kind], None, value) for value in values]
-                if dropped:
-                    ContentDropped(kind=kind).emit(self.metrics, log, dropped)
+            topic = self.audit_topics[kind]
+            for partition, records_there in self._by_partition(kind, topic, batch):
+                for start in range(0, len(records_there), RECORDS_PER_MESSAGE):
+                    values, dropped = encode_batches(kind, records_there[start:start + RECORDS_PER_MESSAGE])
+                    out += [Message(topic, None, value, None, partition) for value in values]
+                    if dropped:
+                        ContentDropped(kind=kind).emit(self.metrics, log, dropped)
         t = self.config.topics
         for doc in outputs.observations:
             key = (doc["deployment"] or doc["endpoint"] or "").encode()
@@ -449,6 +451,18 @@ class Processor:
             InputRejected(topic=source, reason=error.reason, detail=error.detail[:300]).emit(self.metrics, log)
             out.append(Message(source, None, value, error))
         return out
+
+    def _by_partition(self, kind: str, topic: str, batch: list[dict[str, Any]]) -> list[tuple[int, list]]:
+        """`batch` split by the audit partition each record's key places it in: every version
+        of a record is then in one partition, so a reader of some of them (a warehouse
+        shard) sees all of a record's versions or none."""
+        count = len(self.offsets.partitions_for_topic(topic) or ()) or len(kafka_io.partitions_of(self.offsets, topic))
+        if count == 1:
+            return [(0, batch)]
+        parts: dict[int, list] = {}
+        for record in batch:
+            parts.setdefault(kafka_io.partition_of(records.key_of(kind, record), count), []).append(record)
+        return sorted(parts.items())
 
     def _send_all(self, messages: list[Message], what: str, acked: list | None = None) -> None:
         """Produce `messages` and wait until Kafka acknowledged each; only failed ones are sent

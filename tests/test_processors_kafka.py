@@ -39,14 +39,19 @@ def register_deployments(env: Env) -> None:
 
 def audit_trail(env: Env) -> Trail:
     """The audit topics reduced by the warehouse's rule (also checking that no key was ever
-    emitted twice with one version and different content)."""
+    emitted twice with one version and different content, and that every record is in the
+    partition its key places it in: all its versions in one)."""
     trail = Trail()
     consumer = kafka_io.consumer(env.config, group_id=None)
     try:
         for topic in sorted(set(env.config.topics.audit().values())):
+            count = len(kafka_io.partitions_of(consumer, topic))
             for message in read_to_end(consumer, topic):
                 kind, batch = columnar.records_of(message.value)
                 for record in batch:
+                    key = records.key_of(kind, record)
+                    assert message.partition == kafka_io.partition_of(key, count), (
+                        f"{kind} {key} version {record['version']} in partition {message.partition} of {topic}")
                     trail.add(kind, record)
     finally:
         consumer.close()
