@@ -15,6 +15,7 @@ from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -114,9 +115,14 @@ def agent_run(world: World, start: dt.datetime, *, caller: str = "alice", agent_
               tool: str = "delete_record", gate: str = "policy", decision: str = "auto_approved",
               link_by_id: bool = True, mcp: bool = True, nim_resource: dict[str, Any] | None = None,
               caller_on_chat: bool = False, server: str = "llama.nim.svc", port: int = 8000,
-              model: str = MODEL, mcp_server: str = "crm-mcp", keep_content: bool = True) -> dict[str, str]:
+              model: str = MODEL, mcp_server: str = "crm-mcp", keep_content: bool = True,
+              tool_in_own_trace: bool = False) -> dict[str, str]:
     """invoke_agent → chat (the response asks for `tool`) with NIM's llm_request as its child
-    → execute_tool → MCP tools/call client → MCP tools/call server. Returns the ids."""
+    → execute_tool → MCP tools/call client → MCP tools/call server. Returns the ids.
+
+    `tool_in_own_trace`: the trace context broke before the tool ran (a queue, a worker
+    that did not propagate it): execute_tool starts a trace of its own, and only its
+    `gen_ai.tool.call.id` names the call that asked for it."""
     call_id = f"chatcmpl-{uuid.uuid4().hex}"
     tool_call_id = f"chatcmpl-tool-{uuid.uuid4().hex[:16]}"
     ms = dt.timedelta(milliseconds=1)
@@ -151,8 +157,8 @@ def agent_run(world: World, start: dt.datetime, *, caller: str = "alice", agent_
         "gen_ai.latency.time_in_queue": 0.003})
     server_span.end(end_time=ns(start + 312 * ms))
     chat.end(end_time=ns(start + 315 * ms))
-    run = agent.start_span(f"execute_tool {tool}", context=ctx, kind=SpanKind.INTERNAL,
-                           start_time=ns(start + 320 * ms))
+    run = agent.start_span(f"execute_tool {tool}", context=Context() if tool_in_own_trace else ctx,
+                           kind=SpanKind.INTERNAL, start_time=ns(start + 320 * ms))
     tool_attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool,
                   "gen_ai.tool.type": "function", "gen_ai.tool.call.arguments": json.dumps({"id": 42}),
                   "nimtrail.approval.gate": gate, "nimtrail.approval.decision": decision,
@@ -161,7 +167,8 @@ def agent_run(world: World, start: dt.datetime, *, caller: str = "alice", agent_
         tool_attrs["gen_ai.tool.call.id"] = tool_call_id
     run.set_attributes(tool_attrs)
     ids = {"call_id": call_id, "tool_call_id": tool_call_id, "action_id": format(run.get_span_context().span_id, "016x"),
-           "trace_id": format(root.get_span_context().trace_id, "032x")}
+           "trace_id": format(root.get_span_context().trace_id, "032x"),
+           "action_trace_id": format(run.get_span_context().trace_id, "032x")}
     if mcp:
         client = agent.start_span(f"tools/call {tool}", context=set_span_in_context(run), kind=SpanKind.CLIENT,
                                   start_time=ns(start + 321 * ms))

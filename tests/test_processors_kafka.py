@@ -77,22 +77,28 @@ def start_steady(steady: Env) -> None:
     steady.wait_ready("processor")
 
 
-def same_trail(steady: Env, other: Env, rounds: int, what: str, tick=lambda: None, logs=lambda: "") -> Trail:
-    """The steady trail once `rounds` of `_round_input` are in it, settled, and the other
-    trail equals it record by record; `tick()` runs on every look (restarting what crashed),
-    `logs()` says what the other side did if they never agree."""
+def same_trail(steady: Env, other: Env, rounds: int | None, what: str, tick=lambda: None, logs=lambda: "",
+               versions: bool = True) -> Trail:
+    """The steady trail once `rounds` of `_round_input` are in it, settled (None: once the
+    caller saw it settled), and the other trail equals it record by record (without
+    `versions`: every field but the version); `tick()` runs on every look (restarting what
+    crashed), `logs()` says what the other side did if they never agree."""
+    def compared(trail: Trail) -> dict:
+        return trail.kept if versions else trail.content()
+
     def converged() -> Trail | None:
         tick()
         a, b = audit_trail(steady), audit_trail(other)
-        settled = len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
-        return a if len(a.of("model_call")) == rounds * (4 + 2) and settled and a.kept == b.kept else None
+        settled = rounds is None or (len(a.of("finding")) >= rounds * (4 + 4 + 2 + 1)
+                                     and len(a.of("model_call")) == rounds * (4 + 2))
+        return a if settled and compared(a) == compared(b) else None
 
     try:
         return wait_for(converged, timeout=300, interval=1.0, what=what)
     except AssertionError as e:
-        a, b = audit_trail(steady), audit_trail(other)
-        differ = sorted(k for k in a.kept.keys() | b.kept.keys() if a.kept.get(k) != b.kept.get(k))
-        detail = [(k, a.kept.get(k), b.kept.get(k)) for k in differ[:3]]
+        a, b = compared(audit_trail(steady)), compared(audit_trail(other))
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        detail = [(k, a.get(k), b.get(k)) for k in differ[:3]]
         raise AssertionError(f"{e}; {len(differ)} records differ, first: {detail}\n{logs()}") from None
 
 

@@ -9,12 +9,14 @@ import random
 import signal
 import subprocess
 import time
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
 from nimtrail import kafka_io
 from tests import corpus, scenarios as sc
+from tests.corpus import T0
 from tests.harness import Env, free_port, scrape, wait_for
 from tests.test_processors_kafka import (_round_input, audit_trail, beside, read_all, register_deployments,
                                          same_trail, start_steady)
@@ -160,6 +162,82 @@ def test_a_group_whose_members_crash_between_write_and_commit_ends_with_the_unin
         assert crashes[0] >= 1 and restored >= 2, (seed, armed)
     finally:
         group.stop_all()  # every member (Env.start keeps them)
+        steady.stop_all()
+
+
+def _hard_round(env: Env, world: sc.World, round_no: int) -> None:
+    """One burst of the joins that cross what the raw topics co-locate: NIM log lines for
+    the calls of the traces (joined by request id, no trace id), a tool run whose trace
+    context broke (joined only by its tool-call id, from another trace) and one linked by
+    parentage alone. Each trace goes in two requests, the call first."""
+    when = T0 + dt.timedelta(minutes=20 * round_no)
+    lines = []
+    for i, shape in enumerate(({}, {"tool_in_own_trace": True}, {"link_by_id": False, "gate": "human"})):
+        ids = sc.agent_run(world, when + dt.timedelta(seconds=i), caller=f"user{i}", **shape)
+        spans = world.take()
+        call = [s for s in spans if s.name == "llm_request" or s.name.startswith("chat ")]
+        sc.World.send(env.otlp_http, call)
+        sc.World.send(env.otlp_http, [s for s in spans if s not in call])
+        lines += [f"INFO {when:%Y-%m-%d %H:%M}:0{i}.000 logger.py:1] Received request {ids['call_id']}: params: x",
+                  f"INFO {when:%Y-%m-%d %H:%M}:0{i}.400 logger.py:2] Finished request {ids['call_id']}."]
+    producer = kafka_io.producer(env.config)
+    producer.send(env.config.topics.nimlogs, key=b"src", value=sc.nimlog_message(
+        lines, received=when, first_offset=round_no * 10_000)).get(30)
+    producer.close()
+
+
+def test_three_members_one_killed_and_a_fourth_started_keep_one_processors_trail_across_hard_joins(
+        tmp_path: Path, kafka_bootstrap: str):
+    """Three members; a world of NIM log lines for the traced calls, tool runs whose trace
+    context broke and a deployment upgraded mid-stream; the member reading is SIGKILLed
+    mid-run and a fourth joins. The group ends with exactly an uninterrupted processor's
+    trail, record by record: every call and action once, with the same fields."""
+    steady, group = beside(tmp_path, kafka_bootstrap, session_timeout="6s")
+    members: list[Member] = []
+    try:
+        start_steady(steady)
+        members += [Member(group, name) for name in ("a", "b", "c")]
+        world = sc.World()
+        _hard_round(steady, world, 0)
+        first = wait_for(lambda: _one_active(members), timeout=90, what="one member reading, two standing by")
+        _hard_round(steady, world, 1)
+        wait_for(lambda: len(audit_trail(group).of("model_call")) >= 6, timeout=90,
+                 what="the first member reading to write two rounds")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+        _hard_round(steady, world, 2)
+        # Upgraded mid-stream: calls from minute 35 on (rounds 2 and 3, one sent before it and
+        # one after) belong to version 3, whichever member reads when it arrives.
+        producer = kafka_io.producer(steady.config)
+        key, value = sc.deployment_message(sc.deployment("prod/llama-3-1-8b", 3, T0 + dt.timedelta(minutes=35),
+                                                         nim_release="1.10.0"))
+        producer.send(steady.config.topics.deployments, key=key, value=value).get(30)
+        producer.close()
+        members.append(Member(group, "d"))
+        _hard_round(steady, world, 3)
+        second = wait_for(lambda: _one_active(members), timeout=90, what="a standby to take the input over")
+        assert second is not first
+
+        def settled() -> bool:
+            trail = audit_trail(steady)
+            calls, actions = trail.of("model_call"), trail.of("tool_action")
+            return (len(calls) == 12 and len(actions) == 12 and all(a["call_id"] for a in actions.values())
+                    and sum(c["deployment_version"] == 3 for c in calls.values()) == 6)
+
+        wait_for(settled, timeout=120, what="the uninterrupted processor to join all four rounds")
+        # Every field but the version: a call that matched version 1 all along is rebuilt when
+        # version 3 registers only where it is still held then. The uninterrupted processor
+        # may have let it leave the state already, while the member that took over restored it
+        # from the changelog: the same record, raised by one version in one trail.
+        final = same_trail(steady, group, None, "the group's trail to equal the uninterrupted processor's",
+                           logs=lambda: _logs(group, members), versions=False)
+        raised = sum(final.kept[k]["version"] != v["version"] for k, v in audit_trail(group).kept.items())
+        print(f"{raised} records of the group's trail carry another version than the uninterrupted one's")
+        calls = final.of("model_call").values()
+        assert all(set(c["signals"]) >= {"log.nim", "span.client", "span.nim"} for c in calls)
+        assert sorted(c["deployment_version"] for c in calls) == [1] * 6 + [3] * 6
+    finally:
+        group.stop_all()
         steady.stop_all()
 
 

@@ -36,6 +36,10 @@ class Trail:
             for record in batch:
                 self.add(kind, record)
 
+    def content(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every kept record without its version: what it says, not how often it was rebuilt."""
+        return {key: {k: v for k, v in record.items() if k != "version"} for key, record in self.kept.items()}
+
     def of(self, kind: str) -> dict[str, dict[str, Any]]:
         return {k: r for (rk, k), r in self.kept.items() if rk == kind}
 
