@@ -14,19 +14,24 @@ Dependencies, and what each version counts:
 - tool_action: its evidence; the MCP spans of its trace and their known ancestors; the
   execute_tool spans of its trace; its ancestors and agents; the full version of every
   candidate call (calls in the same trace, calls listing its tool_call_id).
+
+Each kind is built from two parts, split where a partitioned topology would split the work
+(docs/scale.md, "Processors"): a call from what its traces say (`trace_views`) and what
+needs only its evidence and the deployments (`merged_call`); an action from what its own
+trace says (`action_part`) and its join to the calls it was chosen among (`linked_action`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, NamedTuple, Protocol
 
 from nimtrail import records
 from processors import evidence as ev, policy, traces
 from processors.deployments import Registry
 from processors.entry import Entry
 from processors.evidence import Evidence
-from processors.forgotten import Forgotten
+from processors.forgotten import CallLink, Forgotten
 
 # Lower rank wins. Client spans know the caller and the tool calls; NIM knows the timings.
 _CALL_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1, ev.LOG_GATEWAY: 2, ev.LOG_NIM: 3, ev.LOG_ACCESS: 4}
@@ -105,6 +110,24 @@ class Built:
         return policy.action_findings(self.record, self.call, self.deployment, self.aliases)
 
 
+class TraceView(NamedTuple):
+    """What a client span's trace says of its call: the caller its invoke_agent ancestors
+    name, and how many of the trace's spans that choice counted (its share of the version)."""
+    caller: str | None
+    weight: int
+
+
+class ActionPart(NamedTuple):
+    """An action as its own trace shows it, before it is joined to a call: the merged
+    record (no call_id or version yet), its trace, how many evidence items are its own,
+    what of its trace it was chosen among (the version's share of it), its MCP aliases."""
+    record: dict[str, Any]
+    trace_id: str
+    own: int
+    weight: int
+    aliases: list[str]
+
+
 class JoinState(Protocol):
     """What building a record reads of the join state, and nothing more: the joiner
     (processors/join.py) provides it; the builder never changes it."""
@@ -138,38 +161,49 @@ class Builder:
             return self.cache[entry.id]
         items = self.call_evidence(entry) if entry.kind == ev.MODEL_CALL else list(entry.evidence.values())
         ordered = _ordered(items, _CALL_RANK)
-        nim_first = sorted(ordered, key=lambda e: e.source != ev.SPAN_NIM)
-        record = _merge("model_call", ordered, nim_first, _NIM_FIRST)
-        record["call_id"] = call_id or entry.key
-        record["signals"] = sorted({e.source for e in items})
-        identities: set[str] = set()
-        for item in items:
-            identities.update(item.fields.get("identities") or ())
-        # As of the call's start, by the one registry's rule; the version counts every
-        # deployment version these identities point at, so it grows when the match may change.
-        deployment_id, version = self.state.registry.match(identities, record["started_at"]) or (None, None)
-        weight = self.state.registry.weight(identities)
-        record["deployment_id"], record["deployment_version"] = deployment_id, version
-        agent_caller = None
+        built = self.merged_call(call_id or entry.key, ordered, self.trace_views(ordered))
+        self.cache[entry.id] = built
+        return built
+
+    def trace_views(self, ordered: list[Evidence]) -> list[TraceView]:
+        """What the trace of each client span among a call's evidence says of the call, in
+        the evidence's order: the part of a call that needs its traces, and only that."""
+        views = []
         for item in ordered:
             if item.source != ev.SPAN_CLIENT or not item.fields.get("trace_id"):
                 continue
             node = self.state.traces.nodes(item.fields["trace_id"]).get(item.fields["span_id"])
             if node is None:
                 continue
-            agents, w = self.state.traces.agents_for(item.fields["trace_id"], node)
-            weight += w
-            if agent_caller is None:
-                agent_caller = next((a.fields.get("caller") for a in agents if a.fields.get("caller")), None)
+            agents, weight = self.state.traces.agents_for(item.fields["trace_id"], node)
+            views.append(TraceView(next((a.fields.get("caller") for a in agents if a.fields.get("caller")), None),
+                                   weight))
+        return views
+
+    def merged_call(self, call_id: str, ordered: list[Evidence], views: list[TraceView]) -> Built:
+        """A call from its evidence items (`_ordered(items, _CALL_RANK)`: spans, NIM and
+        gateway log lines, wherever they came from) and its traces' views: the part that
+        needs the call's id, the deployments and nothing of its traces beyond the views."""
+        nim_first = sorted(ordered, key=lambda e: e.source != ev.SPAN_NIM)
+        record = _merge("model_call", ordered, nim_first, _NIM_FIRST)
+        record["call_id"] = call_id
+        record["signals"] = sorted({e.source for e in ordered})
+        identities: set[str] = set()
+        for item in ordered:
+            identities.update(item.fields.get("identities") or ())
+        # As of the call's start, by the one registry's rule; the version counts every
+        # deployment version these identities point at, so it grows when the match may change.
+        deployment_id, version = self.state.registry.match(identities, record["started_at"]) or (None, None)
+        weight = self.state.registry.weight(identities) + sum(v.weight for v in views)
+        record["deployment_id"], record["deployment_version"] = deployment_id, version
+        agent_caller = next((v.caller for v in views if v.caller), None)
         # Caller: the calling span, else its invoke_agent ancestor, else a gateway's log,
         # else the configured address map. Never a raw credential.
         record["caller"] = (_value(ordered, "caller", (ev.SPAN_CLIENT,)) or agent_caller
                             or _value(ordered, "caller", (ev.LOG_GATEWAY,))
                             or self.address_map.lookup(record["client_address"]))
-        record["version"] = len(items) + weight
-        built = Built("model_call", record, self.state.registry.get(deployment_id, version))
-        self.cache[entry.id] = built
-        return built
+        record["version"] = len(ordered) + weight
+        return Built("model_call", record, self.state.registry.get(deployment_id, version))
 
     # -- tool actions -----------------------------------------------------------------
 
@@ -208,6 +242,20 @@ class Builder:
     def action(self, entry: Entry) -> Built:
         if entry.id in self.cache:
             return self.cache[entry.id]
+        part = self.action_part(entry)
+        j = self.state
+        by_id = {k: self.call(j.entries[k]) for k in j.calls_by_tool_call.get(part.record["tool_call_id"] or "", ())}
+        in_trace = {k: self.call(j.entries[k]) for k in j.traces.entries(part.trace_id)
+                    if k.startswith(ev.MODEL_CALL + "|")}
+        gone = j.forgotten.call(part.record["tool_call_id"]) if not by_id else None
+        built = self.linked_action(part, by_id, in_trace, gone)
+        self.cache[entry.id] = built
+        return built
+
+    def action_part(self, entry: Entry) -> ActionPart:
+        """What an action's own trace says of it: its fields merged with the MCP spans it
+        owns, who ran it, and how much of its trace it was chosen among. Everything of an
+        action but the call it followed."""
         own = list(entry.evidence.values())
         first = min(own, key=lambda e: e.evidence_id)
         trace_id, t = first.fields.get("trace_id") or "", self.state.traces
@@ -225,49 +273,44 @@ class Builder:
         record["gate"] = record["gate"] or "none"
         node = t.nodes(trace_id).get(first.fields.get("span_id") or "")
         agents, w = t.agents_for(trace_id, node) if node else ([], 0)
-        weight += w
         record["executed_by"] = (agents[0].fields.get("agent_name") if agents else None) \
             or _value(ordered, "service")
-        call, call_weight = self._link(record, trace_id)
-        record["call_id"] = call.record["call_id"] if call else None
-        record["version"] = len(own) + weight + call_weight
         aliases = sorted({a for e in items for a in e.fields.get("mcp_aliases") or ()})
-        built = Built("tool_action", record, call.deployment if call else None,
-                      call.record if call else None, aliases)
-        self.cache[entry.id] = built
-        return built
+        return ActionPart(record, trace_id, len(own), weight + w, aliases)
 
-    def _link(self, action: dict[str, Any], trace_id: str) -> tuple[Built | None, int]:
-        """The model call an action followed: by tool_call_id, else the latest call in the
-        same trace that ended before the action started and asked for this tool."""
-        j = self.state
-        by_id = sorted(j.calls_by_tool_call.get(action["tool_call_id"] or "", ()))
-        in_trace = sorted(k for k in j.traces.entries(trace_id) if k.startswith(ev.MODEL_CALL + "|"))
-        weight = 0
-        built: dict[str, Built] = {}
-        for key in sorted(set(by_id) | set(in_trace)):
-            built[key] = self.call(j.entries[key])
-            weight += built[key].record["version"]
+    def linked_action(self, part: ActionPart, by_id: Mapping[str, Built], in_trace: Mapping[str, Built],
+                      gone: CallLink | None) -> Built:
+        """The action joined to the call it followed, given its candidates: the calls that
+        list its tool_call_id (`by_id`), the calls of its own trace (`in_trace`), each by
+        entry id, and what is kept of a call that left the state (`gone`, looked for only
+        when no call lists the id). By tool_call_id, else the latest call of the same trace
+        that ended before the action started and asked for this tool. Its version counts
+        the full version of every candidate."""
+        record = dict(part.record)
+        candidates = {**in_trace, **by_id}
+        call_weight = sum(candidates[k].record["version"] for k in sorted(candidates))
+        call = None
         if by_id:
-            chosen = min((built[k] for k in by_id),
-                         key=lambda b: (b.record["started_at"] or "", b.record["call_id"]))
-            return chosen, weight
-        gone = j.forgotten.call(action["tool_call_id"])
-        if gone is not None:
+            call = min(by_id.values(), key=lambda b: (b.record["started_at"] or "", b.record["call_id"]))
+        elif gone is not None:
             # The call left the join state (settled, then evicted): what it last was is
             # kept for exactly this, so the action joins, and versions, as if it were held.
-            return Built("model_call", gone._asdict(), j.registry.get(gone.deployment_id, gone.deployment_version)), \
-                weight + gone.version
-        started = action["started_at"] or ""
-        best = None
-        for key in in_trace:
-            call = built[key].record
-            if (action["tool_name"] in (call["tool_names"] or ()) and call["ended_at"]
-                    and call["ended_at"] <= started):
-                if best is None or (call["ended_at"], call["call_id"]) > (
-                        best.record["ended_at"], best.record["call_id"]):
-                    best = built[key]
-        return best, weight
+            call = Built("model_call", gone._asdict(), self.state.registry.get(gone.deployment_id,
+                                                                                gone.deployment_version))
+            call_weight += gone.version
+        else:
+            started = record["started_at"] or ""
+            for key in sorted(in_trace):
+                candidate = in_trace[key].record
+                if (record["tool_name"] in (candidate["tool_names"] or ()) and candidate["ended_at"]
+                        and candidate["ended_at"] <= started):
+                    if call is None or (candidate["ended_at"], candidate["call_id"]) > (
+                            call.record["ended_at"], call.record["call_id"]):
+                        call = in_trace[key]
+        record["call_id"] = call.record["call_id"] if call else None
+        record["version"] = part.own + part.weight + call_weight
+        return Built("tool_action", record, call.deployment if call else None,
+                     call.record if call else None, part.aliases)
 
     # -- spans that become records only when nothing claims them -----------------------
 
