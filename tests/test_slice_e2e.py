@@ -47,9 +47,10 @@ def test_trace_back_returns_the_whole_chain(env):
 
 
 def test_a_burst_travels_as_columns_and_is_stored_once(env):
-    """One export request of 150 agent traces: the processor's batch of calls and of spans is
-    large enough for the columnar form (nimtrail.columnar), the warehouse stores every call
-    once, and `verify` covers them."""
+    """One export request of 300 agent traces: the processor's batch of calls and of spans is
+    large enough for the columnar form (nimtrail.columnar) in each of the two audit
+    partitions it is split into, the warehouse stores every call once, and `verify` covers
+    them."""
     import datetime as dt
 
     from nimtrail import columnar, kafka_io
@@ -62,8 +63,8 @@ def test_a_burst_travels_as_columns_and_is_stored_once(env):
 
     world, start = sc.World(), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     sent = {sc.agent_run(world, start + dt.timedelta(milliseconds=i), caller="burst")["call_id"]
-            for i in range(150)}
-    assert len(sent) >= columnar.COLUMNAR_FROM
+            for i in range(300)}
+    assert len(sent) >= 2 * columnar.COLUMNAR_FROM
     sc.World.send(env.otlp_http, world.take())
 
     def stored():
