@@ -45,9 +45,12 @@ class Supervisor:
         self.config_path = config_path
         self.extra_env = dict(env or {})
         nimtrail = [sys.executable, "-m", "nimtrail", *self._config_args()]
-        self.children = [Child(stage, [*nimtrail, stage]) for stage in STAGES if stage != "processor"]
-        self.children[1:1] = [Child(name, [*nimtrail, "processor", *args])
-                              for name, args in processor_children(config, processors)]
+        self.children = [Child(stage, [*nimtrail, stage]) for stage in STAGES
+                         if stage not in ("processor", "warehouse")]
+        self.children[:0] = ([Child(name, [*nimtrail, "warehouse", *args])
+                              for name, args in warehouse_children(config)]
+                             + [Child(name, [*nimtrail, "processor", *args])
+                                for name, args in processor_children(config, processors)])
         self.children += [Child(name, args, source=True) for name, args in extra]
         self.started_broker = False
         self.bootstrap = config.kafka.bootstrap
@@ -61,6 +64,7 @@ class Supervisor:
         env = {**os.environ, **self.extra_env}
         env["NIMTRAIL_KAFKA__BOOTSTRAP"] = self.bootstrap
         env["NIMTRAIL_DATA_DIR"] = str(Path(self.config.data_dir).resolve())
+        env["NIMTRAIL_WAREHOUSE__SHARDS"] = str(self.config.warehouse.shards)  # (`up --shards`)
         return env
 
     def _spawn(self, child: Child) -> None:
@@ -150,6 +154,14 @@ def processor_children(config: Config, count: int) -> list[tuple[str, list[str]]
     return [("processor", [])] + [
         (f"processor-{k}", ["--instance-id", f"{base}-{k}", "--ops", f"{ops.host}:{ops.port + k}"])
         for k in range(1, count)]
+
+
+def warehouse_children(config: Config) -> list[tuple[str, list[str]]]:
+    """(name, arguments) of each warehouse shard `up` runs: the plain `nimtrail warehouse`
+    for one shard; `warehouse-<i>` with `--shard i` for each of several."""
+    if config.warehouse.shards == 1:
+        return [("warehouse", [])]
+    return [(f"warehouse-{i}", ["--shard", str(i)]) for i in range(config.warehouse.shards)]
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:

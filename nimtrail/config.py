@@ -490,10 +490,27 @@ class WarehouseConfig:
     # pages of a large store in memory for queries (docs/warehouse.md, "Memory").
     memory_limit: ByteSize = ByteSize(160 * 1000 ** 2)
     threads: int = 2
+    # Shards (docs/scale.md): shard i of `shards` writes the audit partitions p with
+    # p % shards == i into its own store, ledger and digests (warehouse/shards.py); shard 0
+    # also answers the query API over all of them. `shard` is which one this process is
+    # (`nimtrail warehouse --shard I`). One shard is the plain layout: <data_dir>/audit.duckdb.
+    shards: int = 1
+    shard: int = 0
+    # The shards' internal API answers the query front only: a secret both hold (created
+    # on first start when empty: <data_dir>/shards/token).
+    shard_token_file: str = ""
+    # The signing key's directory; empty: <data_dir>/keys. Every shard signs with this one
+    # key, so one pinned public key checks them all.
+    keys_dir: str = ""
 
     def validate(self, path: str) -> None:
         if self.max_poll_records < 1:
             raise ConfigError(f"{path}.max_poll_records: must be at least 1")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"{path}.shards: expected between 1 and {MAX_SHARDS}, got {self.shards}")
+        if not 0 <= self.shard < self.shards:
+            raise ConfigError(f"{path}.shard: expected between 0 and shards - 1 ({self.shards - 1}), "
+                              f"got {self.shard}")
         for i, cidr in enumerate(self.trusted_proxies):
             try:
                 networks([cidr])
@@ -507,6 +524,9 @@ class WarehouseConfig:
         if not 1 <= self.threads <= 256:
             raise ConfigError(f"{path}.threads: expected between 1 and 256")
         _validate_batch_wait(self.batch_wait, f"{path}.batch_wait")
+
+
+MAX_SHARDS = 64  # a shard is a process with its own file; more would want a cluster, not this
 
 
 # A poll's wait is added to every record's freshness, and a broker holds a fetch no

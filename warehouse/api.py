@@ -17,7 +17,9 @@ cursor, so queries run while the ingest loop writes. /healthz and /metrics are n
 
 from __future__ import annotations
 
+import hmac
 import logging
+from functools import partial
 from http import HTTPStatus
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +30,7 @@ from nimtrail.config import Config
 from nimtrail.http_listener import LimitedHandler, Listener
 from nimtrail.ops import StageMetrics, health_response
 from nimtrail.people import ProxyTrust
-from warehouse import operations
+from warehouse import front, operations, shard_reads, shards
 from warehouse.access import Gate, Refused
 from warehouse.events import AccessRefused, QueryServed
 from warehouse.operations import Context, Export
@@ -99,6 +101,8 @@ class QueryApi:
                 self.wfile.write(body)
 
         self.config = config
+        self.sharded = shards.sharded(config)
+        self.shard_token = shards.token(config) if self.sharded else ""
         self.store = store
         self.metrics = metrics
         self.healthy = healthy
@@ -122,6 +126,12 @@ class QueryApi:
         if health:
             status, ctype, data = health
             return status, {"Content-Type": ctype}, data
+        if url.path.startswith("/v1/shard/") and self.sharded:
+            return self._shard_read(method, url.path[len("/v1/shard/"):], authorization, body)
+        if self.sharded and self.config.warehouse.shard:
+            return self.refuse(404, "not_the_front", f"this is warehouse {shards.name(self.config)}: it "
+                               "answers the query front only; ask the query API of shard 0", target,
+                               authorization, client, person=person)
         if url.path == "/v1/operations":
             return _json(200, {"operations": [
                 {"path": f"/v1/{op.path}", "params": sorted(op.params), "roles": sorted(op.roles)}
@@ -148,6 +158,9 @@ class QueryApi:
                                target, authorization, client, raw, person=person)
         principal = principal.for_person(person)
         ctx = Context(self.store, self.store.reader(), principal, self.config, client, self.metrics)
+        if self.sharded:
+            ctx.shards = front.Shards(self.config, self.shard_token, partial(
+                shard_reads.answer, self.store, ctx.con, self.config))
         try:
             result = operations.execute(ctx, kind, name, raw)
         except operations.UnknownOperation as e:
@@ -160,6 +173,13 @@ class QueryApi:
         except BadParameter as e:
             QueryServed(query=name, status="400", rows=0).emit(self.metrics, log)
             return _json(400, {"error": "bad_parameter", "parameter": e.name, "message": e.detail})
+        except front.NotOverShards as e:
+            QueryServed(query=name, status="501", rows=0).emit(self.metrics, log)
+            return _json(501, {"error": "not_over_shards", "message": str(e)})
+        except front.ShardUnavailable as e:
+            log.warning("%s", e)
+            QueryServed(query=name, status="503", rows=0).emit(self.metrics, log)
+            return _json(503, {"error": "shard_unavailable", "message": str(e)})
         except Exception:  # noqa: BLE001 - answer 500, keep serving
             log.exception("Operation %s failed", op_path)
             QueryServed(query=name, status="500", rows=0).emit(self.metrics, log)
@@ -175,6 +195,29 @@ class QueryApi:
                          "X-Nimtrail-Rows": str(result.rows)}, result.data
         QueryServed(query=name, status="200", rows=operations.row_count(result)).emit(self.metrics, log)
         return _json(200, result)
+
+    def _shard_read(self, method: str, read: str, authorization: str | None, body: bytes) -> Answer:
+        """A part of an operation for the front (warehouse/shard_reads.py): only with the
+        shards' token, and not in the access log (the front logs the request it serves)."""
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), self.shard_token.encode()):
+            return _json(401, {"error": "unauthorized", "message": "the shards' token is required"})
+        if method != "POST":
+            return _json(405, {"error": "method_not_allowed", "message": "use POST for /v1/shard/"})
+        try:
+            args = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError as e:
+            return _json(400, {"error": "bad_request", "message": f"not JSON: {e}"})
+        con = self.store.reader()
+        try:
+            return _json(200, shard_reads.answer(self.store, con, self.config, read, args))
+        except (shard_reads.ShardReadError, BadParameter, KeyError, TypeError) as e:
+            return _json(400, {"error": "bad_request", "message": f"{type(e).__name__}: {e}"})
+        except Exception:  # noqa: BLE001 - answer 500, keep serving
+            log.exception("Shard read %s failed", read)
+            return _json(500, {"error": "internal", "message": "the shard read failed; see the warehouse log"})
+        finally:
+            con.close()
 
     def refuse(self, status: int, error: str, message: str, target: str, authorization: str | None,
                client: str, raw: dict[str, list[str]] | None = None, *, parameter: str | None = None,

@@ -44,10 +44,11 @@ Publish = Callable[[str, bytes], None]
 
 class Checkpointer:
     def __init__(self, store: Store, data_dir: Path, interval: float, metrics: StageMetrics,
-                 publish: Publish | None = None, topic: str = "", copy_dir: Path | None = None):
+                 publish: Publish | None = None, topic: str = "", copy_dir: Path | None = None,
+                 keys_dir: str = ""):
         self.store = store
         self.dir = digests.digests_dir(data_dir)
-        self.key = digests.load_or_create_key(digests.keys_dir(data_dir))
+        self.key = digests.load_or_create_key(digests.keys_dir(data_dir, keys_dir))
         self.fingerprint = digests.fingerprint(self.key.public_key())
         self.interval = interval
         self.metrics = metrics

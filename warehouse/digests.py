@@ -4,7 +4,7 @@ A digest is a JSON document naming the chain head at a point (seq and entry hash
 row counts and time range it covers, and the previous digest's file and SHA-256; it is
 signed with the warehouse's Ed25519 key. Files live under
 `<data_dir>/digests/YYYY/MM/DD/nimtrail-digest-<seq>-<UTC stamp>.json`; the key pair under
-`<data_dir>/keys/` (the public key is exported beside the private one, to be copied
+`<data_dir>/keys/` or `warehouse.keys_dir` (the public key is exported beside the private one, to be copied
 wherever verification happens).
 """
 
@@ -29,8 +29,9 @@ PRIVATE_KEY = "ledger-ed25519.key"
 PUBLIC_KEY = "ledger-ed25519.pub"
 
 
-def keys_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "keys"
+def keys_dir(data_dir: Path, configured: str = "") -> Path:
+    """`configured` (warehouse.keys_dir) when set: every shard signs with one key."""
+    return Path(configured) if configured else Path(data_dir) / "keys"
 
 
 def digests_dir(data_dir: Path) -> Path:

@@ -22,6 +22,7 @@ from nimtrail.config import Config
 from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
+from warehouse import shards
 from warehouse.events import MessageRejected, RowsWritten
 from warehouse.store import Store
 
@@ -142,7 +143,11 @@ class Ingest:
         self.consumer = kafka_io.consumer(config, group_id=None,
                                           max_poll_records=config.warehouse.max_poll_records,
                                           **kafka_io.batching(config.warehouse.batch_wait))
-        partitions = [tp for topic in topics for tp in kafka_io.partitions_of(self.consumer, topic)]
+        partitions = [tp for topic in topics for tp in kafka_io.partitions_of(self.consumer, topic)
+                      if shards.owns(config, tp.partition)]
+        if not partitions:
+            log.warning("Warehouse %s owns none of the audit topics' partitions (fewer partitions than "
+                        "shards): it writes nothing", shards.name(config))
         self.consumer.assign(partitions)
         stored = store.offsets()
         for tp in partitions:

@@ -18,6 +18,7 @@ import duckdb
 
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
+from warehouse import front, shards
 from warehouse.access import local_principal
 from warehouse.operations import Context, execute
 from warehouse.store import Store, duckdb_config
@@ -71,6 +72,21 @@ def _raw(params: dict[str, Any]) -> dict[str, list[str]]:
 
 def run(config: Config, kind: str, name: str, params: dict[str, Any],
         public_key: Path | None = None) -> Any:
+    """Run an operation on the store's file. A sharded warehouse's files are verified one
+    by one (each names its shard); its other operations need the running front."""
+    if shards.sharded(config):
+        if (kind, name) != ("query", "verify"):
+            raise StoreUnavailable(f"{kind} {name} on a sharded warehouse ({config.warehouse.shards} "
+                                   "shards) needs its query front running (shard 0); offline, only "
+                                   "verify reads the shards' files")
+        layout = shards.all_shards(config)
+        return front.verifications([shards.name(c) for c in layout],
+                                   [_run_on_file(c, kind, name, params, public_key) for c in layout])
+    return _run_on_file(config, kind, name, params, public_key)
+
+
+def _run_on_file(config: Config, kind: str, name: str, params: dict[str, Any],
+                 public_key: Path | None = None) -> Any:
     path = config.warehouse_path
     if not path.exists():
         raise StoreUnavailable(f"no audit store at {path}")

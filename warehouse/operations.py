@@ -17,7 +17,7 @@ import duckdb
 
 from nimtrail.config import Config
 from nimtrail.ops import StageMetrics
-from warehouse import archive, digests, holds, published, report, retention
+from warehouse import archive, digests, front, holds, published, report, retention
 from warehouse.access import (ANY_ROLE, COMPLIANCE_ROLES, Principal, Refused, authorize,
                               log_access, mask_content)
 from warehouse.params import BadParameter, Params
@@ -46,6 +46,7 @@ class Context:
     client: str = "local"
     metrics: StageMetrics | None = None
     public_key: Path | None = None
+    shards: front.Shards | None = None  # a sharded warehouse's front: answer over every shard
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Operation:
     params: frozenset[str]
     roles: frozenset[str]
     run: Callable[[Context, Params], Any]
+    # How a sharded warehouse's front answers it (warehouse/front.py): None, not yet (501);
+    # FRONT_LOCAL, from the front's own store (what only the front writes).
+    over_shards: Callable[[Context, Params], Any] | None = None
 
     @property
     def path(self) -> str:
@@ -94,12 +98,14 @@ def _verify(ctx: Context, params: Params) -> dict[str, Any]:
     freshness = Freshness(ctx.config.warehouse.checkpoint_interval, ctx.store is not None,
                           dt.datetime.now(dt.timezone.utc))
     topic = published.gather_topic(ctx.config)  # before the snapshot: see gather_topic
+    public_key = ctx.public_key or (digests.keys_dir(ctx.config.data_path, ctx.config.warehouse.keys_dir)
+                                    / digests.PUBLIC_KEY)
     if ctx.store is None:
-        return verify(ctx.con, ctx.config.data_path, ctx.public_key,
+        return verify(ctx.con, ctx.config.data_path, public_key,
                       published=published.with_copy(topic, ctx.config), freshness=freshness)
     with ctx.store.snapshot(lambda: (digests.load_all(directory),
                                      published.with_copy(topic, ctx.config))) as (con, (files, seen)):
-        return verify(con, ctx.config.data_path, ctx.public_key, files, seen, freshness)
+        return verify(con, ctx.config.data_path, public_key, files, seen, freshness)
 
 
 def _report_doc(ctx: Context, params: Params) -> dict[str, Any]:
@@ -160,28 +166,36 @@ def _q(fn: Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]]) -> Cal
     return lambda ctx, params: fn(ctx.con, params)
 
 
+def FRONT_LOCAL(ctx: Context, params: Params) -> Any:  # noqa: N802 - a marker, see Operation
+    raise AssertionError("replaced by the operation's own run")
+
+
 _ALL = (
     Operation("query", "calls", frozenset(CALLS_PARAMS), ANY_ROLE,
-              lambda ctx, params: calls(ctx.con, params, ctx.store.written_where if ctx.store else None)),
+              lambda ctx, params: calls(ctx.con, params, ctx.store.written_where if ctx.store else None),
+              lambda ctx, params: front.calls(ctx.shards, dict(params.raw), params)),
     Operation("query", "trace-back", frozenset(TRACE_BACK_PARAMS), ANY_ROLE,
-              lambda ctx, params: trace_back(ctx.con, params, ctx.store.written_where if ctx.store else None)),
+              lambda ctx, params: trace_back(ctx.con, params, ctx.store.written_where if ctx.store else None),
+              lambda ctx, params: front.trace_back(ctx.shards, params)),
     Operation("query", "actions", frozenset(ACTIONS_PARAMS), ANY_ROLE, _q(actions)),
     Operation("query", "trace", frozenset(TRACE_PARAMS), ANY_ROLE, _q(trace)),
     Operation("query", "session", frozenset(SESSION_PARAMS), ANY_ROLE, _q(session)),
-    Operation("query", "facets", frozenset(FACETS_PARAMS), ANY_ROLE, _q(facets)),
+    Operation("query", "facets", frozenset(FACETS_PARAMS), ANY_ROLE, _q(facets),
+              lambda ctx, params: front.facets(ctx.shards, dict(params.raw))),
     Operation("query", "latency", frozenset(LATENCY_PARAMS), ANY_ROLE, _q(latency)),
     Operation("query", "latency-changes", frozenset(LATENCY_CHANGES_PARAMS), ANY_ROLE, _q(latency_changes)),
     Operation("query", "gpu-metrics", frozenset(GPU_METRICS_PARAMS), ANY_ROLE, _q(gpu_metrics)),
     Operation("query", "usage", frozenset(USAGE_PARAMS), ANY_ROLE, _q(usage)),
     Operation("query", "deployments", frozenset(DEPLOYMENTS_PARAMS), ANY_ROLE, _q(deployments)),
     Operation("query", "findings", frozenset(FINDINGS_PARAMS), ANY_ROLE, _q(findings)),
-    Operation("query", "holds", frozenset({"state"}), COMPLIANCE_ROLES, _q(holds.list_holds)),
+    Operation("query", "holds", frozenset({"state"}), COMPLIANCE_ROLES, _q(holds.list_holds), FRONT_LOCAL),
     Operation("query", "retention-report", frozenset({"from", "to"}), COMPLIANCE_ROLES, _report_doc),
-    Operation("query", "verify", frozenset(), COMPLIANCE_ROLES, _verify),
-    Operation("query", "export-lookup", frozenset({"id"}), COMPLIANCE_ROLES, _q(report.lookup)),
+    Operation("query", "verify", frozenset(), COMPLIANCE_ROLES, _verify,
+              lambda ctx, params: front.verify(ctx.shards)),
+    Operation("query", "export-lookup", frozenset({"id"}), COMPLIANCE_ROLES, _q(report.lookup), FRONT_LOCAL),
     Operation("query", "access-log", frozenset({"principal", "person", "operation", "role", "status",
                                                 "since", "until", *PAGE_PARAMS}), COMPLIANCE_ROLES,
-              _access_log),
+              _access_log, FRONT_LOCAL),
     Operation("action", "retention-apply", frozenset({"dry_run"}), COMPLIANCE_ROLES, _retention_apply),
     Operation("action", "hold-add", frozenset({"deployment_id", "caller", "from", "to", "reason"}),
               COMPLIANCE_ROLES, lambda ctx, p: holds.add(_writable(ctx), ctx.principal, p)),
@@ -208,7 +222,10 @@ def execute(ctx: Context, kind: str, name: str, raw: Mapping[str, list[str]]) ->
     logged = {k: (v[0] if len(v) == 1 else v) for k, v in raw.items()}
     try:
         authorize(ctx.principal, op.path, op.roles)
-        result = op.run(ctx, Params(raw, set(op.params)))
+        result = _runner(ctx, op)(ctx, Params(raw, set(op.params)))
+    except (front.NotOverShards, front.ShardUnavailable) as e:
+        _log(ctx, op.path, logged, 501 if isinstance(e, front.NotOverShards) else 503, None)
+        raise
     except Refused as e:
         _log(ctx, op.path, logged, e.status, None)
         raise
@@ -223,6 +240,20 @@ def execute(ctx: Context, kind: str, name: str, raw: Mapping[str, list[str]]) ->
         result = {**mask_content(result), "content_hidden": True}
     _log(ctx, op.path, logged, 200, row_count(result))
     return result
+
+
+def _runner(ctx: Context, op: Operation) -> Callable[[Context, Params], Any]:
+    if ctx.shards is None or op.over_shards is FRONT_LOCAL:
+        return op.run
+    if op.over_shards is None:
+        raise front.NotOverShards(
+            f"{op.path} is not answered over {len(ctx.shards.names)} warehouse shards yet: only "
+            f"{', '.join(names_over_shards())} are (docs/scale.md)")
+    return op.over_shards
+
+
+def names_over_shards() -> list[str]:
+    return sorted(op.path for op in _ALL if op.over_shards is not None)
 
 
 def _log(ctx: Context, operation: str, params: dict[str, Any], status: int, rows: int | None) -> None:

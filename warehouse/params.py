@@ -23,6 +23,11 @@ class Params:
             raise BadParameter(unknown[0], f"unknown (accepted: {', '.join(sorted(allowed))})")
         self._raw = raw
 
+    @property
+    def raw(self) -> Mapping[str, list[str]]:
+        """The parameters as given (what a sharded warehouse's front forwards to shards)."""
+        return self._raw
+
     def text(self, name: str) -> str | None:
         values = self._raw.get(name)
         if not values:

@@ -10,6 +10,7 @@ This module writes the copy and reads both back for `verify` (warehouse.rollback
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from kafka.errors import KafkaError
 from nimtrail import kafka_io
 from nimtrail.config import Config
 from nimtrail.errors import NimtrailError
-from warehouse import digests
+from warehouse import digests, shards
 
 # Reading the topic is part of answering a verification: bounded, and a broker that does
 # not answer in time leaves a note instead of a hung request.
@@ -88,11 +89,24 @@ def read_topic(config: Config) -> Source:
     try:
         files = [((m.key or b"").decode(errors="replace"), m.value or b"")
                  for m in kafka_io.read_to_end(consumer, topic, timeout=TOPIC_READ_TIMEOUT)]
+        files = of_this_store(config, files)
     except (KafkaError, TimeoutError) as e:
         raise TopicUnreadable(f"cannot read the digests topic {topic}: {type(e).__name__}: {e}") from e
     finally:
         consumer.close()
     return Source(f"digests topic {topic}", files)
+
+
+_SHARD_KEY = re.compile(r"^\d+-of-\d+/")
+
+
+def of_this_store(config: Config, files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The digests topic's files of this store, named as in its digests directory: every
+    shard publishes on the one topic under its own prefix (warehouse.shards)."""
+    prefix = shards.digest_prefix(config)
+    if prefix:
+        return [(key[len(prefix):], data) for key, data in files if key.startswith(prefix)]
+    return [(key, data) for key, data in files if not _SHARD_KEY.match(key)]
 
 
 def gather_topic(config: Config) -> Published:

@@ -13,7 +13,7 @@ from nimtrail import heap, kafka_io
 from nimtrail.config import Config
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
-from warehouse import published, retention
+from warehouse import published, retention, shards
 from warehouse.access import Principal
 from warehouse.alerts import Alerter
 from warehouse.api import QueryApi
@@ -29,6 +29,12 @@ MEMORY_REPORT_EVERY = 15.0  # seconds between readings of DuckDB's memory for /m
 
 def run(config: Config, stop: threading.Event) -> None:
     heap.map_large_blocks()
+    config = shards.for_shard(config)
+    if shards.sharded(config):
+        shards.token(config, create=True)
+    for layout in shards.other_layouts(config):
+        log.warning("Warehouse shards of another layout (%s) are in the data directory: this one "
+                    "(warehouse.shards %d) does not read them", layout, config.warehouse.shards)
     t = config.topics
     kafka_io.ensure_topics(config, [*t.audit().values(), t.dlq, t.digests])
     metrics = StageMetrics("warehouse")
@@ -36,17 +42,21 @@ def run(config: Config, stop: threading.Event) -> None:
     producer = kafka_io.producer(config)
 
     def publish(name: str, data: bytes) -> None:
-        producer.send(t.digests, key=name.encode(), value=data).get(timeout=30)
+        key = shards.digest_prefix(config) + name
+        producer.send(t.digests, key=key.encode(), value=data).get(timeout=30)
 
     checkpointer = Checkpointer(store, config.data_path, config.warehouse.checkpoint_interval,
-                                metrics, publish, t.digests, published.copy_dir(config))
+                                metrics, publish, t.digests, published.copy_dir(config),
+                                config.warehouse.keys_dir)
     # A digest at start (publishing whatever an earlier run left unpublished): the newest
     # digest is then never older than an interval while the warehouse runs.
     _task("checkpoint", metrics, checkpointer.checkpoint)
     ingest = Ingest(config, store, metrics, DeadLetters(producer, t.dlq, "warehouse"))
     api = QueryApi(config, store, metrics, lambda: not stop.is_set()).start()
     alerter = Alerter(config, store, metrics).start()  # its own thread: never holds ingest up
-    log.info("Warehouse writing %s, query API on port %s", config.warehouse_path, api.port)
+    log.info("Warehouse %swriting %s, %s on port %s",
+             f"{shards.name(config)} " if shards.sharded(config) else "", config.warehouse_path,
+             "the shards' internal API" if config.warehouse.shard else "query API", api.port)
     every = float(config.warehouse.retention.interval)
     next_retention = time.monotonic() + every if every > 0 else None
     next_memory_report = time.monotonic()

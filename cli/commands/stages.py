@@ -29,7 +29,12 @@ def _stage(module: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _with_flags(config: config_mod.Config, args: argparse.Namespace) -> config_mod.Config:
-    """The processor's --instance-id and --ops over what the configuration says."""
+    """The processor's --instance-id and --ops, the warehouse's --shard, over what the
+    configuration says."""
+    if getattr(args, "shard", None) is not None:
+        warehouse = dataclasses.replace(config.warehouse, shard=args.shard)
+        warehouse.validate("--shard")
+        config = dataclasses.replace(config, warehouse=warehouse)
     processor = config.processor
     if getattr(args, "instance_id", None):
         processor = dataclasses.replace(processor, instance_id=args.instance_id)
@@ -53,6 +58,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = load(args)
     if args.processors < 1:
         raise ConfigError(f"--processors {args.processors}: at least 1")
+    if args.shards is not None:
+        warehouse = dataclasses.replace(config.warehouse, shards=args.shards)
+        warehouse.validate("--shards")
+        config = dataclasses.replace(config, warehouse=warehouse)
     if not args.demo:
         up(config, args.config, duration=args.duration, processors=args.processors)
         return 0
@@ -100,6 +109,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--processors", type=int, default=1,
                     help="processors to run: one reads the input, the others stand by to take over "
                          "(default 1)")
+    up.add_argument("--shards", type=int, default=None,
+                    help="warehouse shards to run, each writing its share of the audit partitions to "
+                         "its own store; shard 0 answers the query API over all (default: "
+                         "warehouse.shards, 1)")
     up.set_defaults(func=cmd_up)
 
     check = sub.add_parser("check", help="validate the configuration without touching the network")
@@ -121,4 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "(default: processor.instance_id, else the group id); each running "
                                "processor needs its own")
             stage.add_argument("--ops", help="host:port of its /healthz and /metrics (default: processor.ops)")
+        if name == "warehouse":
+            stage.add_argument("--shard", type=int, default=None,
+                               help="which of warehouse.shards this one is (default: warehouse.shard, 0)")
     sub.add_parser("app", help="run the Streamlit app").set_defaults(func=cmd_app)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 
@@ -36,21 +36,37 @@ WINDOW_GROWTH = 16
 def calls(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | None = None) -> dict[str, Any]:
     """Who called what model, and what action followed; newest first, paginated
     (`locate`: see common.located)."""
+    limit, offset = page(params)
+    found, more = calls_page(con, params, limit, offset)
+    with_actions(found, actions_of(con, [r["call_id"] for r in found], locate))
+    return {"rows": found, "next_offset": offset + limit if more else None}
+
+
+def calls_page(con: duckdb.DuckDBPyConnection, params: Params, limit: int,
+               offset: int) -> tuple[list[dict[str, Any]], bool]:
+    """One page of calls (without their actions) and whether more follow it."""
     where: list[str] = []
     args: list[Any] = []
     equals(params, CALL_FILTERS, where, args)
     time_range(params, "c.started_at", where, args)
-    limit, offset = page(params)
     # (one call_id names at most one call: no window to try)
     windowed = params.text("call_id") is None
     page_ids = _page_ids(con, where, args, limit, offset, params.time("since"), params.time("until"),
                          windowed)
-    found = _whole_rows(con, page_ids[:limit])
-    result = {"rows": found, "next_offset": offset + limit if len(page_ids) > limit else None}
-    actions = _actions_of(con, [r["call_id"] for r in found], locate)
+    return _whole_rows(con, page_ids[:limit]), len(page_ids) > limit
+
+
+def with_actions(found: list[dict[str, Any]], actions: list[dict[str, Any]]) -> None:
+    """List under each call of `found` its actions, in the order they started."""
+    by_call: dict[str, list[dict[str, Any]]] = {r["call_id"]: [] for r in found}
+    for a in sorted(actions, key=lambda a: a["action_id"]):
+        by_call[a["call_id"]].append(a)
+    for listed in by_call.values():  # started_at, NULLS LAST, then action_id (stable sorts)
+        listed.sort(key=lambda a: a["started_at"] or "")
+        listed.sort(key=lambda a: a["started_at"] is None)
     for row in found:
-        row["actions"] = actions[row["call_id"]] or None
-    return result
+        row["actions"] = [{k: v for k, v in a.items() if k not in ("call_id", "started_at")}
+                          for a in by_call[row["call_id"]]] or None
 
 
 def _whole_rows(con: duckdb.DuckDBPyConnection, page_ids: list[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -72,19 +88,15 @@ def _whole_rows(con: duckdb.DuckDBPyConnection, page_ids: list[tuple[str, int]])
     return rows(con, f"{select} {CALLS_ORDER}", ids)
 
 
-def _actions_of(con: duckdb.DuckDBPyConnection, ids: list[str],
-                locate: Locate | None) -> dict[str, list[dict[str, Any]]]:
-    """The actions that followed each of `ids`' calls. One query for the page (a correlated
-    subquery would be evaluated for every action in the store before the LIMIT applies),
-    reading only where the warehouse's index says those calls' actions were written."""
-    actions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+def actions_of(con: duckdb.DuckDBPyConnection, ids: list[str], locate: Locate | None) -> list[dict[str, Any]]:
+    """The actions that followed `ids`' calls (`with_actions` lists them under each). One
+    query for the page (a correlated subquery would be evaluated for every action in the
+    store before the LIMIT applies), reading only where the warehouse's index says those
+    calls' actions were written."""
     if not ids:
-        return actions
-    for a in located(con, "tool_actions", "list_contains(?::VARCHAR[], t.call_id)", ids, "call_id", ids,
-                     locate, "ORDER BY started_at, action_id",
-                     columns="call_id, action_id, tool_name, outcome, target"):
-        actions[a.pop("call_id")].append(a)
-    return actions
+        return []
+    return located(con, "tool_actions", "list_contains(?::VARCHAR[], t.call_id)", ids, "call_id", ids,
+                   locate, columns="call_id, started_at, action_id, tool_name, outcome, target")
 
 
 def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any], limit: int,
@@ -129,6 +141,43 @@ def _page_ids(con: duckdb.DuckDBPyConnection, where: list[str], args: list[Any],
 def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | None = None) -> dict[str, Any]:
     """From one action, tool call or model call: the action(s), the model call that asked
     for them, its caller and its deployment version (`locate`: see common.located)."""
+    return trace_back_by(params, lambda what, value: lookup(con, what, value, locate))
+
+
+# The row lookups trace-back is made of: a name -> the rows it finds for one value. A
+# sharded warehouse's front asks each shard the same lookups and merges their rows
+# (warehouse/front.py), so the steps between them are this one code either way.
+LOOKUPS: dict[str, Callable[[duckdb.DuckDBPyConnection, Any, Locate | None], list[dict[str, Any]]]] = {
+    "action": lambda con, action_id, locate: by_key(con, "tool_actions", "action_id", action_id, locate),
+    "actions-of-tool-call": lambda con, tool_call_id, locate: located(
+        con, "tool_actions", "t.tool_call_id = ?", tool_call_id, "tool_call_id", [tool_call_id], locate,
+        "ORDER BY started_at"),
+    "calls-listing-tool-call": lambda con, tool_call_id, locate: located(
+        con, "model_calls", "list_contains(t.tool_call_ids, ?)", tool_call_id, "tool_call_ids",
+        [tool_call_id], locate),
+    "actions-of-call": lambda con, call_id, locate: located(
+        con, "tool_actions", "t.call_id = ?", call_id, "call_id", [call_id], locate, "ORDER BY started_at"),
+    "call": lambda con, call_id, locate: by_key(con, "model_calls", "call_id", call_id, locate),
+    "deployment": lambda con, key, locate: rows(
+        con, "SELECT * FROM deployments WHERE deployment_id = ? AND version = ?", list(key)),
+    "findings-about": lambda con, subject_ids, locate: located(
+        con, "findings", "list_has_any(t.subject_ids, ?::VARCHAR[])", subject_ids, "subject_ids",
+        subject_ids, locate, "ORDER BY detected_at"),
+}
+# What the rows of a lookup are ordered by (ascending, nulls last), to merge shards' rows.
+LOOKUP_ORDER = {"actions-of-tool-call": ("started_at", "action_id"),
+                "actions-of-call": ("started_at", "action_id"),
+                "findings-about": ("detected_at", "finding_id")}
+
+Lookup = Callable[[str, Any], list[dict[str, Any]]]
+
+
+def lookup(con: duckdb.DuckDBPyConnection, what: str, value: Any, locate: Locate | None = None) -> list[dict[str, Any]]:
+    return LOOKUPS[what](con, value, locate)
+
+
+def trace_back_by(params: Params, find: Lookup) -> dict[str, Any]:
+    """trace-back over `find` (one store's lookups, or every shard's merged)."""
     action_id, tool_call_id, call_id = (params.text("action_id"), params.text("tool_call_id"),
                                         params.text("call_id"))
     given = [n for n, v in (("action_id", action_id), ("tool_call_id", tool_call_id),
@@ -136,33 +185,28 @@ def trace_back(con: duckdb.DuckDBPyConnection, params: Params, locate: Locate | 
     if len(given) != 1:
         raise BadParameter("action_id", "give exactly one of action_id, tool_call_id, call_id")
     if action_id:
-        actions = by_key(con, "tool_actions", "action_id", action_id, locate)
+        actions = find("action", action_id)
     elif tool_call_id:
-        actions = located(con, "tool_actions", "t.tool_call_id = ?", tool_call_id, "tool_call_id",
-                          [tool_call_id], locate, "ORDER BY started_at")
+        actions = find("actions-of-tool-call", tool_call_id)
         if not actions:
-            found = located(con, "model_calls", "list_contains(t.tool_call_ids, ?)", tool_call_id,
-                            "tool_call_ids", [tool_call_id], locate)
+            found = find("calls-listing-tool-call", tool_call_id)
             call_id = found[0]["call_id"] if found else None
     else:
-        actions = located(con, "tool_actions", "t.call_id = ?", call_id, "call_id", [call_id], locate,
-                          "ORDER BY started_at")
+        actions = find("actions-of-call", call_id)
     if actions and not call_id:
         call_id = actions[0]["call_id"]
     call = None
     if call_id:
-        found = by_key(con, "model_calls", "call_id", call_id, locate)
+        found = find("call", call_id)
         call = found[0] if found else None
     deployment = None
     if call and call.get("deployment_id"):
-        found = rows(con, "SELECT * FROM deployments WHERE deployment_id = ? AND version = ?",
-                     [call["deployment_id"], call.get("deployment_version")])
+        found = find("deployment", [call["deployment_id"], call.get("deployment_version")])
         deployment = found[0] if found else None
     subject_ids = [a["action_id"] for a in actions] + ([call["call_id"]] if call else [])
     if deployment:  # findings about the deployment version that served the call (drift)
         subject_ids.append(f"{deployment['deployment_id']}@{deployment['version']}")
-    findings = located(con, "findings", "list_has_any(t.subject_ids, ?::VARCHAR[])", subject_ids,
-                       "subject_ids", subject_ids, locate, "ORDER BY detected_at") if subject_ids else []
+    findings = find("findings-about", subject_ids) if subject_ids else []
     caller = None
     if call:
         caller = {k: call.get(k) for k in ("caller", "client_service", "client_address",

@@ -1,0 +1,139 @@
+"""Two warehouse shards on the real broker, beside one unsharded warehouse reading the same
+audit topics: each shard stores only the keys of its partitions, the front (shard 0)
+answers the merged operations exactly as the one store does, `verify` covers both shards
+and names the one that was tampered with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from nimtrail import api_client, kafka_io
+from nimtrail.api_client import ApiError
+from tests import scenarios as sc
+from tests.corpus import T0
+from tests.harness import Env, http_ok, wait_for
+from tests.test_processors_kafka import register_deployments
+
+pytestmark = pytest.mark.integration
+RUNS = 24
+AUDIT_TABLES = ("model_calls", "tool_actions", "deployments", "findings", "metric_samples", "trace_spans")
+
+
+def _pages(api: str, limit: int = 7) -> list[dict[str, Any]]:
+    out, offset = [], 0
+    while offset is not None:
+        page = api_client.query(api, "calls", {"limit": limit, "offset": offset})
+        out += page["rows"]
+        offset = page["next_offset"]
+    return out
+
+
+def _by_ids(doc: dict[str, Any]) -> dict[str, Any]:
+    """A trace-back with its lists in id order: one store breaks ties of equal times in
+    whichever order it read the rows."""
+    return {**doc, "actions": sorted(doc["actions"], key=lambda a: a["action_id"]),
+            "findings": sorted(doc["findings"], key=lambda f: f["finding_id"])}
+
+
+def _keys(path: Path, table: str, column: str) -> list[str]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return [r[0] for r in con.execute(f"SELECT {column} FROM {table}").fetchall()]
+
+
+def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(tmp_path: Path,
+                                                                                 kafka_bootstrap: str):
+    (tmp_path / "sharded").mkdir()
+    (tmp_path / "single").mkdir()
+    env = Env(tmp_path / "sharded", kafka_bootstrap, processor={"join_window": "1s"},
+              warehouse={"shards": 2, "checkpoint_interval": "2s"})
+    topics = {k: getattr(env.config.topics, k) for k in env.config.topics.__dataclass_fields__}
+    single = Env(tmp_path / "single", kafka_bootstrap, topics=topics)
+    shard_api = f"http://127.0.0.1:{env.ports['api'] + 1}"
+    try:
+        register_deployments(env)
+        env.start("warehouse", args=("--shard", "0"), log_name="warehouse-0")
+        env.start("warehouse", args=("--shard", "1"), log_name="warehouse-1")
+        single.start("warehouse")
+        for stage in ("processor", "collector"):
+            env.start(stage)
+        for stage in ("processor", "collector"):
+            env.wait_ready(stage)
+        for api in (env.api, shard_api, single.api):
+            wait_for(lambda: http_ok(f"{api}/healthz"), 60, what=f"the warehouse at {api}")
+
+        world = sc.World()
+        sent = []
+        for i in range(RUNS):
+            # every third tool run in a trace of its own: only its tool-call id names its call
+            sent.append(sc.agent_run(world, T0 + dt.timedelta(seconds=i), caller=f"user-{i % 5}",
+                                     tool_in_own_trace=i % 3 == 0))
+        sc.World.send(env.otlp_http, world.take())
+
+        def settled() -> list[dict[str, Any]] | None:
+            front, one = _pages(env.api), _pages(single.api)
+            linked = all(r["actions"] for r in one)
+            return front if len(one) == RUNS and linked and front == one else None
+
+        calls = wait_for(settled, 90, interval=0.5, what="the front's calls pages to equal one store's")
+        assert {r["call_id"] for r in calls} == {s["call_id"] for s in sent}
+
+        # (the two readers are apart: a finding may reach one a poll before the other)
+        findings = 0
+        for s in sent:
+            for given in ({"tool_call_id": s["tool_call_id"]}, {"call_id": s["call_id"]}):
+                front = wait_for(lambda: (lambda f, o: f if f == o else None)(
+                    _by_ids(api_client.query(env.api, "trace-back", given)),
+                    _by_ids(api_client.query(single.api, "trace-back", given))), 30,
+                    what=f"the front's trace-back {given} to equal one store's")
+                assert front["found"] and front["actions"] and front["call"]
+                findings += len(front["findings"])
+        assert findings  # findings about calls and actions, each in the shard of its own key
+        assert api_client.query(env.api, "facets") == api_client.query(single.api, "facets")
+
+        # What is not merged yet says so; a shard other than 0 answers only the front.
+        with pytest.raises(ApiError) as refused:
+            api_client.query(env.api, "latency")
+        assert refused.value.status == 501 and "not answered over 2 warehouse shards" in str(refused.value)
+        with pytest.raises(ApiError) as not_front:
+            api_client.query(shard_api, "calls")
+        assert not_front.value.status == 404 and "shard 1 of 2" in str(not_front.value)
+
+        # The CLI as a user types it goes through the front.
+        listed = json.loads(env.cli("calls", "--json", "--limit", "1000").stdout)
+        assert [r["call_id"] for r in listed["rows"]] == [r["call_id"] for r in calls]
+        checked = wait_for(lambda: (lambda d: d if d["digests"]["checked"] >= 2 else None)(
+            json.loads(env.cli("verify", "--json").stdout)), 30, what="both shards to have signed")
+        assert checked["ok"], checked["problems"]
+        assert [s["shard"] for s in checked["shards"]] == ["shard 0 of 2", "shard 1 of 2"]
+        one = json.loads(single.cli("verify", "--json").stdout)["rows_checked"]
+        for table in AUDIT_TABLES:  # (the access log and checkpoints are each store's own)
+            assert checked["rows_checked"][table] == one[table], table
+    finally:
+        env.stop_all()
+        single.stop_all()
+
+    # Each shard holds the keys of its own partitions, and both hold some.
+    partitions = len(kafka_io.partitions_of(kafka_io.consumer(env.config, group_id=None),
+                                            env.config.topics.calls))
+    files = [env.dir / "data" / "shards" / f"{i}-of-2" / "audit.duckdb" for i in (0, 1)]
+    for shard, path in enumerate(files):
+        for table, column in (("model_calls", "call_id"), ("tool_actions", "action_id")):
+            keys = _keys(path, table, column)
+            assert keys, f"shard {shard} holds no {table}"
+            assert {kafka_io.partition_of(k, partitions) % 2 for k in keys} == {shard}
+
+    # Tampering with one shard's row is found offline and named with the shard.
+    with duckdb.connect(str(files[1])) as con:
+        con.execute("UPDATE model_calls SET caller = 'mallory' WHERE call_id = "
+                    "(SELECT min(call_id) FROM model_calls)")
+    result = env.cli("verify", "--offline", "--json", check=False)
+    doc = json.loads(result.stdout)
+    assert result.returncode == 1 and not doc["ok"]
+    assert doc["first_problem"].startswith("shard 1 of 2: model_calls"), doc["first_problem"]
+    assert all(p["shard"] == "shard 1 of 2" for p in doc["problems"])

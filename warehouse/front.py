@@ -1,0 +1,155 @@
+"""The query front of a sharded warehouse: named operations answered over every shard.
+
+Shard 0 answers the query API (docs/scale.md, "Warehouse shards"). For an operation it
+asks every shard for its part (warehouse/shard_reads.py: its own store directly, the
+others over their internal API, all at once) and merges the parts into the answer one
+store would give: pages merged in the query's order, lookups concatenated in theirs,
+counts summed. Authorization, masking and the access log stay where they are
+(operations.execute), so the access log and exports are one trail, in shard 0's store.
+
+A call and its tool actions have different keys and so may be in different shards: every
+answer that joins them (a calls page with its actions, trace-back) asks again with the
+keys the first answers named. Operations without a merge here are refused with 501 and
+say so, rather than answered from one shard's part of the data.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+
+import orjson
+
+from nimtrail.config import Config
+from warehouse import shards
+from warehouse.params import Params
+from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
+from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
+from warehouse.queries.common import page
+
+ASK_TIMEOUT = 120.0  # a verification of a large shard reads every row
+
+
+class ShardUnavailable(Exception):
+    """A shard did not answer the front (503): the answer would be missing its part."""
+
+
+class NotOverShards(Exception):
+    """An operation the front does not merge yet (501)."""
+
+
+Local = Callable[[str, dict[str, Any]], Any]
+
+
+class Shards:
+    """Every shard of the layout, as the front asks them: itself through `local`, the
+    others over HTTP with the shards' token."""
+
+    def __init__(self, config: Config, token: str, local: Local):
+        self.local = local
+        self.token = token
+        self.remotes = [(shards.name(config, i), shards.api_url(shards.for_shard(config, i)))
+                        for i in range(1, config.warehouse.shards)]
+        self.names = [shards.name(config, 0), *(n for n, _ in self.remotes)]
+
+    def ask(self, read: str, args: dict[str, Any]) -> list[Any]:
+        """Each shard's answer to `read`, in shard order."""
+        if not self.remotes:
+            return [self.local(read, args)]
+        body = orjson.dumps(args)
+        with concurrent.futures.ThreadPoolExecutor(len(self.remotes)) as pool:
+            remote = [pool.submit(self._post, name, url, read, body) for name, url in self.remotes]
+            mine = self.local(read, args)
+            return [mine, *(f.result() for f in remote)]
+
+    def _post(self, name: str, url: str, read: str, body: bytes) -> Any:
+        request = urllib.request.Request(f"{url}/v1/shard/{read}", data=body, method="POST", headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=ASK_TIMEOUT) as response:
+                return orjson.loads(response.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:300].decode(errors="replace")
+            raise ShardUnavailable(f"warehouse {name} at {url} answered {e.code} to {read}: {detail}") from e
+        except (OSError, ValueError) as e:
+            raise ShardUnavailable(f"warehouse {name} at {url} did not answer {read}: {e}") from e
+
+
+# ---- merging --------------------------------------------------------------------------
+
+
+def _ordered(found: list[dict[str, Any]], by: tuple[str, ...], descending: bool = False) -> list[dict[str, Any]]:
+    """`found` sorted as SQL's ORDER BY by[0] (DESC if `descending`) NULLS LAST, by[1:]
+    ascending: nimtrail's time text sorts as the times do."""
+    out = sorted(found, key=lambda r: tuple(str(r.get(k) or "") for k in by[1:]))
+    out.sort(key=lambda r: r.get(by[0]) or "", reverse=descending)
+    out.sort(key=lambda r: r.get(by[0]) is None)
+    return out
+
+
+def calls(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
+    """Each shard's first offset + limit calls, merged newest first; then the page's
+    actions from every shard (a call's actions have their own keys, so their own shards)."""
+    limit, offset = page(params)
+    parts = shard_set.ask("calls-page", {"params": raw, "limit": offset + limit, "offset": 0})
+    merged = _ordered([r for p in parts for r in p["rows"]], ("started_at", "call_id"), descending=True)
+    found = merged[offset:offset + limit]
+    more = len(merged) > offset + limit or any(p["more"] for p in parts)
+    ids = [r["call_id"] for r in found]
+    with_actions(found, [a for p in shard_set.ask("actions-of", {"call_ids": ids}) for a in p] if ids else [])
+    return {"rows": found, "next_offset": offset + limit if more else None}
+
+
+def trace_back(shard_set: Shards, params: Params) -> dict[str, Any]:
+    def find(what: str, value: Any) -> list[dict[str, Any]]:
+        found = [r for part in shard_set.ask("lookup", {"what": what, "value": value}) for r in part]
+        return _ordered(found, LOOKUP_ORDER[what]) if what in LOOKUP_ORDER else found
+
+    return trace_back_by(params, find)
+
+
+def facets(shard_set: Shards, raw: dict[str, list[str]]) -> dict[str, Any]:
+    parts = shard_set.ask("facets", {"params": raw})
+    out: dict[str, Any] = {}
+    for name in parts[0]:
+        if name != "findings":
+            out[name] = sorted({v for p in parts for v in p[name]})[:FACET_LIMIT]
+    kinds: dict[str, dict[str, Any]] = {}
+    rank = {v: k for k, v in SEVERITY_NAMES.items()}
+    for p in parts:
+        for k in p["findings"]:
+            seen = kinds.setdefault(k["kind"], {"kind": k["kind"], "severity": None, "count": 0})
+            seen["count"] += k["count"]
+            if rank.get(k["severity"], 0) > rank.get(seen["severity"], 0):
+                seen["severity"] = k["severity"]
+    out["findings"] = sorted(kinds.values(), key=lambda k: (-rank.get(k["severity"], 0), k["kind"]))[:FACET_LIMIT]
+    return out
+
+
+def verify(shard_set: Shards) -> dict[str, Any]:
+    return verifications(shard_set.names, shard_set.ask("verify", {}))
+
+
+def verifications(names: list[str], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every shard's verification as one; a problem names the shard it was found in."""
+    problems, warnings = [], []
+    rows: dict[str, int] = {}
+    for name, report in zip(names, reports):
+        problems += [{**p, "shard": name, "where": f"{name}: {p['where']}"} for p in report["problems"]]
+        warnings += [f"{name}: {w}" for w in report["warnings"]]
+        for table, count in report["rows_checked"].items():
+            rows[table] = rows.get(table, 0) + count
+    first = problems[0] if problems else None
+    keys = {r["digests"]["public_key_sha256"] for r in reports} - {None}
+    return {"ok": not problems,
+            "first_problem": f"{first['where']}: {first['message']}" if first else None,
+            "problems": problems, "warnings": warnings,
+            "ledger": {"entries": sum(r["ledger"]["entries"] for r in reports)},
+            "rows_checked": rows,
+            "digests": {"checked": sum(r["digests"]["checked"] for r in reports),
+                        "latest": max((r["digests"]["latest"] for r in reports if r["digests"]["latest"]),
+                                      default=None),
+                        "public_key_sha256": keys.pop() if len(keys) == 1 else None},
+            "shards": [{"shard": name, **report} for name, report in zip(names, reports)]}

@@ -1,0 +1,64 @@
+"""What a warehouse shard answers the query front: parts of named operations, over its own
+store, for the front to merge (warehouse/front.py).
+
+These are reads on behalf of a request the front has already authorized and logs in its
+own access log, so a shard checks only that the front asks (the shards' token) and logs
+nothing. Each part is the same code the unsharded warehouse runs for that piece of the
+operation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import duckdb
+
+from nimtrail.config import Config
+from warehouse.access import Principal
+from warehouse.params import Params
+from warehouse.queries.actions import FACETS_PARAMS, facets
+from warehouse.queries.calls import CALLS_PARAMS, LOOKUPS, actions_of, calls_page, lookup
+from warehouse.store import Store
+
+FRONT = Principal("warehouse:query-front", "admin")
+
+
+class ShardReadError(ValueError):
+    """The front asked for something no shard answers (a front and shard of different builds)."""
+
+
+def answer(store: Store, con: duckdb.DuckDBPyConnection, config: Config, name: str,
+           args: dict[str, Any]) -> Any:
+    read = READS.get(name)
+    if read is None:
+        raise ShardReadError(f"no shard read {name!r}; known: {', '.join(sorted(READS))}")
+    return read(store, con, config, args)
+
+
+def _verify(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    from warehouse import operations  # (operations asks the shards through the front)
+
+    ctx = operations.Context(store, con, FRONT, config)
+    return operations.OPERATIONS["query/verify"].run(ctx, Params({}, set()))
+
+
+def _calls_page(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    found, more = calls_page(con, Params(args["params"], CALLS_PARAMS), int(args["limit"]),
+                             int(args["offset"]))
+    return {"rows": found, "more": more}
+
+
+def _lookup(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    if args["what"] not in LOOKUPS:
+        raise ShardReadError(f"no lookup {args['what']!r}")
+    return lookup(con, args["what"], args["value"], store.written_where)
+
+
+READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, Any]], Any]] = {
+    "verify": _verify,
+    "calls-page": _calls_page,
+    "actions-of": lambda store, con, config, args: actions_of(con, list(args["call_ids"]),
+                                                               store.written_where),
+    "lookup": _lookup,
+    "facets": lambda store, con, config, args: facets(con, Params(args["params"], FACETS_PARAMS)),
+}
