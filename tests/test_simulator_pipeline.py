@@ -71,13 +71,18 @@ def _children_running(parent: int, stages: tuple[str, ...]) -> dict[str, int]:
             argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-        if ppid == parent and argv[-2:-1] and argv[-2].decode() in stages:
-            found[argv[-2].decode()] = int(stat.parent.name)
+        if ppid != parent or b"nimtrail" not in argv:
+            continue
+        args = argv[argv.index(b"nimtrail") + 1:]
+        if args[:1] == [b"--config"]:
+            args = args[2:]
+        if args and args[0].decode() in stages:  # (a shard or a standby: the first of its stage)
+            found.setdefault(args[0].decode(), int(stat.parent.name))
     return found
 
 
-def _demo(env, run: int, resumed: dict | None = None, processors: int = 1) -> dict:
-    """One `nimtrail up --demo [--processors N]` until its incident is traced back, then
+def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shards: int = 1) -> dict:
+    """One `nimtrail up --demo [--processors N] [--shards M]` until its incident is traced back, then
     Ctrl-C. `resumed`: the incident of an earlier run on the same data directory, which a
     resumed demo reports instead of playing a new one."""
     data = Path(env.config.data_dir)
@@ -85,7 +90,7 @@ def _demo(env, run: int, resumed: dict | None = None, processors: int = 1) -> di
     log = open(log_path, "w")
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
     up = subprocess.Popen([sys.executable, "-m", "nimtrail", "--config", str(env.path), "up", "--demo",
-                           "--duration", "90", "--processors", str(processors)], cwd=REPO, env=clean_env, stdout=log,
+                           "--duration", "90", "--processors", str(processors), "--shards", str(shards)], cwd=REPO, env=clean_env, stdout=log,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     path = data / "simulator" / simulator.INCIDENT_FILE
@@ -162,3 +167,16 @@ def test_up_demo_prints_a_trace_back_command_and_resumes(env):
     _demo(env, 2, resumed=first, processors=2)  # with a standby processor beside the one reading
     assert json.loads((Path(env.config.data_dir) / "simulator" / simulator.INCIDENT_FILE).read_text()) == first
     assert latest() == versions
+
+
+def test_up_demo_on_two_warehouse_shards_traces_its_incident_back_through_the_front(env):
+    """`nimtrail up --demo --shards 2`: two warehouse processes, each writing its share of
+    the audit partitions, and the query API (shard 0) answering the demo's trace-back, the
+    calls page and the deployments list over both."""
+    _demo(env, 1, shards=2)
+    shards = Path(env.config.data_dir) / "shards"
+    assert sorted(p.name for p in shards.iterdir() if p.is_dir()) == ["0-of-2", "1-of-2"]
+    doc = json.loads(env.cli("verify", "--json").stdout)  # offline now: every shard's file
+    assert doc["ok"], doc["problems"]
+    assert [s["shard"] for s in doc["shards"]] == ["shard 0 of 2", "shard 1 of 2"]
+    assert all(s["rows_checked"]["model_calls"] for s in doc["shards"])

@@ -96,6 +96,19 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
         assert findings  # findings about calls and actions, each in the shard of its own key
         assert api_client.query(env.api, "facets") == api_client.query(single.api, "facets")
 
+        def deployments_agree() -> bool:
+            """Each version with the calls it served, counted in both shards."""
+            for given in ({}, {"versions": "all"}, {"versions": "all", "limit": 2, "offset": 1},
+                          {"deployment_id": "prod/llama-3-1-8b"}):
+                if api_client.query(env.api, "deployments", given) != api_client.query(
+                        single.api, "deployments", given):
+                    return False
+            served = api_client.query(env.api, "deployments", {"versions": "all"})["rows"]
+            return sum(r["calls"] for r in served) == RUNS
+
+        wait_for(deployments_agree, 30, what="the front's deployments, with the calls each served, "
+                                             "to equal one store's")
+
         # What is not merged yet says so; a shard other than 0 answers only the front.
         with pytest.raises(ApiError) as refused:
             api_client.query(env.api, "latency")

@@ -43,24 +43,36 @@ def load_or_create_key(directory: Path) -> Ed25519PrivateKey:
     exported as PEM beside it)."""
     directory.mkdir(parents=True, exist_ok=True)
     private_path = directory / PRIVATE_KEY
-    if private_path.exists():
-        key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{private_path} is not an Ed25519 private key")
-    else:
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
+    if not private_path.exists():
+        _create_key(private_path)
+    key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{private_path} is not an Ed25519 private key")
     public_path = directory / PUBLIC_KEY
     if not public_path.exists():
         atomic_write(public_path, key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return key
+
+
+def _create_key(private_path: Path) -> None:
+    """Write a new key whole under a name of its own, then link it into place: shards
+    starting together share one key directory, and the first link wins whole (the others
+    find a complete key there and use it)."""
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    draft = private_path.with_name(f".{private_path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(draft, private_path)
+    except FileExistsError:
+        pass  # another process's key is in place
+    finally:
+        draft.unlink()
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:

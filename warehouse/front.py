@@ -28,6 +28,7 @@ from warehouse.params import Params
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
 from warehouse.queries.common import page
+from warehouse.queries.governance import DEPLOYMENT_COLUMNS
 
 ASK_TIMEOUT = 120.0  # a verification of a large shard reads every row
 
@@ -126,6 +127,30 @@ def facets(shard_set: Shards, raw: dict[str, list[str]]) -> dict[str, Any]:
                 seen["severity"] = k["severity"]
     out["findings"] = sorted(kinds.values(), key=lambda k: (-rank.get(k["severity"], 0), k["kind"]))[:FACET_LIMIT]
     return out
+
+
+def deployments(shard_set: Shards, params: Params) -> dict[str, Any]:
+    """The governance records of every shard (a deployment's versions have their own keys,
+    so their own shards), filtered, reduced to each deployment's latest version and paged
+    as one store does; each version with the calls it served in every shard."""
+    wanted = {column: params.text(name) for name, column in DEPLOYMENT_COLUMNS.items()}
+    latest = params.choice("versions", ("latest", "all"), "latest") == "latest"
+    limit, offset = page(params)
+    every = [r for part in shard_set.ask("deployments", {}) for r in part]
+    served: dict[tuple[str, Any], int] = {}
+    for part in shard_set.ask("calls-per-version", {}):
+        for r in part:
+            key = (r["deployment_id"], r["deployment_version"])
+            served[key] = served.get(key, 0) + r["calls"]
+    newest: dict[str, int] = {}
+    for r in every:
+        newest[r["deployment_id"]] = max(newest.get(r["deployment_id"], r["version"]), r["version"])
+    found = [{**r, "calls": served.get((r["deployment_id"], r["version"]), 0)} for r in every
+             if all(value is None or r.get(column) == value for column, value in wanted.items())
+             and (not latest or r["version"] == newest[r["deployment_id"]])]
+    found.sort(key=lambda r: (r["deployment_id"], -r["version"]))
+    more = len(found) > offset + limit
+    return {"rows": found[offset:offset + limit], "next_offset": offset + limit if more else None}
 
 
 def verify(shard_set: Shards) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def run(config: Config, kind: str, name: str, params: dict[str, Any],
         public_key: Path | None = None) -> Any:
     """Run an operation on the store's file. A sharded warehouse's files are verified one
     by one (each names its shard); its other operations need the running front."""
+    config = shards.as_on_disk(config)
     if shards.sharded(config):
         if (kind, name) != ("query", "verify"):
             raise StoreUnavailable(f"{kind} {name} on a sharded warehouse ({config.warehouse.shards} "

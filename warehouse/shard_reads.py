@@ -18,6 +18,7 @@ from warehouse.access import Principal
 from warehouse.params import Params
 from warehouse.queries.actions import FACETS_PARAMS, facets
 from warehouse.queries.calls import CALLS_PARAMS, LOOKUPS, actions_of, calls_page, lookup
+from warehouse.queries.governance import calls_per_version, every_deployment
 from warehouse.store import Store
 
 FRONT = Principal("warehouse:query-front", "admin")
@@ -61,4 +62,6 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
                                                                store.written_where),
     "lookup": _lookup,
     "facets": lambda store, con, config, args: facets(con, Params(args["params"], FACETS_PARAMS)),
+    "deployments": lambda store, con, config, args: every_deployment(con),
+    "calls-per-version": lambda store, con, config, args: calls_per_version(con),
 }

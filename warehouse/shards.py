@@ -98,6 +98,18 @@ def token(config: Config, create: bool = False) -> str:
     return path.read_text().strip()
 
 
+def as_on_disk(config: Config) -> Config:
+    """`config` with warehouse.shards as the data directory holds them, when the
+    configuration names none (`nimtrail up --shards M` sets it for its children only) and
+    one layout is all there is: offline commands find the stores a sharded run wrote."""
+    if sharded(config) or config.warehouse_path.exists():
+        return config
+    counts = {p.name.split("-of-")[1] for p in (Path(config.data_dir) / "shards").glob("*-of-*")}
+    if len(counts) != 1 or not (count := counts.pop()).isdigit():
+        return config
+    return dataclasses.replace(config, warehouse=dataclasses.replace(config.warehouse, shards=int(count)))
+
+
 def other_layouts(config: Config) -> list[str]:
     """Shard directories of other numbers of shards: stores this layout does not read."""
     root = Path(config.data_dir).parent if sharded(config) else Path(config.data_dir) / "shards"

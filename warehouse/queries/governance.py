@@ -9,12 +9,12 @@ import orjson
 
 from warehouse.params import Params
 from warehouse.queries.actions import SEVERITY_RANK
-from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, time_range, where_sql
+from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, rows, time_range, where_sql
 from warehouse.tables import AGE_COLUMNS
 
-DEPLOYMENT_FILTERS = {"deployment_id": "t.deployment_id = ?", "model": "t.model_id = ?",
-                      "gpu_type": "t.gpu_type = ?", "profile_name": "t.profile_name = ?",
-                      "purpose": "t.purpose = ?", "source": "t.source = ?"}
+DEPLOYMENT_COLUMNS = {"deployment_id": "deployment_id", "model": "model_id", "gpu_type": "gpu_type",
+                      "profile_name": "profile_name", "purpose": "purpose", "source": "source"}
+DEPLOYMENT_FILTERS = {name: f"t.{column} = ?" for name, column in DEPLOYMENT_COLUMNS.items()}
 DEPLOYMENTS_PARAMS = {*DEPLOYMENT_FILTERS, "versions", *PAGE_PARAMS}
 FINDING_FILTERS = {"kind": "t.kind = ?", "severity": "t.severity = ?",
                    "subject_id": "list_contains(t.subject_ids, ?)"}
@@ -42,6 +42,17 @@ def deployments(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any
         FROM deployments t {where_sql(where)}
         ORDER BY t.deployment_id, t.version DESC"""
     return paged(con, sql, args, limit, offset)
+
+
+def every_deployment(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every version of every deployment (governance records: few), for a sharded
+    warehouse's front, which filters them as `deployments` does (front.deployments)."""
+    return rows(con, "SELECT t.* EXCLUDE (row_hash) FROM deployments t", [])
+
+
+def calls_per_version(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    return rows(con, "SELECT deployment_id, deployment_version, count(*) AS calls FROM model_calls "
+                     "WHERE deployment_id IS NOT NULL GROUP BY ALL", [])
 
 
 # The fields of a finding's detail that say what it is about; read in one pass over the
