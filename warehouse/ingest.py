@@ -1,6 +1,7 @@
 """Consuming the audit topics into the store, exactly once.
 
-The warehouse assigns itself every partition of the audit topics and keeps its position
+The warehouse assigns itself every partition of the audit topics (a shard: those it owns,
+warehouse/shards.py) and keeps its position
 in DuckDB, in the same transaction as the rows (no consumer group, no Kafka commits): on
 restart it seeks to what the store says it has, so a crash at any point neither skips nor
 repeats a batch.
