@@ -1,10 +1,15 @@
 """Configuration: one YAML file, environment overrides, errors that name the key."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from nimtrail import config, kafka_io
 from cli.main import main
 from nimtrail.errors import ConfigError
+from tests.harness import REPO
 
 
 def test_defaults_match_the_public_surface():
@@ -60,6 +65,9 @@ def test_config_file_from_environment(tmp_path):
     ("processor:\n  batch_wait: 2m\n", "processor.batch_wait: expected between 0s and 1s, got 120s"),
     ("processor:\n  session_timeout: 0s\n", "processor.session_timeout: expected 1s to 1h"),
     ("processor:\n  session_timeout: soon\n", "processor.session_timeout: expected a duration"),
+    ("warehouse:\n  shards: two\n", "warehouse.shards: expected an integer, got 'two'"),
+    ("warehouse:\n  shards: 0\n", "warehouse.shards: expected between 1 and 64, got 0"),
+    ("warehouse:\n  shards: 2\n  shard: 2\n", "warehouse.shard: expected between 0 and shards - 1 (1), got 2"),
 ])
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -110,3 +118,13 @@ def test_check_command_validates_without_network(tmp_path, capsys):
 def test_batch_wait_becomes_the_consumers_fetch_wait():
     assert kafka_io.batching(0) == {}
     assert kafka_io.batching(0.1) == {"fetch_min_bytes": kafka_io.BATCH_BYTES, "fetch_max_wait_ms": 100}
+
+
+def test_a_shard_flag_outside_the_layout_is_refused_before_anything_starts(tmp_path):
+    path = tmp_path / "nimtrail.yaml"
+    path.write_text("warehouse:\n  shards: 2\n")
+    result = subprocess.run([sys.executable, "-m", "nimtrail", "--config", str(path), "warehouse", "--shard", "3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")})
+    assert result.returncode != 0
+    assert "--shard 3: expected between 0 and 1 (warehouse.shards is 2)" in result.stderr

@@ -32,9 +32,11 @@ def _with_flags(config: config_mod.Config, args: argparse.Namespace) -> config_m
     """The processor's --instance-id and --ops, the warehouse's --shard, over what the
     configuration says."""
     if getattr(args, "shard", None) is not None:
-        warehouse = dataclasses.replace(config.warehouse, shard=args.shard)
-        warehouse.validate("--shard")
-        config = dataclasses.replace(config, warehouse=warehouse)
+        shards = config.warehouse.shards
+        if not 0 <= args.shard < shards:
+            raise ConfigError(f"--shard {args.shard}: expected between 0 and {shards - 1} "
+                              f"(warehouse.shards is {shards})")
+        config = dataclasses.replace(config, warehouse=dataclasses.replace(config.warehouse, shard=args.shard))
     processor = config.processor
     if getattr(args, "instance_id", None):
         processor = dataclasses.replace(processor, instance_id=args.instance_id)
@@ -59,9 +61,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.processors < 1:
         raise ConfigError(f"--processors {args.processors}: at least 1")
     if args.shards is not None:
-        warehouse = dataclasses.replace(config.warehouse, shards=args.shards)
-        warehouse.validate("--shards")
-        config = dataclasses.replace(config, warehouse=warehouse)
+        if not 1 <= args.shards <= config_mod.MAX_SHARDS:
+            raise ConfigError(f"--shards {args.shards}: expected between 1 and {config_mod.MAX_SHARDS}")
+        config = dataclasses.replace(config, warehouse=dataclasses.replace(config.warehouse, shards=args.shards))
     if not args.demo:
         up(config, args.config, duration=args.duration, processors=args.processors)
         return 0
