@@ -58,14 +58,16 @@ def audit_trail(env: Env) -> Trail:
     return trail
 
 
-def beside(tmp_path: Path, bootstrap: str, **processor: str) -> tuple[Env, Env]:
+def beside(tmp_path: Path, bootstrap: str, warehouse: dict | None = None, **processor: str) -> tuple[Env, Env]:
     """An uninterrupted processor's world ("steady") and one beside it ("other") reading the
-    same input topics and writing its own outputs and state, with `processor` settings."""
+    same input topics and writing its own outputs and state, with `processor` settings (and
+    `warehouse` settings)."""
     for name in ("steady", "other"):
         (tmp_path / name).mkdir()
     steady = Env(tmp_path / "steady", bootstrap, processor={"join_window": "2s"})
     shared = {k: getattr(steady.config.topics, k) for k in ("otlp_spans", "nimlogs", "scrapes", "deployments")}
-    return steady, Env(tmp_path / "other", bootstrap, processor={"join_window": "2s", **processor}, topics=shared)
+    return steady, Env(tmp_path / "other", bootstrap, processor={"join_window": "2s", **processor}, topics=shared,
+                       warehouse=warehouse or {})
 
 
 def start_steady(steady: Env) -> None:

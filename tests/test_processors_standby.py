@@ -12,12 +12,16 @@ import time
 import datetime as dt
 from pathlib import Path
 
+import duckdb
+import json
 import pytest
 
-from nimtrail import kafka_io
+from nimtrail import api_client, kafka_io, records
 from tests import corpus, scenarios as sc
 from tests.corpus import T0
 from tests.harness import Env, free_port, scrape, wait_for
+from tests.trail import Trail
+from warehouse.tables import RECORD_TABLES
 from tests.test_processors_kafka import (_round_input, audit_trail, beside, read_all, register_deployments,
                                          same_trail, start_steady)
 
@@ -191,11 +195,14 @@ def test_three_members_one_killed_and_a_fourth_started_keep_one_processors_trail
     """Three members; a world of NIM log lines for the traced calls, tool runs whose trace
     context broke and a deployment upgraded mid-stream; the member reading is SIGKILLed
     mid-run and a fourth joins. The group ends with exactly an uninterrupted processor's
-    trail, record by record: every call and action once, with the same fields."""
-    steady, group = beside(tmp_path, kafka_bootstrap, session_timeout="6s")
+    trail, record by record: every call and action once, with the same fields. Two
+    warehouse shards store the group's trail: together, exactly it; each, its partitions."""
+    steady, group = beside(tmp_path, kafka_bootstrap, session_timeout="6s", warehouse={"shards": 2})
     members: list[Member] = []
     try:
         start_steady(steady)
+        for i in (0, 1):
+            group.start("warehouse", args=("--shard", str(i)), log_name=f"warehouse-{i}")
         members += [Member(group, name) for name in ("a", "b", "c")]
         world = sc.World()
         _hard_round(steady, world, 0)
@@ -236,9 +243,45 @@ def test_three_members_one_killed_and_a_fourth_started_keep_one_processors_trail
         calls = final.of("model_call").values()
         assert all(set(c["signals"]) >= {"log.nim", "span.client", "span.nim"} for c in calls)
         assert sorted(c["deployment_version"] for c in calls) == [1] * 6 + [3] * 6
+        emitted = audit_trail(group)
+        wait_for(lambda: _front_holds(group, emitted), timeout=60,
+                 what="the warehouse shards to hold the group's calls and actions, each at its last version")
     finally:
         group.stop_all()
         steady.stop_all()
+    stored = _stored(group)
+    assert stored == {key: record["version"] for key, record in emitted.kept.items()}
+    doc = json.loads(group.cli("verify", "--json").stdout)  # (offline: every shard's file)
+    assert doc["ok"], doc["problems"]
+
+
+def _front_holds(env: Env, trail: Trail) -> bool:
+    """The query front's calls page, and each call's trace-back, show the trail's calls and
+    actions at their versions."""
+    calls = {c["call_id"]: c for c in api_client.query(env.api, "calls", {"limit": 1000})["rows"]}
+    if {k: c["version"] for k, c in calls.items()} != {k: r["version"] for k, r in trail.of("model_call").items()}:
+        return False
+    actions = {a["action_id"]: a["version"] for call_id in calls
+               for a in api_client.query(env.api, "trace-back", {"call_id": call_id})["actions"]}
+    return actions == {k: r["version"] for k, r in trail.of("tool_action").items()}
+
+
+def _stored(env: Env) -> dict[tuple[str, str], int]:
+    """(kind, key) -> version of every record in the shards' files, each checked to be in
+    the shard its partition names."""
+    partitions = len(kafka_io.partitions_of(kafka_io.consumer(env.config, group_id=None), env.config.topics.calls))
+    found: dict[tuple[str, str], int] = {}
+    for shard in (0, 1):
+        path = Path(env.config.data_dir) / "shards" / f"{shard}-of-2" / "audit.duckdb"
+        with duckdb.connect(str(path), read_only=True) as con:
+            for kind, table in RECORD_TABLES.items():
+                columns = ", ".join(records.KEYS[kind])
+                for *key, version in con.execute(f"SELECT {columns}, version FROM {table}").fetchall():
+                    joined = "|".join(str(k) for k in key)
+                    assert kafka_io.partition_of(joined, partitions) % 2 == shard, (kind, joined, shard)
+                    assert (kind, joined) not in found
+                    found[(kind, joined)] = version
+    return found
 
 
 def test_a_processor_stopped_cleanly_hands_the_input_over_without_waiting_out_its_session(
