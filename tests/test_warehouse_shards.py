@@ -94,6 +94,18 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
                 assert front["found"] and front["actions"] and front["call"]
                 findings += len(front["findings"])
         assert findings  # findings about calls and actions, each in the shard of its own key
+
+        def same(name: str, given: dict[str, str]) -> dict[str, Any]:
+            return wait_for(lambda: (lambda f, o: f if f == o else None)(
+                api_client.query(env.api, name, given), api_client.query(single.api, name, given)), 30,
+                what=f"the front's {name} {given} to equal one store's")
+
+        for s in sent:  # a trace's spans are keyed by span: spread over both shards
+            for trace_id in {s["trace_id"], s["action_trace_id"]}:
+                assert same("trace", {"trace_id": trace_id})["found"]
+        # the MCP session every run's tool call went through: the trace its MCP spans are in
+        assert sorted(same("session", {"session_id": "s-1"})["traces"]) == sorted(
+            s["action_trace_id"] for s in sent)
         assert api_client.query(env.api, "facets") == api_client.query(single.api, "facets")
 
         def deployments_agree() -> bool:

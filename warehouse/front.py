@@ -25,6 +25,7 @@ import orjson
 from nimtrail.config import Config
 from warehouse import shards
 from warehouse.params import Params
+from warehouse.queries import traces
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
 from warehouse.queries.common import page
@@ -103,12 +104,33 @@ def calls(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[
     return {"rows": found, "next_offset": offset + limit if more else None}
 
 
-def trace_back(shard_set: Shards, params: Params) -> dict[str, Any]:
+_LOOKUP_ORDER = {**LOOKUP_ORDER, **traces.LOOKUP_ORDER}
+
+
+def finder(shard_set: Shards) -> Callable[[str, Any], list[dict[str, Any]]]:
+    """A lookup (queries.calls.LOOKUPS, queries.traces.LOOKUPS) asked of every shard: the
+    rows concatenated in the lookup's order (and cut at its limit, or made distinct)."""
     def find(what: str, value: Any) -> list[dict[str, Any]]:
         found = [r for part in shard_set.ask("lookup", {"what": what, "value": value}) for r in part]
-        return _ordered(found, LOOKUP_ORDER[what]) if what in LOOKUP_ORDER else found
+        if what in traces.DISTINCT:
+            found = list({orjson.dumps(r, option=orjson.OPT_SORT_KEYS): r for r in found}.values())
+        if what in _LOOKUP_ORDER:
+            found = _ordered(found, _LOOKUP_ORDER[what])
+        return found[:value[1]] if what in traces.LIMITED else found
 
-    return trace_back_by(params, find)
+    return find
+
+
+def trace_back(shard_set: Shards, params: Params) -> dict[str, Any]:
+    return trace_back_by(params, finder(shard_set))
+
+
+def trace(shard_set: Shards, params: Params) -> dict[str, Any]:
+    return traces.trace_by(params, finder(shard_set))
+
+
+def session(shard_set: Shards, params: Params) -> dict[str, Any]:
+    return traces.session_by(params, finder(shard_set))
 
 
 def facets(shard_set: Shards, raw: dict[str, list[str]]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import duckdb
 from nimtrail.config import Config
 from warehouse.access import Principal
 from warehouse.params import Params
+from warehouse.queries import traces
 from warehouse.queries.actions import FACETS_PARAMS, facets
 from warehouse.queries.calls import CALLS_PARAMS, LOOKUPS, actions_of, calls_page, lookup
 from warehouse.queries.governance import calls_per_version, every_deployment
@@ -50,9 +51,12 @@ def _calls_page(store: Store, con: duckdb.DuckDBPyConnection, config: Config, ar
 
 
 def _lookup(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
-    if args["what"] not in LOOKUPS:
-        raise ShardReadError(f"no lookup {args['what']!r}")
-    return lookup(con, args["what"], args["value"], store.written_where)
+    what, value = args["what"], args["value"]
+    if what in LOOKUPS:
+        return lookup(con, what, value, store.written_where)
+    if what in traces.LOOKUPS:
+        return traces.LOOKUPS[what](con, value)
+    raise ShardReadError(f"no lookup {what!r}")
 
 
 READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, Any]], Any]] = {

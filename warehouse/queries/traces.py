@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 
@@ -29,12 +29,36 @@ _ACTION_COLUMNS = ("action_id, trace_id, span_id, started_at, ended_at, tool_cal
                    "arguments, call_id")
 
 
-def _records(con: duckdb.DuckDBPyConnection, trace_ids: list[str]) -> tuple[list[dict], list[dict]]:
-    calls = rows(con, f"SELECT {_CALL_COLUMNS} FROM model_calls WHERE list_contains(?::VARCHAR[], trace_id)",
-                 [trace_ids])
-    actions = rows(con, f"SELECT {_ACTION_COLUMNS} FROM tool_actions "
-                        "WHERE list_contains(?::VARCHAR[], trace_id)", [trace_ids])
-    return calls, actions
+# The row lookups the views are made of: a name -> the rows it finds for one value. A
+# sharded warehouse's front asks each shard the same lookups and merges their rows
+# (warehouse/front.py): the spans and records of one trace may be in every shard.
+LOOKUPS: dict[str, Callable[[duckdb.DuckDBPyConnection, Any], list[dict[str, Any]]]] = {
+    "spans-of-traces": lambda con, value: rows(
+        con, f"SELECT {_SPAN_COLUMNS} FROM trace_spans s WHERE list_contains(?::VARCHAR[], s.trace_id) "
+             "ORDER BY s.started_at NULLS LAST, s.span_id LIMIT ?", [value[0], value[1]]),
+    "session-traces": lambda con, session_id: rows(
+        con, "SELECT DISTINCT trace_id FROM trace_spans "
+             "WHERE conversation_id = ? OR mcp_session_id = ? OR (span_id = ? AND role = 'agent') "
+             "ORDER BY trace_id", [session_id, session_id, session_id.lower()]),
+    "calls-of-traces": lambda con, trace_ids: rows(
+        con, f"SELECT {_CALL_COLUMNS} FROM model_calls WHERE list_contains(?::VARCHAR[], trace_id) "
+             "ORDER BY call_id", [trace_ids]),
+    "actions-of-traces": lambda con, trace_ids: rows(
+        con, f"SELECT {_ACTION_COLUMNS} FROM tool_actions WHERE list_contains(?::VARCHAR[], trace_id) "
+             "ORDER BY action_id", [trace_ids]),
+}
+# Each lookup's order (the first column ascending, nulls last, then the rest), and which
+# are cut at a limit (the value's second item), to merge shards' rows.
+LOOKUP_ORDER = {"spans-of-traces": ("started_at", "span_id"), "session-traces": ("trace_id",),
+                "calls-of-traces": ("call_id",), "actions-of-traces": ("action_id",)}
+LIMITED = {"spans-of-traces"}
+DISTINCT = {"session-traces"}  # (a trace's spans, so its id, may be in every shard)
+
+Lookup = Callable[[str, Any], list[dict[str, Any]]]
+
+
+def _records(find: Lookup, trace_ids: list[str]) -> tuple[list[dict], list[dict]]:
+    return find("calls-of-traces", trace_ids), find("actions-of-traces", trace_ids)
 
 
 def _required(params: Params, name: str) -> str:
@@ -45,14 +69,18 @@ def _required(params: Params, name: str) -> str:
 
 
 def trace(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    return trace_by(params, lambda what, value: LOOKUPS[what](con, value))
+
+
+def trace_by(params: Params, find: Lookup) -> dict[str, Any]:
     """Every audited span of one trace as a waterfall (depth first, with offsets and
-    durations), each with the model call or tool action it is the record of."""
+    durations), each with the model call or tool action it is the record of (`find`: one
+    store's lookups, or every shard's merged)."""
     trace_id = _required(params, "trace_id").lower()
-    spans = rows(con, f"SELECT {_SPAN_COLUMNS} FROM trace_spans s WHERE s.trace_id = ? "
-                      "ORDER BY s.started_at NULLS LAST, s.span_id LIMIT ?", [trace_id, MAX_SPANS + 1])
+    spans = find("spans-of-traces", [[trace_id], MAX_SPANS + 1])
     truncated = len(spans) > MAX_SPANS
     spans = spans[:MAX_SPANS]
-    calls, actions = _records(con, [trace_id])
+    calls, actions = _records(find, [trace_id])
     spans += tree.unplaced(spans, calls, actions)
     nodes = tree.attach(tree.waterfall(spans), calls, actions)
     return {"trace_id": trace_id, "found": bool(nodes), "truncated": truncated, "rows": nodes,
@@ -60,22 +88,22 @@ def trace(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
 
 
 def session(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    return session_by(params, lambda what, value: LOOKUPS[what](con, value))
+
+
+def session_by(params: Params, find: Lookup) -> dict[str, Any]:
     """One session's model calls and tool actions in order: a conversation
     (`gen_ai.conversation.id`), an MCP session (`mcp.session.id`) or an agent run (its
-    invoke_agent span id), across every trace it touched."""
+    invoke_agent span id), across every trace it touched (`find`: see trace_by)."""
     session_id = _required(params, "session_id")
-    spans = rows(con, f"""
-        SELECT {_SPAN_COLUMNS} FROM trace_spans s WHERE s.trace_id IN (
-            SELECT trace_id FROM trace_spans
-            WHERE conversation_id = ? OR mcp_session_id = ? OR (span_id = ? AND role = 'agent'))
-        ORDER BY s.started_at NULLS LAST, s.span_id LIMIT ?""",
-                 [session_id, session_id, session_id.lower(), MAX_SPANS + 1])
+    touched = [r["trace_id"] for r in find("session-traces", session_id)]
+    spans = find("spans-of-traces", [touched, MAX_SPANS + 1]) if touched else []
     truncated = len(spans) > MAX_SPANS
     spans = spans[:MAX_SPANS]
     members = tree.session_members(spans, session_id)
     chosen = [s for s in spans if s["span_id"] in members]
     trace_ids = sorted({s["trace_id"] for s in chosen})
-    calls, actions = _records(con, trace_ids) if trace_ids else ([], [])
+    calls, actions = _records(find, trace_ids) if trace_ids else ([], [])
     steps: list[dict[str, Any]] = []
     seen: set[str] = set()
     for node in tree.attach(chosen, calls, actions):
