@@ -268,7 +268,7 @@ def _front_holds(env: Env, trail: Trail) -> bool:
 
 def _stored(env: Env) -> dict[tuple[str, str], int]:
     """(kind, key) -> version of every record in the shards' files, each checked to be in
-    the shard its partition names."""
+    the shard its partition names (governance records: in every shard)."""
     partitions = len(kafka_io.partitions_of(kafka_io.consumer(env.config, group_id=None), env.config.topics.calls))
     found: dict[tuple[str, str], int] = {}
     for shard in (0, 1):
@@ -278,6 +278,9 @@ def _stored(env: Env) -> dict[tuple[str, str], int]:
                 columns = ", ".join(records.KEYS[kind])
                 for *key, version in con.execute(f"SELECT {columns}, version FROM {table}").fetchall():
                     joined = "|".join(str(k) for k in key)
+                    if kind == "deployment":
+                        assert found.setdefault((kind, joined), version) == version
+                        continue
                     assert kafka_io.partition_of(joined, partitions) % 2 == shard, (kind, joined, shard)
                     assert (kind, joined) not in found
                     found[(kind, joined)] = version

@@ -22,7 +22,7 @@ from tests.test_processors_kafka import register_deployments
 
 pytestmark = pytest.mark.integration
 RUNS = 24
-AUDIT_TABLES = ("model_calls", "tool_actions", "deployments", "findings", "metric_samples", "trace_spans")
+AUDIT_TABLES = ("model_calls", "tool_actions", "findings", "metric_samples", "trace_spans")
 
 
 def _pages(api: str, limit: int = 7) -> list[dict[str, Any]]:
@@ -39,6 +39,21 @@ def _by_ids(doc: dict[str, Any]) -> dict[str, Any]:
     whichever order it read the rows."""
     return {**doc, "actions": sorted(doc["actions"], key=lambda a: a["action_id"]),
             "findings": sorted(doc["findings"], key=lambda f: f["finding_id"])}
+
+
+def _scrape(env: Env, scrapes: int = 12) -> None:
+    """A NIM's metrics and its two GPUs' DCGM figures every 15 s: a series' samples are
+    keyed by scrape, so spread over both shards."""
+    producer = kafka_io.producer(env.config)
+    for i in range(scrapes):
+        samples = [{"name": "DCGM_FI_DEV_GPU_UTIL", "labels": {"gpu": str(g)}, "value": 40.0 + 7 * g + (i * 13) % 50,
+                    "timestamp": None} for g in (0, 1)]
+        samples += [{"name": "vllm:time_to_first_token_seconds_bucket", "labels": {"model_name": sc.MODEL, "le": le},
+                     "value": float(c * (i + 1)), "timestamp": None} for le, c in (("0.05", 1), ("0.5", 3), ("+Inf", 4))]
+        message = sc.scrape_message("http://llama:8000/v1/metrics", T0 + dt.timedelta(seconds=15 * i), samples)
+        producer.send(env.config.topics.scrapes, key=b"llama", value=message)
+    producer.flush()
+    producer.close()
 
 
 def _keys(path: Path, table: str, column: str) -> list[str]:
@@ -74,6 +89,7 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
             sent.append(sc.agent_run(world, T0 + dt.timedelta(seconds=i), caller=f"user-{i % 5}",
                                      tool_in_own_trace=i % 3 == 0))
         sc.World.send(env.otlp_http, world.take())
+        _scrape(env)
 
         def settled() -> list[dict[str, Any]] | None:
             front, one = _pages(env.api), _pages(single.api)
@@ -121,6 +137,15 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
         wait_for(deployments_agree, 30, what="the front's deployments, with the calls each served, "
                                              "to equal one store's")
 
+        for by in ("profile", "deployment", "model"):
+            for bucket in ("none", "1m"):
+                found = same("gpu-metrics", {"by": by, "bucket": bucket})
+                assert found["rows"] and all(r["gpu_util_pct"] is not None for r in found["rows"])
+        for by in ("caller", "deployment", "model"):
+
+            assert same("usage", {"by": by})["totals"]["calls"] == RUNS
+        assert same("usage", {"by": "caller", "limit": 2, "offset": 1})["next_offset"] == 3
+
         # What is not merged yet says so; a shard other than 0 answers only the front.
         with pytest.raises(ApiError) as refused:
             api_client.query(env.api, "latency")
@@ -139,6 +164,8 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
         one = json.loads(single.cli("verify", "--json").stdout)["rows_checked"]
         for table in AUDIT_TABLES:  # (the access log and checkpoints are each store's own)
             assert checked["rows_checked"][table] == one[table], table
+        # every shard holds every governance record
+        assert [s["rows_checked"]["deployments"] for s in checked["shards"]] == [one["deployments"]] * 2
     finally:
         env.stop_all()
         single.stop_all()

@@ -25,11 +25,15 @@ import orjson
 from nimtrail.config import Config
 from warehouse import shards
 from warehouse.params import Params
+from warehouse.queries import gpu_metrics as gpu_metrics_q
 from warehouse.queries import traces
+from warehouse.queries import usage as usage_q
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
 from warehouse.queries.common import page
 from warehouse.queries.governance import DEPLOYMENT_COLUMNS
+from warehouse.queries.latency import BUCKETS
+from warehouse.queries.latency import GROUPS as GPU_GROUPS
 
 ASK_TIMEOUT = 120.0  # a verification of a large shard reads every row
 
@@ -152,13 +156,13 @@ def facets(shard_set: Shards, raw: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def deployments(shard_set: Shards, params: Params) -> dict[str, Any]:
-    """The governance records of every shard (a deployment's versions have their own keys,
-    so their own shards), filtered, reduced to each deployment's latest version and paged
-    as one store does; each version with the calls it served in every shard."""
+    """The governance records (every shard holds them all: shards.owns), filtered, reduced
+    to each deployment's latest version and paged as one store does; each version with the
+    calls it served in every shard."""
     wanted = {column: params.text(name) for name, column in DEPLOYMENT_COLUMNS.items()}
     latest = params.choice("versions", ("latest", "all"), "latest") == "latest"
     limit, offset = page(params)
-    every = [r for part in shard_set.ask("deployments", {}) for r in part]
+    every = shard_set.local("deployments", {})
     served: dict[tuple[str, Any], int] = {}
     for part in shard_set.ask("calls-per-version", {}):
         for r in part:
@@ -173,6 +177,39 @@ def deployments(shard_set: Shards, params: Params) -> dict[str, Any]:
     found.sort(key=lambda r: (r["deployment_id"], -r["version"]))
     more = len(found) > offset + limit
     return {"rows": found[offset:offset + limit], "next_offset": offset + limit if more else None}
+
+
+def usage(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
+    """Every shard's sums per group (and the range's total) added up, then shared out and
+    paged as one store does (every shard holds the deployments the GPU-seconds are priced by)."""
+    by = params.choice("by", tuple(usage_q.GROUPS), "caller")
+    limit, offset = page(params)
+    total: dict[str, Any] = {}
+    groups: dict[Any, dict[str, Any]] = {}
+    for part in shard_set.ask("usage-sums", {"params": raw}):
+        for row in part:
+            into = total if row["is_total"] else groups.setdefault(row["grp"], {"grp": row["grp"]})
+            for name in usage_q.SUMMED:
+                into[name] = into.get(name, 0) + (row.get(name) or 0)
+    found = [{"is_total": True, **total}, *groups.values()] if total else []
+    return usage_q.answer(by, found, limit, offset)
+
+
+def gpu_metrics(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
+    """Every shard's sums and counts per group and bucket added up into means (a series'
+    samples are keyed by scrape, so in every shard)."""
+    keys = gpu_metrics_q.group_columns(params)
+    added: dict[tuple, dict[str, Any]] = {}
+    for part in shard_set.ask("gpu-metric-sums", {"params": raw}):
+        for row in part:
+            key = tuple(row[k] for k in keys)
+            into = added.setdefault(key, {k: row[k] for k in keys})
+            for name, value in row.items():
+                if name not in keys:
+                    into[name] = into.get(name, 0) + (value or 0)
+    found = sorted(added.values(), key=lambda r: [(r[k] is None, r[k] if r[k] is not None else 0) for k in keys])
+    return {"by": params.choice("by", tuple(GPU_GROUPS), "profile"),
+            "bucket": params.choice("bucket", ("none", *BUCKETS), "1m"), "rows": gpu_metrics_q.means(found)}
 
 
 def verify(shard_set: Shards) -> dict[str, Any]:

@@ -145,7 +145,7 @@ class Ingest:
                                           max_poll_records=config.warehouse.max_poll_records,
                                           **kafka_io.batching(config.warehouse.batch_wait))
         partitions = [tp for topic in topics for tp in kafka_io.partitions_of(self.consumer, topic)
-                      if shards.owns(config, tp.partition)]
+                      if shards.owns(config, tp.topic, tp.partition)]
         if not partitions:
             log.warning("Warehouse %s owns none of the audit topics' partitions (fewer partitions than "
                         "shards): it writes nothing", shards.name(config))

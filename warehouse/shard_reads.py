@@ -19,7 +19,11 @@ from warehouse.params import Params
 from warehouse.queries import traces
 from warehouse.queries.actions import FACETS_PARAMS, facets
 from warehouse.queries.calls import CALLS_PARAMS, LOOKUPS, actions_of, calls_page, lookup
+from warehouse.queries.gpu_metrics import GPU_METRICS_PARAMS
+from warehouse.queries.gpu_metrics import sums as gpu_metric_sums
 from warehouse.queries.governance import calls_per_version, every_deployment
+from warehouse.queries.usage import USAGE_PARAMS
+from warehouse.queries.usage import sums as usage_sums
 from warehouse.store import Store
 
 FRONT = Principal("warehouse:query-front", "admin")
@@ -68,4 +72,14 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
     "facets": lambda store, con, config, args: facets(con, Params(args["params"], FACETS_PARAMS)),
     "deployments": lambda store, con, config, args: every_deployment(con),
     "calls-per-version": lambda store, con, config, args: calls_per_version(con),
+    "gpu-metric-sums": lambda store, con, config, args: gpu_metric_sums(
+        con, Params(args["params"], GPU_METRICS_PARAMS)),
+    "usage-sums": lambda store, con, config, args: [_json_safe(r) for r in usage_sums(
+        con, Params(args["params"], USAGE_PARAMS))],
 }
+
+
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """A sum past a 64-bit integer (only nonsense counts reach one) as a float: JSON's
+    encoder here takes no larger integer."""
+    return {k: float(v) if isinstance(v, int) and not -2**63 <= v < 2**63 else v for k, v in row.items()}

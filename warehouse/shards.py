@@ -4,7 +4,8 @@ the query front reaches the others.
 The processor puts every version of a record in the partition its key names
 (`kafka_io.partition_of`), so "highest version wins" is decided inside whichever store
 holds that partition: shard i of M writes the partitions p with p % M == i, with its own
-DuckDB file, ledger, digests and offsets, and needs nothing from the others. One shard is
+DuckDB file, ledger, digests and offsets, and needs nothing from the others; and every
+governance record (`owns`). One shard is
 the plain layout (<data_dir>/audit.duckdb, the API on warehouse.api); with more, shard i
 keeps everything under <data_dir>/shards/<i>-of-<M>/ and serves its internal API on
 warehouse.api's port + i, and shard 0 answers the query API over all of them
@@ -36,8 +37,13 @@ def name(config: Config, index: int | None = None) -> str:
     return f"shard {w.shard if index is None else index} of {w.shards}"
 
 
-def owns(config: Config, partition: int) -> bool:
-    return partition % config.warehouse.shards == config.warehouse.shard
+def owns(config: Config, topic: str, partition: int) -> bool:
+    """Whether this shard writes `topic`'s `partition`. The governance records (the audit
+    deployments topic) are few and joined by calls, actions and samples everywhere: every
+    shard writes all of them, as Kafka Streams replicates a GlobalKTable to every instance,
+    so those joins stay inside a shard."""
+    return (topic == config.topics.audit_deployments
+            or partition % config.warehouse.shards == config.warehouse.shard)
 
 
 def digest_prefix(config: Config) -> str:

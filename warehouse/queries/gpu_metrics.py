@@ -35,25 +35,48 @@ GPU_METRICS_PARAMS = {"by", "bucket", "since", "until", *FILTERS}
 def gpu_metrics(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     by = params.choice("by", tuple(GROUPS), "profile")
     bucket = params.choice("bucket", ("none", *BUCKETS), "1m")
+    return {"by": by, "bucket": bucket, "rows": means(sums(con, params))}
+
+
+def group_columns(params: Params) -> list[str]:
+    """The columns a row is grouped by (and ordered by, in this order)."""
+    by = params.choice("by", tuple(GROUPS), "profile")
+    bucket = params.choice("bucket", ("none", *BUCKETS), "1m")
+    return [*GROUPS[by][1], *(["bucket_start"] if BUCKETS.get(bucket) else [])]
+
+
+def means(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group's means from its sums and counts (`sums`; or every shard's added up)."""
+    for row in found:
+        for column, (_, factor) in SERIES.items():
+            total, n = row.pop(f"{column}_sum"), row.pop(f"{column}_n")
+            row[column] = round(factor * total / n, 3) if n else None
+    return found
+
+
+def sums(con: duckdb.DuckDBPyConnection, params: Params) -> list[dict[str, Any]]:
+    """Per group (and time bucket), ordered: each series' sum and count of its values."""
+    by = params.choice("by", tuple(GROUPS), "profile")
+    bucket = params.choice("bucket", ("none", *BUCKETS), "1m")
     interval = BUCKETS.get(bucket)
     select = [f"{expr} AS {name}" for name, expr in GROUPS[by][1].items()]
     head: list[Any] = []
     if interval:
         select.append("time_bucket(?::INTERVAL, s.ts) AS bucket_start")
         head.append(interval)
-    for column, (metrics, factor) in SERIES.items():
-        select.append(f"round({factor} * avg(s.value) FILTER (WHERE s.metric IN "
-                      f"({', '.join('?' for _ in metrics)})), 3) AS {column}")
-        head += metrics
+    for column, (metrics, _) in SERIES.items():
+        within = f"FILTER (WHERE s.metric IN ({', '.join('?' for _ in metrics)}))"
+        select.append(f"sum(s.value) {within} AS {column}_sum")
+        select.append(f"count(s.value) {within} AS {column}_n")
+        head += metrics + metrics
     names = [m for metrics, _ in SERIES.values() for m in metrics]
     where = [f"s.metric IN ({', '.join('?' for _ in names)})", "isfinite(s.value)"]
     args: list[Any] = list(names)
     time_range(params, "s.ts", where, args)
     equals(params, {name: f"{column} = ?" for name, (_, column) in FILTERS.items()}, where, args)
-    found = rows(con, f"""
+    return rows(con, f"""
         SELECT {", ".join(select)}
         {SAMPLES_AS_OF}
         {where_sql(where)}
         GROUP BY ALL
-        ORDER BY ALL""", head + args)
-    return {"by": by, "bucket": bucket, "rows": found}
+        ORDER BY {", ".join(str(i) for i in range(1, len(select) - 2 * len(SERIES) + 1))}""", head + args)

@@ -61,12 +61,20 @@ def usage(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     group's share of the range's calls, tokens and GPU-seconds; most GPU-seconds first,
     paginated. `totals` and `unattributed` cover the whole range, every page alike."""
     by = params.choice("by", tuple(GROUPS), "caller")
+    limit, offset = page(params)
+    return answer(by, sums(con, params), limit, offset)
+
+
+def sums(con: duckdb.DuckDBPyConnection, params: Params) -> list[dict[str, Any]]:
+    """The range's total (first, `is_total`) and each group's sums (`grp`), most GPU-seconds
+    first: what `answer` shares out and pages (a sharded warehouse's front adds up every
+    shard's first: front.usage)."""
+    by = params.choice("by", tuple(GROUPS), "caller")
     where: list[str] = []
     args: list[Any] = []
     time_range(params, "c.started_at", where, args)
-    limit, offset = page(params)
     # One scan: the groups and the range's total (the empty grouping set) together.
-    found = rows(con, f"""
+    return rows(con, f"""
         WITH priced AS ({PRICED.format(group=GROUPS[by], where=where_sql(where))})
         SELECT grouping(grp) = 1 AS is_total, grp,
                count(*) AS calls,
@@ -80,8 +88,24 @@ def usage(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
         FROM priced
         GROUP BY GROUPING SETS ((grp), ())
         ORDER BY is_total DESC, gpu_seconds DESC, total_tokens DESC, calls DESC, grp NULLS LAST""", args)
+
+
+# What `sums` adds up per group, and the order of its groups (after the total).
+SUMMED = ("calls", "input_tokens", "output_tokens", "total_tokens", "gpu_seconds", "unattributed_calls",
+          "unattributed_seconds", *UNATTRIBUTED_REASONS)
+
+
+def ordered(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups most GPU-seconds first (as shown: to the microsecond, so that sums added in
+    another order do not reorder equal figures), then total_tokens, calls, grp NULLS LAST."""
+    out = sorted(groups, key=lambda r: (r["grp"] is None, r["grp"] if r["grp"] is not None else ""))
+    out.sort(key=lambda r: (_figures(r)["gpu_seconds"] or 0.0, r["total_tokens"], r["calls"]), reverse=True)
+    return out
+
+
+def answer(by: str, found: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
     total = _figures(found[0]) if found else _figures({})
-    groups = [_group(GROUP_COLUMNS[by], row, total) for row in found[1:]]
+    groups = [_group(GROUP_COLUMNS[by], row, total) for row in ordered(found[1:])]
     more = offset + limit < len(groups)
     return {
         "by": by,
