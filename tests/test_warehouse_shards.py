@@ -141,14 +141,19 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
             for bucket in ("none", "1m"):
                 found = same("gpu-metrics", {"by": by, "bucket": bucket})
                 assert found["rows"] and all(r["gpu_util_pct"] is not None for r in found["rows"])
+        for by in ("profile", "deployment", "model"):
+            for given in ({}, {"bucket": "1m"}, {"source": "metrics"}, {"precision": "estimate"},
+                          {"precision": "estimate", "bucket": "1h"}):
+                found = same("latency", {"by": by, **given})
+                assert found["rows"] and all(r["ttft_ms_n"] for r in found["rows"]), (by, given, found)
+        assert "rows" in same("latency-changes", {})
         for by in ("caller", "deployment", "model"):
-
             assert same("usage", {"by": by})["totals"]["calls"] == RUNS
         assert same("usage", {"by": "caller", "limit": 2, "offset": 1})["next_offset"] == 3
 
         # What is not merged yet says so; a shard other than 0 answers only the front.
         with pytest.raises(ApiError) as refused:
-            api_client.query(env.api, "latency")
+            api_client.query(env.api, "findings")
         assert refused.value.status == 501 and "not answered over 2 warehouse shards" in str(refused.value)
         with pytest.raises(ApiError) as not_front:
             api_client.query(shard_api, "calls")

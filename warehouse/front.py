@@ -16,6 +16,7 @@ say so, rather than answered from one shard's part of the data.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -26,7 +27,9 @@ from nimtrail.config import Config
 from warehouse import shards
 from warehouse.params import Params
 from warehouse.queries import gpu_metrics as gpu_metrics_q
-from warehouse.queries import traces
+from warehouse.queries import latency as latency_q
+from warehouse.queries import latency_changes as latency_changes_q
+from warehouse.queries import latency_estimate, traces
 from warehouse.queries import usage as usage_q
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
@@ -210,6 +213,70 @@ def gpu_metrics(shard_set: Shards, raw: dict[str, list[str]], params: Params) ->
     found = sorted(added.values(), key=lambda r: [(r[k] is None, r[k] if r[k] is not None else 0) for k in keys])
     return {"by": params.choice("by", tuple(GPU_GROUPS), "profile"),
             "bucket": params.choice("bucket", ("none", *BUCKETS), "1m"), "rows": gpu_metrics_q.means(found)}
+
+
+class LatencyOverShards:
+    """The parts `latency_from` reads (queries/latency.py, Source), from every shard: the
+    range's call count summed; the calls' histogram counts summed (their percentiles are
+    then the one store's); each group's timings gathered (exact percentiles need every
+    value); the histogram samples of each series merged in time order (a series' samples
+    are keyed by scrape, so in every shard)."""
+
+    def __init__(self, shard_set: Shards, raw: dict[str, list[str]]):
+        self.shard_set, self.raw = shard_set, raw
+
+    def _ask(self, part: str) -> list[Any]:
+        return self.shard_set.ask("latency-part", {"part": part, "params": self.raw})
+
+    def calls_in_range(self) -> int:
+        return sum(self._ask("calls-in-range"))
+
+    def from_histograms(self, by: str, bucket: str, interval: str | None) -> list[dict[str, Any]]:
+        groups, context, _ = latency_q.histogram_groups(by)
+        keys = list(groups) + (["bucket_start"] if interval else [])
+        return latency_estimate.merged([r for p in self._ask("histogram-counts") for r in p], keys, list(context))
+
+    def from_calls(self, by: str, interval: str | None) -> list[dict[str, Any]]:
+        keys = list(latency_q.GROUPS[by][0]) + (["bucket_start"] if interval else [])
+        added: dict[tuple, dict[str, Any]] = {}
+        for part in self._ask("calls-values"):
+            for row in part:
+                into = added.setdefault(tuple(row[k] for k in keys), {**row, "calls": 0, **{
+                    f"{m}_{x}": 0 if x == "n" else [] for m in latency_q.METRICS for x in ("n", "values")}})
+                into["calls"] += row["calls"]
+                for m in latency_q.METRICS:
+                    into[f"{m}_n"] += row[f"{m}_n"]
+                    into[f"{m}_values"] += row[f"{m}_values"] or []
+        return latency_q.with_quantiles(list(added.values()))
+
+    def samples(self, by: str, interval: str | None) -> list[dict[str, Any]]:
+        found = [{**r, "_ts": _time(r["_ts"]), **({"bucket_start": _time(r["bucket_start"])} if interval else {})}
+                 for p in self._ask("samples") for r in p]
+        found.sort(key=lambda r: tuple((r[k] is None, _sortable(r[k])) for k in latency_q.SERIES_ORDER))
+        return found
+
+
+def _time(value: Any) -> Any:
+    """A time as DuckDB gave it (a datetime; text beyond what Python holds), back from JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value
+
+
+def _sortable(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.datetime) else "" if value is None else str(value)
+
+
+def latency(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
+    return latency_q.latency_from(params, LatencyOverShards(shard_set, raw))
+
+
+def latency_changes(shard_set: Shards, con: Any, params: Params) -> dict[str, Any]:
+    return latency_changes_q.latency_changes(
+        con, params, lambda given: latency_q.latency_from(given, LatencyOverShards(shard_set, dict(given.raw))))
 
 
 def verify(shard_set: Shards) -> dict[str, Any]:

@@ -16,7 +16,9 @@ import duckdb
 from nimtrail.config import Config
 from warehouse.access import Principal
 from warehouse.params import Params
-from warehouse.queries import traces
+from warehouse.queries import latency as latency_q
+from warehouse.queries import latency_estimate, traces
+from warehouse.queries.latency import LATENCY_PARAMS
 from warehouse.queries.actions import FACETS_PARAMS, facets
 from warehouse.queries.calls import CALLS_PARAMS, LOOKUPS, actions_of, calls_page, lookup
 from warehouse.queries.gpu_metrics import GPU_METRICS_PARAMS
@@ -63,6 +65,24 @@ def _lookup(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: 
     raise ShardReadError(f"no lookup {what!r}")
 
 
+def _latency_part(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    """A part of `latency` (queries/latency.py, Source) from this shard's store."""
+    params = Params(args["params"], LATENCY_PARAMS)
+    by = params.choice("by", tuple(latency_q.GROUPS), "profile")
+    bucket = params.choice("bucket", ("none", *latency_q.BUCKETS), "none")
+    interval = latency_q.BUCKETS.get(bucket)
+    part = args["part"]
+    if part == "calls-in-range":
+        return latency_estimate.calls_in_range(con, params)
+    if part == "histogram-counts":
+        return latency_estimate.counts(con, params, *latency_q.histogram_groups(by), bucket, interval)
+    if part == "calls-values":
+        return latency_q.per_call(con, params, by, interval, values=True)
+    if part == "samples":
+        return latency_q.Store(con, params).samples(by, interval)
+    raise ShardReadError(f"no latency part {part!r}")
+
+
 READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, Any]], Any]] = {
     "verify": _verify,
     "calls-page": _calls_page,
@@ -72,6 +92,7 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
     "facets": lambda store, con, config, args: facets(con, Params(args["params"], FACETS_PARAMS)),
     "deployments": lambda store, con, config, args: every_deployment(con),
     "calls-per-version": lambda store, con, config, args: calls_per_version(con),
+    "latency-part": _latency_part,
     "gpu-metric-sums": lambda store, con, config, args: gpu_metric_sums(
         con, Params(args["params"], GPU_METRICS_PARAMS)),
     "usage-sums": lambda store, con, config, args: [_json_safe(r) for r in usage_sums(

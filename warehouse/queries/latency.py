@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import orjson
@@ -59,7 +59,46 @@ SAMPLES_AS_OF = ("FROM metric_samples s ASOF LEFT JOIN deployments d "
 LATENCY_PARAMS = {"by", "bucket", "since", "until", "source", "precision", *FILTERS}
 
 
+class Source(Protocol):
+    """Where `latency_from` reads its parts: one store (`Store`), or every shard of a
+    sharded warehouse, merged (warehouse/front.py)."""
+
+    def calls_in_range(self) -> int: ...
+
+    def from_histograms(self, by: str, bucket: str, interval: str | None) -> list[dict[str, Any]]: ...
+
+    def from_calls(self, by: str, interval: str | None) -> list[dict[str, Any]]: ...
+
+    def samples(self, by: str, interval: str | None) -> list[dict[str, Any]]: ...
+
+
+class Store:
+    def __init__(self, con: duckdb.DuckDBPyConnection, params: Params):
+        self.con, self.params = con, params
+
+    def calls_in_range(self) -> int:
+        return latency_estimate.calls_in_range(self.con, self.params)
+
+    def from_histograms(self, by: str, bucket: str, interval: str | None) -> list[dict[str, Any]]:
+        return latency_estimate.from_histograms(self.con, self.params, *histogram_groups(by), bucket, interval)
+
+    def from_calls(self, by: str, interval: str | None) -> list[dict[str, Any]]:
+        return per_call(self.con, self.params, by, interval)
+
+    def samples(self, by: str, interval: str | None) -> list[dict[str, Any]]:
+        return histogram_samples(self.con, self.params, GROUPS[by][1], interval)
+
+
+def histogram_groups(by: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """The groups, context and filters the calls' histograms are read with."""
+    return GROUPS[by][0], CONTEXT.get(by, {}), {n: c for n, (c, _) in FILTERS.items()}
+
+
 def latency(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+    return latency_from(params, Store(con, params))
+
+
+def latency_from(params: Params, source_of: Source) -> dict[str, Any]:
     by = params.choice("by", tuple(GROUPS), "profile")
     bucket = params.choice("bucket", ("none", *BUCKETS), "none")
     source = params.choice("source", ("auto", "calls", "metrics"), "auto")
@@ -71,17 +110,16 @@ def latency(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     by_key: dict[tuple, dict[str, Any]] = {}
     used = None
     if source != "metrics":
-        if latency_estimate.estimated(con, params, precision, bucket):
+        if latency_estimate.estimated(source_of.calls_in_range, params, precision, bucket):
             used = "estimate"
-            found = latency_estimate.from_histograms(con, params, call_cols, CONTEXT.get(by, {}),
-                                                     {n: c for n, (c, _) in FILTERS.items()}, bucket, interval)
+            found = source_of.from_histograms(by, bucket, interval)
         else:
             used = "exact"
-            found = _from_calls(con, params, by, interval)
+            found = source_of.from_calls(by, interval)
         for row in found:
             by_key[tuple(row[k] for k in keys)] = row
     if source != "calls":
-        for key, estimates in _from_histograms(con, params, sample_cols, interval, keys).items():
+        for key, estimates in increases(source_of.samples(by, interval), params, keys).items():
             row = by_key.get(key)
             if row is None:
                 row = by_key[key] = {**dict(zip(keys, key)), "calls": 0, **_empty()}
@@ -103,7 +141,10 @@ def _empty() -> dict[str, Any]:
     return out
 
 
-def _from_calls(con, params: Params, by: str, interval: str | None) -> list[dict[str, Any]]:
+def per_call(con, params: Params, by: str, interval: str | None,
+                values: bool = False) -> list[dict[str, Any]]:
+    """Per group: calls and each metric's percentiles (`values`: instead, each metric's
+    values, which a sharded warehouse's front gathers from every shard: `with_quantiles`)."""
     where: list[str] = []
     args: list[Any] = []
     time_range(params, "c.started_at", where, args)
@@ -121,13 +162,35 @@ def _from_calls(con, params: Params, by: str, interval: str | None) -> list[dict
     select.append("count(*) AS calls")
     for metric in METRICS:
         select.append(f"count(c.{metric}) AS {metric}_n")
-        select.append(f"quantile_cont(c.{metric}, {list(QUANTILES)}) AS {metric}_q")
+        select.append(f"list(c.{metric}) FILTER (WHERE c.{metric} IS NOT NULL) AS {metric}_values" if values else
+                      f"quantile_cont(c.{metric}, {list(QUANTILES)}) AS {metric}_q")
     found = rows(con, f"""
         SELECT {", ".join(select)}
         FROM model_calls c
         LEFT JOIN deployments d ON d.deployment_id = c.deployment_id AND d.version = c.deployment_version
         {where_sql(where)}
         GROUP BY ALL""", head + args)
+    return found if values else _percentiles(found)
+
+
+def with_quantiles(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`per_call(values=True)` rows as `per_call` rows: each metric's values'
+    quantiles, interpolated as DuckDB's quantile_cont does."""
+    for row in found:
+        for metric in METRICS:
+            values = sorted(v for v in row.pop(f"{metric}_values") or [] if v is not None)
+            row[f"{metric}_q"] = [_quantile_cont(values, q) for q in QUANTILES] if values else None
+    return _percentiles(found)
+
+
+def _quantile_cont(ordered: list[float], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def _percentiles(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in found:
         for metric in METRICS:
             values = row.pop(f"{metric}_q") or [None] * len(QUANTILES)
@@ -137,8 +200,9 @@ def _from_calls(con, params: Params, by: str, interval: str | None) -> list[dict
     return found
 
 
-def _from_histograms(con, params: Params, sample_cols: dict[str, str], interval: str | None,
-                     keys: list[str]) -> dict[tuple, dict[str, dict[str, Any]]]:
+def histogram_samples(con, params: Params, sample_cols: dict[str, str], interval: str | None) -> list[dict[str, Any]]:
+    """The histogram samples `increases` reads, per series in time order (the sample before
+    `since` too: it is the baseline of the first increase)."""
     where = ["s.buckets IS NOT NULL",
              "regexp_replace(regexp_replace(s.metric, '^[A-Za-z_]+:', ''), '_bucket$', '') IN "
              "(" + ", ".join("?" for _ in HISTOGRAMS) + ")"]
@@ -165,12 +229,22 @@ def _from_histograms(con, params: Params, sample_cols: dict[str, str], interval:
                regexp_replace(regexp_replace(s.metric, '^[A-Za-z_]+:', ''), '_bucket$', '') AS _base
         {SAMPLES_AS_OF}
         {where_sql(where)}
-        ORDER BY _dep, _metric, _labels, _ts""", head + args)
+        ORDER BY {", ".join(SERIES_ORDER)}""", head + args)
     names = [d[0] for d in cursor.description]
+    return [dict(zip(names, raw)) for raw in cursor.fetchall()]
+
+
+SERIES_ORDER = ("_dep", "_metric", "_labels", "_ts")
+
+
+def increases(samples: list[dict[str, Any]], params: Params,
+              keys: list[str]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """Per group: each histogram's increase over the range, summed over the group's series
+    (`samples` per series in time order), and its percentiles."""
+    since = params.time("since")
     sums: dict[tuple, dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     series, previous = None, None
-    for raw in cursor.fetchall():
-        row = dict(zip(names, raw))
+    for row in samples:
         this = (row["_dep"], row["_metric"], row["_labels"])
         if this != series:
             series, previous = this, None

@@ -10,7 +10,7 @@ and `model` also keep only the changes where either version has that value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 
@@ -26,7 +26,11 @@ PASSED_ON = ("since", "until", "source", "precision", *FILTERS)
 LATENCY_CHANGES_PARAMS = set(PASSED_ON)
 
 
-def latency_changes(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
+def latency_changes(con: duckdb.DuckDBPyConnection, params: Params,
+                    measure: Callable[[Params], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """(`measure`: the latency query the versions are measured with; a sharded warehouse's
+    front measures over every shard, and reads the deployments, which every shard holds,
+    from its own store.)"""
     where = ["from_version IS NOT NULL"]
     args: list[Any] = []
     time_range(params, "changed_at", where, args)
@@ -47,7 +51,7 @@ def latency_changes(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str,
         {where_sql(where)}
         ORDER BY changed_at DESC, deployment_id""", args)
     given = {name: [value] for name in PASSED_ON if (value := params.text(name)) is not None}
-    measured = latency(con, Params({**given, "by": ["deployment"]}, LATENCY_PARAMS))
+    measured = (measure or (lambda p: latency(con, p)))(Params({**given, "by": ["deployment"]}, LATENCY_PARAMS))
     per_version = {(r["deployment_id"], r["deployment_version"]): r for r in measured["rows"]}
     found = [_change(c, per_version.get((c["deployment_id"], c["from_version"])),
                      per_version.get((c["deployment_id"], c["to_version"]))) for c in changes]

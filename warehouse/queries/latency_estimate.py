@@ -12,7 +12,7 @@ calls the exact value interpolates between lie in different buckets (a sparse ta
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 
@@ -31,7 +31,7 @@ HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
-__all__ = ["RELATIVE_ERROR", "estimated", "from_histograms", "quantile"]
+__all__ = ["RELATIVE_ERROR", "calls_in_range", "counts", "estimated", "from_histograms", "merged", "quantile"]
 
 
 def _floor(t: dt.datetime, unit: dt.timedelta) -> dt.datetime:
@@ -44,10 +44,10 @@ def _ceil(t: dt.datetime, unit: dt.timedelta) -> dt.datetime:
     return floor if floor == t else floor + unit
 
 
-def estimated(con: duckdb.DuckDBPyConnection, params: Params, precision: str, bucket: str) -> bool:
+def estimated(calls_in_range: Callable[[], int], params: Params, precision: str, bucket: str) -> bool:
     """Whether to answer from the histograms: always for `estimate` (hourly or coarser
     buckets only), never for `exact`; for `auto` when the range holds more than
-    EXACT_MAX_CALLS calls and the bucket is hourly or coarser."""
+    EXACT_MAX_CALLS calls (`calls_in_range`) and the bucket is hourly or coarser."""
     if precision == "exact":
         return False
     if precision == "estimate":
@@ -57,6 +57,11 @@ def estimated(con: duckdb.DuckDBPyConnection, params: Params, precision: str, bu
         return True
     if bucket not in HOURLY_BUCKETS:
         return False
+    return calls_in_range() > EXACT_MAX_CALLS
+
+
+def calls_in_range(con: duckdb.DuckDBPyConnection, params: Params) -> int:
+    """The calls the daily histograms count in the days the range touches."""
     since, until = params.time("since"), params.time("until")
     where, args = ["metric = 0"], []
     if since:
@@ -65,8 +70,7 @@ def estimated(con: duckdb.DuckDBPyConnection, params: Params, precision: str, bu
     if until:
         where.append("period < ?")
         args.append(until)
-    calls = scalar(con, f"SELECT sum(n) FROM {LEVELS['day']} {where_sql(where)}", args) or 0
-    return calls > EXACT_MAX_CALLS
+    return int(scalar(con, f"SELECT sum(n) FROM {LEVELS['day']} {where_sql(where)}", args) or 0)
 
 
 def from_histograms(con: duckdb.DuckDBPyConnection, params: Params, groups: dict[str, str],
@@ -81,19 +85,72 @@ def from_histograms(con: duckdb.DuckDBPyConnection, params: Params, groups: dict
     if since and until and until <= since:
         raise BadParameter("until", "must be after since")
     parts, args = _parts(since, until, daily=interval is None or bucket == "1d")
-    where, filter_args = [], []
+    where, filter_args = _filters(params, filters)
+    keys = list(groups) + (["bucket_start"] if interval else [])
+    partition = ", ".join([*keys, "metric"])
+    percentiles = ", ".join(_percentile_sql(q) for q in QUANTILES)
+    found = rows(con, f"""
+        {_counts_sql(parts, groups, context, interval, where)},
+        r AS (SELECT *, (sum(n) OVER (PARTITION BY {partition} ORDER BY bucket
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - n)::BIGINT AS before,
+                        (sum(n) OVER (PARTITION BY {partition}))::BIGINT AS total
+              FROM g)
+        SELECT {", ".join(keys)}, {"".join(f"any_value({n}) AS {n}, " for n in context)}
+               metric AS _metric, any_value(total) AS _n, {percentiles}
+        FROM r GROUP BY {partition}""", args + ([interval] if interval else []) + filter_args)
+    return shaped(found, keys)
+
+
+def counts(con: duckdb.DuckDBPyConnection, params: Params, groups: dict[str, str],
+           context: dict[str, str], filters: dict[str, str], bucket: str,
+           interval: str | None) -> list[dict[str, Any]]:
+    """What `from_histograms` computes its percentiles from: per group (and time bucket),
+    metric and log-scale bucket, the calls counted there. Counts add up: a sharded
+    warehouse's front sums every shard's and computes the same percentiles (`merged`)."""
+    since, until = params.time("since"), params.time("until")
+    if since and until and until <= since:
+        raise BadParameter("until", "must be after since")
+    parts, args = _parts(since, until, daily=interval is None or bucket == "1d")
+    where, filter_args = _filters(params, filters)
+    return rows(con, f"{_counts_sql(parts, groups, context, interval, where)} SELECT * FROM g",
+                args + ([interval] if interval else []) + filter_args)
+
+
+def merged(found: list[dict[str, Any]], keys: list[str], context: list[str]) -> list[dict[str, Any]]:
+    """`from_histograms`' rows from `counts` rows (several stores' alike, added up)."""
+    per: dict[tuple, dict[str, Any]] = {}
+    for row in found:
+        head = tuple(row[k] for k in keys) + (row["metric"],)
+        into = per.setdefault(head, {**{k: row[k] for k in (*keys, *context)}, "_metric": row["metric"],
+                                     "_buckets": {}})
+        into["_buckets"][row["bucket"]] = into["_buckets"].get(row["bucket"], 0) + row["n"]
+    out = []
+    for into in per.values():
+        buckets = sorted(into.pop("_buckets").items())
+        into["_n"] = sum(n for _, n in buckets)
+        for q in QUANTILES:
+            into[f"p{round(q * 100)}"] = quantile(q, buckets)
+        out.append(into)
+    return shaped(out, keys)
+
+
+def _filters(params: Params, filters: dict[str, str]) -> tuple[list[str], list[Any]]:
+    where, args = [], []
     for name, column in filters.items():
         value = params.text(name)
         if value is not None:
             where.append(f"{column} = ?")
-            filter_args.append(value)
-    keys = list(groups) + (["bucket_start"] if interval else [])
+            args.append(value)
+    return where, args
+
+
+def _counts_sql(parts: list[str], groups: dict[str, str], context: dict[str, str], interval: str | None,
+                where: list[str]) -> str:
+    """The CTEs up to `g`: per group, bucket_start, context, metric and log-scale bucket, n."""
     select = [f"{expr} AS {name}" for name, expr in groups.items()]
     select += ["c.bucket_start"] if interval else []
     select += [f"{expr} AS {name}" for name, expr in context.items()]
-    partition = ", ".join([*keys, "metric"])
-    percentiles = ", ".join(_percentile_sql(q) for q in QUANTILES)
-    found = rows(con, f"""
+    return f"""
         WITH h AS ({" UNION ALL BY NAME ".join(parts)}),
         c AS (SELECT nullif(deployment_id, '') AS deployment_id,
                      nullif(deployment_version, -1) AS deployment_version,
@@ -107,14 +164,12 @@ def from_histograms(con: duckdb.DuckDBPyConnection, params: Params, groups: dict
                                      AND d.version = c.deployment_version
               {where_sql(where)}
               GROUP BY ALL
-              HAVING sum(c.n) > 0),
-        r AS (SELECT *, (sum(n) OVER (PARTITION BY {partition} ORDER BY bucket
-                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - n)::BIGINT AS before,
-                        (sum(n) OVER (PARTITION BY {partition}))::BIGINT AS total
-              FROM g)
-        SELECT {", ".join(keys)}, {"".join(f"any_value({n}) AS {n}, " for n in context)}
-               metric AS _metric, any_value(total) AS _n, {percentiles}
-        FROM r GROUP BY {partition}""", args + ([interval] if interval else []) + filter_args)
+              HAVING sum(c.n) > 0)"""
+
+
+def shaped(found: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Rows per (group, metric) with `_metric`, `_n` and p50.. as rows per group, shaped
+    like the exact ones."""
     by_key: dict[tuple, dict[str, Any]] = {}
     for row in found:
         metric, n = row.pop("_metric"), int(row.pop("_n"))
