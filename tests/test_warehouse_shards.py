@@ -86,8 +86,10 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
         sent = []
         for i in range(RUNS):
             # every third tool run in a trace of its own: only its tool-call id names its call
-            sent.append(sc.agent_run(world, T0 + dt.timedelta(seconds=i), caller=f"user-{i % 5}",
-                                     tool_in_own_trace=i % 3 == 0))
+            # and the last one from a host whose clock is years ahead: its records get the
+            # receive time and clock_skew findings whose group comes from the call they are about
+            start = T0 + dt.timedelta(seconds=i) if i < RUNS - 1 else T0 + dt.timedelta(days=5 * 365)
+            sent.append(sc.agent_run(world, start, caller=f"user-{i % 5}", tool_in_own_trace=i % 3 == 0))
         sc.World.send(env.otlp_http, world.take())
         _scrape(env)
 
@@ -151,9 +153,17 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
             assert same("usage", {"by": by})["totals"]["calls"] == RUNS
         assert same("usage", {"by": "caller", "limit": 2, "offset": 1})["next_offset"] == 3
 
+        # a finding's group comes from what it is about, in whichever shard that is
+        for given in ({}, {"group": "false"}, {"group": "false", "limit": 3, "offset": 2},
+                      {"kind": "ungated_action"}, {"deployment": "prod/llama-3-1-8b"}, {"limit": 1, "offset": 1}):
+            assert same("findings", given)["rows"], given
+        skewed = same("findings", {"kind": "clock_skew"})["rows"]
+        assert {(g["deployment"], g["tool"]) for g in skewed} >= {("prod/llama-3-1-8b", "delete_record"),
+                                                                  ("prod/llama-3-1-8b", None)}, skewed
+
         # What is not merged yet says so; a shard other than 0 answers only the front.
         with pytest.raises(ApiError) as refused:
-            api_client.query(env.api, "findings")
+            api_client.query(env.api, "actions")
         assert refused.value.status == 501 and "not answered over 2 warehouse shards" in str(refused.value)
         with pytest.raises(ApiError) as not_front:
             api_client.query(shard_api, "calls")

@@ -34,6 +34,7 @@ from warehouse.queries import usage as usage_q
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
 from warehouse.queries.common import page
+from warehouse.queries import governance
 from warehouse.queries.governance import DEPLOYMENT_COLUMNS
 from warehouse.queries.latency import BUCKETS
 from warehouse.queries.latency import GROUPS as GPU_GROUPS
@@ -277,6 +278,27 @@ def latency(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dic
 def latency_changes(shard_set: Shards, con: Any, params: Params) -> dict[str, Any]:
     return latency_changes_q.latency_changes(
         con, params, lambda given: latency_q.latency_from(given, LatencyOverShards(shard_set, dict(given.raw))))
+
+
+def findings(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
+    """A finding's group is derived from the calls, actions and samples it is about, which
+    may be in other shards: their deployments and tools are resolved in every shard first
+    and handed to each (governance.keyed's facts); then each shard's groups are added up,
+    or its newest rows merged."""
+    limit, offset = page(params)
+    subjects = sorted({s for part in shard_set.ask("finding-subjects", {"params": raw}) for s in part})
+
+    def records(ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        parts = shard_set.ask("subject-records", {"ids": ids})
+        return {kind: [r for p in parts for r in p[kind]] for kind in ("actions", "calls", "samples")}
+
+    facts = governance.subject_facts(subjects, records) if subjects else [[], [], []]
+    parts = shard_set.ask("findings-part", {"params": raw, "facts": facts, "top": offset + limit + 1})
+    if params.boolean("group", True):
+        return governance.merged_groups(parts, limit, offset)
+    merged = _ordered([r for p in parts for r in p], ("detected_at", "finding_id"), descending=True)
+    return {"rows": merged[offset:offset + limit],
+            "next_offset": offset + limit if len(merged) > offset + limit else None}
 
 
 def verify(shard_set: Shards) -> dict[str, Any]:

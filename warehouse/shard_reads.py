@@ -16,7 +16,9 @@ import duckdb
 from nimtrail.config import Config
 from warehouse.access import Principal
 from warehouse.params import Params
+from warehouse.queries import governance
 from warehouse.queries import latency as latency_q
+from warehouse.queries.governance import FINDINGS_PARAMS
 from warehouse.queries import latency_estimate, traces
 from warehouse.queries.latency import LATENCY_PARAMS
 from warehouse.queries.actions import FACETS_PARAMS, facets
@@ -93,6 +95,11 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
     "deployments": lambda store, con, config, args: every_deployment(con),
     "calls-per-version": lambda store, con, config, args: calls_per_version(con),
     "latency-part": _latency_part,
+    "finding-subjects": lambda store, con, config, args: governance.unresolved_subjects(
+        con, Params(args["params"], FINDINGS_PARAMS)),
+    "subject-records": lambda store, con, config, args: governance.subject_records(con, list(args["ids"])),
+    "findings-part": lambda store, con, config, args: governance.findings_part(
+        con, Params(args["params"], FINDINGS_PARAMS), args["facts"], int(args["top"])),
     "gpu-metric-sums": lambda store, con, config, args: gpu_metric_sums(
         con, Params(args["params"], GPU_METRICS_PARAMS)),
     "usage-sums": lambda store, con, config, args: [_json_safe(r) for r in usage_sums(

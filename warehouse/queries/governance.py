@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import orjson
@@ -62,7 +62,17 @@ DETAIL_PATHS = ("$.deployment_id", "$.tool_name", "$.tool_names", "$.policy_id",
 ROW_ORDER = "{t}.detected_at DESC NULLS LAST, {t}.finding_id"
 
 
-def keyed(where: list[str], top: bool = False) -> str:
+# What a finding's subject says about its deployment and tool, given rather than joined
+# (`keyed(facts=True)`): the three lists bound first, before the query's own parameters.
+FACTS_CTE = """facts AS (SELECT unnest(?::VARCHAR[]) AS subject, unnest(?::VARCHAR[]) AS deployment,
+                             unnest(?::VARCHAR[]) AS tool),"""
+SUBJECTS_JOINED = """
+            LEFT JOIN tool_actions a ON a.action_id = s.subject
+            LEFT JOIN model_calls c ON c.call_id = coalesce(a.call_id, s.subject)
+            LEFT JOIN metric_samples m ON m.sample_id = s.subject"""
+
+
+def keyed(where: list[str], top: bool = False, facts: bool = False) -> str:
     """The CTEs up to `keyed`: the findings `where` selects (top: only the first rows in
     ROW_ORDER, as many as a bound parameter after `where`'s says), each with the deployment,
     tool and policy it is about (`deployment`, `tool`, `policy`), when it was seen
@@ -75,12 +85,20 @@ def keyed(where: list[str], top: bool = False) -> str:
     is told apart by what identified it (the identity, endpoint or served model).
 
     The one definition of a finding's group (GROUP_COLUMNS of `keyed`): the findings query
-    and the alerts (warehouse/alerts.py) both read it from here."""
+    and the alerts (warehouse/alerts.py) both read it from here. `facts`: a subject's
+    deployment and tool come from the `facts` relation (FACTS_CTE, its lists bound first)
+    instead of this store's tables: a sharded warehouse's front resolves subjects in every
+    shard (`subject_facts`) and hands them over."""
     paths = ", ".join(f"'{p}'" for p in DETAIL_PATHS)
     about = {p.removeprefix("$."): f"t.about[{i}]" for i, p in enumerate(DETAIL_PATHS, 1)}
     top_sql = f"ORDER BY {ROW_ORDER.format(t='t')} LIMIT ?" if top else ""
+    if facts:
+        resolved = ("min(f.deployment) AS deployment, min(f.tool) AS tool", "LEFT JOIN facts f ON f.subject = s.subject")
+    else:
+        resolved = ("min(coalesce(c.deployment_id, m.deployment_id)) AS deployment, min(a.tool_name) AS tool",
+                    SUBJECTS_JOINED)
     return f"""
-        WITH detailed AS (
+        WITH {FACTS_CTE if facts else ""} detailed AS (
             SELECT t.*, json_extract_string(t.detail, [{paths}]) AS about
             FROM (SELECT t.* EXCLUDE (row_hash) FROM findings t {where_sql(where)} {top_sql}) t),
         picked AS MATERIALIZED (
@@ -95,19 +113,68 @@ def keyed(where: list[str], top: bool = False) -> str:
             FROM detailed t),
         subjects AS (
             -- a subject is a call, an action (its call gives the deployment) or a sample
-            SELECT s.finding_id, min(coalesce(c.deployment_id, m.deployment_id)) AS deployment,
-                   min(a.tool_name) AS tool
+            SELECT s.finding_id, {resolved[0]}
             FROM (SELECT finding_id, unnest(subject_ids) AS subject FROM picked
                   WHERE named_deployment IS NULL) s
-            LEFT JOIN tool_actions a ON a.action_id = s.subject
-            LEFT JOIN model_calls c ON c.call_id = coalesce(a.call_id, s.subject)
-            LEFT JOIN metric_samples m ON m.sample_id = s.subject
+            {resolved[1]}
             GROUP BY s.finding_id),
         keyed AS (
             SELECT p.* EXCLUDE (named_deployment, named_tool, seen_as),
                    coalesce(p.named_deployment, s.deployment, p.seen_as) AS deployment,
                    coalesce(p.named_tool, s.tool) AS tool
             FROM picked p LEFT JOIN subjects s USING (finding_id))"""
+
+
+def _findings_where(params: Params) -> tuple[list[str], list[Any], list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    equals(params, FINDING_FILTERS, where, args)
+    time_range(params, "t.detected_at", where, args)
+    outer: list[str] = []
+    outer_args: list[Any] = []
+    equals(params, GROUP_FILTERS, outer, outer_args)
+    return where, args, outer, outer_args
+
+
+def unresolved_subjects(con: duckdb.DuckDBPyConnection, params: Params) -> list[str]:
+    """The subjects of the findings `params` selects whose detail names no deployment: what
+    `keyed` resolves through the calls, actions and samples they name."""
+    where, args, _, _ = _findings_where(params)
+    return [r["subject"] for r in rows(con, f"""{keyed(where)}
+        SELECT DISTINCT unnest(subject_ids) AS subject FROM picked WHERE named_deployment IS NULL
+        ORDER BY subject""", args)]
+
+
+def subject_records(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """What this store holds of `ids` that a subject's deployment and tool are read from."""
+    return {"actions": rows(con, "SELECT action_id, tool_name, call_id FROM tool_actions "
+                                 "WHERE list_contains(?::VARCHAR[], action_id)", [ids]),
+            "calls": rows(con, "SELECT call_id, deployment_id FROM model_calls "
+                               "WHERE list_contains(?::VARCHAR[], call_id)", [ids]),
+            "samples": rows(con, "SELECT sample_id, deployment_id FROM metric_samples "
+                                 "WHERE list_contains(?::VARCHAR[], sample_id)", [ids])}
+
+
+def subject_facts(ids: list[str], records: Callable[[list[str]], dict[str, list[dict[str, Any]]]]) -> list[list[Any]]:
+    """The facts relation (FACTS_CTE's three lists) for `ids`, from `records` (every
+    shard's `subject_records`): as `keyed`'s joins read them, a subject's deployment is its
+    call's (an action's: the call it followed) or its sample's, its tool an action's."""
+    found = records(ids)
+    actions = {a["action_id"]: a for a in found["actions"]}
+    deployments = {s["sample_id"]: s["deployment_id"] for s in found["samples"]}
+    asked = {a["call_id"] for a in actions.values() if a["call_id"]} - set(ids)
+    calls = {c["call_id"]: c["deployment_id"] for c in found["calls"]}
+    if asked:
+        calls.update({c["call_id"]: c["deployment_id"] for c in records(sorted(asked))["calls"]})
+    facts: list[list[Any]] = [[], [], []]
+    for subject in ids:
+        action = actions.get(subject)
+        call_id = action["call_id"] if action and action["call_id"] is not None else subject
+        deployment = calls.get(call_id)
+        deployment = deployments.get(subject) if deployment is None else deployment
+        for column, value in zip(facts, (subject, deployment, (action or {}).get("tool_name"))):
+            column.append(value)
+    return facts
 
 
 def findings(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
@@ -118,40 +185,95 @@ def findings(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     read, so a routine repeat is one line with a count and the incident stays on top:
     groups with open findings first (a resolved group is history, not work), then by
     their highest severity, then by when they were last seen."""
-    where: list[str] = []
-    args: list[Any] = []
-    equals(params, FINDING_FILTERS, where, args)
-    time_range(params, "t.detected_at", where, args)
-    outer: list[str] = []
-    outer_args: list[Any] = []
-    equals(params, GROUP_FILTERS, outer, outer_args)
     limit, offset = page(params)
     if not params.boolean("group", True):
-        # Without a filter on what the findings are about, only the page's rows (and the
-        # one after it) are looked up by subject, not every finding.
-        top = not outer
-        sql = f"""{keyed(where, top)}
-                  SELECT k.* EXCLUDE (seen_at, rank, open) FROM keyed k {where_sql(outer)}
-                  ORDER BY {ROW_ORDER.format(t='k')}"""
-        return paged(con, sql, args + ([offset + limit + 1] if top else []) + outer_args, limit, offset)
+        return paged(con, *_rows_sql(params, offset + limit + 1), limit, offset)
+    sql, args = _groups_sql(params)
+    result = paged(con, f"{sql} ORDER BY {GROUPS_ORDER}", args, limit, offset)
+    result["rows"] = [_shown(row) for row in result["rows"]]
+    return result
+
+
+def _shown(group: dict[str, Any]) -> dict[str, Any]:
+    """A group as the answer shows it: its latest finding nested, without what ordered it."""
+    return _nest_latest({k: v for k, v in group.items() if k not in ("rank", "severity_seen")})
+
+
+def _rows_sql(params: Params, top: int, facts: list[list[Any]] | None = None) -> tuple[str, list[Any]]:
+    """One row per finding, newest first. Without a filter on what the findings are about,
+    only the first `top` rows are looked up by subject, not every finding."""
+    where, args, outer, outer_args = _findings_where(params)
+    first = not outer
+    sql = f"""{keyed(where, first, facts is not None)}
+              SELECT k.* EXCLUDE (seen_at, rank, open) FROM keyed k {where_sql(outer)}
+              ORDER BY {ROW_ORDER.format(t='k')}"""
+    return sql, [*(facts or []), *args, *([top] if first else []), *outer_args]
+
+
+# Groups in the order they are read: open ones first, then by their highest severity, when
+# they were last seen, and what they are about.
+GROUPS_ORDER = (f"open > 0 DESC, rank DESC, last_seen DESC NULLS LAST, {', '.join(GROUP_COLUMNS)}")
+
+
+def _groups_sql(params: Params, facts: list[list[Any]] | None = None) -> tuple[str, list[Any]]:
+    """One row per group with its latest finding, and what orders groups and adds up those
+    of several stores: the highest rank, and the time its severity was chosen by."""
+    where, args, outer, outer_args = _findings_where(params)
     group = ", ".join(f"k.{c}" for c in GROUP_COLUMNS)
     # A group's latest finding: newest first, ties broken by id so a page is stable.
-    sql = f"""{keyed(where)},
+    sql = f"""{keyed(where, facts=facts is not None)},
         grouped AS (
             SELECT {group}, max(k.rank) AS rank, arg_max(k.severity, (k.rank, k.seen_at)) AS severity,
+                   arg_max(k.seen_at, (k.rank, k.seen_at)) AS severity_seen,
                    count(*) AS count,
                    count(*) FILTER (WHERE k.open) AS open,
                    min(k.seen_at) AS first_seen, max(k.seen_at) AS last_seen,
                    arg_max(k.finding_id, (k.seen_at, k.finding_id)) AS latest_id
             FROM keyed k {where_sql(outer)} GROUP BY ALL)
-        SELECT g.* EXCLUDE (rank, latest_id),
+        SELECT g.* EXCLUDE (latest_id),
                {", ".join(f"l.{c} AS latest_{c}" for c in LATEST)}
-        FROM grouped g JOIN picked l ON l.finding_id = g.latest_id
-        ORDER BY g.open > 0 DESC, g.rank DESC, g.last_seen DESC NULLS LAST,
-                 {", ".join(f"g.{c}" for c in GROUP_COLUMNS)}"""
-    result = paged(con, sql, args + outer_args, limit, offset)
-    result["rows"] = [_nest_latest(row) for row in result["rows"]]
-    return result
+        FROM grouped g JOIN picked l ON l.finding_id = g.latest_id"""
+    return f"SELECT * FROM ({sql}) g", [*(facts or []), *args, *outer_args]
+
+
+def findings_part(con: duckdb.DuckDBPyConnection, params: Params, facts: list[list[Any]],
+                  top: int) -> list[dict[str, Any]]:
+    """What a sharded warehouse's front merges (front.findings): every group with what
+    adding them up needs, or (group=false) the first `top` rows; subjects resolved by
+    `facts` (see keyed)."""
+    if not params.boolean("group", True):
+        sql, args = _rows_sql(params, top, facts)
+        return rows(con, f"{sql} LIMIT ?", [*args, top])
+    sql, args = _groups_sql(params, facts)
+    return rows(con, sql, args)
+
+
+def merged_groups(parts: list[list[dict[str, Any]]], limit: int, offset: int) -> dict[str, Any]:
+    """Several stores' `findings_part` groups as one store's page of groups."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for part in parts:
+        for row in part:
+            key = tuple(row[c] for c in GROUP_COLUMNS)
+            seen = groups.get(key)
+            if seen is None:
+                groups[key] = dict(row)
+                continue
+            if (row["rank"], row["severity_seen"] or "") > (seen["rank"], seen["severity_seen"] or ""):
+                seen["severity"], seen["severity_seen"] = row["severity"], row["severity_seen"]
+            seen["rank"] = max(seen["rank"], row["rank"])
+            seen["count"] += row["count"]
+            seen["open"] += row["open"]
+            seen["first_seen"] = min(t for t in (seen["first_seen"], row["first_seen"]) if t) if (
+                seen["first_seen"] or row["first_seen"]) else None
+            if (row["last_seen"] or "", row["latest_finding_id"]) > (seen["last_seen"] or "", seen["latest_finding_id"]):
+                seen.update({k: v for k, v in row.items() if k.startswith("latest_")})
+            seen["last_seen"] = max(seen["last_seen"] or "", row["last_seen"] or "") or None
+    ordered = sorted(groups.values(), key=lambda g: tuple((g[c] is None, g[c] or "") for c in GROUP_COLUMNS))
+    ordered.sort(key=lambda g: g["last_seen"] or "", reverse=True)
+    ordered.sort(key=lambda g: g["last_seen"] is None)
+    ordered.sort(key=lambda g: (g["open"] > 0, g["rank"]), reverse=True)
+    found = [_shown(g) for g in ordered[offset:offset + limit]]
+    return {"rows": found, "next_offset": offset + limit if len(ordered) > offset + limit else None}
 
 
 def _nest_latest(row: dict[str, Any]) -> dict[str, Any]:
