@@ -161,9 +161,15 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
         assert {(g["deployment"], g["tool"]) for g in skewed} >= {("prod/llama-3-1-8b", "delete_record"),
                                                                   ("prod/llama-3-1-8b", None)}, skewed
 
+        # an action is listed with its call's columns and the findings about both, anywhere
+        for given in ({}, {"order": "risk"}, {"flagged": "true"}, {"caller": "user-1"},
+                      {"finding_kind": "ungated_action", "order": "risk", "limit": 5, "offset": 3},
+                      {"tool_name": "delete_record", "limit": 4, "offset": 4}):
+            assert same("actions", given)["rows"], given
+
         # What is not merged yet says so; a shard other than 0 answers only the front.
         with pytest.raises(ApiError) as refused:
-            api_client.query(env.api, "actions")
+            api_client.query(env.api, "retention-report")
         assert refused.value.status == 501 and "not answered over 2 warehouse shards" in str(refused.value)
         with pytest.raises(ApiError) as not_front:
             api_client.query(shard_api, "calls")

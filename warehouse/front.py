@@ -34,6 +34,7 @@ from warehouse.queries import usage as usage_q
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
 from warehouse.queries.common import page
+from warehouse.queries import actions as actions_q
 from warehouse.queries import governance
 from warehouse.queries.governance import DEPLOYMENT_COLUMNS
 from warehouse.queries.latency import BUCKETS
@@ -299,6 +300,43 @@ def findings(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> di
     merged = _ordered([r for p in parts for r in p], ("detected_at", "finding_id"), descending=True)
     return {"rows": merged[offset:offset + limit],
             "next_offset": offset + limit if len(merged) > offset + limit else None}
+
+
+def actions(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
+    """An action is listed with its call's columns and the findings about it and its call,
+    each of which may be in another shard: every shard's findings, as flags per subject
+    (and, with a filter on calls, the calls it selects), are handed to each shard, whose
+    first rows in the page's order are merged; the page's calls are then looked up."""
+    order = params.choice("order", ("time", "risk"), "time")
+    limit, offset = page(params)
+    flags: dict[str, dict[str, Any]] = {}
+    for part in shard_set.ask("finding-flags", {}):
+        for f in part:
+            seen = flags.setdefault(f["subject"], {"kinds": set(), "rank": f["rank"], "n": 0})
+            seen["kinds"].update(f["kinds"])
+            seen["rank"], seen["n"] = max(seen["rank"], f["rank"]), seen["n"] + f["n"]
+    given_flags = [list(flags), [sorted(f["kinds"]) for f in flags.values()],
+                   [f["rank"] for f in flags.values()], [f["n"] for f in flags.values()]]
+    given_calls = None
+    if actions_q.with_call_filter(params):
+        found = [c for part in shard_set.ask("matching-calls", {"params": raw}) for c in part]
+        given_calls = [[c["call_id"] for c in found], *([c[k] for c in found] for k in actions_q.CALL_COLUMNS)]
+    parts = shard_set.ask("actions-part", {"params": raw, "flags": given_flags, "calls": given_calls,
+                                           "top": offset + limit + 1})
+    merged = _ordered([r for p in parts for r in p], ("started_at", "action_id"), descending=True)
+    if order == "risk":  # (a stable sort: equal risks stay newest first)
+        merged.sort(key=lambda r: (r["finding_severity"], len(r["finding_kinds"] or []), r["destructive"]),
+                    reverse=True)
+    found = merged[offset:offset + limit]
+    if given_calls is None:
+        ids = sorted({r["call_id"] for r in found if r["call_id"] is not None})
+        calls = {c["call_id"]: c for p in (shard_set.ask("call-columns", {"ids": ids}) if ids else [])
+                 for c in p}
+        for row in found:
+            call = calls.get(row["call_id"], {})
+            row.update({k: call.get(k) for k in actions_q.CALL_COLUMNS})
+    return {"rows": actions_q.shown(found),
+            "next_offset": offset + limit if len(merged) > offset + limit else None, "order": order}
 
 
 def verify(shard_set: Shards) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import duckdb
 from nimtrail.config import Config
 from warehouse.access import Principal
 from warehouse.params import Params
+from warehouse.queries import actions as actions_q
 from warehouse.queries import governance
 from warehouse.queries import latency as latency_q
 from warehouse.queries.governance import FINDINGS_PARAMS
@@ -95,6 +96,12 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
     "deployments": lambda store, con, config, args: every_deployment(con),
     "calls-per-version": lambda store, con, config, args: calls_per_version(con),
     "latency-part": _latency_part,
+    "finding-flags": lambda store, con, config, args: actions_q.flags(con),
+    "matching-calls": lambda store, con, config, args: actions_q.matching_calls(
+        con, Params(args["params"], actions_q.ACTIONS_PARAMS)),
+    "call-columns": lambda store, con, config, args: actions_q.call_columns(con, list(args["ids"])),
+    "actions-part": lambda store, con, config, args: actions_q.actions_part(
+        con, Params(args["params"], actions_q.ACTIONS_PARAMS), args["flags"], args["calls"], int(args["top"])),
     "finding-subjects": lambda store, con, config, args: governance.unresolved_subjects(
         con, Params(args["params"], FINDINGS_PARAMS)),
     "subject-records": lambda store, con, config, args: governance.subject_records(con, list(args["ids"])),

@@ -48,6 +48,31 @@ def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     """Tool actions with who asked for them and what was found about them; newest first, or
     riskiest first with order=risk; flagged=true keeps only actions with findings or a
     destructive tool."""
+    where, args, order, order_by = _selection(params)
+    limit, offset = page(params)
+    # First the ids of the page (and of the row after it), from the columns the filters and
+    # the order need: the calls joined only when a filter is on them. Then the page's whole
+    # rows, its calls found by key (joining every action to its call reads the whole calls
+    # table; listing every column of every action before sorting costs more than the rest).
+    with_calls = any(params.text(name) is not None for name in CALL_FILTERS)
+    ids = _page_ids(con, order, _listed(calls=with_calls), where, args, order_by, limit, offset)
+    action_ids = [r["action_id"] for r in ids["rows"]]
+    call_ids = sorted({r["call_id"] for r in ids["rows"] if r["call_id"] is not None})
+    found = rows(con, _listed(actions=_in("a.action_id", action_ids), calls=_in("call_id", call_ids))
+                 + f" SELECT * FROM listed a {order_by}", action_ids + call_ids) if action_ids else []
+    return {"rows": shown(found), "next_offset": ids["next_offset"], "order": order}
+
+
+def shown(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of `listed` as the answer shows them: kinds sorted, the severity named."""
+    for row in found:
+        row["finding_kinds"] = sorted(row["finding_kinds"] or [])
+        row["finding_severity"] = SEVERITY_NAMES.get(row["finding_severity"])
+    return found
+
+
+def _selection(params: Params) -> tuple[list[str], list[Any], str, str]:
+    """The conditions over `listed` (and their parameters), the order's name and its SQL."""
     where: list[str] = []
     args: list[Any] = []
     equals(params, ACTION_FILTERS, where, args)
@@ -61,48 +86,83 @@ def actions(con: duckdb.DuckDBPyConnection, params: Params) -> dict[str, Any]:
     order = params.choice("order", ("time", "risk"), "time")
     ranking = ("finding_severity DESC, len(finding_kinds) DESC, destructive DESC, "
                if order == "risk" else "")
-    limit, offset = page(params)
-    order_by = f"ORDER BY {ranking}a.started_at DESC NULLS LAST, a.action_id"
-    # First the ids of the page (and of the row after it), from the columns the filters and
-    # the order need: the calls joined only when a filter is on them. Then the page's whole
-    # rows, its calls found by key (joining every action to its call reads the whole calls
-    # table; listing every column of every action before sorting costs more than the rest).
-    with_calls = any(params.text(name) is not None for name in CALL_FILTERS)
-    ids = _page_ids(con, order, _listed(calls=with_calls), where, args, order_by, limit, offset)
-    action_ids = [r["action_id"] for r in ids["rows"]]
-    call_ids = sorted({r["call_id"] for r in ids["rows"] if r["call_id"] is not None})
-    found = rows(con, _listed(actions=_in("a.action_id", action_ids), calls=_in("call_id", call_ids))
-                 + f" SELECT * FROM listed a {order_by}", action_ids + call_ids) if action_ids else []
-    result = {"rows": found, "next_offset": ids["next_offset"]}
-    for row in result["rows"]:
-        row["finding_kinds"] = sorted(row["finding_kinds"] or [])
-        row["finding_severity"] = SEVERITY_NAMES.get(row["finding_severity"])
-    result["order"] = order
-    return result
+    return where, args, order, f"ORDER BY {ranking}a.started_at DESC NULLS LAST, a.action_id"
+
+
+def with_call_filter(params: Params) -> bool:
+    return any(params.text(name) is not None for name in CALL_FILTERS)
+
+
+# The relations a sharded warehouse's front hands each shard (actions_part), their lists
+# bound in this order: every finding's flags per subject, and (with a filter on the
+# calls) the calls it selects, from every shard.
+GIVEN_FLAGS = ("SELECT unnest(?::VARCHAR[]) AS subject, unnest(?::VARCHAR[][]) AS kinds, "
+               "unnest(?::INTEGER[]) AS rank, unnest(?::BIGINT[]) AS n")
+GIVEN_CALLS = ("(SELECT unnest(?::VARCHAR[]) AS call_id, "
+               + ", ".join(f"unnest(?::{t}[]) AS {c}" for c, t in CALL_COLUMNS.items()) + ")")
+
+
+def flags(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Per subject of any finding: the kinds, highest rank and number of its findings."""
+    return rows(con, f"{_flags_sql()} SELECT * FROM flags ORDER BY subject", [])
+
+
+def matching_calls(con: duckdb.DuckDBPyConnection, params: Params) -> list[dict[str, Any]]:
+    """The calls the page's filters on calls select, with the columns actions list."""
+    where: list[str] = []
+    args: list[Any] = []
+    equals(params, {name: f"c.{name} = ?" for name in CALL_FILTERS}, where, args)
+    return rows(con, f"SELECT call_id, {', '.join(CALL_COLUMNS)} FROM model_calls c {where_sql(where)} "
+                     "ORDER BY call_id", args)
+
+
+def call_columns(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[dict[str, Any]]:
+    """The columns actions list of the calls `ids` (those this store holds)."""
+    return rows(con, f"SELECT call_id, {', '.join(CALL_COLUMNS)} FROM model_calls "
+                     "WHERE list_contains(?::VARCHAR[], call_id)", [ids])
+
+
+def actions_part(con: duckdb.DuckDBPyConnection, params: Params, given_flags: list[list[Any]],
+                 given_calls: list[list[Any]] | None, top: int) -> list[dict[str, Any]]:
+    """The first `top` rows of `listed` in the page's order, with every store's flags (and
+    calls, when filtered by them) given: the call columns are null when no filter on calls
+    needed them (the front fills in the page's)."""
+    where, args, _, order_by = _selection(params)
+    listed = _listed(calls=given_calls is not None, given=True).replace(RESTRICT, "")
+    return rows(con, f"{listed} SELECT * FROM listed a {where_sql(where)} {order_by} LIMIT ?",
+                [*given_flags, *(given_calls or []), *args, top])
 
 
 def _in(column: str, values: list[Any]) -> str:
     return f"WHERE {column} IN ({', '.join('?' for _ in values)})" if values else "WHERE false"
 
 
-def _listed(actions: str = RESTRICT, calls: str | bool = True) -> str:
-    """The CTEs up to `listed`: tool actions (those `actions` selects) with their call's
-    caller, service, model and deployment (calls=False: none; a string: only the calls it
-    selects), their findings and whether the tool is destructive. Findings are few next to
-    actions: their subjects are flattened once, then joined by key."""
-    if calls is False:
-        call_columns = ", ".join(f"NULL::{t} AS {c}" for c, t in CALL_COLUMNS.items())
-        call_join = ""
-    else:
-        call_columns = ", ".join(f"c.{c}" for c in CALL_COLUMNS)
-        source = "model_calls" if calls is True else f"(SELECT * FROM model_calls {calls})"
-        call_join = f"LEFT JOIN {source} c ON c.call_id = a.call_id"
+def _flags_sql() -> str:
     return f"""
         WITH flags AS (
             SELECT subject, list(DISTINCT kind ORDER BY kind) AS kinds, max(rank) AS rank,
                    count(*) AS n
             FROM (SELECT unnest(subject_ids) AS subject, kind, {SEVERITY_RANK} AS rank FROM findings)
-            GROUP BY subject),
+            GROUP BY subject)"""
+
+
+def _listed(actions: str = RESTRICT, calls: str | bool = True, given: bool = False) -> str:
+    """The CTEs up to `listed`: tool actions (those `actions` selects) with their call's
+    caller, service, model and deployment (calls=False: none; a string: only the calls it
+    selects), their findings and whether the tool is destructive. Findings are few next to
+    actions: their subjects are flattened once, then joined by key. `given`: the flags,
+    and the calls when `calls` is True, are the relations the front hands over
+    (GIVEN_FLAGS, GIVEN_CALLS)."""
+    if calls is False:
+        call_columns = ", ".join(f"NULL::{t} AS {c}" for c, t in CALL_COLUMNS.items())
+        call_join = ""
+    else:
+        call_columns = ", ".join(f"c.{c}" for c in CALL_COLUMNS)
+        source = ((GIVEN_CALLS if given else "model_calls") if calls is True
+                  else f"(SELECT * FROM model_calls {calls})")
+        call_join = f"LEFT JOIN {source} c ON c.call_id = a.call_id"
+    return f"""
+        {f"WITH flags AS ({GIVEN_FLAGS})" if given else _flags_sql()},
         destructive_tools AS (SELECT DISTINCT unnest(destructive_tools) AS tool FROM deployments),
         listed AS (
             SELECT a.* EXCLUDE (row_hash), {call_columns},
