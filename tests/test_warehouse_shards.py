@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import pytest
 
 from nimtrail import api_client, kafka_io
@@ -167,10 +168,31 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
                       {"tool_name": "delete_record", "limit": 4, "offset": 4}):
             assert same("actions", given)["rows"], given
 
-        # What is not merged yet says so; a shard other than 0 answers only the front.
-        with pytest.raises(ApiError) as refused:
-            api_client.query(env.api, "retention-report")
-        assert refused.value.status == 501 and "not answered over 2 warehouse shards" in str(refused.value)
+        # Compliance: holds are the front's, and every shard counts and purges by them.
+        hold = {"caller": "user-1", "reason": "incident review"}
+        for api in (env.api, single.api):
+            assert api_client.action(api, "hold-add", hold)["hold"]["released_at"] is None
+        assert len(api_client.query(env.api, "holds")["rows"]) == 1
+        period = {"from": "2026-03-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"}
+        front_report, one_report = (api_client.query(api, "retention-report", period) for api in (env.api, single.api))
+        held = {(h["data_class"], h["table_name"]): h for h in front_report["held"]}
+        for h in one_report["held"]:
+            if h["table_name"] == "access_log":
+                continue  # (each store's own)
+            mine = held[(h["data_class"], h["table_name"])]
+            assert (mine["rows"], mine["oldest"], mine["newest"]) == (h["rows"], h["oldest"], h["newest"]), h
+        # a caller hold keeps that caller's calls (in both shards) exactly as one store does
+        calls_held = [h["held_rows"] for h in front_report["held"] if h == held[("metadata", "model_calls")]]
+        assert calls_held == [h["held_rows"] for h in one_report["held"]
+                              if (h["data_class"], h["table_name"]) == ("metadata", "model_calls")] == [5]
+        assert [s["shard"] for s in front_report["shards"]] == ["shard 0 of 2", "shard 1 of 2"]
+        dry = api_client.action(env.api, "retention-apply", {"dry_run": True})
+        assert dry["dry_run"] and len(dry["shards"]) == 2 and dry["rows"] == 0
+        for table in ("model_calls", "tool_actions", "deployments"):
+            front_day, _ = api_client.export(env.api, "archive", {"day": "2026-03-03", "table": table})
+            one_day, _ = api_client.export(single.api, "archive", {"day": "2026-03-03", "table": table})
+            assert pl.read_parquet(front_day).equals(pl.read_parquet(one_day)), table
+
         with pytest.raises(ApiError) as not_front:
             api_client.query(shard_api, "calls")
         assert not_front.value.status == 404 and "shard 1 of 2" in str(not_front.value)

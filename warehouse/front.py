@@ -15,16 +15,20 @@ say so, rather than answered from one shard's part of the data.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import datetime as dt
+import io
 import urllib.error
 import urllib.request
 from typing import Any, Callable
 
 import orjson
+import polars as pl
 
 from nimtrail.config import Config
 from warehouse import shards
+from warehouse.access import Principal
 from warehouse.params import Params
 from warehouse.queries import gpu_metrics as gpu_metrics_q
 from warehouse.queries import latency as latency_q
@@ -56,13 +60,12 @@ Local = Callable[[str, dict[str, Any]], Any]
 
 class Shards:
     """Every shard of the layout, as the front asks them: itself through `local`, the
-    others over HTTP with the shards' token."""
+    others over HTTP with the shards' token (`config`: the front's own, shards.for_shard)."""
 
     def __init__(self, config: Config, token: str, local: Local):
         self.local = local
         self.token = token
-        self.remotes = [(shards.name(config, i), shards.api_url(shards.for_shard(config, i)))
-                        for i in range(1, config.warehouse.shards)]
+        self.remotes = [(shards.name(config, i), shards.peer_url(config, i)) for i in range(1, config.warehouse.shards)]
         self.names = [shards.name(config, 0), *(n for n, _ in self.remotes)]
 
     def ask(self, read: str, args: dict[str, Any]) -> list[Any]:
@@ -76,16 +79,26 @@ class Shards:
             return [mine, *(f.result() for f in remote)]
 
     def _post(self, name: str, url: str, read: str, body: bytes) -> Any:
-        request = urllib.request.Request(f"{url}/v1/shard/{read}", data=body, method="POST", headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=ASK_TIMEOUT) as response:
-                return orjson.loads(response.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode(errors="replace")
-            raise ShardUnavailable(f"warehouse {name} at {url} answered {e.code} to {read}: {detail}") from e
-        except (OSError, ValueError) as e:
-            raise ShardUnavailable(f"warehouse {name} at {url} did not answer {read}: {e}") from e
+        return post(name, url, self.token, read, body)
+
+
+def post(name: str, url: str, token: str, read: str, body: bytes) -> Any:
+    """Ask the shard `name` at `url` for `read` (warehouse/shard_reads.py)."""
+    request = urllib.request.Request(f"{url}/v1/shard/{read}", data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=ASK_TIMEOUT) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as e:
+        detail = e.read()[:300].decode(errors="replace")
+        raise ShardUnavailable(f"warehouse {name} at {url} answered {e.code} to {read}: {detail}") from e
+    except (OSError, ValueError) as e:
+        raise ShardUnavailable(f"warehouse {name} at {url} did not answer {read}: {e}") from e
+
+
+def ask_front(config: Config, read: str, args: dict[str, Any]) -> Any:
+    """A shard asking shard 0 (the front) for what only it writes: the legal holds."""
+    return post(shards.name(config, 0), shards.peer_url(config, 0), shards.token(config), read, orjson.dumps(args))
 
 
 # ---- merging --------------------------------------------------------------------------
@@ -161,13 +174,15 @@ def facets(shard_set: Shards, raw: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def deployments(shard_set: Shards, params: Params) -> dict[str, Any]:
-    """The governance records (every shard holds them all: shards.owns), filtered, reduced
-    to each deployment's latest version and paged as one store does; each version with the
+    """The governance records (every shard holds them: shards.owns), filtered, reduced to
+    each deployment's latest version and paged as one store does; each version with the
     calls it served in every shard."""
     wanted = {column: params.text(name) for name, column in DEPLOYMENT_COLUMNS.items()}
     latest = params.choice("versions", ("latest", "all"), "latest") == "latest"
     limit, offset = page(params)
-    every = shard_set.local("deployments", {})
+    # (each shard's copy: retention removes a superseded version where no call of its own used it)
+    every = list({(r["deployment_id"], r["version"]): r
+                  for part in shard_set.ask("deployments", {}) for r in part}.values())
     served: dict[tuple[str, Any], int] = {}
     for part in shard_set.ask("calls-per-version", {}):
         for r in part:
@@ -337,6 +352,57 @@ def actions(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dic
             row.update({k: call.get(k) for k in actions_q.CALL_COLUMNS})
     return {"rows": actions_q.shown(found),
             "next_offset": offset + limit if len(merged) > offset + limit else None, "order": order}
+
+
+def retention_apply(shard_set: Shards, dry_run: bool, principal: Principal) -> dict[str, Any]:
+    """Every shard's retention run (each with the front's holds), as one answer: each
+    step's rows added up over the shards, and each shard's run beside."""
+    runs = shard_set.ask("retention-apply", {"dry_run": dry_run, "principal": [principal.name, principal.role]})
+    steps: dict[tuple, dict[str, Any]] = {}
+    for run in runs:
+        for step in run["steps"]:
+            into = steps.setdefault((step["policy"], step["table"], step["action"]), {**step, "rows": 0, "held_rows": 0})
+            into["rows"] += step["rows"]
+            into["held_rows"] += step["held_rows"]
+    return {**runs[0], "run_id": ", ".join(r["run_id"] for r in runs), "steps": list(steps.values()),
+            "rows": sum(r["rows"] for r in runs), "held_rows": sum(r["held_rows"] for r in runs),
+            "shards": [{"shard": name, **run} for name, run in zip(shard_set.names, runs)]}
+
+
+def retention_report(shard_set: Shards, period: tuple[str, str]) -> dict[str, Any]:
+    """Every shard's report as one: rows held per class added up, every shard's purges; the
+    holds and the access log are the front's; each shard's ledger head and digest beside."""
+    reports = shard_set.ask("retention-report", {"from": period[0], "to": period[1]})
+    held: dict[tuple, dict[str, Any]] = {}
+    for report in reports:
+        for h in report["held"]:
+            into = held.setdefault((h["data_class"], h["table_name"]), {**h, "rows": 0, "held_rows": 0})
+            if h["table_name"] == "deployments":  # (in every shard: counted once)
+                into["rows"], into["held_rows"] = max(into["rows"], h["rows"]), max(into["held_rows"], h["held_rows"])
+            else:
+                into["rows"] += h["rows"]
+                into["held_rows"] += h["held_rows"]
+            times = [t for t in (into["oldest"], h["oldest"]) if t]
+            into["oldest"] = min(times) if times else None
+            into["newest"] = max((t for t in (into["newest"], h["newest"]) if t), default=None)
+    purges = sorted((p for r in reports for p in r["purges"]), key=lambda p: (p["purged_at"], p["purge_id"]))
+    return {**reports[0], "held": list(held.values()), "purges": purges,
+            "shards": [{"shard": name, "ledger": r["ledger"], "latest_digest": r["latest_digest"]}
+                       for name, r in zip(shard_set.names, reports)]}
+
+
+def archive_partition(shard_set: Shards, table: str, day: str) -> tuple[bytes, int]:
+    """One day of one table from every shard, as one Parquet file in the order one store
+    writes it (governance records, which every shard holds, once)."""
+    frames = [pl.read_parquet(io.BytesIO(base64.b64decode(part)))
+              for part in shard_set.ask("archive-partition", {"table": table, "day": day})]
+    frame = pl.concat(frames, how="vertical")
+    if table == "deployments":
+        frame = frame.unique(maintain_order=True)
+    frame = frame.sort(frame.columns, nulls_last=True)
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, statistics=True)
+    return buffer.getvalue(), frame.height
 
 
 def verify(shard_set: Shards) -> dict[str, Any]:

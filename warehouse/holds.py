@@ -55,8 +55,17 @@ _CRITERIA = {
 }
 
 
-def held_sql(table: str) -> str:
-    """SQL true when row `t` of `table` is covered by an active legal hold."""
+# What a shard cannot decide alone: an action's, a finding's or a span's deployment and
+# caller come from calls that may be in another shard. There a hold keeps every such row in
+# its time range: more than it names, never less.
+_SHARDED = {"tool_actions", "findings", "trace_spans"}
+
+
+def held_sql(table: str, sharded: bool = False) -> str:
+    """SQL true when row `t` of `table` is covered by an active legal hold (`sharded`: in one
+    shard of several, see _SHARDED)."""
+    if sharded and table in _SHARDED:
+        return f"EXISTS (SELECT 1 FROM legal_holds h WHERE {ACTIVE} AND {_time(table)})"
     deployment, caller = _CRITERIA[table]
     return (f"EXISTS (SELECT 1 FROM legal_holds h WHERE {ACTIVE} AND {_time(table)} "
             f"AND (h.deployment_id IS NULL OR ({deployment})) AND (h.caller IS NULL OR ({caller})))")
@@ -97,6 +106,20 @@ def remove(store: Store, principal: Principal, params: Params) -> dict[str, Any]
         items = store.record(con, "legal_holds", [released])
         store.ledger.append(con, "hold", {"hold_id": hold_id, "action": "release"}, items)
     return {"hold": get(store.reader(), hold_id)}
+
+
+def sync(store: Store, holds: list[dict[str, Any]]) -> int:
+    """Make this store hold `holds` (every version the query front's store has: a shard
+    other than 0 takes them before each retention run); only new holds and releases are
+    written, under one ledger entry. Returns how many."""
+    if not holds:
+        return 0
+    with store.transaction() as con:
+        items = store.record(con, "legal_holds", holds)
+        if items.height:
+            store.ledger.append(con, "hold", {"action": "sync", "holds": sorted({h["hold_id"] for h in holds})},
+                                items)
+    return items.height
 
 
 def get(con: duckdb.DuckDBPyConnection, hold_id: str) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from warehouse.queries.usage import USAGE_PARAMS, usage
 from warehouse.queries.traces import SESSION_PARAMS, TRACE_PARAMS, session, trace
 from warehouse.rollback import Freshness
 from warehouse.store import Store
+from warehouse.tables import iso
 from warehouse.verify import verify
 
 
@@ -66,7 +67,7 @@ class Operation:
     roles: frozenset[str]
     run: Callable[[Context, Params], Any]
     # How a sharded warehouse's front answers it (warehouse/front.py): None, not yet (501);
-    # FRONT_LOCAL, from the front's own store (what only the front writes).
+    # OWN_RUN, by its own run (what only the front writes, or a run that asks the shards).
     over_shards: Callable[[Context, Params], Any] | None = None
 
     @property
@@ -110,6 +111,8 @@ def _verify(ctx: Context, params: Params) -> dict[str, Any]:
 
 def _report_doc(ctx: Context, params: Params) -> dict[str, Any]:
     start, end = report.period(params)
+    if ctx.shards is not None:
+        return front.retention_report(ctx.shards, (iso(start), iso(end)))
     if ctx.store is None:
         return report.build(ctx.con, ctx.config.warehouse.retention, start, end)
     with ctx.store.snapshot() as (con, _):
@@ -128,7 +131,8 @@ def _report_export(ctx: Context, params: Params) -> Export:
 
 def _archive_export(ctx: Context, params: Params) -> Export:
     day, table = archive.day_of(params), archive.table_of(params)
-    data, count = archive.partition(ctx.con, table, day)
+    data, count = (front.archive_partition(ctx.shards, table, day.strftime("%Y-%m-%d")) if ctx.shards
+                   else archive.partition(ctx.con, table, day))
     label = day.strftime("%Y-%m-%d")
     meta = report.record_export(_writable(ctx), ctx.principal, "archive", "parquet",
                                 {"day": label, "table": table}, data, count)
@@ -152,6 +156,8 @@ def _access_log(ctx: Context, params: Params) -> dict[str, Any]:
 
 def _retention_apply(ctx: Context, params: Params) -> dict[str, Any]:
     dry_run = params.boolean("dry_run", False)
+    if ctx.shards is not None:
+        return front.retention_apply(ctx.shards, dry_run, ctx.principal)
     return retention.apply(_writable(ctx), ctx.config.warehouse.retention, ctx.principal,
                            dry_run=dry_run, metrics=ctx.metrics)
 
@@ -166,7 +172,7 @@ def _q(fn: Callable[[duckdb.DuckDBPyConnection, Params], dict[str, Any]]) -> Cal
     return lambda ctx, params: fn(ctx.con, params)
 
 
-def FRONT_LOCAL(ctx: Context, params: Params) -> Any:  # noqa: N802 - a marker, see Operation
+def OWN_RUN(ctx: Context, params: Params) -> Any:  # noqa: N802 - a marker, see Operation
     raise AssertionError("replaced by the operation's own run")
 
 
@@ -197,22 +203,23 @@ _ALL = (
               lambda ctx, params: front.deployments(ctx.shards, params)),
     Operation("query", "findings", frozenset(FINDINGS_PARAMS), ANY_ROLE, _q(findings),
               lambda ctx, params: front.findings(ctx.shards, dict(params.raw), params)),
-    Operation("query", "holds", frozenset({"state"}), COMPLIANCE_ROLES, _q(holds.list_holds), FRONT_LOCAL),
-    Operation("query", "retention-report", frozenset({"from", "to"}), COMPLIANCE_ROLES, _report_doc),
+    Operation("query", "holds", frozenset({"state"}), COMPLIANCE_ROLES, _q(holds.list_holds), OWN_RUN),
+    Operation("query", "retention-report", frozenset({"from", "to"}), COMPLIANCE_ROLES, _report_doc, OWN_RUN),
     Operation("query", "verify", frozenset(), COMPLIANCE_ROLES, _verify,
               lambda ctx, params: front.verify(ctx.shards)),
-    Operation("query", "export-lookup", frozenset({"id"}), COMPLIANCE_ROLES, _q(report.lookup), FRONT_LOCAL),
+    Operation("query", "export-lookup", frozenset({"id"}), COMPLIANCE_ROLES, _q(report.lookup), OWN_RUN),
     Operation("query", "access-log", frozenset({"principal", "person", "operation", "role", "status",
                                                 "since", "until", *PAGE_PARAMS}), COMPLIANCE_ROLES,
-              _access_log, FRONT_LOCAL),
-    Operation("action", "retention-apply", frozenset({"dry_run"}), COMPLIANCE_ROLES, _retention_apply),
+              _access_log, OWN_RUN),
+    Operation("action", "retention-apply", frozenset({"dry_run"}), COMPLIANCE_ROLES, _retention_apply, OWN_RUN),
+    # Holds are the front's: every other shard takes them before it counts or purges by them.
     Operation("action", "hold-add", frozenset({"deployment_id", "caller", "from", "to", "reason"}),
-              COMPLIANCE_ROLES, lambda ctx, p: holds.add(_writable(ctx), ctx.principal, p)),
+              COMPLIANCE_ROLES, lambda ctx, p: holds.add(_writable(ctx), ctx.principal, p), OWN_RUN),
     Operation("action", "hold-remove", frozenset({"hold_id", "reason"}), COMPLIANCE_ROLES,
-              lambda ctx, p: holds.remove(_writable(ctx), ctx.principal, p)),
+              lambda ctx, p: holds.remove(_writable(ctx), ctx.principal, p), OWN_RUN),
     Operation("export", "retention-report", frozenset({"from", "to", "format"}), COMPLIANCE_ROLES,
-              _report_export),
-    Operation("export", "archive", frozenset({"day", "table"}), COMPLIANCE_ROLES, _archive_export),
+              _report_export, OWN_RUN),
+    Operation("export", "archive", frozenset({"day", "table"}), COMPLIANCE_ROLES, _archive_export, OWN_RUN),
 )
 OPERATIONS: dict[str, Operation] = {op.path: op for op in _ALL}
 
@@ -252,7 +259,7 @@ def execute(ctx: Context, kind: str, name: str, raw: Mapping[str, list[str]]) ->
 
 
 def _runner(ctx: Context, op: Operation) -> Callable[[Context, Params], Any]:
-    if ctx.shards is None or op.over_shards is FRONT_LOCAL:
+    if ctx.shards is None or op.over_shards is OWN_RUN:
         return op.run
     if op.over_shards is None:
         raise front.NotOverShards(

@@ -51,7 +51,7 @@ def period(params: Params) -> tuple[dt.datetime, dt.datetime]:
 
 
 def build(con: duckdb.DuckDBPyConnection, config: RetentionConfig, start: dt.datetime,
-          end: dt.datetime) -> dict[str, Any]:
+          end: dt.datetime, sharded: bool = False) -> dict[str, Any]:
     keep = policies(config)
     held = []
     for data_class, table in CLASSES:
@@ -60,7 +60,7 @@ def build(con: duckdb.DuckDBPyConnection, config: RetentionConfig, start: dt.dat
         if data_class == "content":
             where = " OR ".join(f"t.{c} IS NOT NULL" for c in CONTENT_COLUMNS[table])
         n, oldest, newest, under_hold = con.execute(
-            f"SELECT count(*), min({age}), max({age}), count(*) FILTER (WHERE {holds.held_sql(table)}) "
+            f"SELECT count(*), min({age}), max({age}), count(*) FILTER (WHERE {holds.held_sql(table, sharded)}) "
             f"FROM {table} t WHERE {where}").fetchall()[0]
         held.append({"data_class": data_class, "table_name": table, "keep_days": keep[data_class],
                      "rows": n, "held_rows": under_hold, "oldest": iso(oldest), "newest": iso(newest)})

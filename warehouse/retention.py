@@ -82,8 +82,10 @@ def policies(config: RetentionConfig) -> dict[str, float]:
 
 
 def apply(store: Store, config: RetentionConfig, principal: Principal, *, dry_run: bool = False,
-          metrics: StageMetrics | None = None, at: dt.datetime | None = None) -> dict[str, Any]:
-    """Run every step; with dry_run only count what would go (and what holds keep)."""
+          metrics: StageMetrics | None = None, at: dt.datetime | None = None,
+          sharded: bool = False) -> dict[str, Any]:
+    """Run every step; with dry_run only count what would go (and what holds keep).
+    `sharded`: this store is one shard of several (holds.held_sql)."""
     at = at or now()
     run_id = f"ret-{uuid.uuid4().hex[:12]}"
     results: list[dict[str, Any]] = []
@@ -97,7 +99,7 @@ def apply(store: Store, config: RetentionConfig, principal: Principal, *, dry_ru
             cutoff = at - dt.timedelta(seconds=keep)
             table = store.by_name[step.table]
             expired = f"{EXPIRY_COLUMNS[step.table]} < ? AND {step.extra}"
-            held = held_sql(step.table)
+            held = held_sql(step.table, sharded)
             gone, kept = con.execute(
                 f"SELECT count(*) FILTER (WHERE NOT {held}), count(*) FILTER (WHERE {held}) "
                 f"FROM {step.table} t WHERE {expired}", [cutoff]).fetchall()[0]

@@ -13,7 +13,7 @@ from nimtrail import heap, kafka_io
 from nimtrail.config import Config
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
-from warehouse import published, retention, shards
+from warehouse import front, holds, published, retention, shards
 from warehouse.access import Principal
 from warehouse.alerts import Alerter
 from warehouse.api import QueryApi
@@ -72,8 +72,7 @@ def run(config: Config, stop: threading.Event) -> None:
                 _task("checkpoint", metrics, checkpointer.checkpoint)
             if next_retention is not None and time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + every
-                _task("retention", metrics, lambda: retention.apply(
-                    store, config.warehouse.retention, SCHEDULER, metrics=metrics))
+                _task("retention", metrics, lambda: scheduled_retention(store, config, metrics))
     finally:
         api.shutdown()
         alerter.close()
@@ -82,6 +81,14 @@ def run(config: Config, stop: threading.Event) -> None:
         _task("checkpoint", metrics, checkpointer.checkpoint)
         producer.close(timeout=30)
         store.close()
+
+
+def scheduled_retention(store: Store, config: Config, metrics: StageMetrics) -> None:
+    """A shard other than 0 first takes the front's legal holds; when the front does not
+    answer, this run purges nothing (the task fails and is logged; the next one retries)."""
+    if shards.sharded(config) and config.warehouse.shard:
+        holds.sync(store, front.ask_front(config, "holds", {}))
+    retention.apply(store, config.warehouse.retention, SCHEDULER, metrics=metrics, sharded=shards.sharded(config))
 
 
 def report_memory(store: Store, metrics: StageMetrics) -> None:

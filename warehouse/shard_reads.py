@@ -1,20 +1,23 @@
 """What a warehouse shard answers the query front: parts of named operations, over its own
 store, for the front to merge (warehouse/front.py).
 
-These are reads on behalf of a request the front has already authorized and logs in its
-own access log, so a shard checks only that the front asks (the shards' token) and logs
+These run on behalf of a request the front has already authorized and logs in its own
+access log, so a shard checks only that the front asks (the shards' token) and logs
 nothing. Each part is the same code the unsharded warehouse runs for that piece of the
-operation.
+operation. All are reads but one: a retention run, which purges by the front's holds.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Callable
 
 import duckdb
 
 from nimtrail.config import Config
+from warehouse import archive, holds, report, retention
 from warehouse.access import Principal
+from warehouse.queries.common import rows
 from warehouse.params import Params
 from warehouse.queries import actions as actions_q
 from warehouse.queries import governance
@@ -86,6 +89,35 @@ def _latency_part(store: Store, con: duckdb.DuckDBPyConnection, config: Config, 
     raise ShardReadError(f"no latency part {part!r}")
 
 
+def _with_front_holds(store: Store, config: Config) -> None:
+    """A shard other than 0 takes the front's legal holds before anything that counts or
+    purges by them (raises front.ShardUnavailable when the front does not answer: then
+    nothing is purged)."""
+    if config.warehouse.shard:
+        from warehouse import front
+
+        holds.sync(store, front.ask_front(config, "holds", {}))
+
+
+def _retention_apply(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    _with_front_holds(store, config)
+    name, role = args["principal"]
+    return retention.apply(store, config.warehouse.retention, Principal(name, role),
+                           dry_run=bool(args["dry_run"]), sharded=True)
+
+
+def _retention_report(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    _with_front_holds(store, config)
+    start, end = report.period(Params({"from": [args["from"]], "to": [args["to"]]}, {"from", "to"}))
+    return report.build(con, config.warehouse.retention, start, end, sharded=True)
+
+
+def _archive_partition(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    params = Params({"table": [args["table"]], "day": [args["day"]]}, {"table", "day"})
+    data, _ = archive.partition(con, archive.table_of(params), archive.day_of(params))
+    return base64.b64encode(data).decode()
+
+
 READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, Any]], Any]] = {
     "verify": _verify,
     "calls-page": _calls_page,
@@ -96,6 +128,10 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
     "deployments": lambda store, con, config, args: every_deployment(con),
     "calls-per-version": lambda store, con, config, args: calls_per_version(con),
     "latency-part": _latency_part,
+    "holds": lambda store, con, config, args: rows(con, "SELECT * FROM legal_holds ORDER BY hold_id", []),
+    "retention-apply": _retention_apply,
+    "retention-report": _retention_report,
+    "archive-partition": _archive_partition,
     "finding-flags": lambda store, con, config, args: actions_q.flags(con),
     "matching-calls": lambda store, con, config, args: actions_q.matching_calls(
         con, Params(args["params"], actions_q.ACTIONS_PARAMS)),

@@ -80,11 +80,12 @@ def all_shards(config: Config) -> list[Config]:
     return [for_shard(config, i) for i in range(config.warehouse.shards)]
 
 
-def api_url(config: Config) -> str:
-    """Where a shard's configuration (`for_shard`) serves its API."""
-    host = config.warehouse.api.host
-    host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    return f"http://{host}:{config.warehouse.api.port}"
+def peer_url(config: Config, index: int) -> str:
+    """Where shard `index` serves its API, as a shard running with `config` (its own,
+    from `for_shard`: its port is the layout's + its index) reaches it."""
+    w = config.warehouse
+    host = "127.0.0.1" if w.api.host in ("", "0.0.0.0") else w.api.host
+    return f"http://{host}:{w.api.port - w.shard + index}"
 
 
 def token(config: Config, create: bool = False) -> str:

@@ -1,0 +1,51 @@
+"""The query front's merges, as pure units: an operation without a merge is refused, not
+answered from one shard's part; pages and lookups merge in their query's order."""
+
+from __future__ import annotations
+
+import pytest
+
+from warehouse import front, operations
+from warehouse.access import Principal
+from warehouse.operations import Context, Operation
+
+
+class FakeShards:
+    """Two shards' answers to each read, as the front would receive them."""
+
+    def __init__(self, answers: dict[str, list]):
+        self.answers = answers
+        self.names = ["shard 0 of 2", "shard 1 of 2"]
+
+    def ask(self, read: str, args: dict) -> list:
+        return self.answers[read]
+
+
+def test_an_operation_without_a_merge_is_refused_over_shards(monkeypatch):
+    bare = Operation("query", "bare", frozenset(), frozenset({"admin"}), lambda ctx, p: {"rows": []})
+    monkeypatch.setitem(operations.OPERATIONS, "query/bare", bare)
+    ctx = Context(None, None, Principal("p", "admin"), None, shards=FakeShards({}))
+    with pytest.raises(front.NotOverShards, match="query/bare is not answered over 2 warehouse shards"):
+        operations.execute(ctx, "query", "bare", {})
+
+
+def test_every_operation_says_how_it_is_answered_over_shards():
+    assert [op.path for op in operations.OPERATIONS.values() if op.over_shards is None] == []
+
+
+def test_rows_merge_newest_first_with_nulls_last_and_ties_by_id():
+    found = [{"t": None, "id": "a"}, {"t": "2026-01-01T00:00:01.000000Z", "id": "b"},
+             {"t": "2026-01-01T00:00:02.000000Z", "id": "d"}, {"t": "2026-01-01T00:00:02.000000Z", "id": "c"}]
+    assert [r["id"] for r in front._ordered(found, ("t", "id"), descending=True)] == ["c", "d", "b", "a"]
+    assert [r["id"] for r in front._ordered(found, ("t", "id"))] == ["b", "c", "d", "a"]
+
+
+def test_verification_names_the_shard_of_each_problem():
+    ok = {"ok": True, "problems": [], "warnings": [], "ledger": {"entries": 3}, "rows_checked": {"model_calls": 2},
+          "digests": {"checked": 1, "latest": "a", "public_key_sha256": "k"}}
+    bad = {**ok, "ok": False, "problems": [{"check": "row", "where": "model_calls call_id=x", "message": "changed"}],
+           "digests": {"checked": 2, "latest": "b", "public_key_sha256": "k"}}
+    doc = front.verifications(["shard 0 of 2", "shard 1 of 2"], [ok, bad])
+    assert not doc["ok"] and doc["first_problem"] == "shard 1 of 2: model_calls call_id=x: changed"
+    assert doc["rows_checked"] == {"model_calls": 4} and doc["digests"]["checked"] == 3
+    assert doc["digests"]["public_key_sha256"] == "k" and doc["ledger"]["entries"] == 6
