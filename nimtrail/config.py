@@ -496,6 +496,10 @@ class WarehouseConfig:
     # (`nimtrail warehouse --shard I`). One shard is the plain layout: <data_dir>/audit.duckdb.
     shards: int = 1
     shard: int = 0
+    # Where shard i's API is, as host:port with {shard} for i, when each shard runs on its own
+    # host (a StatefulSet's pods: nimtrail-warehouse-{shard}.<headless service>:8700); every
+    # shard then listens on warehouse.api. Empty: one host, shard i on warehouse.api's port + i.
+    shard_api: str = ""
     # The shards' internal API answers the query front only: a secret both hold (created
     # on first start when empty: <data_dir>/shards/token).
     shard_token_file: str = ""
@@ -511,6 +515,12 @@ class WarehouseConfig:
         if not 0 <= self.shard < self.shards:
             raise ConfigError(f"{path}.shard: expected between 0 and shards - 1 ({self.shards - 1}), "
                               f"got {self.shard}")
+        if self.shard_api:
+            try:
+                HostPort.parse(self.shard_api.replace("{shard}", "0"))
+            except ValueError:
+                raise ConfigError(f"{path}.shard_api: expected host:port with {{shard}} for the shard's "
+                                  f"index, got {self.shard_api!r}") from None
         for i, cidr in enumerate(self.trusted_proxies):
             try:
                 networks([cidr])

@@ -68,6 +68,7 @@ def test_config_file_from_environment(tmp_path):
     ("warehouse:\n  shards: two\n", "warehouse.shards: expected an integer, got 'two'"),
     ("warehouse:\n  shards: 0\n", "warehouse.shards: expected between 1 and 64, got 0"),
     ("warehouse:\n  shards: 2\n  shard: 2\n", "warehouse.shard: expected between 0 and shards - 1 (1), got 2"),
+    ("warehouse:\n  shard_api: warehouse-{shard}\n", "warehouse.shard_api: expected host:port with {shard}"),
 ])
 def test_invalid_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

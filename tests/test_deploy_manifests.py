@@ -366,3 +366,21 @@ def test_collectors_that_publish_their_ports_listen_beyond_loopback():
         collector = doc["collector"]
         assert config_mod.HostPort(collector["otlp_grpc"]).host == "0.0.0.0"
         assert config_mod.HostPort(collector["otlp_http"]).host == "0.0.0.0"
+
+
+def test_the_warehouse_shards_are_the_statefulsets_pods_and_pod_0_answers():
+    """Scaling the warehouse is replicas and warehouse.shards set to one number: pod i is
+    shard i, the query Service reaches pod 0 (the front), and the front reaches each shard
+    by its name under the headless Service that warehouse.shard_api names."""
+    [warehouse] = [d for d in _by_kind("StatefulSet") if d["metadata"]["name"] == "nimtrail-warehouse"]
+    [container] = _pod_spec(warehouse)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NIMTRAIL_WAREHOUSE__SHARD"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+    services = {s["metadata"]["name"]: s["spec"] for s in _by_kind("Service")}
+    assert services["nimtrail-warehouse"]["selector"]["statefulset.kubernetes.io/pod-name"] == "nimtrail-warehouse-0"
+    headless = services[warehouse["spec"]["serviceName"]]
+    assert headless["clusterIP"] == "None"
+    config = yaml.safe_load(_by_kind("ConfigMap")[0]["data"]["nimtrail.yaml"])["warehouse"]
+    assert config["shards"] == warehouse["spec"]["replicas"]
+    assert config["shard_api"].startswith(f"nimtrail-warehouse-{{shard}}.{warehouse['spec']['serviceName']}.")

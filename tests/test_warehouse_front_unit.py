@@ -49,3 +49,23 @@ def test_verification_names_the_shard_of_each_problem():
     assert not doc["ok"] and doc["first_problem"] == "shard 1 of 2: model_calls call_id=x: changed"
     assert doc["rows_checked"] == {"model_calls": 4} and doc["digests"]["checked"] == 3
     assert doc["digests"]["public_key_sha256"] == "k" and doc["ledger"]["entries"] == 6
+
+
+def test_a_shard_finds_the_others_on_one_host_or_where_shard_api_says():
+    import dataclasses
+
+    from nimtrail.config import Config, HostPort
+    from warehouse import shards
+
+    base = Config()
+    base = dataclasses.replace(base, warehouse=dataclasses.replace(base.warehouse, shards=3,
+                                                                    api=HostPort("127.0.0.1:8700")))
+    one = shards.for_shard(base, 2)
+    assert one.warehouse.api.port == 8702 and one.data_dir.endswith("shards/2-of-3")
+    assert [shards.peer_url(one, i) for i in range(3)] == [f"http://127.0.0.1:{8700 + i}" for i in range(3)]
+    pods = dataclasses.replace(base, warehouse=dataclasses.replace(
+        base.warehouse, shard_api="nimtrail-warehouse-{shard}.shards.svc:8700"))
+    mine = shards.for_shard(pods, 1)
+    assert mine.warehouse.api.port == 8700  # every pod listens on warehouse.api
+    assert shards.peer_url(mine, 0) == "http://nimtrail-warehouse-0.shards.svc:8700"
+    assert shards.for_shard(Config()) == Config()  # one shard: the plain layout

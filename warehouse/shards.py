@@ -55,8 +55,9 @@ def digest_prefix(config: Config) -> str:
 
 def for_shard(config: Config, index: int | None = None) -> Config:
     """The configuration shard `index` (default: warehouse.shard) runs with: its own data
-    directory, API port and digest copy directory; the signing key and the shards' token
-    stay where the base configuration puts them. One shard: `config` unchanged."""
+    directory, API port (unless warehouse.shard_api puts each shard on a host of its own)
+    and digest copy directory; the signing key and the shards' token stay where the base
+    configuration puts them. One shard: `config` unchanged."""
     w = config.warehouse
     index = w.shard if index is None else index
     if not sharded(config):
@@ -69,7 +70,7 @@ def for_shard(config: Config, index: int | None = None) -> Config:
         store = str(explicit.with_name(f"{explicit.stem}-{layout}{explicit.suffix}"))
     warehouse = dataclasses.replace(
         w, shard=index, path=store,
-        api=HostPort(f"{w.api.rpartition(':')[0]}:{w.api.port + index if w.api.port else 0}"),
+        api=w.api if w.shard_api else HostPort(f"{w.api.rpartition(':')[0]}:{w.api.port + index if w.api.port else 0}"),
         keys_dir=w.keys_dir or str(base / "keys"),
         shard_token_file=w.shard_token_file or str(base / "shards" / "token"),
         digest_copy_dir=str(Path(w.digest_copy_dir) / layout) if w.digest_copy_dir else "")
@@ -82,8 +83,11 @@ def all_shards(config: Config) -> list[Config]:
 
 def peer_url(config: Config, index: int) -> str:
     """Where shard `index` serves its API, as a shard running with `config` (its own,
-    from `for_shard`: its port is the layout's + its index) reaches it."""
+    from `for_shard`: its port is the layout's + its index) reaches it; or where
+    warehouse.shard_api says."""
     w = config.warehouse
+    if w.shard_api:
+        return f"http://{w.shard_api.replace('{shard}', str(index))}"
     host = "127.0.0.1" if w.api.host in ("", "0.0.0.0") else w.api.host
     return f"http://{host}:{w.api.port - w.shard + index}"
 
