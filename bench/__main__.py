@@ -6,7 +6,7 @@
     python -m bench --bootstrap 127.0.0.1:19092   # an existing broker instead of a bundled one
     python -m bench --soak [--minutes 30] [--rate 5000]   # steady load, then a processor restart
     python -m bench --soak --standby ...                  # a standby, and a failover half-way
-    python -m bench --scale        # the pipeline with 1, 2 and 3 processors in the group
+    python -m bench --scale        # the pipeline with 1, 2 and 3 processors in the group, and 2 warehouse shards
     python -m bench --redaction    # only redaction: MB/s and CPU seconds on adversarial text
 
 Writes bench/results/<timestamp>.json and the table in BENCHMARKS.md (with the machine
@@ -166,9 +166,13 @@ def overrides(settings: list[str]) -> dict[str, dict]:
     return out
 
 
-def scale_main(args: argparse.Namespace, counts: tuple[int, ...] = (1, 2, 3)) -> None:
-    """The default run's pipeline load through 1, 2 and 3 processors in one group: events/s
-    end to end and CPU per event of every process (standbys and the broker included)."""
+LAYOUTS = ((1, 1), (2, 1), (3, 1), (1, 2), (3, 2))  # (processors, warehouse shards)
+
+
+def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int], ...] = LAYOUTS) -> None:
+    """The default run's pipeline load through 1, 2 and 3 processors in one group, and
+    through two warehouse shards: events/s end to end and CPU per event of every process
+    (standbys, every shard and the broker included)."""
     from bench import pipeline
     size = SIZES["quick" if args.quick else "default"]
     work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-scale-"))
@@ -177,15 +181,16 @@ def scale_main(args: argparse.Namespace, counts: tuple[int, ...] = (1, 2, 3)) ->
                  "machine": machine(), "sizes": size, "broker": "shared" if args.bootstrap else "bundled",
                  "runs": {}}
     with kafka(args, work) as (bootstrap, broker_pid):
-        for n in counts:
-            say(f"{n} processor{'s' if n > 1 else ''}:")
-            out["runs"][str(n)] = pipeline.sustained(work, bootstrap, size["traces"], size["log_calls"], say,
-                                                broker_pid, processors=n)
-    base = out["runs"][str(counts[0])]
-    say("processors | events/s end to end | CPU µs per event (every process) | CPU per event against 1")
+        for n, m in layouts:
+            say(f"{n} processor{'s' if n > 1 else ''}, {m} warehouse shard{'s' if m > 1 else ''}:")
+            # (a layout of one shard keeps the processor count as its name, as earlier results do)
+            out["runs"][str(n) if m == 1 else f"{n}x{m}"] = pipeline.sustained(
+                work, bootstrap, size["traces"], size["log_calls"], say, broker_pid, processors=n, warehouse_shards=m)
+    base = next(iter(out["runs"].values()))
+    say("processors x shards | events/s end to end | CPU µs per event (every process) | CPU per event against 1")
     for n, run in out["runs"].items():
         per_event = 1e6 / run["events_per_cpu_s_all"]
-        say(f"{n:>10} | {run['events_per_s']:>19,.0f} | {per_event:>33,.1f} | "
+        say(f"{n:>19} | {run['events_per_s']:>19,.0f} | {per_event:>33,.1f} | "
             f"{base['events_per_cpu_s_all'] / run['events_per_cpu_s_all']:.2f}")
     say(f"wrote {write_result(out, 'scale')}")
 

@@ -34,7 +34,8 @@ import orjson
 
 from bench.collector_bench import _send_grpc, _send_http
 from tests import scenarios as sc
-from cli.supervisor import processor_children
+from cli.supervisor import processor_children, warehouse_children
+from warehouse import shards
 from tests.harness import Env, scrape, wait_for
 
 SPANS_PER_TRACE = 6
@@ -102,11 +103,13 @@ def nim_log_lines(calls: int, when: dt.datetime, new_id=lambda: uuid.uuid4().hex
 
 
 def _written(env: Env) -> dict[str, float]:
-    with urllib.request.urlopen(f"{env.api}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    """Records written per kind, added up over the warehouse's shards."""
     out: dict[str, float] = {}
-    for m in re.finditer(r'^nimtrail_warehouse_written_records_total\{kind="(\w+)"\} ([\d.e+]+)$', text, re.M):
-        out[m.group(1)] = float(m.group(2))
+    for shard in range(env.config.warehouse.shards):
+        with urllib.request.urlopen(f"http://127.0.0.1:{env.ports['api'] + shard}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for m in re.finditer(r'^nimtrail_warehouse_written_records_total\{kind="(\w+)"\} ([\d.e+]+)$', text, re.M):
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
     return out
 
 
@@ -122,9 +125,14 @@ def _found(env: Env, call_id: str) -> bool:
 
 def _start(env: Env, processors: int = 1) -> dict[str, int]:
     """The stages as processes: {name: pid}. Processors after the first join its group as
-    `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py)."""
+    `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py);
+    warehouse shards after the first are `nimtrail warehouse --shard i` (`warehouse-i`)."""
     pids = {}
-    for stage in ("warehouse", "processor", "collector"):
+    for i, (name, args) in enumerate(warehouse_children(env.config)):
+        pids["warehouse" if i == 0 else name] = env.start("warehouse", args=tuple(args), log_name=name).pid
+        wait_for(lambda i=i: _healthy(f"http://127.0.0.1:{env.ports['api'] + i}/healthz"), timeout=120,
+                 what=f"warehouse {name}")
+    for stage in ("processor", "collector"):
         pids[stage] = env.start(stage).pid
         env.wait_ready(stage, timeout=120)
     for name, args in processor_children(env.config, processors)[1:]:
@@ -143,22 +151,35 @@ def wait_settled(env: Env, processors: int) -> list[str]:
     return urls
 
 
-def _count(env: Env) -> dict[str, int]:
-    con = duckdb.connect(str(env.config.warehouse_path), read_only=True)
+def _healthy(url: str) -> bool:
     try:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("model_calls", "tool_actions")}
-    finally:
-        con.close()
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _count(env: Env) -> dict[str, int]:
+    counts = {"model_calls": 0, "tool_actions": 0}
+    for config in shards.all_shards(env.config):
+        con = duckdb.connect(str(config.warehouse_path), read_only=True)
+        try:
+            for t in counts:
+                counts[t] += con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+        finally:
+            con.close()
+    return counts
 
 
 def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None],
-              broker_pid: int | None = None, processors: int = 1) -> dict:
+              broker_pid: int | None = None, processors: int = 1, warehouse_shards: int = 1) -> dict:
     """`traces` agent traces over OTLP and `log_calls` calls' NIM log lines through the
-    running stages, `processors` of them in the processor group."""
-    name = "sustained" if processors == 1 else f"sustained-{processors}"
+    running stages, `processors` of them in the processor group, `warehouse_shards` warehouse shards."""
+    name = "sustained" + (f"-{processors}" if processors > 1 else "") + (f"-{warehouse_shards}shards" if warehouse_shards > 1 else "")
     (work / name).mkdir(parents=True, exist_ok=True)
     env = Env(work / name, bootstrap, collector={"filelog": [
-        {"include": [str(work / name / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]})
+        {"include": [str(work / name / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]},
+        warehouse={"shards": warehouse_shards})
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     requests, spans = _traces(traces, now)
     lines = nim_log_lines(log_calls, now)
