@@ -106,7 +106,8 @@ def _written(env: Env) -> dict[str, float]:
     """Records written per kind, added up over the warehouse's shards."""
     out: dict[str, float] = {}
     for shard in range(env.config.warehouse.shards):
-        with urllib.request.urlopen(f"http://127.0.0.1:{env.ports['api'] + shard}/metrics", timeout=10) as r:
+        port = env.ports["api"] + shards.port_offset(shard)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
         for m in re.finditer(r'^nimtrail_warehouse_written_records_total\{kind="(\w+)"\} ([\d.e+]+)$', text, re.M):
             out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
@@ -130,7 +131,8 @@ def _start(env: Env, processors: int = 1) -> dict[str, int]:
     pids = {}
     for i, (name, args) in enumerate(warehouse_children(env.config)):
         pids["warehouse" if i == 0 else name] = env.start("warehouse", args=tuple(args), log_name=name).pid
-        wait_for(lambda i=i: _healthy(f"http://127.0.0.1:{env.ports['api'] + i}/healthz"), timeout=120,
+        port = env.ports["api"] + shards.port_offset(i)
+        wait_for(lambda port=port: _healthy(f"http://127.0.0.1:{port}/healthz"), timeout=120,
                  what=f"warehouse {name}")
     for stage in ("processor", "collector"):
         pids[stage] = env.start(stage).pid

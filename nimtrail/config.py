@@ -498,7 +498,7 @@ class WarehouseConfig:
     shard: int = 0
     # Where shard i's API is, as host:port with {shard} for i, when each shard runs on its own
     # host (a StatefulSet's pods: nimtrail-warehouse-{shard}.<headless service>:8700); every
-    # shard then listens on warehouse.api. Empty: one host, shard i on warehouse.api's port + i.
+    # shard then listens on warehouse.api. Empty: one host, shard i > 0 on warehouse.api's port + 10 + i.
     shard_api: str = ""
     # The shards' internal API answers the query front only: a secret both hold (created
     # on first start when empty: <data_dir>/shards/token).

@@ -61,11 +61,28 @@ def test_a_shard_finds_the_others_on_one_host_or_where_shard_api_says():
     base = dataclasses.replace(base, warehouse=dataclasses.replace(base.warehouse, shards=3,
                                                                     api=HostPort("127.0.0.1:8700")))
     one = shards.for_shard(base, 2)
-    assert one.warehouse.api.port == 8702 and one.data_dir.endswith("shards/2-of-3")
-    assert [shards.peer_url(one, i) for i in range(3)] == [f"http://127.0.0.1:{8700 + i}" for i in range(3)]
+    assert one.warehouse.api.port == 8712 and one.data_dir.endswith("shards/2-of-3")
+    # (the front on warehouse.api; the others beside the processors' 8701 + k)
+    assert [shards.peer_url(one, i) for i in range(3)] == ["http://127.0.0.1:8700", "http://127.0.0.1:8711",
+                                                           "http://127.0.0.1:8712"]
     pods = dataclasses.replace(base, warehouse=dataclasses.replace(
         base.warehouse, shard_api="nimtrail-warehouse-{shard}.shards.svc:8700"))
     mine = shards.for_shard(pods, 1)
     assert mine.warehouse.api.port == 8700  # every pod listens on warehouse.api
     assert shards.peer_url(mine, 0) == "http://nimtrail-warehouse-0.shards.svc:8700"
     assert shards.for_shard(Config()) == Config()  # one shard: the plain layout
+
+
+def test_on_one_host_no_shard_takes_a_port_another_default_listener_has():
+    """`nimtrail up --processors N --shards M` runs them all on the default ports."""
+    import dataclasses
+
+    from nimtrail.config import Config
+    from warehouse import shards
+
+    c = Config()
+    taken = {c.collector.otlp_http.port, c.collector.otlp_grpc.port, c.app.port, c.kafka.port,
+             *(c.processor.ops.port + k for k in range(8))}
+    layout = dataclasses.replace(c, warehouse=dataclasses.replace(c.warehouse, shards=8))
+    ports = [shards.for_shard(layout, i).warehouse.api.port for i in range(8)]
+    assert ports[0] == c.warehouse.api.port and len(set(ports)) == 8 and not set(ports) & taken

@@ -20,6 +20,7 @@ from tests import scenarios as sc
 from tests.corpus import T0
 from tests.harness import Env, http_ok, wait_for
 from tests.test_processors_kafka import register_deployments
+from warehouse import shards
 
 pytestmark = pytest.mark.integration
 RUNS = 24
@@ -70,7 +71,7 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
               warehouse={"shards": 2, "checkpoint_interval": "2s"})
     topics = {k: getattr(env.config.topics, k) for k in env.config.topics.__dataclass_fields__}
     single = Env(tmp_path / "single", kafka_bootstrap, topics=topics)
-    shard_api = f"http://127.0.0.1:{env.ports['api'] + 1}"
+    shard_api = f"http://127.0.0.1:{env.ports['api'] + shards.port_offset(1)}"
     try:
         register_deployments(env)
         env.start("warehouse", args=("--shard", "0"), log_name="warehouse-0")

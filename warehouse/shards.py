@@ -8,7 +8,7 @@ DuckDB file, ledger, digests and offsets, and needs nothing from the others; and
 governance record (`owns`). One shard is
 the plain layout (<data_dir>/audit.duckdb, the API on warehouse.api); with more, shard i
 keeps everything under <data_dir>/shards/<i>-of-<M>/ and serves its internal API on
-warehouse.api's port + i, and shard 0 answers the query API over all of them
+warehouse.api's port + 10 + i, and shard 0 answers the query API over all of them
 (warehouse/front.py). A layout names its M, so running with another number of shards
 starts new stores instead of mixing partitions into files that held others.
 """
@@ -25,6 +25,16 @@ from nimtrail.config import Config, HostPort
 
 log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-Nimtrail-Shard-Token"
+
+
+# On one host, shard i > 0 serves its internal API on warehouse.api's port + 10 + i (8711,
+# 8712, ...): beside the processors' ops ports, 8701 + k for the k-th standby.
+PORT_OFFSET = 10
+
+
+def port_offset(index: int) -> int:
+    """How far shard `index`'s port is from warehouse.api's on one host (0 for the front)."""
+    return PORT_OFFSET + index if index else 0
 
 
 def sharded(config: Config) -> bool:
@@ -70,7 +80,8 @@ def for_shard(config: Config, index: int | None = None) -> Config:
         store = str(explicit.with_name(f"{explicit.stem}-{layout}{explicit.suffix}"))
     warehouse = dataclasses.replace(
         w, shard=index, path=store,
-        api=w.api if w.shard_api else HostPort(f"{w.api.rpartition(':')[0]}:{w.api.port + index if w.api.port else 0}"),
+        api=w.api if w.shard_api else HostPort(
+            f"{w.api.rpartition(':')[0]}:{w.api.port + port_offset(index) if w.api.port else 0}"),
         keys_dir=w.keys_dir or str(base / "keys"),
         shard_token_file=w.shard_token_file or str(base / "shards" / "token"),
         digest_copy_dir=str(Path(w.digest_copy_dir) / layout) if w.digest_copy_dir else "")
@@ -83,13 +94,13 @@ def all_shards(config: Config) -> list[Config]:
 
 def peer_url(config: Config, index: int) -> str:
     """Where shard `index` serves its API, as a shard running with `config` (its own,
-    from `for_shard`: its port is the layout's + its index) reaches it; or where
+    from `for_shard`: its port is the layout's + its offset) reaches it; or where
     warehouse.shard_api says."""
     w = config.warehouse
     if w.shard_api:
         return f"http://{w.shard_api.replace('{shard}', str(index))}"
     host = "127.0.0.1" if w.api.host in ("", "0.0.0.0") else w.api.host
-    return f"http://{host}:{w.api.port - w.shard + index}"
+    return f"http://{host}:{w.api.port - port_offset(w.shard) + port_offset(index)}"
 
 
 def token(config: Config, create: bool = False) -> str:
