@@ -205,6 +205,10 @@ def test_two_shards_hold_one_warehouses_trail_and_the_front_answers_as_it_does(t
             json.loads(env.cli("verify", "--json").stdout)), 30, what="both shards to have signed")
         assert checked["ok"], checked["problems"]
         assert [s["shard"] for s in checked["shards"]] == ["shard 0 of 2", "shard 1 of 2"]
+        # as a person reads it, with the one key every shard signs with pinned
+        key = env.dir / "data" / "keys" / "ledger-ed25519.pub"
+        printed = env.cli("verify", "--public-key", str(key)).stdout.splitlines()
+        assert [line.split(": verified: ")[0] for line in printed[:2]] == ["shard 0 of 2", "shard 1 of 2"]
         one = json.loads(single.cli("verify", "--json").stdout)["rows_checked"]
         for table in AUDIT_TABLES:  # (the access log and checkpoints are each store's own)
             assert checked["rows_checked"][table] == one[table], table

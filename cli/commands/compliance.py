@@ -60,8 +60,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from warehouse import digests
 
         pinned = digests.fingerprint(digests.load_public_key(Path(args.public_key)))
-        used = result["digests"].get("public_key_sha256")
-        if used and used != pinned:
+        # (over shards: every shard's key, each signs its own digests)
+        used = {r["digests"].get("public_key_sha256") for r in result.get("shards", [result])} - {None}
+        if used - {pinned}:
             result["ok"] = False
             result["problems"].insert(0, {"check": "digest", "where": args.public_key,
                                           "message": "the digests were signed with a different key"})
@@ -69,13 +70,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0 if result["ok"] else 1
-    ledger, digests_seen = result["ledger"], result["digests"]
-    rows = sum(result["rows_checked"].values())
     if result["ok"]:
-        print(f"verified: {ledger['entries']} ledger entries (head {ledger['seq']} "
-              f"{ledger['hash'][:16]}…), {rows} rows in {len(result['rows_checked'])} tables, "
-              f"{digests_seen['checked']} signed digests"
-              + (f" (latest {digests_seen['latest']})" if digests_seen["latest"] else ""))
+        for shard in result.get("shards", [result]):
+            print(("" if "shard" not in shard else f"{shard['shard']}: ") + _verified(shard))
         for warning in result["warnings"]:
             print(f"note: {warning}")
         return 0
@@ -85,6 +82,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for warning in result["warnings"]:
         print(f"note: {warning}")
     return 1
+
+
+def _verified(result: dict[str, Any]) -> str:
+    ledger, digests_seen = result["ledger"], result["digests"]
+    rows = sum(result["rows_checked"].values())
+    return (f"verified: {ledger['entries']} ledger entries (head {ledger['seq']} "
+            f"{ledger['hash'][:16]}…), {rows} rows in {len(result['rows_checked'])} tables, "
+            f"{digests_seen['checked']} signed digests"
+            + (f" (latest {digests_seen['latest']})" if digests_seen["latest"] else ""))
 
 
 def cmd_retention_apply(args: argparse.Namespace) -> int:
