@@ -102,12 +102,25 @@ def nim_log_lines(calls: int, when: dt.datetime, new_id=lambda: uuid.uuid4().hex
     return lines
 
 
+def warehouse_urls(env: Env) -> list[str]:
+    """Each warehouse shard's API (one: the warehouse's)."""
+    return [f"http://127.0.0.1:{env.ports['api'] + shards.port_offset(i)}" for i in range(env.config.warehouse.shards)]
+
+
+def start_warehouses(env: Env) -> dict[str, int]:
+    """`nimtrail warehouse` (each `--shard i`, as `up` runs them), ready: {name: pid}."""
+    pids = {}
+    for i, ((name, args), url) in enumerate(zip(warehouse_children(env.config), warehouse_urls(env))):
+        pids["warehouse" if i == 0 else name] = env.start("warehouse", args=tuple(args), log_name=name).pid
+        wait_for(lambda url=url: _healthy(f"{url}/healthz"), timeout=120, what=f"warehouse {name}")
+    return pids
+
+
 def _written(env: Env) -> dict[str, float]:
     """Records written per kind, added up over the warehouse's shards."""
     out: dict[str, float] = {}
-    for shard in range(env.config.warehouse.shards):
-        port = env.ports["api"] + shards.port_offset(shard)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+    for url in warehouse_urls(env):
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
             text = r.read().decode()
         for m in re.finditer(r'^nimtrail_warehouse_written_records_total\{kind="(\w+)"\} ([\d.e+]+)$', text, re.M):
             out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
@@ -128,12 +141,7 @@ def _start(env: Env, processors: int = 1) -> dict[str, int]:
     """The stages as processes: {name: pid}. Processors after the first join its group as
     `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py);
     warehouse shards after the first are `nimtrail warehouse --shard i` (`warehouse-i`)."""
-    pids = {}
-    for i, (name, args) in enumerate(warehouse_children(env.config)):
-        pids["warehouse" if i == 0 else name] = env.start("warehouse", args=tuple(args), log_name=name).pid
-        port = env.ports["api"] + shards.port_offset(i)
-        wait_for(lambda port=port: _healthy(f"http://127.0.0.1:{port}/healthz"), timeout=120,
-                 what=f"warehouse {name}")
+    pids = start_warehouses(env)
     for stage in ("processor", "collector"):
         pids[stage] = env.start(stage).pid
         env.wait_ready(stage, timeout=120)

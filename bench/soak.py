@@ -47,7 +47,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.resources import Resource
 
 from nimtrail import kafka_io
-from bench.pipeline import TRACES_PER_REQUEST, _get, cpu_seconds, status_mb, wait_settled
+from bench.pipeline import (TRACES_PER_REQUEST, _get, cpu_seconds, start_warehouses, status_mb, wait_settled,
+                            warehouse_urls)
 from tests import scenarios as sc
 from cli.supervisor import processor_children
 from tests.harness import Env, scrape, wait_for
@@ -193,8 +194,8 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
     say(f"  soak: {minutes:g} min at {rate:,.0f} spans/s ({spans_per_request} spans per request, "
         f"{len(bodies)} templates), probes at {PROBES_PER_S:g}/s")
     _register_deployment(env)
-    pids = {}
-    for stage in ("warehouse", "processor", "collector"):
+    pids = start_warehouses(env)  # (each shard, with --set warehouse.shards=M)
+    for stage in ("processor", "collector"):
         pids[stage] = env.start(stage).pid
         env.wait_ready(stage, timeout=120)
     ops = f"http://127.0.0.1:{env.ports['ops']}/metrics"
@@ -214,7 +215,11 @@ def soak(work: Path, bootstrap: str, minutes: float, rate: float, say: Callable[
             raise RuntimeError(f"the collector answered {response.status}")
 
     def snapshot() -> dict:
-        p, w = (failover.metrics() if failover else scrape(ops)), scrape(f"{env.api}/metrics")
+        p = failover.metrics() if failover else scrape(ops)
+        w: dict[str, float] = {}  # every shard's, added up
+        for url in warehouse_urls(env):
+            for name, value in scrape(f"{url}/metrics").items():
+                w[name] = w.get(name, 0.0) + value
         return {"t": time.monotonic(), "sent": sent_spans[0], "cpu": {s: cpu_seconds(pid) for s, pid in pids.items()},
                 "joined": _sum(p, "nimtrail_processor_joined_evidence_total"),
                 "written": _sum(w, "nimtrail_warehouse_written_records_total"),
