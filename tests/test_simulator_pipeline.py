@@ -140,11 +140,16 @@ def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shard
         assert sorted(stages) == ["collector", "processor", "warehouse"], stages
         for stage, pid in stages.items():
             assert "/pandas/" not in Path(f"/proc/{pid}/maps").read_text(), f"the {stage} loaded pandas"
-        # One processor reads the input; the others (on the ops port + k) stand by.
+        # One processor reads the input; the others (on the ops port + k) stand by. (A member
+        # that joined a moment ago has no state to report yet: the group may still settle.)
         ops = env.config.processor.ops
-        states = [scrape(f"http://{ops.host}:{ops.port + k}/metrics").get("nimtrail_processor_active_members")
-                  for k in range(processors)]
-        assert sorted(states) == [0] * (processors - 1) + [1], states
+
+        def settled():
+            states = [scrape(f"http://{ops.host}:{ops.port + k}/metrics").get("nimtrail_processor_active_members")
+                      for k in range(processors)]
+            return None not in states and sorted(states) == [0] * (processors - 1) + [1]
+
+        wait_for(settled, timeout=60, interval=0.5, what="one processor reading, the others standing by")
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)
