@@ -19,13 +19,12 @@ import base64
 import concurrent.futures
 import datetime as dt
 import io
-import urllib.error
-import urllib.request
 from typing import Any, Callable
 
 import orjson
 import polars as pl
 
+from nimtrail import api_client
 from nimtrail.config import Config
 from warehouse import shards
 from warehouse.access import Principal
@@ -37,7 +36,7 @@ from warehouse.queries import latency_estimate, traces
 from warehouse.queries import usage as usage_q
 from warehouse.queries.actions import FACET_LIMIT, SEVERITY_NAMES
 from warehouse.queries.calls import LOOKUP_ORDER, trace_back_by, with_actions
-from warehouse.queries.common import page
+from warehouse.queries.common import page, page_of
 from warehouse.queries import actions as actions_q
 from warehouse.queries import governance
 from warehouse.queries.governance import DEPLOYMENT_COLUMNS
@@ -72,33 +71,25 @@ class Shards:
         """Each shard's answer to `read`, in shard order."""
         if not self.remotes:
             return [self.local(read, args)]
-        body = orjson.dumps(args)
         with concurrent.futures.ThreadPoolExecutor(len(self.remotes)) as pool:
-            remote = [pool.submit(self._post, name, url, read, body) for name, url in self.remotes]
+            remote = [pool.submit(post, name, url, self.token, read, args) for name, url in self.remotes]
             mine = self.local(read, args)
             return [mine, *(f.result() for f in remote)]
 
-    def _post(self, name: str, url: str, read: str, body: bytes) -> Any:
-        return post(name, url, self.token, read, body)
 
-
-def post(name: str, url: str, token: str, read: str, body: bytes) -> Any:
+def post(name: str, url: str, token: str, read: str, args: dict[str, Any]) -> Any:
     """Ask the shard `name` at `url` for `read` (warehouse/shard_reads.py)."""
-    request = urllib.request.Request(f"{url}/v1/shard/{read}", data=body, method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=ASK_TIMEOUT) as response:
-            return orjson.loads(response.read())
-    except urllib.error.HTTPError as e:
-        detail = e.read()[:300].decode(errors="replace")
-        raise ShardUnavailable(f"warehouse {name} at {url} answered {e.code} to {read}: {detail}") from e
-    except (OSError, ValueError) as e:
-        raise ShardUnavailable(f"warehouse {name} at {url} did not answer {read}: {e}") from e
+        _headers, data = api_client.request(url, "POST", f"/v1/shard/{read}", body=args, token=token,
+                                            timeout=ASK_TIMEOUT)
+        return orjson.loads(data)
+    except (api_client.ApiError, orjson.JSONDecodeError) as e:
+        raise ShardUnavailable(f"warehouse {name} at {url}, asked for {read}: {e}") from e
 
 
 def ask_front(config: Config, read: str, args: dict[str, Any]) -> Any:
     """A shard asking shard 0 (the front) for what only it writes: the legal holds."""
-    return post(shards.name(config, 0), shards.peer_url(config, 0), shards.token(config), read, orjson.dumps(args))
+    return post(shards.name(config, 0), shards.peer_url(config, 0), shards.token(config), read, args)
 
 
 # ---- merging --------------------------------------------------------------------------
@@ -119,11 +110,10 @@ def calls(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[
     limit, offset = page(params)
     parts = shard_set.ask("calls-page", {"params": raw, "limit": offset + limit, "offset": 0})
     merged = _ordered([r for p in parts for r in p["rows"]], ("started_at", "call_id"), descending=True)
-    found = merged[offset:offset + limit]
-    more = len(merged) > offset + limit or any(p["more"] for p in parts)
-    ids = [r["call_id"] for r in found]
-    with_actions(found, [a for p in shard_set.ask("actions-of", {"call_ids": ids}) for a in p] if ids else [])
-    return {"rows": found, "next_offset": offset + limit if more else None}
+    result = page_of(merged, limit, offset, any(p["more"] for p in parts))
+    ids = [r["call_id"] for r in result["rows"]]
+    with_actions(result["rows"], [a for p in shard_set.ask("actions-of", {"call_ids": ids}) for a in p] if ids else [])
+    return result
 
 
 _LOOKUP_ORDER = {**LOOKUP_ORDER, **traces.LOOKUP_ORDER}
@@ -195,8 +185,7 @@ def deployments(shard_set: Shards, params: Params) -> dict[str, Any]:
              if all(value is None or r.get(column) == value for column, value in wanted.items())
              and (not latest or r["version"] == newest[r["deployment_id"]])]
     found.sort(key=lambda r: (r["deployment_id"], -r["version"]))
-    more = len(found) > offset + limit
-    return {"rows": found[offset:offset + limit], "next_offset": offset + limit if more else None}
+    return page_of(found, limit, offset)
 
 
 def usage(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
@@ -312,9 +301,8 @@ def findings(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> di
     parts = shard_set.ask("findings-part", {"params": raw, "facts": facts, "top": offset + limit + 1})
     if params.boolean("group", True):
         return governance.merged_groups(parts, limit, offset)
-    merged = _ordered([r for p in parts for r in p], ("detected_at", "finding_id"), descending=True)
-    return {"rows": merged[offset:offset + limit],
-            "next_offset": offset + limit if len(merged) > offset + limit else None}
+    return page_of(_ordered([r for p in parts for r in p], ("detected_at", "finding_id"), descending=True),
+                   limit, offset)
 
 
 def actions(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dict[str, Any]:
@@ -342,7 +330,8 @@ def actions(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dic
     if order == "risk":  # (a stable sort: equal risks stay newest first)
         merged.sort(key=lambda r: (r["finding_severity"], len(r["finding_kinds"] or []), r["destructive"]),
                     reverse=True)
-    found = merged[offset:offset + limit]
+    result = page_of(merged, limit, offset)
+    found = result["rows"]
     if given_calls is None:
         ids = sorted({r["call_id"] for r in found if r["call_id"] is not None})
         calls = {c["call_id"]: c for p in (shard_set.ask("call-columns", {"ids": ids}) if ids else [])
@@ -350,8 +339,7 @@ def actions(shard_set: Shards, raw: dict[str, list[str]], params: Params) -> dic
         for row in found:
             call = calls.get(row["call_id"], {})
             row.update({k: call.get(k) for k in actions_q.CALL_COLUMNS})
-    return {"rows": actions_q.shown(found),
-            "next_offset": offset + limit if len(merged) > offset + limit else None, "order": order}
+    return {**result, "rows": actions_q.shown(found), "order": order}
 
 
 def retention_apply(shard_set: Shards, dry_run: bool, principal: Principal) -> dict[str, Any]:

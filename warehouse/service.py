@@ -13,7 +13,7 @@ from nimtrail import heap, kafka_io
 from nimtrail.config import Config
 from nimtrail.kafka_io import DeadLetters
 from nimtrail.ops import StageMetrics
-from warehouse import front, holds, published, retention, shards
+from warehouse import published, retention, shard_reads, shards
 from warehouse.access import Principal
 from warehouse.alerts import Alerter
 from warehouse.api import QueryApi
@@ -86,8 +86,7 @@ def run(config: Config, stop: threading.Event) -> None:
 def scheduled_retention(store: Store, config: Config, metrics: StageMetrics) -> None:
     """A shard other than 0 first takes the front's legal holds; when the front does not
     answer, this run purges nothing (the task fails and is logged; the next one retries)."""
-    if shards.sharded(config) and config.warehouse.shard:
-        holds.sync(store, front.ask_front(config, "holds", {}))
+    shard_reads.take_front_holds(store, config)
     retention.apply(store, config.warehouse.retention, SCHEDULER, metrics=metrics, sharded=shards.sharded(config))
 
 

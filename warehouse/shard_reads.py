@@ -89,7 +89,7 @@ def _latency_part(store: Store, con: duckdb.DuckDBPyConnection, config: Config, 
     raise ShardReadError(f"no latency part {part!r}")
 
 
-def _with_front_holds(store: Store, config: Config) -> None:
+def take_front_holds(store: Store, config: Config) -> None:
     """A shard other than 0 takes the front's legal holds before anything that counts or
     purges by them (raises front.ShardUnavailable when the front does not answer: then
     nothing is purged)."""
@@ -100,14 +100,14 @@ def _with_front_holds(store: Store, config: Config) -> None:
 
 
 def _retention_apply(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
-    _with_front_holds(store, config)
+    take_front_holds(store, config)
     name, role = args["principal"]
     return retention.apply(store, config.warehouse.retention, Principal(name, role),
                            dry_run=bool(args["dry_run"]), sharded=True)
 
 
 def _retention_report(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
-    _with_front_holds(store, config)
+    take_front_holds(store, config)
     start, end = report.period(Params({"from": [args["from"]], "to": [args["to"]]}, {"from", "to"}))
     return report.build(con, config.warehouse.retention, start, end, sharded=True)
 
@@ -137,7 +137,7 @@ READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, A
         con, Params(args["params"], actions_q.ACTIONS_PARAMS)),
     "call-columns": lambda store, con, config, args: actions_q.call_columns(con, list(args["ids"])),
     "actions-part": lambda store, con, config, args: actions_q.actions_part(
-        con, Params(args["params"], actions_q.ACTIONS_PARAMS), args["flags"], args["calls"], int(args["top"])),
+        con, Params(args["params"], actions_q.ACTIONS_PARAMS), args["flags"], args.get("calls"), int(args["top"])),
     "finding-subjects": lambda store, con, config, args: governance.unresolved_subjects(
         con, Params(args["params"], FINDINGS_PARAMS)),
     "subject-records": lambda store, con, config, args: governance.subject_records(con, list(args["ids"])),

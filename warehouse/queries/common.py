@@ -131,6 +131,13 @@ def paged(con: duckdb.DuckDBPyConnection, sql: str, args: list[Any], limit: int,
     return {"rows": found[:limit], "next_offset": offset + limit if more else None}
 
 
+def page_of(ordered: list[dict[str, Any]], limit: int, offset: int, more: bool = False) -> dict[str, Any]:
+    """`paged`'s answer from rows already in order (merged from several stores: `more`,
+    whether one of them holds rows past those it gave)."""
+    more = more or len(ordered) > offset + limit
+    return {"rows": ordered[offset:offset + limit], "next_offset": offset + limit if more else None}
+
+
 def where_sql(where: list[str]) -> str:
     return ("WHERE " + " AND ".join(where)) if where else ""
 

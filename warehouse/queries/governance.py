@@ -9,7 +9,7 @@ import orjson
 
 from warehouse.params import Params
 from warehouse.queries.actions import SEVERITY_RANK
-from warehouse.queries.common import PAGE_PARAMS, equals, page, paged, rows, time_range, where_sql
+from warehouse.queries.common import PAGE_PARAMS, equals, page, page_of, paged, rows, time_range, where_sql
 from warehouse.tables import AGE_COLUMNS
 
 DEPLOYMENT_COLUMNS = {"deployment_id": "deployment_id", "model": "model_id", "gpu_type": "gpu_type",
@@ -272,8 +272,8 @@ def merged_groups(parts: list[list[dict[str, Any]]], limit: int, offset: int) ->
     ordered.sort(key=lambda g: g["last_seen"] or "", reverse=True)
     ordered.sort(key=lambda g: g["last_seen"] is None)
     ordered.sort(key=lambda g: (g["open"] > 0, g["rank"]), reverse=True)
-    found = [_shown(g) for g in ordered[offset:offset + limit]]
-    return {"rows": found, "next_offset": offset + limit if len(ordered) > offset + limit else None}
+    result = page_of(ordered, limit, offset)
+    return {**result, "rows": [_shown(g) for g in result["rows"]]}
 
 
 def _nest_latest(row: dict[str, Any]) -> dict[str, Any]:
