@@ -138,6 +138,9 @@ class JoinState(Protocol):
     calls_by_nim_parent: Mapping[str, set[str]]  # client span id -> the NIM call entries under it
     forgotten: Forgotten
 
+    def owns(self, entry: Entry) -> bool: ...  # whether this state builds the entry's record
+    def remote_link(self, tool_call_id: str) -> CallLink | None: ...  # a call owned elsewhere
+
 
 class Builder:
     def __init__(self, state: JoinState, address_map: AddressMap):
@@ -244,10 +247,14 @@ class Builder:
             return self.cache[entry.id]
         part = self.action_part(entry)
         j = self.state
-        by_id = {k: self.call(j.entries[k]) for k in j.calls_by_tool_call.get(part.record["tool_call_id"] or "", ())}
+        tool_call_id = part.record["tool_call_id"] or ""
+        # A call held here as a copy (its record is built where it is owned) joins as the
+        # link its owner published, like a call that left the state.
+        by_id = {k: self.call(j.entries[k]) for k in j.calls_by_tool_call.get(tool_call_id, ())
+                 if j.owns(j.entries[k])}
         in_trace = {k: self.call(j.entries[k]) for k in j.traces.entries(part.trace_id)
                     if k.startswith(ev.MODEL_CALL + "|")}
-        gone = j.forgotten.call(part.record["tool_call_id"]) if not by_id else None
+        gone = (j.remote_link(tool_call_id) or j.forgotten.call(tool_call_id)) if not by_id else None
         built = self.linked_action(part, by_id, in_trace, gone)
         self.cache[entry.id] = built
         return built

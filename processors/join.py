@@ -66,7 +66,7 @@ class Joiner:
         # Oldest settled first; an OrderedDict so that taking the first is O(1) however
         # many were removed before it (forgotten.py says why a dict is not).
         self._settled_order: OrderedDict[str, None] = OrderedDict()
-        self.registry = registry or Registry()
+        self.registry = registry if registry is not None else Registry()
         self.address_map = AddressMap(config.address_map)
         self.entries: dict[str, Entry] = {}
         self.traces = traces.TraceIndex()
@@ -142,15 +142,27 @@ class Joiner:
         added = self.registry.add(record)
         if added is None:
             return False
-        if not mark:
-            return True
+        if mark:
+            self.mark_deployment(added)
+        return True
+
+    def mark_deployment(self, added: tuple[Iterable[str], Iterable[str]]) -> None:
+        """Mark every call the identity keys and pod prefixes of a newly registered
+        deployment version (Registry.add's answer) may now match."""
         keys, prefixes = added
         for key in keys:
             self._dirty.update(self.calls_by_identity.get(key, ()))
         for identity, entry_ids in self.calls_by_identity.items():
             if identity.startswith("pod:") and any(identity[4:].startswith(p) for p in prefixes):
                 self._dirty.update(entry_ids)
+
+    # What the builder asks of a joiner that holds a share of the calls
+    # (processors/partitions.py); one joiner holding every call owns them all.
+    def owns(self, entry: Entry) -> bool:
         return True
+
+    def remote_link(self, tool_call_id: str) -> CallLink | None:
+        return None
 
     def sweep(self, now: float) -> int:
         """Settle records whose join window has passed (their findings are judged from now
@@ -214,10 +226,11 @@ class Joiner:
 
     def _evict(self, members: list[Entry], reason: str) -> None:
         # A call restored and not changed since has no link yet: build it while its whole
-        # trace is still here (its version counts the trace).
+        # trace is still here (its version counts the trace). A copy of a call owned
+        # elsewhere leaves no link: its owner's is the one that counts.
         builder = None
         for entry in members:
-            if entry.kind == ev.MODEL_CALL and entry.link is None and any(
+            if entry.kind == ev.MODEL_CALL and entry.link is None and self.owns(entry) and any(
                     e.fields.get("tool_call_ids") for e in entry.evidence.values()):
                 builder = builder or Builder(self, self.address_map)
                 entry.link = self._link(builder.call(entry).record)
@@ -359,7 +372,10 @@ class Joiner:
             record = built.record
             mark = fingerprint(record)
             if entry.kind == ev.MODEL_CALL:
-                entry.link = self._link(record)
+                link = self._link(record)
+                if link is not None and link != entry.link:
+                    self._linked(record, link)
+                entry.link = link
             if mark != entry.emitted:
                 entry.emitted = mark
                 self._changed.add(entry.id)
@@ -376,6 +392,9 @@ class Joiner:
             return None
         return CallLink(record["call_id"], record["version"], record["started_at"],
                         record["deployment_id"], record["deployment_version"])
+
+    def _linked(self, record: dict[str, Any], link: CallLink) -> None:
+        """A call's link changed (a joiner holding a share of the calls publishes it)."""
 
     @staticmethod
     def _build(builder: Builder, entry: Entry) -> Built | None:

@@ -52,13 +52,14 @@ class Outputs:
 
 class Pipeline:
     def __init__(self, config: ProcessorConfig = ProcessorConfig(), metrics: StageMetrics | None = None,
-                 retention: RetentionConfig | None = None):
+                 retention: RetentionConfig | None = None, joiner: Joiner | None = None):
         """`retention`: the warehouse's, whose longest class bounds how old an input time
-        may be (processor.clock.max_age 0)."""
+        may be (processor.clock.max_age 0). `joiner`: what evidence goes to (a joiner of
+        its own unless given: processors/partitions.py gives joiners of shares)."""
         self.policy = ContentPolicy(config.content)
         self.bounds = Bounds(config.limits)
         self.clock_limits = clock.ClockLimits.of(config.clock, retention)
-        self.joiner = Joiner(config)
+        self.joiner = joiner or Joiner(config)
         self.metrics = metrics or StageMetrics("processor")
         self._out = Outputs()
         self._evidence_counts: dict[str, int] = defaultdict(int)

@@ -116,13 +116,15 @@ def agent_run(world: World, start: dt.datetime, *, caller: str = "alice", agent_
               link_by_id: bool = True, mcp: bool = True, nim_resource: dict[str, Any] | None = None,
               caller_on_chat: bool = False, server: str = "llama.nim.svc", port: int = 8000,
               model: str = MODEL, mcp_server: str = "crm-mcp", keep_content: bool = True,
-              tool_in_own_trace: bool = False) -> dict[str, str]:
+              tool_in_own_trace: bool = False, nim_in_own_trace: bool = False) -> dict[str, str]:
     """invoke_agent → chat (the response asks for `tool`) with NIM's llm_request as its child
     → execute_tool → MCP tools/call client → MCP tools/call server. Returns the ids.
 
     `tool_in_own_trace`: the trace context broke before the tool ran (a queue, a worker
     that did not propagate it): execute_tool starts a trace of its own, and only its
-    `gen_ai.tool.call.id` names the call that asked for it."""
+    `gen_ai.tool.call.id` names the call that asked for it. `nim_in_own_trace`: NIM did
+    not take up the caller's trace context, so its llm_request span starts a trace of its
+    own and only the request id joins it to the chat span."""
     call_id = f"chatcmpl-{uuid.uuid4().hex}"
     tool_call_id = f"chatcmpl-tool-{uuid.uuid4().hex[:16]}"
     ms = dt.timedelta(milliseconds=1)
@@ -148,7 +150,8 @@ def agent_run(world: World, start: dt.datetime, *, caller: str = "alice", agent_
             {"type": "tool_call", "id": tool_call_id, "name": tool, "arguments": {"id": 42}}],
             "finish_reason": "tool_calls"}])
     chat.set_attributes(attrs)
-    server_span = nim.start_span("llm_request", context=set_span_in_context(chat), kind=SpanKind.SERVER,
+    server_span = nim.start_span("llm_request", context=Context() if nim_in_own_trace else set_span_in_context(chat),
+                                 kind=SpanKind.SERVER,
                                  start_time=ns(start + 2 * ms))
     server_span.set_attributes({
         "gen_ai.request.id": call_id, "gen_ai.response.model": model,

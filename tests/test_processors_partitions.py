@@ -1,0 +1,178 @@
+"""The join split over evidence partitions gives a single joiner's records, field for field.
+
+Pure: every partition's joiner runs in this process (processors.partitions.Partitioned),
+fed the worlds whose joins cross what one partition holds — NIM log lines joined by
+request id, NIM spans in a trace of their own, tool runs whose trace context broke,
+parentage-only links, a deployment version registered mid-stream — in the finest and in
+shuffled interleavings, below the state's caps and with the state full. The final trail
+(each record at its highest version) must equal one joiner's, versions included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from typing import Any
+
+import pytest
+
+from nimtrail import config as config_mod, records
+from processors import evidence as ev, normalize
+from processors.evidence import Evidence
+from processors.partitions import LINKS, PartitionJoiner, Partitioned, best_link, route_key
+from processors.pipeline import Pipeline
+from tests import corpus, scenarios as sc
+
+T0 = corpus.T0
+SHAPES = ({}, {"tool_in_own_trace": True}, {"link_by_id": False, "gate": "human"}, {"nim_in_own_trace": True},
+          {"nim_in_own_trace": True, "tool_in_own_trace": True}, {"mcp": False, "caller_on_chat": True})
+
+
+def hard_world(rounds: int, seed: int) -> list[tuple[str, bytes]]:
+    """Messages as (normalize kind, value): each agent run's spans one per message, in a
+    random order, some runs' spans batched together the way an SDK exporter sends them;
+    NIM log lines for every call; version 2 of the deployment registered halfway."""
+    rng = random.Random(seed)
+    world = sc.World()
+    v1, v2 = corpus.deployments()[:2]
+    messages: list[tuple[str, bytes]] = [(normalize.DEPLOYMENTS, sc.deployment_message(v1)[1])]
+    for round_no in range(rounds):
+        when = T0 + dt.timedelta(minutes=round_no)
+        batch: list[tuple[str, bytes]] = []
+        lines = []
+        for i, shape in enumerate(SHAPES):
+            ids = sc.agent_run(world, when + dt.timedelta(seconds=i), caller=f"user{rng.randrange(4)}", **shape)
+            spans = world.take()
+            if rng.random() < 0.3:
+                batch.append((normalize.SPANS, sc.World.otlp(spans)))
+            else:
+                batch += [(normalize.SPANS, sc.World.otlp([s])) for s in spans]
+            lines += [f"INFO {when:%Y-%m-%d %H:%M}:0{i}.000 logger.py:1] Received request {ids['call_id']}: params: x",
+                      f"INFO {when:%Y-%m-%d %H:%M}:0{i}.400 logger.py:2] Finished request {ids['call_id']}."]
+        batch.append((normalize.NIMLOGS, sc.nimlog_message(lines, received=when, first_offset=round_no * 10_000)))
+        rng.shuffle(batch)
+        messages += batch
+        if round_no == rounds // 2:
+            messages.append((normalize.DEPLOYMENTS, sc.deployment_message(v2)[1]))
+    return messages
+
+
+def final_trail(pipeline: Pipeline, messages: list[tuple[str, bytes]], batch: int) -> dict[tuple, dict[str, Any]]:
+    """Every record the pipeline emitted at its highest version, without `observed_at`,
+    after everything settled."""
+    trail: dict[tuple, dict[str, Any]] = {}
+
+    def take() -> None:
+        for kind, emitted in pipeline.take().records.items():
+            for record in emitted:
+                key = (kind, *(record[f] for f in records.KEYS[kind]))
+                if key not in trail or record.get("version", 0) >= trail[key].get("version", 0):
+                    trail[key] = {k: v for k, v in record.items() if k != "observed_at"}
+
+    for i, (kind, value) in enumerate(messages):
+        if kind == normalize.DEPLOYMENTS:
+            pipeline.deployment(value)
+        else:
+            pipeline.handle(kind, value, float(i // batch), received=T0.timestamp())
+        if i % batch == batch - 1:
+            take()
+            pipeline.sweep(float(i // batch) - 1)
+    take()
+    pipeline.sweep(float("inf"))
+    take()
+    return trail
+
+
+def _differences(one: dict[tuple, dict], split: dict[tuple, dict]) -> list[str]:
+    out = [f"missing {k}" for k in one if k not in split] + [f"extra {k}" for k in split if k not in one]
+    for key in one.keys() & split.keys():
+        fields = {f for f in one[key] if one[key][f] != split[key].get(f)}
+        if fields:
+            out.append(f"{key}: " + ", ".join(f"{f}: {one[key][f]!r} != {split[key].get(f)!r}" for f in sorted(fields)))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("partitions", [2, 3, 7])
+@pytest.mark.parametrize("batch", [1, 17])
+def test_partitioned_joiners_emit_one_joiners_trail(partitions: int, batch: int):
+    config = config_mod.ProcessorConfig()
+    messages = hard_world(rounds=6, seed=partitions * 100 + batch)
+    one = final_trail(Pipeline(config), messages, batch)
+    split = final_trail(Pipeline(config, joiner=Partitioned(config, partitions)), messages, batch)
+    kinds = {k[0] for k in one}
+    assert {"model_call", "tool_action", "finding", "span"} <= kinds
+    assert _differences(one, split) == []
+
+
+def test_with_the_state_full_partitioned_joiners_emit_the_trail_of_one_joiner_with_their_room():
+    """Records settle early and leave the state. What a full state gives up depends on its
+    room (one joiner capped at 40 entries and one at 120 differ), so three partitions of 40
+    entries are compared with one joiner of 120."""
+    config = dataclasses.replace(config_mod.ProcessorConfig(), state_max_entries=40)
+    messages = hard_world(rounds=8, seed=11)
+    split_pipeline = Pipeline(config, joiner=Partitioned(config, 3))
+    split = final_trail(split_pipeline, messages, 5)
+    one = final_trail(Pipeline(dataclasses.replace(config, state_max_entries=120)), messages, 5)
+    assert any(j.forgotten for j in split_pipeline.joiner.joiners.values())  # the caps were reached
+    assert _differences(one, split) == []
+
+
+@pytest.mark.parametrize("partitions", [2, 5])
+def test_an_action_long_after_its_call_left_the_state_joins_it_through_the_links_home(partitions: int):
+    """The call settles and leaves by its TTL before its tool runs in a trace of its own: one
+    joiner joins it through the forgotten link; split, through the link the call's owner
+    published to the tool-call id's home."""
+    config = dataclasses.replace(config_mod.ProcessorConfig(), join_window=1, state_ttl=2)
+    world = sc.World()
+    runs = [sc.agent_run(world, T0 + dt.timedelta(seconds=i), tool_in_own_trace=True) for i in range(6)]
+    spans = world.take()
+    action_traces = {r["action_trace_id"] for r in runs}
+    calls = [s for s in spans if format(s.context.trace_id, "032x") not in action_traces]
+    actions = [s for s in spans if format(s.context.trace_id, "032x") in action_traces]
+    messages = ([(normalize.DEPLOYMENTS, sc.deployment_message(corpus.deployments()[0])[1])]
+                + [(normalize.SPANS, sc.World.otlp([s])) for s in calls]
+                + [(normalize.SPANS, sc.World.otlp([])) for _ in range(40)]  # time passes: the calls leave
+                + [(normalize.SPANS, sc.World.otlp([s for s in actions if format(s.context.trace_id, "032x") == t]))
+                   for t in sorted(action_traces)])
+    one_pipeline, split_pipeline = Pipeline(config), Pipeline(config, joiner=Partitioned(config, partitions))
+    one = final_trail(one_pipeline, messages, 2)
+    split = final_trail(split_pipeline, messages, 2)
+    assert one_pipeline.joiner.forgotten.call(runs[0]["tool_call_id"]) is not None  # it did leave
+    joined = {r["action_id"]: r["call_id"] for (kind, *_), r in one.items() if kind == "tool_action"}
+    assert joined == {r["action_id"]: r["call_id"] for r in runs}
+    assert _differences(one, split) == []
+
+
+def test_evidence_is_placed_by_trace_and_log_lines_by_their_call():
+    span = Evidence(ev.MODEL_CALL, "chatcmpl-1", ev.SPAN_CLIENT, "s1", {"trace_id": "t1", "span_id": "s1"})
+    line = Evidence(ev.MODEL_CALL, "chatcmpl-1", ev.LOG_NIM, "f:1", {})
+    assert route_key(span) == "t1" and route_key(line) == "chatcmpl-1"
+
+
+def test_a_call_is_owned_where_its_callers_trace_is_and_copies_emit_nothing():
+    config = config_mod.ProcessorConfig()
+    joiners = Partitioned(config, 8).joiners
+    client = Evidence(ev.MODEL_CALL, "c", ev.SPAN_CLIENT, "s1", {"trace_id": "trace-a", "span_id": "s1"})
+    nim = Evidence(ev.MODEL_CALL, "c", ev.SPAN_NIM, "s2", {"trace_id": "trace-b", "span_id": "s2"})
+    owner = joiners[0].home("trace-a")
+    for joiner in joiners.values():
+        joiner.add([client, nim], 0.0)
+    entries = {p: j.entries["model_call|c"] for p, j in joiners.items()}
+    assert [p for p, e in entries.items() if joiners[p].owns(e)] == [owner]
+    only_logs = PartitionJoiner(config, joiners[0].registry, 0, 8)
+    only_logs.add([Evidence(ev.MODEL_CALL, "c", ev.LOG_NIM, "f:1", {})], 0.0)
+    assert only_logs.owns(only_logs.entries["model_call|c"]) is (only_logs.home("c") == 0)
+
+
+def test_the_link_an_action_joins_is_the_earliest_call_at_its_highest_version():
+    def link(call_id: str, version: int, started: str) -> Evidence:
+        return Evidence(LINKS, "tc", "link", f"{call_id}:{version}", {
+            "call_id": call_id, "version": version, "started_at": started, "deployment_id": None,
+            "deployment_version": None})
+
+    joiner = PartitionJoiner(config_mod.ProcessorConfig(), Partitioned(config_mod.ProcessorConfig(), 1).registry, 0, 1)
+    joiner.add([link("b", 3, "2026-01-01T00:00:01Z"), link("a", 2, "2026-01-01T00:00:02Z"),
+                link("b", 5, "2026-01-01T00:00:01Z")], 0.0)
+    best = best_link(joiner.entries["links|tc"])
+    assert (best.fields["call_id"], best.fields["version"]) == ("b", 5)
