@@ -153,6 +153,8 @@ class TopicsConfig:
     dlq: str = topics.DLQ
     processor_state: str = topics.PROCESSOR_STATE  # compacted: the joiner's changelog
     log_events: str = topics.LOG_EVENTS  # log lines that became no record, kept for replay
+    processor_evidence: str = topics.PROCESSOR_EVIDENCE
+    processor_evidence_state: str = topics.PROCESSOR_EVIDENCE_STATE  # compacted
 
     def audit(self) -> dict[str, str]:
         """Record kind -> the audit topic that carries it."""
@@ -401,6 +403,11 @@ class ProcessorConfig:
     # How long the group waits for a member that stopped answering before it hands the
     # input to a standby (Kafka's session.timeout.ms; the broker allows 6 s to 30 min).
     session_timeout: Duration = Duration(45)
+    # 0: one member of the group reads all the input and joins it, the others stand by.
+    # N: the join is split over N partitions of the evidence topic, and every member of the
+    # group normalises and joins its share (processors/partitions.py; docs/scale.md). Fixed
+    # for the life of the topics: their partitions place what the state holds.
+    partitions: int = 0
     join_window: Duration = Duration(300)
     # A record leaves the join state this long after the time its input states (or its last
     # touch, if earlier), never within a join window of its last touch.
@@ -443,6 +450,8 @@ class ProcessorConfig:
         for key in ("state_max_entries", "state_max_bytes", "state_forgotten_ids"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{path}.{key}: must be at least 1")
+        if not 0 <= self.partitions <= 1024:
+            raise ConfigError(f"{path}.partitions: expected 0 (one member joins everything) to 1024")
         _validate_batch_wait(self.batch_wait, f"{path}.batch_wait")
 
 

@@ -159,7 +159,7 @@ def consumer(config: Config, *, group_id: str | None, **overrides) -> KafkaConsu
 
 
 def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[str] = (),
-                  timeout: float = 60.0) -> None:
+                  timeout: float = 60.0, partitions: dict[str, int] | None = None) -> None:
     """Create the topics a stage reads or writes, if missing; waits for the broker.
 
     The raw topics that carry content get the retention the content policy asks for
@@ -174,7 +174,7 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
         # Messages up to MAX_MESSAGE_BYTES on every topic, whatever the cluster's default.
         size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         new = [
-            NewTopic(name, config.kafka.partitions, config.kafka.replication_factor,
+            NewTopic(name, (partitions or {}).get(name, config.kafka.partitions), config.kafka.replication_factor,
                      topic_configs={**size, **settings.get(name, {}),
                                     **({"cleanup.policy": "compact"} if name in compacted else {})})
             for name in wanted if name not in existing
@@ -259,14 +259,17 @@ def partitions_of(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) ->
     return [TopicPartition(topic, p) for p in sorted(ids)]
 
 
-def read_to_end(consumer: KafkaConsumer, topic: str, timeout: float = 120.0):
-    """Yield every message of `topic` below its end offsets as of now (assign, no group).
+def read_to_end(consumer: KafkaConsumer, topic: str, timeout: float = 120.0, partition: int | None = None):
+    """Yield every message of `topic` (of its `partition` only, if given) below its end
+    offsets as of now (assign, no group).
 
     The consumer's position passes an end once the last data message, or the transaction
     marker after it, has been fetched. TimeoutError when the topic has no metadata or
     cannot be read to its end in time.
     """
     partitions = partitions_of(consumer, topic, timeout=min(timeout, 30))
+    if partition is not None:
+        partitions = [tp for tp in partitions if tp.partition == partition]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     end = consumer.end_offsets(partitions)

@@ -18,3 +18,7 @@ AUDIT_DIGESTS = "nimtrail.audit.digests"  # signed ledger checkpoints (copies of
 DLQ = "nimtrail.dlq"
 PROCESSOR_STATE = "nimtrail.processor.state"
 LOG_EVENTS = "nimtrail.processor.logevents"
+# With processor.partitions: evidence placed by trace or record key, and each evidence
+# partition's join state (compacted), partitioned alike (processors/partitions.py).
+PROCESSOR_EVIDENCE = "nimtrail.processor.evidence"
+PROCESSOR_EVIDENCE_STATE = "nimtrail.processor.evidence.state"

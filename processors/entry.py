@@ -43,7 +43,7 @@ class Entry:
     """The evidence of one record (or of one agent / MCP / orphan span), and its history."""
 
     __slots__ = ("id", "kind", "key", "evidence", "first_seen", "touched", "event", "settled", "emitted",
-                 "raised", "size", "link")
+                 "raised", "size", "link", "homed")
 
     def __init__(self, kind: str, key: str, now: float, entry_id: str | None = None):
         self.id = entry_id or f"{kind}|{key}"  # the joiner's own key string: one copy, not two
@@ -58,10 +58,16 @@ class Entry:
         self.raised: dict[str, dict[str, Any]] = {}  # finding id -> what was last produced
         self.size = 0  # bytes of its last encoding (what the state's byte cap counts)
         self.link: CallLink | None = None  # a call with tool-call ids: what a later action needs
+        # A call's evidence held where its home is elsewhere: the home has sent all it
+        # holds of the call (processors/partitions.py); the call may be emitted from here.
+        self.homed = False
 
     def encode(self) -> bytes:
-        return orjson.dumps({"ev": [e.as_list() for e in self.evidence.values()], "fs": self.first_seen,
-                             "t": self.touched, "s": self.settled, "h": self.emitted, "r": self.raised})
+        doc = {"ev": [e.as_list() for e in self.evidence.values()], "fs": self.first_seen,
+               "t": self.touched, "s": self.settled, "h": self.emitted, "r": self.raised}
+        if self.homed:
+            doc["hm"] = True
+        return orjson.dumps(doc)
 
     @classmethod
     def decode(cls, entry_id: str, value: bytes | dict[str, Any]) -> "Entry":
@@ -69,6 +75,7 @@ class Entry:
         kind, _, key = entry_id.partition("|")
         entry = cls(kind, key, doc["fs"], entry_id)
         entry.touched, entry.settled, entry.emitted, entry.raised = doc["t"], doc["s"], doc["h"], doc["r"]
+        entry.homed = doc.get("hm", False)
         for item in doc["ev"]:
             e = Evidence.from_list(item)
             share(e.fields)

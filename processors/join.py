@@ -490,3 +490,7 @@ class Joiner:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(entries, their encoded bytes, evidence ids forgotten and still known)."""
+        return len(self.entries), self.bytes, len(self.forgotten)

@@ -39,6 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 from kafka.errors import (CommitFailedError, CorruptRecordError, InvalidRecordError, InvalidTimestampError,
                           KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from kafka.structs import TopicPartition
 
 from nimtrail import columnar, faults, heap, kafka_io, raw, records
@@ -125,9 +126,7 @@ class Processor:
                       t.scrapes: normalize.SCRAPES, t.otlp_logs: normalize.OTLP_LOGS,
                       t.otlp_metrics: normalize.OTLP_METRICS,
                       t.observations: normalize.OBSERVATIONS}  # input topic -> what it carries
-        kafka_io.ensure_topics(config, [*self.kinds, t.observations, t.log_events, t.dlq,
-                                        *self.audit_topics.values()],
-                               compacted=[t.deployments, t.processor_state])
+        self._ensure_topics()
         self.metrics = StageMetrics("processor")
         self.producer = kafka_io.producer(config)
         self.dead_letters = DeadLetters(self.producer, t.dlq, "processor")
@@ -142,9 +141,9 @@ class Processor:
         # what keeps a topic in a client's metadata, without which kafka-python waits out its
         # timeout for the leaders of a changelog created a moment before.
         self._changelog = kafka_io.consumer(config, group_id=None)
-        self._changelog.assign(kafka_io.partitions_of(self._changelog, t.processor_state))
+        self._changelog.assign(kafka_io.partitions_of(self._changelog, self.state_topic))
         self._drop_state()  # the state is restored once the group hands this member the input
-        self.assignor = ActiveStandbyAssignor()
+        self.assignor = self._assignor()
         self.active = False  # holds the input partitions (and a current state)
         self.handover = Handover()
         self._standing_by = False  # said so since it last held the input
@@ -160,12 +159,25 @@ class Processor:
         # Metadata for every input topic first: a leader that computes the assignment without
         # it assigns none of that topic's partitions, and a static member restarting later is
         # handed that stored assignment back (see _check_assignment).
-        for topic in self.kinds:
+        for topic in self.subscribed:
             kafka_io.partitions_of(self.consumer, topic)
-        self.consumer.subscribe(sorted(self.kinds), listener=self.handover)
+        self.consumer.subscribe(self.subscribed, listener=self.handover)
         self._assignment_check = (time.monotonic() + ASSIGNMENT_GRACE, False)
         self._trimmer = heap.Trimmer()
         self._closed = False
+
+    # What a subclass that splits the join changes (processors/partitioned_loop.py).
+    state_topic = property(lambda self: self.config.topics.processor_state)
+    subscribed = property(lambda self: sorted(self.kinds))
+
+    def _ensure_topics(self) -> None:
+        t = self.config.topics
+        kafka_io.ensure_topics(self.config, [*self.kinds, t.observations, t.log_events, t.dlq,
+                                             *self.audit_topics.values()],
+                               compacted=[t.deployments, t.processor_state])
+
+    def _assignor(self) -> AbstractPartitionAssignor:
+        return ActiveStandbyAssignor()
 
     # -- start ----------------------------------------------------------------------------
 
@@ -296,16 +308,7 @@ class Processor:
         for _tp, messages in self.deployments.poll(timeout_ms=0).items():
             for message in messages:
                 self._deployment(message)
-        count = 0
-        for tp, messages in polled.items():
-            kind = self.kinds[tp.topic]
-            for message in messages:
-                # The Kafka timestamp (ms) is the receive time input times are judged by:
-                # stored with the message, so a replay judges them the same way.
-                received = message.timestamp / 1000.0 if message.timestamp and message.timestamp > 0 else None
-                self.pipeline.handle(kind, message.value or b"", now, tp.topic, received)
-            count += len(messages)
-            MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
+        count = self._consume(polled, now)
         self._check_assignment()
         # Judge records whose join window passed only up to the time by which every input
         # is known to be read: a backlog may hold the counterpart of any of them.
@@ -329,6 +332,19 @@ class Processor:
             faults.point("processor.after_commit")
         self._trimmer.maybe()  # what evicted entries freed, back to the system
         return count
+
+    def _consume(self, polled: dict, now: float) -> int:
+        return sum(self._normalise(tp, messages, now) for tp, messages in polled.items())
+
+    def _normalise(self, tp: TopicPartition, messages: list, now: float) -> int:
+        kind = self.kinds[tp.topic]
+        for message in messages:
+            # The Kafka timestamp (ms) is the receive time input times are judged by:
+            # stored with the message, so a replay judges them the same way.
+            received = message.timestamp / 1000.0 if message.timestamp and message.timestamp > 0 else None
+            self.pipeline.handle(kind, message.value or b"", now, tp.topic, received)
+        MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
+        return len(messages)
 
     def _catch_up_deployments(self, timeout: float = 5.0) -> None:
         """Observations are judged against every version registered before they were read:
@@ -413,9 +429,7 @@ class Processor:
         if changes or meta or self.state.waiting:
             if self._changelog_ends() != self._state_ends:
                 raise Fenced("the join state's changelog was written by another member")
-            while self.producer is None and not self._new_producer():
-                if self.stop.wait(1.0):
-                    raise Interrupted("stopped while the broker was away")
+            self._ensure_producer()
             partitions = len(self.producer.partitions_for(self.state.topic))
             acked: list = []
             self._send_all([Message(topic, key, value, None, partition)
@@ -430,6 +444,11 @@ class Processor:
                     self._state_ends[tp] = max(self._state_ends.get(tp, 0), metadata.offset + 1)
             self.state.report(self.metrics)
             faults.point("processor.after_state")
+
+    def _ensure_producer(self) -> None:
+        while self.producer is None and not self._new_producer():
+            if self.stop.wait(1.0):
+                raise Interrupted("stopped while the broker was away")
 
     def _output_messages(self, outputs: Outputs) -> list[Message]:
         out: list[Message] = []

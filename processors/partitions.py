@@ -32,6 +32,7 @@ then offsets) keeps the trail exact across crashes and rebalances.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -47,6 +48,7 @@ from processors.join import Joiner
 
 LINKS = "links"  # at a tool-call id's home: the links of the calls listing it, and its subscribers
 LINKED = "linked"  # where an action waits: the links its tool-call id's home sent
+HOMED = "homed"  # from a call's home to a partition holding its spans: everything the home held is sent
 _SUBSCRIBER = "sub"
 _LINK = "link"
 # Which of a call's spans decides where it is owned: the caller's, else NIM's.
@@ -113,14 +115,34 @@ class PartitionJoiner(Joiner):
 
     def add(self, items: Iterable[Evidence], now: float) -> int:
         self._now = now
-        new = super().add(items, now)
+        new = super().add(self._homed(items), now)
         while self._to_self:
             mine, self._to_self = self._to_self, []
-            new += super().add(mine, now)
+            new += super().add(self._homed(mine), now)
         return new
+
+    def _homed(self, items: Iterable[Evidence]) -> list[Evidence]:
+        """The items but the home's word that it sent all it held of a call, which marks the
+        call instead (kept on its entry): from now on it may be emitted from here."""
+        rest = []
+        for item in items:
+            if item.kind != HOMED:
+                rest.append(item)
+                continue
+            entry = self.entries.get(f"{ev.MODEL_CALL}|{item.key}")
+            if entry is not None and not entry.homed:
+                entry.homed = True
+                self._dirty.add(entry.id)
+                self._changed.add(entry.id)
+        return rest
 
     def _index(self, entry: Entry, item: Evidence) -> None:
         super()._index(entry, item)
+        if item.kind in (LINKS, LINKED):
+            # Kept as a call's link is, so that what leaves the state is still known
+            # (processors/forgotten.py): a late subscriber, or action, still joins.
+            best = best_link(entry)
+            entry.link = _call_link(best) if best is not None else None
         if self._restoring:
             return
         if item.kind == ev.MODEL_CALL:
@@ -129,15 +151,10 @@ class PartitionJoiner(Joiner):
             tool_call_id = item.fields["tool_call_id"]
             self._send(self.home(tool_call_id), Evidence(LINKS, tool_call_id, _SUBSCRIBER, f"sub:{self.partition}",
                                                          {"partition": self.partition}))
-        elif item.kind in (LINKS, LINKED):
-            # Kept as a call's link is, so that what leaves the state is still known
-            # (processors/forgotten.py): a late subscriber, or action, still joins.
-            best = best_link(entry)
-            entry.link = _call_link(best) if best is not None else None
-            if item.kind == LINKS:
-                self._pass_link(entry, item)
-            else:
-                self._dirty.update(self.actions_by_tool_call.get(entry.key, ()))
+        elif item.kind == LINKS:
+            self._pass_link(entry, item)
+        elif item.kind == LINKED:
+            self._dirty.update(self.actions_by_tool_call.get(entry.key, ()))
 
     def _share_call(self, entry: Entry, item: Evidence) -> None:
         """Send a call's evidence from where its traces are to its home, and from its home
@@ -152,6 +169,7 @@ class PartitionJoiner(Joiner):
             for other in entry.evidence.values():
                 if self._origin(other) != origin:
                     self._send(origin, other)
+            self._send(origin, Evidence(HOMED, entry.key, HOMED, HOMED, {}))
         for holder in holders - {origin}:
             self._send(holder, item)
 
@@ -189,7 +207,10 @@ class PartitionJoiner(Joiner):
         if not spans:
             return self.home(entry.key) == self.partition
         best = min(spans, key=lambda e: (_OWNING_RANK[e.source], e.evidence_id))
-        return self.home(best.fields["trace_id"]) == self.partition
+        # Only once the home sent what it held: a record emitted before that could carry
+        # the version of the home's own (log lines only) with other content.
+        return self.home(best.fields["trace_id"]) == self.partition and (
+            entry.homed or self.home(entry.key) == self.partition)
 
     def remote_link(self, tool_call_id: str) -> CallLink | None:
         entry = self.entries.get(f"{LINKED}|{tool_call_id}")
@@ -215,18 +236,38 @@ class PartitionJoiner(Joiner):
 
 
 class Partitioned:
-    """Every partition's joiner in one process, behind the one joiner's interface the
-    pipeline drives (Pipeline(joiner=Partitioned(...))): evidence is placed as the
-    evidence topic would place it and delivered, with what the joiners send each other,
-    before each flush. The same records as one joiner, which is what the tests compare;
-    the service moves the same evidence through Kafka instead (processors/loop.py)."""
+    """The joiners of the evidence partitions this process holds, behind the one joiner's
+    interface the pipeline drives (Pipeline(joiner=Partitioned(...))). Evidence added is
+    placed as the evidence topic places it, in `pending`, with what the joiners send each
+    other. The service produces it to the evidence topic and `deliver`s what it consumes
+    there (processors/partitioned_loop.py); without `held`, every partition is held here
+    and `flush` delivers it in process: one joiner's records, which the tests compare.
 
-    def __init__(self, config: ProcessorConfig, partitions: int):
+    Each joiner holds its share of the state caps, so the partitions together hold what
+    one joiner would, however many of them one process holds."""
+
+    def __init__(self, config: ProcessorConfig, partitions: int, held: Iterable[int] | None = None):
         self.registry = Registry()
-        self.joiners = {p: PartitionJoiner(config, self.registry, p, partitions) for p in range(partitions)}
         self.partitions = partitions
+        self.window = float(config.join_window)
+        self.in_process = held is None
+        self._config = dataclasses.replace(
+            config, state_max_entries=-(-config.state_max_entries // partitions),
+            state_max_bytes=-(-config.state_max_bytes // partitions),
+            state_forgotten_ids=-(-config.state_forgotten_ids // partitions))
+        self.joiners: dict[int, PartitionJoiner] = {}
+        for partition in range(partitions) if held is None else held:
+            self.hold(partition)
         self.pending: dict[int, list[Evidence]] = defaultdict(list)
         self._now = 0.0
+
+    def hold(self, partition: int) -> PartitionJoiner:
+        """A new, empty joiner for `partition`, for the caller to restore."""
+        joiner = self.joiners[partition] = PartitionJoiner(self._config, self.registry, partition, self.partitions)
+        return joiner
+
+    def release(self, partition: int) -> None:
+        self.joiners.pop(partition, None)
 
     def add(self, items: Iterable[Evidence], now: float) -> int:
         self._now = now
@@ -236,40 +277,52 @@ class Partitioned:
             count += 1
         return count
 
+    def deliver(self, partition: int, items: list[Evidence], now: float) -> None:
+        """Evidence from the evidence topic's `partition` into its joiner."""
+        self._now = now
+        joiner = self.joiners[partition]
+        joiner.add(items, now)
+        self._collect(joiner)
+
+    def _collect(self, joiner: PartitionJoiner) -> None:
+        for target, sent in joiner.take_outbox().items():
+            self.pending[target].extend(sent)
+
+    def take_pending(self) -> dict[int, list[Evidence]]:
+        out, self.pending = self.pending, defaultdict(list)
+        return out
+
     def add_deployment(self, record: dict[str, Any], mark: bool = True) -> bool:
+        """Register a version once for every joiner here, and mark each one's calls: a
+        joiner restored later is marked for all versions then (`hold`), so `mark` is moot."""
         added = self.registry.add(record)
         if added is None:
             return False
-        if mark:
-            for joiner in self.joiners.values():
-                joiner.mark_deployment(added)
+        for joiner in self.joiners.values():
+            joiner.mark_deployment(added)
         return True
 
     def sweep(self, now: float) -> int:
         self._now = now
         return sum(joiner.sweep(now) for joiner in self.joiners.values())
 
-    def _deliver(self) -> None:
+    def sizes(self) -> tuple[int, int, int]:
+        each = [joiner.sizes() for joiner in self.joiners.values()]
+        return tuple(sum(s[i] for s in each) for i in range(3))  # type: ignore[return-value]
+
+    def _deliver_pending(self) -> None:
         while self.pending:
-            pending, self.pending = self.pending, defaultdict(list)
-            for partition, items in sorted(pending.items()):
-                joiner = self.joiners[partition]
-                joiner.add(items, self._now)
-                for target, sent in joiner.take_outbox().items():
-                    self.pending[target].extend(sent)
+            for partition, items in sorted(self.take_pending().items()):
+                self.deliver(partition, items, self._now)
 
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
-        self._deliver()
+        if self.in_process:
+            self._deliver_pending()
         while True:
             for joiner in self.joiners.values():
                 out += joiner.flush()
-                for target, sent in joiner.take_outbox().items():
-                    self.pending[target].extend(sent)
-            if not self.pending:
+                self._collect(joiner)
+            if not (self.in_process and self.pending):
                 return out
-            self._deliver()
-
-    @property
-    def entries(self) -> dict[str, Entry]:
-        return {k: v for joiner in self.joiners.values() for k, v in joiner.entries.items()}
+            self._deliver_pending()

@@ -217,7 +217,13 @@ class Pipeline:
     def state_changes(self, rewrite: Iterable[str] = ()) -> list[tuple[str, bytes | None]]:
         """The joiner's changelog entries since the last call (the state held to its caps,
         `rewrite` written again), with what left the state counted and its size on /metrics."""
-        j = self.joiner
+        changes = self.joiner_changes(self.joiner, rewrite)
+        self.report_state()
+        return changes
+
+    def joiner_changes(self, j: Joiner, rewrite: Iterable[str] = ()) -> list[tuple[str, bytes | None]]:
+        """`j`'s changelog entries since the last call, with what left its state counted
+        (one joiner's, or one evidence partition's: processors/partitioned_loop.py)."""
         changes = j.state_changes(rewrite)
         for reason, count in j.evicted.items():
             StateEvicted(reason=reason, count=count).emit(self.metrics, log, count)
@@ -228,12 +234,15 @@ class Pipeline:
         if j.late_duplicates:
             LateDuplicatesIgnored(count=j.late_duplicates).emit(self.metrics, log, j.late_duplicates)
             j.late_duplicates = 0
-        self.report_state()
         return changes
 
+    def reject(self, source: str, value: bytes, error: PermanentError) -> None:
+        """A message that is not what its topic carries: to the dead-letter topic."""
+        self._out.rejected.append((source, value, error))
+
     def report_state(self) -> None:
-        j = self.joiner
-        self.metrics.gauge("state", "entries", "Entries in the join state").set(len(j))
-        self.metrics.gauge("state", "bytes", "Encoded size of the join state's entries").set(j.bytes)
+        entries, size, forgotten = self.joiner.sizes()
+        self.metrics.gauge("state", "entries", "Entries in the join state").set(entries)
+        self.metrics.gauge("state", "bytes", "Encoded size of the join state's entries").set(size)
         self.metrics.gauge("forgotten", "evidence", "Evidence ids of records that left the join state, still known"
-                           ).set(len(j.forgotten))
+                           ).set(forgotten)

@@ -12,6 +12,7 @@ import threading
 from nimtrail.config import Config
 from nimtrail.http_listener import serve_ops
 from processors.loop import Interrupted, Processor
+from processors.partitioned_loop import PartitionedProcessor
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ def tune_gc() -> None:
 def build(config: Config, stop: threading.Event | None = None) -> Processor:
     """Connect and join the group; the join state and the deployment registry are restored
     when the group hands this processor the input (loop.Processor._assigned)."""
+    if config.processor.partitions:
+        return PartitionedProcessor(config, stop)
     return Processor(config, stop)
 
 

@@ -48,8 +48,12 @@ COMPACTION = {
 
 
 class StateStore:
-    def __init__(self, config: Config):
-        self.topic = config.topics.processor_state
+    def __init__(self, config: Config, partition: int | None = None):
+        """The one joiner's changelog; or, given `partition`, the changelog partition of
+        that evidence partition's joiner (processor.partitions): everything it writes and
+        reads is in that one partition of the evidence state topic."""
+        self.topic = config.topics.processor_state if partition is None else config.topics.processor_evidence_state
+        self.partition = partition
         self._config = config
         self.chunks = Chunks()
 
@@ -70,7 +74,7 @@ class StateStore:
         latest: dict[str, bytes | None] = {}
         chunks: list[tuple[int, int, str, bytes | None]] = []
         try:
-            for message in kafka_io.read_to_end(consumer, self.topic):
+            for message in kafka_io.read_to_end(consumer, self.topic, partition=self.partition):
                 key = message.key.decode()
                 if is_chunk(key):
                     chunks.append((message.partition, message.offset, key, message.value))
@@ -91,11 +95,16 @@ class StateStore:
         out = []
         for key, value in self.chunks.write(changes, apart=(PIECE,)):
             raw = key.encode()
-            out.append((self.topic, raw, value, 0 if is_chunk(key) else zlib.crc32(raw) % partitions))
+            out.append((self.topic, raw, value, self._partition(raw, partitions, chunk=is_chunk(key))))
         for k, v in sorted(meta.items()):
             raw = (META + k).encode()
-            out.append((self.topic, raw, orjson.dumps(v), zlib.crc32(raw) % partitions))
+            out.append((self.topic, raw, orjson.dumps(v), self._partition(raw, partitions)))
         return out
+
+    def _partition(self, key: bytes, partitions: int, chunk: bool = False) -> int:
+        if self.partition is not None:
+            return self.partition
+        return 0 if chunk else zlib.crc32(key) % partitions
 
     def acknowledged(self) -> None:
         self.chunks.acknowledged()

@@ -105,15 +105,15 @@ def test_partitioned_joiners_emit_one_joiners_trail(partitions: int, batch: int)
     assert _differences(one, split) == []
 
 
-def test_with_the_state_full_partitioned_joiners_emit_the_trail_of_one_joiner_with_their_room():
-    """Records settle early and leave the state. What a full state gives up depends on its
-    room (one joiner capped at 40 entries and one at 120 differ), so three partitions of 40
-    entries are compared with one joiner of 120."""
-    config = dataclasses.replace(config_mod.ProcessorConfig(), state_max_entries=40)
+def test_with_the_state_full_partitioned_joiners_share_one_joiners_room_and_emit_its_trail():
+    """Records settle early and leave the state. Each of three partitions holds a third of
+    the room one joiner has (what a full state gives up depends on its room)."""
+    config = dataclasses.replace(config_mod.ProcessorConfig(), state_max_entries=120)
     messages = hard_world(rounds=8, seed=11)
     split_pipeline = Pipeline(config, joiner=Partitioned(config, 3))
     split = final_trail(split_pipeline, messages, 5)
-    one = final_trail(Pipeline(dataclasses.replace(config, state_max_entries=120)), messages, 5)
+    one = final_trail(Pipeline(config), messages, 5)
+    assert {j.max_entries for j in split_pipeline.joiner.joiners.values()} == {40}
     assert any(j.forgotten for j in split_pipeline.joiner.joiners.values())  # the caps were reached
     assert _differences(one, split) == []
 
@@ -150,19 +150,26 @@ def test_evidence_is_placed_by_trace_and_log_lines_by_their_call():
     assert route_key(span) == "t1" and route_key(line) == "chatcmpl-1"
 
 
-def test_a_call_is_owned_where_its_callers_trace_is_and_copies_emit_nothing():
+def test_a_call_is_owned_where_its_callers_trace_is_once_its_home_answered():
+    """A call whose NIM span is in a trace of its own: its evidence meets at its home and
+    reaches both traces' partitions; the partition of the caller's trace owns it once the
+    home has sent it all the home held; the copies emit nothing."""
     config = config_mod.ProcessorConfig()
-    joiners = Partitioned(config, 8).joiners
+    joined = Partitioned(config, 8)
     client = Evidence(ev.MODEL_CALL, "c", ev.SPAN_CLIENT, "s1", {"trace_id": "trace-a", "span_id": "s1"})
     nim = Evidence(ev.MODEL_CALL, "c", ev.SPAN_NIM, "s2", {"trace_id": "trace-b", "span_id": "s2"})
-    owner = joiners[0].home("trace-a")
-    for joiner in joiners.values():
-        joiner.add([client, nim], 0.0)
-    entries = {p: j.entries["model_call|c"] for p, j in joiners.items()}
-    assert [p for p, e in entries.items() if joiners[p].owns(e)] == [owner]
-    only_logs = PartitionJoiner(config, joiners[0].registry, 0, 8)
-    only_logs.add([Evidence(ev.MODEL_CALL, "c", ev.LOG_NIM, "f:1", {})], 0.0)
-    assert only_logs.owns(only_logs.entries["model_call|c"]) is (only_logs.home("c") == 0)
+    line = Evidence(ev.MODEL_CALL, "c", ev.LOG_NIM, "f:1", {})
+    joined.add([client, nim, line], 0.0)
+    emitted = [r for kind, r in joined.flush() if kind == "model_call"]
+    home, owner = joined.joiners[0].home("c"), joined.joiners[0].home("trace-a")
+    holding = {p: j.entries["model_call|c"] for p, j in joined.joiners.items() if "model_call|c" in j.entries}
+    assert set(holding) == {home, owner, joined.joiners[0].home("trace-b")}
+    assert all(len(e.evidence) == 3 for e in holding.values())
+    assert [p for p, e in holding.items() if joined.joiners[p].owns(e)] == [owner]
+    assert [r["signals"] for r in emitted] == [["log.nim", "span.client", "span.nim"]]
+    only_logs = PartitionJoiner(config, joined.registry, 0, 8)
+    only_logs.add([line], 0.0)
+    assert only_logs.owns(only_logs.entries["model_call|c"]) is (home == 0)
 
 
 def test_the_link_an_action_joins_is_the_earliest_call_at_its_highest_version():

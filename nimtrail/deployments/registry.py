@@ -227,6 +227,12 @@ class Registry:
         for record in records:
             self.add(record)
 
+    def identities(self) -> tuple[list[str], list[str]]:
+        """Every identity key and pod prefix any registered version declares: what a join
+        state restored after versions were registered must look at again (Registry.add's
+        answer for all of them)."""
+        return sorted(self._ever), sorted(self._ever_prefixes)
+
     def add(self, record: dict[str, Any]) -> tuple[list[str], list[str]] | None:
         """Register one version (ValueError if it is not a usable record). Returns every
         identity key and pod prefix any version of its deployment declares — the telemetry

@@ -1,0 +1,303 @@
+"""The processor with the join split over the evidence topic's partitions (processor.partitions).
+
+Every member of the group is handed, by Kafka's range assignor, a share of the raw input
+topics' partitions and a share of the evidence topic's. In one polled batch it
+
+- normalises its raw messages (stateless: the same message gives the same evidence on any
+  member) and places their evidence by trace or record key (processors/partitions.py);
+- folds the evidence of its evidence partitions into each one's joiner, which sends what
+  the other partitions need (a call's evidence to and from its home, links, subscriptions)
+  back to the evidence topic;
+- then delivers as the one-joiner loop does (processors/loop.py): 1.–2. records, stateless
+  outputs and evidence produced and acknowledged; 3. each evidence partition's changed
+  state to the same partition of the evidence state topic (compacted), fenced per
+  partition by its end offset as the one-joiner loop fences its changelog; 4. the input
+  offsets, raw and evidence together, committed.
+
+A crash anywhere repeats evidence, never loses it, and evidence seen twice changes nothing;
+so the trail stays exact, as with one joiner. A partition handed to this member is restored
+from its changelog partition, unless the state held is still that partition's latest; one
+taken away is dropped. Static membership (the instance id) keeps a restart from moving
+partitions: a member back within its session gets its own again.
+
+Every member reads the whole deployments topic (a global table); the member holding
+evidence partition 0 passes it through to the audit topic, and keeps how far it has in
+that partition's changelog.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, NamedTuple
+
+import orjson
+from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from nimtrail import faults, heap, kafka_io
+from nimtrail.errors import PermanentError
+from nimtrail.kafka_io import read_to_end
+from processors.evidence import Evidence
+from processors.events import BecameActive, BecameStandby, MessagesConsumed, StateFenced, StateRestored
+from processors.loop import Fenced, Message, Processor, fitting_documents
+from processors.partitions import Partitioned
+from processors.pipeline import Outputs, Pipeline
+from processors.horizon import Horizon
+from processors.state import DEPLOYMENTS_PASSED, StateStore
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_PER_MESSAGE = 1000
+
+
+class Share(NamedTuple):
+    """An evidence partition this member joins: its changelog, and the changelog's end
+    offset as of this member's last read or write of it (the fence)."""
+    store: StateStore
+    end: int
+
+
+def encode_evidence(items: list[Evidence]) -> list[bytes]:
+    """Evidence as messages of the evidence topic, halved until each fits."""
+    out = []
+    for start in range(0, len(items), EVIDENCE_PER_MESSAGE):
+        out += fitting_documents({"evidence": [e.as_list() for e in items[start:start + EVIDENCE_PER_MESSAGE]]},
+                                 "evidence")
+    return out
+
+
+def decode_evidence(value: bytes) -> list[Evidence]:
+    """PermanentError for a message that is not evidence (only processors write here)."""
+    try:
+        return [Evidence.from_list(item) for item in orjson.loads(value)["evidence"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise PermanentError("malformed_evidence", f"{type(e).__name__}: {e}") from e
+
+
+class PartitionedProcessor(Processor):
+    @property
+    def state_topic(self) -> str:
+        return self.config.topics.processor_evidence_state
+
+    @property
+    def subscribed(self) -> list[str]:
+        return sorted([*self.kinds, self.config.topics.processor_evidence])
+
+    def _ensure_topics(self) -> None:
+        super()._ensure_topics()
+        t, count = self.config.topics, self.config.processor.partitions
+        kafka_io.ensure_topics(self.config, [t.processor_evidence], compacted=[t.processor_evidence_state],
+                               partitions={t.processor_evidence: count, t.processor_evidence_state: count})
+
+    def _assignor(self) -> AbstractPartitionAssignor:
+        return RangePartitionAssignor
+
+    def __init__(self, config, stop=None):
+        self.shares: dict[int, Share] = {}
+        self._inputs: list[TopicPartition] | None = None  # every partition the group reads
+        self._admin = None
+        super().__init__(config, stop)
+        self._passed: dict[int, int] = {}
+        self._passed_dirty = False
+        # The registry is needed from the first raw message on (normalising places
+        # samples by deployment), not only once a partition of the join is held.
+        self.deployments = kafka_io.consumer(config, group_id=None)
+        for message in read_to_end(self.deployments, config.topics.deployments):
+            self._deployment(message)
+        self.pipeline.take()  # nothing is passed through before partition 0 is held
+
+    def _drop_state(self) -> None:
+        self.joined = Partitioned(self.config.processor, self.config.processor.partitions, held=())
+        self.pipeline = Pipeline(self.config.processor, self.metrics, self.config.warehouse.retention,
+                                 joiner=self.joined)
+        self.horizon = Horizon(interval=min(1.0, self.joined.window / 4))
+        self.shares = {}
+
+    def _set_active(self, active: bool) -> None:
+        self.active = active
+        self.metrics.gauge("active", "members", "1 while this processor holds input partitions, 0 while it "
+                           "holds none").set(1 if active else 0)
+
+    # -- membership -------------------------------------------------------------------------
+
+    def _assigned(self, assigned: set) -> None:
+        started = time.monotonic()
+        evidence = {tp.partition for tp in assigned if tp.topic == self.config.topics.processor_evidence}
+        for partition in set(self.shares) - evidence:
+            self._release(partition)
+        ends = self._changelog_ends() if evidence else {}
+        restored = [p for p in sorted(evidence)
+                    if p not in self.shares or ends[TopicPartition(self.state_topic, p)] != self.shares[p].end]
+        for partition in restored:
+            self._restore_share(partition, ends[TopicPartition(self.state_topic, partition)])
+        if restored:
+            self._deliver(self.pipeline.take())  # what deployments registered since change
+        self._set_active(bool(assigned))
+        if assigned:
+            BecameActive(partitions=len(assigned), restored=str(len(restored)),
+                         seconds=round(time.monotonic() - started, 3)).emit(self.metrics, log)
+        else:
+            BecameStandby(group=self.config.processor.group_id).emit(self.metrics, log)
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        super().close()
+
+    def _release(self, partition: int) -> None:
+        self.joined.release(partition)
+        self.shares.pop(partition, None)
+        heap.trim()
+
+    def _restore_share(self, partition: int, end: int) -> None:
+        started = time.monotonic()
+        self._release(partition)
+        store = StateStore(self.config, partition=partition)
+        entries, meta = store.restore()
+        joiner = self.joined.hold(partition)
+        count = joiner.restore(entries, time.time())
+        del entries
+        # Its state was written by whoever held it, with the deployments known then.
+        joiner.mark_deployment(self.joined.registry.identities())
+        self.shares[partition] = Share(store, end)
+        StateRestored(count=count, topic=f"{store.topic}[{partition}]",
+                      seconds=time.monotonic() - started).emit(self.metrics, log, count)
+        if partition == 0:
+            self._pass_deployments_from({int(p): o for p, o in (meta.get("deployments") or {}).items()})
+
+    def _pass_deployments_from(self, passed: dict[int, int]) -> None:
+        """Holding partition 0: pass through what the last holder had not."""
+        reader = kafka_io.consumer(self.config, group_id=None)
+        try:
+            for message in read_to_end(reader, self.config.topics.deployments):
+                if message.offset >= passed.get(message.partition, 0) and message.value is not None:
+                    self.pipeline.deployment(message.value, passthrough=True, source=message.topic)
+                passed[message.partition] = max(passed.get(message.partition, 0), message.offset + 1)
+        finally:
+            reader.close(autocommit=False)
+        self._passed, self._passed_dirty = passed, True
+
+    def _deployment(self, message: Any) -> None:
+        if message.value is None:
+            return
+        passthrough = 0 in self.shares and message.offset >= self._passed.get(message.partition, 0)
+        self.pipeline.deployment(message.value, passthrough=passthrough, source=message.topic)
+        if passthrough:
+            self._passed[message.partition] = message.offset + 1
+            self._passed_dirty = True
+
+    def _fenced(self, error: Fenced) -> None:
+        """Another member writes a partition's state. The changes of this batch were taken
+        from every joiner and written for none: all are dropped, restored when the group
+        hands them out again (from the offsets last committed)."""
+        StateFenced(reason=str(error)).emit(self.metrics, log)
+        for partition in list(self.shares):
+            self._release(partition)
+        self._rejoin()
+
+    def _check_assignment(self) -> None:
+        pass  # members share the partitions: no one of them must hold all
+
+    def _horizon(self, now: float) -> float | None:
+        """As the one-joiner loop's (processors/horizon.py), over every partition of the raw
+        topics and of the evidence topic, not only this member's: a call's counterpart may
+        wait in any of them (a member that died holds its share unread until the group
+        hands it on). Other members' partitions count as read up to the group's committed
+        offsets, which trail what was read by at most a batch."""
+        mine = self.consumer.assignment()
+        if not mine:
+            return None
+        if self._inputs is None:
+            self._inputs = [tp for topic in self.subscribed for tp in kafka_io.partitions_of(self.offsets, topic)]
+        deployments = self.deployments.assignment()
+        committed: dict = {}
+
+        def position(tp: TopicPartition) -> int:
+            if tp in deployments:
+                return self.deployments.position(tp)
+            if tp in mine:
+                return self.consumer.position(tp)
+            if not committed:
+                committed.update(self._group_offsets())
+            return committed.get(tp, 0)
+
+        try:
+            return self.horizon.advance(now, frozenset([*self._inputs, *deployments]),
+                                        lambda: self._end_offsets([*self._inputs, *deployments]), position)
+        except KafkaError as e:
+            log.warning("Could not read the input's end or committed offsets: %s", e)
+            return None
+
+    def _group_offsets(self) -> dict:
+        if self._admin is None:
+            self._admin = kafka_io.admin_client(self.config)
+        group = self.config.processor.group_id
+        return {tp: meta.offset for tp, meta in self._admin.list_group_offsets({group: None})[group].items()}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _consume(self, polled: dict, now: float) -> int:
+        evidence_topic = self.config.topics.processor_evidence
+        count = 0
+        for tp, messages in polled.items():
+            if tp.topic != evidence_topic:
+                count += self._normalise(tp, messages, now)
+                continue
+            if tp.partition not in self.shares:
+                continue  # taken away during this poll: its next holder reads it again
+            for message in messages:
+                try:
+                    items = decode_evidence(message.value or b"")
+                except PermanentError as e:
+                    self.pipeline.reject(tp.topic, message.value or b"", e)
+                    continue
+                self.joined.deliver(tp.partition, items, now)
+            count += len(messages)
+            MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
+        return count
+
+    def _deliver(self, outputs: Outputs) -> None:
+        # 1. and 2. Records, stateless outputs and evidence, acknowledged.
+        messages = self._output_messages(outputs)
+        topic = self.config.topics.processor_evidence
+        for partition, items in sorted(self.joined.take_pending().items()):
+            messages += [Message(topic, None, value, None, partition) for value in encode_evidence(items)]
+        if messages:
+            self._send_all(messages, "audit records and evidence")
+            faults.point("processor.after_produce")
+        # 3. Each partition's state, in its own changelog partition, fenced by its end.
+        writes = []
+        for partition, share in sorted(self.shares.items()):
+            joiner = self.joined.joiners[partition]
+            rewrite = share.store.sparse_values()
+            changes = self.pipeline.joiner_changes(joiner, rewrite)
+            meta = {}
+            if partition == 0 and self._passed_dirty:
+                meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
+            if changes or meta or share.store.waiting:
+                writes.append((partition, share, changes, meta))
+        if not writes:
+            return
+        ends = self._changelog_ends()
+        fenced = [p for p, share, _c, _m in writes if ends[TopicPartition(self.state_topic, p)] != share.end]
+        if fenced:
+            raise Fenced(f"the join state of evidence partitions {fenced} was written by another member")
+        self._ensure_producer()
+        count = len(self.producer.partitions_for(self.state_topic))
+        acked: list = []
+        self._send_all([Message(t, key, value, None, p) for partition, share, changes, meta in writes
+                        for t, key, value, p in share.store.messages(changes, meta, count)], "join state", acked)
+        if any(p == 0 and meta for p, _s, _c, meta in writes):
+            self._passed_dirty = False
+        last = {}
+        for metadata in acked:
+            last[metadata.partition] = max(last.get(metadata.partition, 0), metadata.offset + 1)
+        for partition, share, _c, _m in writes:
+            share.store.acknowledged()
+            self.shares[partition] = Share(share.store, last.get(partition, share.end))
+        self.pipeline.report_state()
+        faults.point("processor.after_state")
