@@ -166,13 +166,15 @@ def overrides(settings: list[str]) -> dict[str, dict]:
     return out
 
 
-LAYOUTS = ((1, 1), (2, 1), (3, 1), (1, 2), (3, 2))  # (processors, warehouse shards)
+# (processors, warehouse shards, evidence partitions the join is split over; 0: not split)
+LAYOUTS = ((1, 1, 0), (1, 1, 6), (2, 1, 6), (3, 1, 6), (3, 2, 6))
 
 
-def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int], ...] = LAYOUTS) -> None:
-    """The default run's pipeline load through 1, 2 and 3 processors in one group, and
-    through two warehouse shards: events/s end to end and CPU per event of every process
-    (standbys, every shard and the broker included)."""
+def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int, int], ...] = LAYOUTS) -> None:
+    """The default run's pipeline load through one processor joining everything, and 1, 2
+    and 3 processors sharing the join over six evidence partitions, and through two
+    warehouse shards: events/s end to end and CPU per event of every process (every member,
+    every shard and the broker included)."""
     from bench import pipeline
     size = SIZES["quick" if args.quick else "default"]
     work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-scale-"))
@@ -181,16 +183,18 @@ def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int], ...] = 
                  "machine": machine(), "sizes": size, "broker": "shared" if args.bootstrap else "bundled",
                  "runs": {}}
     with kafka(args, work) as (bootstrap, broker_pid):
-        for n, m in layouts:
-            say(f"{n} processor{'s' if n > 1 else ''}, {m} warehouse shard{'s' if m > 1 else ''}:")
-            # (a layout of one shard keeps the processor count as its name, as earlier results do)
-            out["runs"][str(n) if m == 1 else f"{n}x{m}"] = pipeline.sustained(
-                work, bootstrap, size["traces"], size["log_calls"], say, broker_pid, processors=n, warehouse_shards=m)
+        for n, m, p in layouts:
+            say(f"{n} processor{'s' if n > 1 else ''}" + (f" sharing {p} evidence partitions" if p else "")
+                + f", {m} warehouse shard{'s' if m > 1 else ''}:")
+            out["runs"][f"{n}x{m}" + (f"/p{p}" if p else "")] = pipeline.sustained(
+                work, bootstrap, size["traces"], size["log_calls"], say, broker_pid, processors=n,
+                warehouse_shards=m, partitions=p)
     base = next(iter(out["runs"].values()))
-    say("processors x shards | events/s end to end | CPU µs per event (every process) | CPU per event against 1")
+    say("processors x shards/partitions | events/s end to end | CPU µs per event (every process) | "
+        "CPU per event against the first")
     for n, run in out["runs"].items():
         per_event = 1e6 / run["events_per_cpu_s_all"]
-        say(f"{n:>19} | {run['events_per_s']:>19,.0f} | {per_event:>33,.1f} | "
+        say(f"{n:>30} | {run['events_per_s']:>19,.0f} | {per_event:>33,.1f} | "
             f"{base['events_per_cpu_s_all'] / run['events_per_cpu_s_all']:.2f}")
     say(f"wrote {write_result(out, 'scale')}")
 

@@ -139,7 +139,8 @@ def _found(env: Env, call_id: str) -> bool:
 
 def _start(env: Env, processors: int = 1) -> dict[str, int]:
     """The stages as processes: {name: pid}. Processors after the first join its group as
-    `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py);
+    `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py, or
+    sharing the join with processor.partitions);
     warehouse shards after the first are `nimtrail warehouse --shard i` (`warehouse-i`)."""
     pids = start_warehouses(env)
     for stage in ("processor", "collector"):
@@ -152,12 +153,15 @@ def _start(env: Env, processors: int = 1) -> dict[str, int]:
 
 
 def wait_settled(env: Env, processors: int) -> list[str]:
-    """Until one processor of the group reads the input and the others stand by (the ops
-    ports `up --processors` gives them); their /metrics URLs."""
+    """Until one processor of the group reads the input and the others stand by, or with
+    processor.partitions each holds a share (the ops ports `up --processors` gives them);
+    their /metrics URLs."""
     ops = env.config.processor.ops
     urls = [f"http://127.0.0.1:{ops.port + k}/metrics" for k in range(processors)]
-    wait_for(lambda: sorted(scrape(url).get("nimtrail_processor_active_members") for url in urls)
-             == [0] * (processors - 1) + [1], timeout=120, what="the processor group to settle")
+    shared = env.config.processor.partitions > 0
+    wanted = [1] * processors if shared else [0] * (processors - 1) + [1]
+    wait_for(lambda: sorted(scrape(url).get("nimtrail_processor_active_members") for url in urls) == wanted,
+             timeout=120, what="the processor group to settle")
     return urls
 
 
@@ -182,14 +186,17 @@ def _count(env: Env) -> dict[str, int]:
 
 
 def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None],
-              broker_pid: int | None = None, processors: int = 1, warehouse_shards: int = 1) -> dict:
+              broker_pid: int | None = None, processors: int = 1, warehouse_shards: int = 1,
+              partitions: int = 0) -> dict:
     """`traces` agent traces over OTLP and `log_calls` calls' NIM log lines through the
-    running stages, `processors` of them in the processor group, `warehouse_shards` warehouse shards."""
-    name = "sustained" + (f"-{processors}" if processors > 1 else "") + (f"-{warehouse_shards}shards" if warehouse_shards > 1 else "")
+    running stages, `processors` of them in the processor group (sharing the join over
+    `partitions` evidence partitions, if any), `warehouse_shards` warehouse shards."""
+    name = ("sustained" + (f"-{processors}" if processors > 1 else "") + (f"-p{partitions}" if partitions else "")
+            + (f"-{warehouse_shards}shards" if warehouse_shards > 1 else ""))
     (work / name).mkdir(parents=True, exist_ok=True)
     env = Env(work / name, bootstrap, collector={"filelog": [
         {"include": [str(work / name / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]},
-        warehouse={"shards": warehouse_shards})
+        warehouse={"shards": warehouse_shards}, processor={"partitions": partitions})
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     requests, spans = _traces(traces, now)
     lines = nim_log_lines(log_calls, now)

@@ -65,6 +65,7 @@ class Supervisor:
         env["NIMTRAIL_KAFKA__BOOTSTRAP"] = self.bootstrap
         env["NIMTRAIL_DATA_DIR"] = str(Path(self.config.data_dir).resolve())
         env["NIMTRAIL_WAREHOUSE__SHARDS"] = str(self.config.warehouse.shards)  # (`up --shards`)
+        env["NIMTRAIL_PROCESSOR__PARTITIONS"] = str(self.config.processor.partitions)  # (`up --partitions`)
         return env
 
     def _spawn(self, child: Child) -> None:
@@ -146,8 +147,9 @@ class Supervisor:
 
 
 def processor_children(config: Config, count: int) -> list[tuple[str, list[str]]]:
-    """(name, arguments) of each processor `up` runs: one reads the input, the others stand
-    by to take over (processors/membership.py). The first is the plain `nimtrail processor`;
+    """(name, arguments) of each processor `up` runs: with processor.partitions, members that
+    share the join (processors/partitioned_loop.py); without, one reads the input and the
+    others stand by to take over (processors/membership.py). The first is the plain `nimtrail processor`;
     the k-th after it has its own static instance id and /metrics port (the ops port + k)."""
     base = config.processor.instance_id or config.processor.group_id
     ops = config.processor.ops

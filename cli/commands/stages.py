@@ -60,6 +60,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = load(args)
     if args.processors < 1:
         raise ConfigError(f"--processors {args.processors}: at least 1")
+    if args.partitions is not None:
+        if not 0 <= args.partitions <= config_mod.MAX_PARTITIONS:
+            raise ConfigError(f"--partitions {args.partitions}: expected 0 (not split) to {config_mod.MAX_PARTITIONS}")
+        config = dataclasses.replace(config, processor=dataclasses.replace(config.processor, partitions=args.partitions))
     if args.shards is not None:
         if not 1 <= args.shards <= config_mod.MAX_SHARDS:
             raise ConfigError(f"--shards {args.shards}: expected between 1 and {config_mod.MAX_SHARDS}")
@@ -109,8 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--duration", type=float, default=None,
                     help="stop by itself after this many seconds (default: run until Ctrl-C)")
     up.add_argument("--processors", type=int, default=1,
-                    help="processors to run: one reads the input, the others stand by to take over "
-                         "(default 1)")
+                    help="processors to run (default 1): with --partitions, they share the work; "
+                         "without, one reads the input and the others stand by to take over")
+    up.add_argument("--partitions", type=int, default=None,
+                    help="split the join over this many partitions of the evidence topic, shared by "
+                         "the processors (default: processor.partitions, 0: not split)")
     up.add_argument("--shards", type=int, default=None,
                     help="warehouse shards to run, each writing its share of the audit partitions to "
                          "its own store; shard 0 answers the query API over all (default: "
