@@ -81,8 +81,9 @@ def _children_running(parent: int, stages: tuple[str, ...]) -> dict[str, int]:
     return found
 
 
-def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shards: int = 1) -> dict:
-    """One `nimtrail up --demo [--processors N] [--shards M]` until its incident is traced back, then
+def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shards: int = 1,
+          partitions: int = 0) -> dict:
+    """One `nimtrail up --demo [--processors N] [--partitions P] [--shards M]` until its incident is traced back, then
     Ctrl-C. `resumed`: the incident of an earlier run on the same data directory, which a
     resumed demo reports instead of playing a new one."""
     data = Path(env.config.data_dir)
@@ -90,7 +91,8 @@ def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shard
     log = open(log_path, "w")
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("NIMTRAIL_")}
     up = subprocess.Popen([sys.executable, "-m", "nimtrail", "--config", str(env.path), "up", "--demo",
-                           "--duration", "90", "--processors", str(processors), "--shards", str(shards)], cwd=REPO, env=clean_env, stdout=log,
+                           "--duration", "90", "--processors", str(processors), "--shards", str(shards),
+                           "--partitions", str(partitions)], cwd=REPO, env=clean_env, stdout=log,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     path = data / "simulator" / simulator.INCIDENT_FILE
@@ -140,16 +142,18 @@ def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shard
         assert sorted(stages) == ["collector", "processor", "warehouse"], stages
         for stage, pid in stages.items():
             assert "/pandas/" not in Path(f"/proc/{pid}/maps").read_text(), f"the {stage} loaded pandas"
-        # One processor reads the input; the others (on the ops port + k) stand by. (A member
-        # that joined a moment ago has no state to report yet: the group may still settle.)
+        # One processor reads the input and the others (on the ops port + k) stand by; or, with
+        # partitions, each holds a share. (A member that joined a moment ago has no state to
+        # report yet: the group may still settle.)
         ops = env.config.processor.ops
+        wanted = [1] * processors if partitions else [0] * (processors - 1) + [1]
 
         def settled():
             states = [scrape(f"http://{ops.host}:{ops.port + k}/metrics").get("nimtrail_processor_active_members")
                       for k in range(processors)]
-            return None not in states and sorted(states) == [0] * (processors - 1) + [1]
+            return None not in states and sorted(states) == wanted
 
-        wait_for(settled, timeout=60, interval=0.5, what="one processor reading, the others standing by")
+        wait_for(settled, timeout=60, interval=0.5, what="the processor group to settle")
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)
@@ -174,11 +178,12 @@ def test_up_demo_prints_a_trace_back_command_and_resumes(env):
     assert latest() == versions
 
 
-def test_up_demo_on_two_warehouse_shards_traces_its_incident_back_through_the_front(env):
-    """`nimtrail up --demo --shards 2`: two warehouse processes, each writing its share of
-    the audit partitions, and the query API (shard 0) answering the demo's trace-back, the
-    calls page and the deployments list over both."""
-    _demo(env, 1, shards=2)
+def test_up_demo_on_two_processors_sharing_the_join_and_two_warehouse_shards_traces_its_incident_back(env):
+    """`nimtrail up --demo --processors 2 --partitions 4 --shards 2`: two processors each
+    joining its share of four evidence partitions, two warehouse processes each writing its
+    share of the audit partitions, and the query API (shard 0) answering the demo's
+    trace-back, the calls page and the deployments list over both."""
+    _demo(env, 1, processors=2, partitions=4, shards=2)
     shards = Path(env.config.data_dir) / "shards"
     assert sorted(p.name for p in shards.iterdir() if p.is_dir()) == ["0-of-2", "1-of-2"]
     doc = json.loads(env.cli("verify", "--json").stdout)  # offline now: every shard's file
