@@ -56,6 +56,7 @@ class Demo:
         self.config = config
         self.config_path = str(Path(config_path).resolve()) if config_path else None
         self.scenario = simulator.scenario.load(scenario_path)
+        self.scenario_path = str(Path(scenario_path).resolve()) if scenario_path else None
         self.out_dir = (config.data_path / "simulator").resolve()
         # A fresh seed per run: a second run on the same data directory adds new traffic
         # instead of replaying the first run's ids.
@@ -90,6 +91,7 @@ class Demo:
                                "--out", str(self.out_dir), "--otlp", self.collector_http,
                                "--seed", str(self.seed), "--duration", "0",
                                "--port-base", str(self.port_base), "--resume",
+                               *(["--scenario", self.scenario_path] if self.scenario_path else []),
                                "--wait-for", f"{self.collector_http}/healthz"])]
 
     def env(self) -> dict[str, str]:

@@ -254,3 +254,19 @@ def test_a_resumed_run_continues_the_scenario_instead_of_replaying_it(tmp_path):
 
     fresh = simulator.run(sc, simulator.Options(out_dir=tmp_path, duration=30, rate=2, realtime=False, seed=13))
     assert fresh.incident is not None, "without --resume the scenario starts over"
+
+
+def test_the_demo_runs_the_simulator_on_the_scenario_it_was_given(tmp_path: Path):
+    """`nimtrail up --demo --scenario FILE`: the simulator child plays FILE, not the
+    built-in scenario (the demo read FILE for its own announcements only)."""
+    from cli.demo import Demo
+    from nimtrail import config as config_mod
+
+    text = (Path(simulator.__file__).parent / "scenarios" / "default.yaml").read_text()
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    config = dataclasses.replace(config_mod.Config(), data_dir=str(tmp_path / "data"))
+    [(_name, args)] = Demo(config, None, str(path)).children()
+    assert args[args.index("--scenario") + 1] == str(path.resolve())
+    [(_name, args)] = Demo(config, None).children()
+    assert "--scenario" not in args
