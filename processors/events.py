@@ -158,6 +158,13 @@ class BecameActive(Event):
     labels = ("restored",)
 
 
+class ShareTaken(Event):
+    level = logging.INFO
+    message = ("Holding %(partitions)s input partitions, %(evidence)s of them evidence partitions; "
+               "%(restored)s restored from their changelog (%(seconds)s s)")
+    thing, unit, doc = "shares_taken", "times", "Assignments taken while sharing the join"
+
+
 class BecameStandby(Event):
     level = logging.INFO
     message = "Standing by: another member of %(group)s reads the input"

@@ -41,7 +41,7 @@ from nimtrail import faults, heap, kafka_io
 from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import read_to_end
 from processors.evidence import Evidence
-from processors.events import BecameActive, BecameStandby, MessagesConsumed, StateFenced, StateRestored
+from processors.events import BecameStandby, MessagesConsumed, ShareTaken, StateFenced, StateRestored
 from processors.loop import Fenced, Message, Processor, fitting_documents
 from processors.partitions import Partitioned
 from processors.pipeline import Outputs, Pipeline
@@ -99,6 +99,7 @@ class PartitionedProcessor(Processor):
         self.shares: dict[int, Share] = {}
         self._inputs: list[TopicPartition] | None = None  # every partition the group reads
         self._admin = None
+        self._committed: tuple[float, dict] = (float("-inf"), {})  # (asked at, the group's offsets)
         super().__init__(config, stop)
         self._passed: dict[int, int] = {}
         self._passed_dirty = False
@@ -134,11 +135,15 @@ class PartitionedProcessor(Processor):
         for partition in restored:
             self._restore_share(partition, ends[TopicPartition(self.state_topic, partition)])
         if restored:
-            self._deliver(self.pipeline.take())  # what deployments registered since change
+            try:
+                self._deliver(self.pipeline.take())  # what deployments registered since change
+            except Fenced as e:
+                self._fenced(e)
+                return
         self._set_active(bool(assigned))
         if assigned:
-            BecameActive(partitions=len(assigned), restored=str(len(restored)),
-                         seconds=round(time.monotonic() - started, 3)).emit(self.metrics, log)
+            ShareTaken(partitions=len(assigned), evidence=len(evidence), restored=len(restored),
+                       seconds=round(time.monotonic() - started, 3)).emit(self.metrics, log)
         else:
             BecameStandby(group=self.config.processor.group_id).emit(self.metrics, log)
 
@@ -214,16 +219,13 @@ class PartitionedProcessor(Processor):
         if self._inputs is None:
             self._inputs = [tp for topic in self.subscribed for tp in kafka_io.partitions_of(self.offsets, topic)]
         deployments = self.deployments.assignment()
-        committed: dict = {}
 
         def position(tp: TopicPartition) -> int:
             if tp in deployments:
                 return self.deployments.position(tp)
             if tp in mine:
                 return self.consumer.position(tp)
-            if not committed:
-                committed.update(self._group_offsets())
-            return committed.get(tp, 0)
+            return self._group_offsets(now).get(tp, 0)
 
         try:
             return self.horizon.advance(now, frozenset([*self._inputs, *deployments]),
@@ -232,11 +234,15 @@ class PartitionedProcessor(Processor):
             log.warning("Could not read the input's end or committed offsets: %s", e)
             return None
 
-    def _group_offsets(self) -> dict:
-        if self._admin is None:
-            self._admin = kafka_io.admin_client(self.config)
-        group = self.config.processor.group_id
-        return {tp: meta.offset for tp, meta in self._admin.list_group_offsets({group: None})[group].items()}
+    def _group_offsets(self, now: float) -> dict:
+        """The group's committed offsets, asked at most once per horizon interval."""
+        if now - self._committed[0] >= self.horizon.interval:
+            if self._admin is None:
+                self._admin = kafka_io.admin_client(self.config)
+            group = self.config.processor.group_id
+            offsets = self._admin.list_group_offsets({group: None})[group]
+            self._committed = (now, {tp: meta.offset for tp, meta in offsets.items()})
+        return self._committed[1]
 
     # -- the loop ---------------------------------------------------------------------------
 

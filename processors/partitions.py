@@ -212,6 +212,16 @@ class PartitionJoiner(Joiner):
         return self.home(best.fields["trace_id"]) == self.partition and (
             entry.homed or self.home(entry.key) == self.partition)
 
+    def _evictable(self, members: list[Entry]) -> bool:
+        """Never a call waiting for its home's answer here: it has not been emitted yet,
+        and leaving now would lose it (its owner could never emit it)."""
+        return super()._evictable(members) and not any(self._awaiting_home(e) for e in members)
+
+    def _awaiting_home(self, entry: Entry) -> bool:
+        return (entry.kind == ev.MODEL_CALL and not entry.homed and self.home(entry.key) != self.partition
+                and any(e.source in _OWNING_RANK and self._origin(e) == self.partition
+                        for e in entry.evidence.values()))
+
     def remote_link(self, tool_call_id: str) -> CallLink | None:
         entry = self.entries.get(f"{LINKED}|{tool_call_id}")
         return entry.link if entry is not None else None

@@ -183,3 +183,26 @@ def test_the_link_an_action_joins_is_the_earliest_call_at_its_highest_version():
                 link("b", 5, "2026-01-01T00:00:01Z")], 0.0)
     best = best_link(joiner.entries["links|tc"])
     assert (best.fields["call_id"], best.fields["version"]) == ("b", 5)
+
+
+def test_a_call_waiting_for_its_homes_answer_stays_in_a_full_state_until_it_is_emitted():
+    """The home's answer can take a while (its partition's member died); a full state must
+    not let the call go meanwhile: its owner could then never emit it."""
+    config = dataclasses.replace(config_mod.ProcessorConfig(), state_max_entries=1, join_window=1)
+    joined = Partitioned(config, 2, held=())
+    owner = joined.hold(0)
+    trace = next(t for t in (f"trace-{i}" for i in range(100)) if owner.home(t) == 0)
+    call = next(c for c in (f"chatcmpl-{i}" for i in range(100)) if owner.home(c) == 1)
+    client = Evidence(ev.MODEL_CALL, call, ev.SPAN_CLIENT, "s1", {"trace_id": trace, "span_id": "s1"})
+    others = [Evidence(ev.AGENT, f"a{i}", ev.SPAN_AGENT, f"a{i}", {"trace_id": f"{trace}-{i}", "span_id": f"a{i}"})
+              for i in range(3)]
+    joined.deliver(0, [client, *others], 0.0)
+    assert joined.flush() == []  # not emitted before its home answers
+    [sent_home] = joined.take_pending()[1]
+    joiner_state = owner.state_changes()
+    owner.sweep(100.0)
+    owner.state_changes()
+    assert f"model_call|{call}" in owner.entries, joiner_state
+    joined.deliver(0, [Evidence("homed", call, "homed", "homed", {})], 100.0)
+    assert [r["call_id"] for kind, r in joined.flush() if kind == "model_call"] == [call]
+    assert sent_home == client
