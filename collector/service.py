@@ -45,7 +45,6 @@ class Collector:
                 linger_ms=0,
                 request_timeout_ms=10_000,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
-                reconnect_backoff_max_ms=2_000,  # notice a returning broker within seconds
             )
 
         buffer = (DiskBuffer(config.buffer_path, c.buffer.max_bytes, c.buffer.segment_bytes)

@@ -450,8 +450,8 @@ class ProcessorConfig:
         for key in ("state_max_entries", "state_max_bytes", "state_forgotten_ids"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{path}.{key}: must be at least 1")
-        if not 0 <= self.partitions <= 1024:
-            raise ConfigError(f"{path}.partitions: expected 0 (one member joins everything) to 1024")
+        if not 0 <= self.partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"{path}.partitions: expected 0 (one member joins everything) to {MAX_PARTITIONS}")
         _validate_batch_wait(self.batch_wait, f"{path}.batch_wait")
 
 
@@ -546,6 +546,7 @@ class WarehouseConfig:
 
 
 MAX_SHARDS = 64  # a shard is a process with its own file; more would want a cluster, not this
+MAX_PARTITIONS = 1024  # processor.partitions: evidence partitions the join is split over
 
 
 # A poll's wait is added to every record's freshness, and a broker holds a fetch no

@@ -77,6 +77,7 @@ class Joiner:
         self._deadlines: list[tuple[float, str]] = []
         self._expiry: list[tuple[float, str]] = []
         self._dirty: set[str] = set()
+        self._alone: set[str] = set()  # to build again by themselves (nothing they affect changed)
         self._dirty_traces: set[str] = set()
         self._changed: set[str] = set()
 
@@ -221,7 +222,7 @@ class Joiner:
     def _evictable(self, members: list[Entry]) -> bool:
         """Settled (agents never settle: they leave with their traces), and nothing about
         them waiting to be materialised."""
-        return (not any(e.id in self._dirty for e in members)
+        return (not any(e.id in self._dirty or e.id in self._alone for e in members)
                 and all(e.settled or e.kind == ev.AGENT for e in members))
 
     def _evict(self, members: list[Entry], reason: str) -> None:
@@ -341,7 +342,9 @@ class Joiner:
                 for item in entry.evidence.values():
                     for tool_call_id in item.fields.get("tool_call_ids") or ():
                         affected |= self.actions_by_tool_call.get(tool_call_id, set())
+        affected |= self._alone
         self._dirty.clear()
+        self._alone.clear()
         self._dirty_traces.clear()
         return [self.entries[e] for e in sorted(affected) if e in self.entries]
 

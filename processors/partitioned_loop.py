@@ -46,7 +46,7 @@ from processors.loop import Fenced, Message, Processor, fitting_documents
 from processors.partitions import Partitioned
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
-from processors.state import DEPLOYMENTS_PASSED, StateStore
+from processors.state import DEPLOYMENTS_PASSED, StateStore, read_partitions
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,14 @@ class Share(NamedTuple):
 
 
 def encode_evidence(items: list[Evidence]) -> list[bytes]:
-    """Evidence as messages of the evidence topic, halved until each fits."""
+    """Evidence as messages of the evidence topic, halved until each fits. Fields without a
+    value are left out (a quarter of them, for spans): the joiner reads every field with
+    .get(), so absent and None are one."""
     out = []
     for start in range(0, len(items), EVIDENCE_PER_MESSAGE):
-        out += fitting_documents({"evidence": [e.as_list() for e in items[start:start + EVIDENCE_PER_MESSAGE]]},
-                                 "evidence")
+        batch = [[e.kind, e.key, e.source, e.evidence_id, {k: v for k, v in e.fields.items() if v is not None}]
+                 for e in items[start:start + EVIDENCE_PER_MESSAGE]]
+        out += fitting_documents({"evidence": batch}, "evidence")
     return out
 
 
@@ -100,6 +103,7 @@ class PartitionedProcessor(Processor):
         self._inputs: list[TopicPartition] | None = None  # every partition the group reads
         self._admin = None
         self._committed: tuple[float, dict] = (float("-inf"), {})  # (asked at, the group's offsets)
+        self._compaction_tuned = False
         super().__init__(config, stop)
         self._passed: dict[int, int] = {}
         self._passed_dirty = False
@@ -132,8 +136,14 @@ class PartitionedProcessor(Processor):
         ends = self._changelog_ends() if evidence else {}
         restored = [p for p in sorted(evidence)
                     if p not in self.shares or ends[TopicPartition(self.state_topic, p)] != self.shares[p].end]
+        if restored:
+            if not self._compaction_tuned:
+                StateStore(self.config, partition=0).tune_compaction()
+                self._compaction_tuned = True
+            changelogs = read_partitions(self.config, self.state_topic, restored)
         for partition in restored:
-            self._restore_share(partition, ends[TopicPartition(self.state_topic, partition)])
+            self._restore_share(partition, ends[TopicPartition(self.state_topic, partition)],
+                                changelogs.get(partition, []))
         if restored:
             try:
                 self._deliver(self.pipeline.take())  # what deployments registered since change
@@ -154,15 +164,16 @@ class PartitionedProcessor(Processor):
         super().close()
 
     def _release(self, partition: int) -> None:
-        self.joined.release(partition)
-        self.shares.pop(partition, None)
-        heap.trim()
+        if self.shares.pop(partition, None) is not None:
+            self.joined.release(partition)
+            heap.trim()
 
-    def _restore_share(self, partition: int, end: int) -> None:
+    def _restore_share(self, partition: int, end: int, changelog: list) -> None:
+        """Restore `partition` from its changelog's messages (read to `end`)."""
         started = time.monotonic()
         self._release(partition)
         store = StateStore(self.config, partition=partition)
-        entries, meta = store.restore()
+        entries, meta = store.restore(changelog)
         joiner = self.joined.hold(partition)
         count = joiner.restore(entries, time.time())
         del entries

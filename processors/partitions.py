@@ -50,6 +50,7 @@ LINKS = "links"  # at a tool-call id's home: the links of the calls listing it, 
 LINKED = "linked"  # where an action waits: the links its tool-call id's home sent
 HOMED = "homed"  # from a call's home to a partition holding its spans: everything the home held is sent
 _SUBSCRIBER = "sub"
+SUBSCRIPTIONS_KEPT = 100_000
 _LINK = "link"
 # Which of a call's spans decides where it is owned: the caller's, else NIM's.
 _OWNING_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1}
@@ -96,6 +97,7 @@ class PartitionJoiner(Joiner):
         self._to_self: list[Evidence] = []
         self._now = 0.0
         self._restoring = False
+        self._subscribed: set[str] = set()  # tool-call ids this partition subscribed to
 
     def home(self, key: str) -> int:
         return kafka_io.partition_of(key, self.partitions)
@@ -132,7 +134,7 @@ class PartitionJoiner(Joiner):
             entry = self.entries.get(f"{ev.MODEL_CALL}|{item.key}")
             if entry is not None and not entry.homed:
                 entry.homed = True
-                self._dirty.add(entry.id)
+                self._alone.add(entry.id)  # its record, not its traces': nothing else changed
                 self._changed.add(entry.id)
         return rest
 
@@ -147,14 +149,12 @@ class PartitionJoiner(Joiner):
             return
         if item.kind == ev.MODEL_CALL:
             self._share_call(entry, item)
-        elif item.kind in (ev.TOOL_ACTION, ev.MCP) and item.fields.get("tool_call_id"):
-            tool_call_id = item.fields["tool_call_id"]
-            self._send(self.home(tool_call_id), Evidence(LINKS, tool_call_id, _SUBSCRIBER, f"sub:{self.partition}",
-                                                         {"partition": self.partition}))
         elif item.kind == LINKS:
             self._pass_link(entry, item)
-        elif item.kind == LINKED:
-            self._dirty.update(self.actions_by_tool_call.get(entry.key, ()))
+        elif item.kind == LINKED and not any(self.owns(self.entries[k])
+                                             for k in self.calls_by_tool_call.get(entry.key, ())):
+            # Its actions join it (no call owned here lists the id); nothing else changes.
+            self._alone.update(self.actions_by_tool_call.get(entry.key, ()))
 
     def _share_call(self, entry: Entry, item: Evidence) -> None:
         """Send a call's evidence from where its traces are to its home, and from its home
@@ -201,36 +201,47 @@ class PartitionJoiner(Joiner):
     # -- what the builder asks ----------------------------------------------------------
 
     def owns(self, entry: Entry) -> bool:
+        """Whether the entry's record is built here: for a call, the partition of its
+        caller's trace (else NIM's), or its home when only its log lines are known."""
         if entry.kind != ev.MODEL_CALL:
             return True  # placed by its trace: all of it is here
         spans = [e for e in entry.evidence.values() if e.source in _OWNING_RANK and e.fields.get("trace_id")]
         if not spans:
             return self.home(entry.key) == self.partition
         best = min(spans, key=lambda e: (_OWNING_RANK[e.source], e.evidence_id))
-        # Only once the home sent what it held: a record emitted before that could carry
-        # the version of the home's own (log lines only) with other content.
-        return self.home(best.fields["trace_id"]) == self.partition and (
-            entry.homed or self.home(entry.key) == self.partition)
+        return self.home(best.fields["trace_id"]) == self.partition
+
+    def _awaiting_home(self, entry: Entry) -> bool:
+        """A call owned here whose home (elsewhere) has not sent what it holds yet: not
+        emitted before that, since a record emitted then could carry the version of the
+        home's own (log lines only) with other content; its actions join it meanwhile."""
+        return (entry.kind == ev.MODEL_CALL and not entry.homed and self.home(entry.key) != self.partition
+                and self.owns(entry) and any(e.source in _OWNING_RANK for e in entry.evidence.values()))
 
     def _evictable(self, members: list[Entry]) -> bool:
         """Never a call waiting for its home's answer here: it has not been emitted yet,
         and leaving now would lose it (its owner could never emit it)."""
         return super()._evictable(members) and not any(self._awaiting_home(e) for e in members)
 
-    def _awaiting_home(self, entry: Entry) -> bool:
-        return (entry.kind == ev.MODEL_CALL and not entry.homed and self.home(entry.key) != self.partition
-                and any(e.source in _OWNING_RANK and self._origin(e) == self.partition
-                        for e in entry.evidence.values()))
 
     def remote_link(self, tool_call_id: str) -> CallLink | None:
+        """The link the tool-call id's home sent, if any. Asked only for an action no call
+        owned here lists: the first time, this partition subscribes at that home (most
+        actions never need to: their call is in their own trace)."""
         entry = self.entries.get(f"{LINKED}|{tool_call_id}")
+        if entry is None and tool_call_id and tool_call_id not in self._subscribed and not self._restoring:
+            if len(self._subscribed) >= SUBSCRIPTIONS_KEPT:
+                self._subscribed.clear()  # subscribing twice is harmless: the home keeps one
+            self._subscribed.add(tool_call_id)
+            self._send(self.home(tool_call_id), Evidence(LINKS, tool_call_id, _SUBSCRIBER, f"sub:{self.partition}",
+                                                         {"partition": self.partition}))
         return entry.link if entry is not None else None
 
     # -- output -------------------------------------------------------------------------
 
     def _build(self, builder: Builder, entry: Entry) -> Built | None:
-        if entry.kind == ev.MODEL_CALL and not self.owns(entry):
-            return None  # a copy: its owner emits it
+        if entry.kind == ev.MODEL_CALL and (not self.owns(entry) or self._awaiting_home(entry)):
+            return None  # a copy (its owner emits it), or not yet
         return Joiner._build(builder, entry)
 
     def _linked(self, record: dict[str, Any], link: CallLink) -> None:

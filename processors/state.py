@@ -20,7 +20,7 @@ topic's compaction settings (`COMPACTION`) and reads it to its end.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import orjson
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -47,6 +47,21 @@ COMPACTION = {
 }
 
 
+def read_partitions(config: Config, topic: str, partitions: Iterable[int] | None) -> dict[int | None, list[Any]]:
+    """The messages of `topic` to its end, by partition (`partitions` only, if given; all
+    under None when not), with one consumer: a start restoring several evidence
+    partitions reads them together."""
+    consumer = kafka_io.consumer(config, group_id=None)
+    wanted = None if partitions is None else set(partitions)
+    out: dict[int | None, list[Any]] = {}
+    try:
+        for message in kafka_io.read_to_end(consumer, topic, partitions=wanted):
+            out.setdefault(None if wanted is None else message.partition, []).append(message)
+    finally:
+        consumer.close(autocommit=False)
+    return out
+
+
 class StateStore:
     def __init__(self, config: Config, partition: int | None = None):
         """The one joiner's changelog; or, given `partition`, the changelog partition of
@@ -66,22 +81,22 @@ class StateStore:
         finally:
             admin.close()
 
-    def restore(self) -> tuple[Iterator[tuple[str, bytes | dict]], dict[str, Any]]:
+    def restore(self, messages: Iterable[Any] | None = None) -> tuple[Iterator[tuple[str, bytes | dict]], dict[str, Any]]:
         """(every entry id with its latest value, decoded a chunk at a time as the joiner
-        takes them; meta values) from the changelog."""
-        self.tune_compaction()
-        consumer = kafka_io.consumer(self._config, group_id=None)
+        takes them; meta values) from the changelog, or from its `messages` read already
+        (`read_partitions`: several evidence partitions' changelogs at once)."""
+        if messages is None:
+            self.tune_compaction()
+            only = None if self.partition is None else [self.partition]
+            messages = read_partitions(self._config, self.topic, only).get(self.partition, [])
         latest: dict[str, bytes | None] = {}
         chunks: list[tuple[int, int, str, bytes | None]] = []
-        try:
-            for message in kafka_io.read_to_end(consumer, self.topic, partition=self.partition):
-                key = message.key.decode()
-                if is_chunk(key):
-                    chunks.append((message.partition, message.offset, key, message.value))
-                else:
-                    latest[key] = message.value
-        finally:
-            consumer.close(autocommit=False)
+        for message in messages:
+            key = message.key.decode()
+            if is_chunk(key):
+                chunks.append((message.partition, message.offset, key, message.value))
+            else:
+                latest[key] = message.value
         chunks.sort(key=lambda c: c[:2])
         legacy = {k: v for k, v in latest.items() if v is not None and not k.startswith(META)}
         meta = {k[len(META):]: orjson.loads(v) for k, v in latest.items() if v is not None and k.startswith(META)}
