@@ -43,7 +43,7 @@ from nimtrail.kafka_io import read_to_end
 from processors.evidence import Evidence
 from processors.events import BecameStandby, MessagesConsumed, ShareTaken, StateFenced, StateRestored
 from processors.loop import Fenced, Message, Processor, fitting_documents
-from processors.partitions import Partitioned
+from processors.partitions import Partitioned, from_wire, wire_form
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore, read_partitions
@@ -61,21 +61,17 @@ class Share(NamedTuple):
 
 
 def encode_evidence(items: list[Evidence]) -> list[bytes]:
-    """Evidence as messages of the evidence topic, halved until each fits. Fields without a
-    value are left out (a quarter of them, for spans): the joiner reads every field with
-    .get(), so absent and None are one."""
+    """Evidence as messages of the evidence topic (partitions.wire_form), halved until each fits."""
     out = []
     for start in range(0, len(items), EVIDENCE_PER_MESSAGE):
-        batch = [[e.kind, e.key, e.source, e.evidence_id, {k: v for k, v in e.fields.items() if v is not None}]
-                 for e in items[start:start + EVIDENCE_PER_MESSAGE]]
-        out += fitting_documents({"evidence": batch}, "evidence")
+        out += fitting_documents({"evidence": wire_form(items[start:start + EVIDENCE_PER_MESSAGE])}, "evidence")
     return out
 
 
 def decode_evidence(value: bytes) -> list[Evidence]:
     """PermanentError for a message that is not evidence (only processors write here)."""
     try:
-        return [Evidence.from_list(item) for item in orjson.loads(value)["evidence"]]
+        return from_wire(orjson.loads(value)["evidence"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise PermanentError("malformed_evidence", f"{type(e).__name__}: {e}") from e
 

@@ -36,6 +36,8 @@ import dataclasses
 from collections import defaultdict
 from typing import Any, Iterable
 
+import orjson
+
 from nimtrail import kafka_io
 from nimtrail.config import ProcessorConfig
 from processors import evidence as ev
@@ -56,6 +58,18 @@ _LINK = "link"
 _OWNING_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1}
 
 
+def wire_form(items: Iterable[Evidence]) -> list[list[Any]]:
+    """Evidence as the evidence topic carries it: fields without a value are left out (a
+    quarter of a span's); every reader of evidence takes fields with .get(), so absent and
+    None are one."""
+    return [[e.kind, e.key, e.source, e.evidence_id, {k: v for k, v in e.fields.items() if v is not None}]
+            for e in items]
+
+
+def from_wire(items: Iterable[list[Any]]) -> list[Evidence]:
+    return [Evidence.from_list(item) for item in items]
+
+
 def route_key(item: Evidence) -> str:
     """The key that places an evidence item in the evidence topic: its trace, else the
     key of its record (a log line's call id)."""
@@ -70,7 +84,7 @@ def best_link(entry: Entry | None) -> Evidence | None:
     links = [e for e in entry.evidence.values() if e.source == _LINK]
     if not links:
         return None
-    first = min(links, key=lambda e: (e.fields["started_at"] or "", e.fields["call_id"]))
+    first = min(links, key=lambda e: (e.fields.get("started_at") or "", e.fields["call_id"]))
     return max((e for e in links if e.fields["call_id"] == first.fields["call_id"]),
                key=lambda e: e.fields["version"])
 
@@ -83,7 +97,7 @@ def _link_item(kind: str, tool_call_id: str, link: CallLink) -> Evidence:
 
 
 def _call_link(item: Evidence) -> CallLink:
-    return CallLink(*(item.fields[f] for f in CallLink._fields))
+    return CallLink(*(item.fields.get(f) for f in CallLink._fields))  # (the wire form drops None)
 
 
 class PartitionJoiner(Joiner):
@@ -332,9 +346,10 @@ class Partitioned:
         return tuple(sum(s[i] for s in each) for i in range(3))  # type: ignore[return-value]
 
     def _deliver_pending(self) -> None:
+        """In process, in the evidence topic's wire form (what a member reads back)."""
         while self.pending:
             for partition, items in sorted(self.take_pending().items()):
-                self.deliver(partition, items, self._now)
+                self.deliver(partition, from_wire(orjson.loads(orjson.dumps(wire_form(items)))), self._now)
 
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []

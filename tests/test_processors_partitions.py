@@ -26,7 +26,10 @@ from tests import corpus, scenarios as sc
 
 T0 = corpus.T0
 SHAPES = ({}, {"tool_in_own_trace": True}, {"link_by_id": False, "gate": "human"}, {"nim_in_own_trace": True},
-          {"nim_in_own_trace": True, "tool_in_own_trace": True}, {"mcp": False, "caller_on_chat": True})
+          {"nim_in_own_trace": True, "tool_in_own_trace": True}, {"mcp": False, "caller_on_chat": True},
+          # a NIM no deployment names: its call's link carries no deployment
+          {"server": "unknown.nim.svc", "model": "acme/unknown", "nim_resource": {"service.name": "nim-unknown"},
+           "tool_in_own_trace": True})
 
 
 def hard_world(rounds: int, seed: int) -> list[tuple[str, bytes]]:
