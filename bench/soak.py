@@ -398,10 +398,12 @@ def _restart(env: Env, pids: dict[str, int], ops: str, say: Callable[[str], None
     after = wait_for(lambda: (lambda m: m if m.get("nimtrail_processor_active_members") == 1 else None)(scrape(ops)),
                      timeout=600, interval=0.2, what="the restarted processor to read the input again")
     ready = time.monotonic() - started
-    restored = re.findall(r"Restored (\d+) join state entries from \S+ in ([\d.]+)s", env.log("processor"))
+    # What this start restored: one line per evidence partition with processor.partitions.
+    since_start = env.log("processor").rsplit(" in group ", 1)[-1]
+    restored = re.findall(r"Restored (\d+) join state entries from \S+ in ([\d.]+)s", since_start)
     out = {"entries_before_kill": before.get("nimtrail_processor_state_entries"),
            "bytes_before_kill": before.get("nimtrail_processor_state_bytes"),
-           "restored_entries": int(restored[-1][0]) if restored else None,
+           "restored_entries": sum(int(count) for count, _s in restored) if restored else None,
            "restore_read_s": after.get("nimtrail_processor_restore_seconds"),
            "start_to_ready_s": ready, "state_bytes": after.get("nimtrail_processor_state_bytes"),
            "rss_mb_after": status_mb("VmRSS", pids["processor"])}

@@ -141,6 +141,9 @@ class PartitionedProcessor(Processor):
             self._restore_share(partition, ends[TopicPartition(self.state_topic, partition)],
                                 changelogs.get(partition, []))
         if restored:
+            self.metrics.gauge("restore", "seconds", "How long the last start took to read the join state back"
+                               ).set(time.monotonic() - started)
+        if restored:
             try:
                 self._deliver(self.pipeline.take())  # what deployments registered since change
             except Fenced as e:
