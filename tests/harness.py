@@ -4,6 +4,8 @@ real processes, and waiting on conditions with a deadline instead of sleeping.""
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,34 @@ from nimtrail import config as config_mod
 from cli.broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# Ports a stage derives from a configured one: a standby's ops port + k, a warehouse
+# shard's API port + 10 + i (warehouse/shards.py).
+OPS_PORTS, API_PORTS = 4, 14
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive ports that are free now, below the range the system
+    hands outgoing connections: a port derived from a configured one (ops + k) is then not
+    taken meanwhile as some client connection's source port, as one from free_port() can be."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for _ in range(500):
+        base = random.randrange(20000, ephemeral - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    return free_port(host)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
@@ -68,8 +98,8 @@ class Env:
         suffix = uuid.uuid4().hex[:8]
         defaults = config_mod.as_dict(config_mod.Config())
         topics = {k: f"{v}.{suffix}" for k, v in defaults["topics"].items()}
-        self.ports = {"http": free_port(), "grpc": free_port(), "api": free_port(),
-                      "ops": free_port(), "app": free_port()}
+        self.ports = {"http": free_port(), "grpc": free_port(), "api": free_port_block(API_PORTS),
+                      "ops": free_port_block(OPS_PORTS), "app": free_port()}
         doc: dict[str, Any] = {
             "data_dir": str(tmp / "data"),
             "kafka": {"bootstrap": bootstrap},
