@@ -43,7 +43,7 @@ from nimtrail.kafka_io import read_to_end
 from processors.evidence import Evidence
 from processors.events import BecameStandby, MessagesConsumed, ShareTaken, StateFenced, StateRestored
 from processors.loop import Fenced, Message, Processor, fitting_documents
-from processors.partitions import Partitioned, from_wire, wire_form
+from processors.partitions import EVIDENCE_HOPS, Partitioned, from_wire, wire_form
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore, read_partitions
@@ -114,7 +114,7 @@ class PartitionedProcessor(Processor):
         self.joined = Partitioned(self.config.processor, self.config.processor.partitions, held=())
         self.pipeline = Pipeline(self.config.processor, self.metrics, self.config.warehouse.retention,
                                  joiner=self.joined)
-        self.horizon = Horizon(interval=min(1.0, self.joined.window / 4))
+        self.horizon = Horizon(interval=min(1.0, self.joined.window / 4), hops=EVIDENCE_HOPS)
         self.shares = {}
 
     def _set_active(self, active: bool) -> None:

@@ -54,16 +54,29 @@ HOMED = "homed"  # from a call's home to a partition holding its spans: everythi
 _SUBSCRIBER = "sub"
 SUBSCRIPTIONS_KEPT = 100_000
 _LINK = "link"
+# How many times, at most, a call's evidence passes through the evidence topic before an
+# action in another trace has joined it: its raw spans are normalised to their trace's
+# partition (1), sent to the call's home (2), which answers "homed" (3); the owner then
+# emits the call and publishes its link at the tool-call id's home (4), which sends it to
+# the action's partition (5), where it is read (6). Settling waits for all six
+# (processors/horizon.py): an action settled sooner would be found unattributed where one
+# joiner, which makes all six steps at once, attributes it.
+EVIDENCE_HOPS = 6
 # Which of a call's spans decides where it is owned: the caller's, else NIM's.
 _OWNING_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1}
 
 
+def bare(item: Evidence) -> Evidence:
+    """The item without the fields that have no value (a quarter of a span's), as it is
+    placed for a partition, whether its joiner is in this process or another: every
+    reader of evidence takes fields with .get(), so absent and None are one."""
+    return Evidence(item.kind, item.key, item.source, item.evidence_id,
+                    {k: v for k, v in item.fields.items() if v is not None})
+
+
 def wire_form(items: Iterable[Evidence]) -> list[list[Any]]:
-    """Evidence as the evidence topic carries it: fields without a value are left out (a
-    quarter of a span's); every reader of evidence takes fields with .get(), so absent and
-    None are one."""
-    return [[e.kind, e.key, e.source, e.evidence_id, {k: v for k, v in e.fields.items() if v is not None}]
-            for e in items]
+    """Placed (bare) evidence as the evidence topic carries it."""
+    return [[e.kind, e.key, e.source, e.evidence_id, e.fields] for e in items]
 
 
 def from_wire(items: Iterable[list[Any]]) -> list[Evidence]:
@@ -273,10 +286,16 @@ class PartitionJoiner(Joiner):
 class Partitioned:
     """The joiners of the evidence partitions this process holds, behind the one joiner's
     interface the pipeline drives (Pipeline(joiner=Partitioned(...))). Evidence added is
-    placed as the evidence topic places it, in `pending`, with what the joiners send each
-    other. The service produces it to the evidence topic and `deliver`s what it consumes
-    there (processors/partitioned_loop.py); without `held`, every partition is held here
-    and `flush` delivers it in process: one joiner's records, which the tests compare.
+    placed as the evidence topic places it, with what the joiners send each other: `flush`
+    hands what is placed for a partition held here straight to its joiner, and leaves the
+    rest in `pending`, which the service produces to the evidence topic; it `deliver`s what
+    it consumes there (processors/partitioned_loop.py). Handing over in process is as safe
+    as the topic: a joiner's state, with what it was handed, is written before the offsets
+    of the input it came from are committed, so a crash repeats that input and its evidence.
+
+    Without `held`, every partition is held here and each hand-over goes through the
+    topic's wire form (JSON), as if each partition had a process of its own: one joiner's
+    records, which the tests compare.
 
     Each joiner holds its share of the state caps, so the partitions together hold what
     one joiner would, however many of them one process holds."""
@@ -308,7 +327,7 @@ class Partitioned:
         self._now = now
         count = 0
         for item in items:
-            self.pending[kafka_io.partition_of(route_key(item), self.partitions)].append(item)
+            self.pending[kafka_io.partition_of(route_key(item), self.partitions)].append(bare(item))
             count += 1
         return count
 
@@ -321,7 +340,7 @@ class Partitioned:
 
     def _collect(self, joiner: PartitionJoiner) -> None:
         for target, sent in joiner.take_outbox().items():
-            self.pending[target].extend(sent)
+            self.pending[target].extend(map(bare, sent))
 
     def take_pending(self) -> dict[int, list[Evidence]]:
         out, self.pending = self.pending, defaultdict(list)
@@ -345,20 +364,23 @@ class Partitioned:
         each = [joiner.sizes() for joiner in self.joiners.values()]
         return tuple(sum(s[i] for s in each) for i in range(3))  # type: ignore[return-value]
 
-    def _deliver_pending(self) -> None:
-        """In process, in the evidence topic's wire form (what a member reads back)."""
-        while self.pending:
-            for partition, items in sorted(self.take_pending().items()):
-                self.deliver(partition, from_wire(orjson.loads(orjson.dumps(wire_form(items)))), self._now)
+    def _deliver_pending(self) -> bool:
+        """Hand what is placed for partitions held here to their joiners; whether any was."""
+        local = [p for p in self.pending if p in self.joiners]
+        for partition in sorted(local):
+            items = self.pending.pop(partition)
+            if self.in_process:
+                items = from_wire(orjson.loads(orjson.dumps(wire_form(items))))
+            self.deliver(partition, items, self._now)
+        return bool(local)
 
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
-        if self.in_process:
-            self._deliver_pending()
         while True:
+            while self._deliver_pending():
+                pass
             for joiner in self.joiners.values():
                 out += joiner.flush()
                 self._collect(joiner)
-            if not (self.in_process and self.pending):
+            if not any(partition in self.joiners for partition in self.pending):
                 return out
-            self._deliver_pending()

@@ -38,3 +38,19 @@ def test_a_new_assignment_forgets_what_was_reached_on_the_old_one():
     assert horizon.advance(100.5, frozenset({A, B}), lambda: {A: 10, B: 3}, positions.get) is None
     positions[B] = 3
     assert horizon.advance(100.6, frozenset({A, B}), lambda: {A: 10, B: 3}, positions.get) == 100.5
+
+
+def test_with_hops_a_time_is_reached_only_after_as_many_snapshots_each_taken_after_the_last_was_read():
+    """What reading a snapshot's messages produced lands after it: two hops need a second
+    snapshot, taken once the first was read, to be read as well."""
+    horizon = Horizon(interval=1.0, hops=2)
+    positions = {A: 0}
+    ends = {A: 10}
+    assert horizon.advance(100.0, frozenset(ends), lambda: dict(ends), positions.get) is None
+    positions[A] = 10  # the first snapshot is read; what it made is written after it
+    ends[A] = 15
+    assert horizon.advance(100.5, frozenset(ends), lambda: dict(ends), positions.get) is None
+    assert horizon.advance(101.0, frozenset(ends), lambda: dict(ends), positions.get) is None
+    positions[A] = 15  # the snapshot taken at 101 (after 100 was read at 100.5) is read too
+    assert horizon.advance(101.2, frozenset(ends), lambda: dict(ends), positions.get) == 100.0
+    assert horizon.advance(102.5, frozenset(ends), lambda: dict(ends), positions.get) == 101.0

@@ -80,7 +80,7 @@ def start_steady(steady: Env) -> None:
 
 
 def same_trail(steady: Env, other: Env, rounds: int | None, what: str, tick=lambda: None, logs=lambda: "",
-               versions: bool = True) -> Trail:
+               versions: bool = True, timeout: float = 300) -> Trail:
     """The steady trail once `rounds` of `_round_input` are in it, settled (None: once the
     caller saw it settled), and the other trail equals it record by record (without
     `versions`: every field but the version); `tick()` runs on every look (restarting what
@@ -96,7 +96,7 @@ def same_trail(steady: Env, other: Env, rounds: int | None, what: str, tick=lamb
         return a if settled and compared(a) == compared(b) else None
 
     try:
-        return wait_for(converged, timeout=300, interval=1.0, what=what)
+        return wait_for(converged, timeout=timeout, interval=1.0, what=what)
     except AssertionError as e:
         a, b = compared(audit_trail(steady)), compared(audit_trail(other))
         differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -48,7 +48,7 @@ def test_three_members_sharing_the_join_one_killed_and_a_fourth_started_emit_one
         # Versions included: a member restoring a partition marks its calls for every
         # deployment version, so none is rebuilt later where the steady one was not.
         final = same_trail(steady, group, None, "the group's trail to equal the uninterrupted processor's",
-                           logs=lambda: _logs(group, members))
+                           logs=lambda: _logs(group, members), timeout=120)
         assert all(_consumed(m) > 0 for m in members if m is not killed), "every member read a share of the input"
         emitted = front_shows_the_hard_rounds(final, group)
     finally:
