@@ -15,12 +15,13 @@ import datetime as dt
 import random
 from typing import Any
 
+import orjson
 import pytest
 
 from nimtrail import config as config_mod, records
 from processors import evidence as ev, normalize
 from processors.evidence import Evidence
-from processors.partitions import LINKS, PartitionJoiner, Partitioned, best_link, route_key
+from processors.partitions import LINKS, PartitionJoiner, Partitioned, best_link, from_wire, route_key, wire_form
 from processors.pipeline import Pipeline
 from tests import corpus, scenarios as sc
 
@@ -61,29 +62,39 @@ def hard_world(rounds: int, seed: int) -> list[tuple[str, bytes]]:
     return messages
 
 
-def final_trail(pipeline: Pipeline, messages: list[tuple[str, bytes]], batch: int) -> dict[tuple, dict[str, Any]]:
-    """Every record the pipeline emitted at its highest version, without `observed_at`,
-    after everything settled."""
+def final_trail(pipeline: Pipeline | list[Pipeline], messages: list[tuple[str, bytes]], batch: int,
+                exchange=lambda now: False) -> dict[tuple, dict[str, Any]]:
+    """Every record the pipeline (or the members' pipelines together, each handed every
+    other message, the evidence topic being `exchange`: whether it moved any) emitted at its highest version,
+    without `observed_at`, after everything settled."""
+    members = pipeline if isinstance(pipeline, list) else [pipeline]
     trail: dict[tuple, dict[str, Any]] = {}
 
-    def take() -> None:
-        for kind, emitted in pipeline.take().records.items():
-            for record in emitted:
-                key = (kind, *(record[f] for f in records.KEYS[kind]))
-                if key not in trail or record.get("version", 0) >= trail[key].get("version", 0):
-                    trail[key] = {k: v for k, v in record.items() if k != "observed_at"}
+    def take(now: float) -> None:
+        while True:
+            for member in members:
+                for kind, emitted in member.take().records.items():
+                    for record in emitted:
+                        key = (kind, *(record[f] for f in records.KEYS[kind]))
+                        if key not in trail or record.get("version", 0) >= trail[key].get("version", 0):
+                            trail[key] = {k: v for k, v in record.items() if k != "observed_at"}
+            if not exchange(now):
+                return
 
     for i, (kind, value) in enumerate(messages):
         if kind == normalize.DEPLOYMENTS:
-            pipeline.deployment(value)
+            for member in members:
+                member.deployment(value)
         else:
-            pipeline.handle(kind, value, float(i // batch), received=T0.timestamp())
+            members[i % len(members)].handle(kind, value, float(i // batch), received=T0.timestamp())
         if i % batch == batch - 1:
-            take()
-            pipeline.sweep(float(i // batch) - 1)
-    take()
-    pipeline.sweep(float("inf"))
-    take()
+            take(float(i // batch))
+            for member in members:
+                member.sweep(float(i // batch) - 1)
+    take(float(len(messages)))
+    for member in members:
+        member.sweep(float("inf"))
+    take(float("inf"))
     return trail
 
 
@@ -106,6 +117,30 @@ def test_partitioned_joiners_emit_one_joiners_trail(partitions: int, batch: int)
     kinds = {k[0] for k in one}
     assert {"model_call", "tool_action", "finding", "span"} <= kinds
     assert _differences(one, split) == []
+
+
+def test_members_each_holding_some_partitions_hand_their_own_over_in_process_and_emit_one_joiners_trail():
+    """Two members over three partitions, as the service runs them: what one places for a
+    partition it holds goes straight to that joiner; only the rest is left for the evidence
+    topic (here: JSON, to the member holding it). Together: one joiner's trail."""
+    config = config_mod.ProcessorConfig()
+    messages = hard_world(rounds=6, seed=5)
+    members = [Pipeline(config, joiner=Partitioned(config, 3, held=held)) for held in ((0, 1), (2,))]
+    crossed = []
+
+    def exchange(now: float) -> bool:
+        sent = {member: member.joiner.take_pending() for member in members}
+        for member, placed in sent.items():
+            assert not placed.keys() & member.joiner.joiners.keys(), "what it holds is handed over in process"
+            for partition, items in placed.items():
+                [holder] = [m for m in members if partition in m.joiner.joiners]
+                crossed.append(partition)
+                holder.joiner.deliver(partition, from_wire(orjson.loads(orjson.dumps(wire_form(items)))), now)
+        return any(sent.values())
+
+    split = final_trail(members, messages, 7, exchange)
+    assert _differences(final_trail(Pipeline(config), messages, 7), split) == []
+    assert set(crossed) == {0, 1, 2}
 
 
 def test_with_the_state_full_partitioned_joiners_share_one_joiners_room_and_emit_its_trail():
