@@ -12,6 +12,7 @@ from nimtrail import kafka_io
 from tests import corpus, scenarios as sc
 from tests.harness import Env, scrape, wait_for
 from tests.test_processors_kafka import audit_trail, register_deployments
+from tests.trail import Trail
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +53,16 @@ def test_a_processor_waits_out_a_broker_outage_and_the_trail_is_exact(tmp_path: 
         broker.start(kafka_dir, port=handle.port, controller_port=handle.controller_port, timeout=180)
 
         after = _send_traces(env, world, 3, 3)
-        trail = wait_for(lambda: (lambda t: t if set(before + after) <= {c["call_id"] for c in
-                                                                          t.of("model_call").values()} else None)(
-            audit_trail(env)), timeout=180, interval=1.0, what="the calls sent after the outage")
+
+        def whole() -> Trail | None:
+            """The trail once every call sent and every call's action are in it (a call can be
+            on its topic a moment before its action is on theirs)."""
+            t = audit_trail(env)
+            called = {c["call_id"] for c in t.of("model_call").values()}
+            acted = {a["call_id"] for a in t.of("tool_action").values()}
+            return t if set(before + after) <= called and set(before + after) <= acted else None
+
+        trail = wait_for(whole, timeout=180, interval=1.0, what="the calls and actions sent after the outage")
         assert processor.poll() is None, env.log("processor")[-3000:]
         assert sorted(c["call_id"] for c in trail.of("model_call").values()) == sorted(before + after)
         assert len(trail.of("tool_action")) == 6
