@@ -96,6 +96,25 @@ def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tm
     calls = orjson.loads(nimtrail("--config", str(config), "calls", "--caller", "oncall-bot", "--json").stdout)
     assert tool_call_id in {t for row in calls["rows"] for t in row["tool_call_ids"] or ()}
 
+    # The governance commands talk to the bundled broker themselves (meanwhile the
+    # incident's records settle for the demo's join window).
+    registered = nimtrail("deployments", "register", str(FIXTURES / "llama-values.yaml"),
+                          "--deployment", "test/llama", "--config", str(config))
+    assert registered.stdout.strip() == "test/llama: registered version 1"
+    upgrade = tmp_path / "values-upgrade.yaml"
+    upgrade.write_text((FIXTURES / "llama-values.yaml").read_text().replace('tag: "1.3.3"', 'tag: "1.8.4"'))
+    assert "registered version 2" in nimtrail("--config", str(config), "deployments", "register", str(upgrade),
+                                              "--deployment", "test/llama").stdout
+    manifest = nimtrail("deployments", "register", str(FIXTURES / "nimservice.yaml"), "--config", str(config))
+    assert "registered version 1" in manifest.stdout
+    listed = nimtrail("deployments", "list", "--json", "--config", str(config))
+    ids = {row["deployment_id"] for row in orjson.loads(listed.stdout)["rows"]}
+    assert {"test/llama", "prod/llama-3-1-8b"} <= ids
+    show = orjson.loads(nimtrail("deployments", "show", "test/llama", "--json", "--config", str(config)).stdout)
+    assert show["version"] == 2 and show["nim_image"].endswith(":1.8.4")
+    diff = orjson.loads(nimtrail("deployments", "diff", "test/llama", "--json", "--config", str(config)).stdout)
+    assert [c["field"] for c in diff["changes"]] == ["nim_image"]
+
     def kinds() -> set[str]:
         return {row["kind"] for row in orjson.loads(nimtrail("findings", "--json", "--config", str(config)).stdout)["rows"]}
 
@@ -123,24 +142,6 @@ def test_every_command_works_on_the_default_setup_while_up_runs(running_demo, tm
         return [r for r in by_version["rows"] if not r["deployment_id"]]
 
     wait_for(lambda: not unmatched(), 60, interval=3, what="every call matched to its deployment")
-
-    # The governance commands talk to the bundled broker themselves.
-    registered = nimtrail("deployments", "register", str(FIXTURES / "llama-values.yaml"),
-                          "--deployment", "test/llama", "--config", str(config))
-    assert registered.stdout.strip() == "test/llama: registered version 1"
-    upgrade = tmp_path / "values-upgrade.yaml"
-    upgrade.write_text((FIXTURES / "llama-values.yaml").read_text().replace('tag: "1.3.3"', 'tag: "1.8.4"'))
-    assert "registered version 2" in nimtrail("--config", str(config), "deployments", "register", str(upgrade),
-                                              "--deployment", "test/llama").stdout
-    manifest = nimtrail("deployments", "register", str(FIXTURES / "nimservice.yaml"), "--config", str(config))
-    assert "registered version 1" in manifest.stdout
-    listed = nimtrail("deployments", "list", "--json", "--config", str(config))
-    ids = {row["deployment_id"] for row in orjson.loads(listed.stdout)["rows"]}
-    assert {"test/llama", "prod/llama-3-1-8b"} <= ids
-    show = orjson.loads(nimtrail("deployments", "show", "test/llama", "--json", "--config", str(config)).stdout)
-    assert show["version"] == 2 and show["nim_image"].endswith(":1.8.4")
-    diff = orjson.loads(nimtrail("deployments", "diff", "test/llama", "--json", "--config", str(config)).stdout)
-    assert [c["field"] for c in diff["changes"]] == ["nim_image"]
 
     assert stop_demo(up) == 0
     assert "nimtrail: stopped" in out.read_text()
