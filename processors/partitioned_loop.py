@@ -143,7 +143,6 @@ class PartitionedProcessor(Processor):
         if restored:
             self.metrics.gauge("restore", "seconds", "How long the last start took to read the join state back"
                                ).set(time.monotonic() - started)
-        if restored:
             try:
                 self._deliver(self.pipeline.take())  # what deployments registered since change
             except Fenced as e:

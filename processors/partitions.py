@@ -365,22 +365,24 @@ class Partitioned:
         return tuple(sum(s[i] for s in each) for i in range(3))  # type: ignore[return-value]
 
     def _deliver_pending(self) -> bool:
-        """Hand what is placed for partitions held here to their joiners; whether any was."""
-        local = [p for p in self.pending if p in self.joiners]
-        for partition in sorted(local):
-            items = self.pending.pop(partition)
-            if self.in_process:
-                items = from_wire(orjson.loads(orjson.dumps(wire_form(items))))
-            self.deliver(partition, items, self._now)
-        return bool(local)
+        """Hand what is placed for partitions held here to their joiners, until what that
+        makes is all for partitions elsewhere; whether any was handed over."""
+        handed = False
+        while local := sorted(p for p in self.pending if p in self.joiners):
+            for partition in local:
+                items = self.pending.pop(partition)
+                if self.in_process:
+                    items = from_wire(orjson.loads(orjson.dumps(wire_form(items))))
+                self.deliver(partition, items, self._now)
+            handed = True
+        return handed
 
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
+        self._deliver_pending()
         while True:
-            while self._deliver_pending():
-                pass
             for joiner in self.joiners.values():
                 out += joiner.flush()
                 self._collect(joiner)
-            if not any(partition in self.joiners for partition in self.pending):
+            if not self._deliver_pending():
                 return out
