@@ -43,7 +43,7 @@ class Collector:
                 # request pays in full; under load the producer still batches whatever queues
                 # up while a send is in flight.
                 linger_ms=0,
-                request_timeout_ms=10_000,
+                request_timeout_ms=kafka_io.REQUEST_TIMEOUT_MS,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
             )
 

@@ -32,6 +32,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # matches the bundled broker's message.max
 # ahead of its polls, not the messages it can read. At the message limit (16 MiB a
 # partition, 64 MiB a fetch) a stage behind its input could hold that much fetched ahead;
 # over a backlog of 1,800 OTLP messages the processor's peak was ~10 MB lower at these.
+# How long a request waits for the broker's answer before it fails: kafka-python's 30 s
+# default holds a stage's loop (and a stop asked for meanwhile) that long while the broker
+# is away. Producers, the admin client and the processor's end-offsets client use this.
+REQUEST_TIMEOUT_MS = 10_000
 FETCH_PARTITION_BYTES = 1024 * 1024
 FETCH_BYTES = 8 * 1024 * 1024
 
@@ -105,7 +109,7 @@ def admin_client(config: Config, timeout: float = 60.0) -> KafkaAdminClient:
     try:
         while True:
             try:
-                return KafkaAdminClient(**_common(config), request_timeout_ms=10_000,
+                return KafkaAdminClient(**_common(config), request_timeout_ms=REQUEST_TIMEOUT_MS,
                                         bootstrap_timeout_ms=5_000)
             except KafkaError as e:
                 if catcher.refusal is not None:

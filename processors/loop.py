@@ -136,10 +136,8 @@ class Processor:
         # connection's requests in order, so asking a consumer that has a fetch waiting at
         # the broker (the deployments topic is idle; fetch.max.wait.ms is 500 ms) queues
         # the question behind that wait: ~450 ms, once a second, on the processor's loop.
-        # While the broker is away the question fails after 10 s (as the collector's sends
-        # and the admin client's requests do), not kafka-python's 30 s: that long, each
-        # time, the loop (and a stop asked for meanwhile) waited.
-        self.offsets = kafka_io.consumer(config, group_id=None, request_timeout_ms=10_000)
+        # While the broker is away the question fails after kafka_io.REQUEST_TIMEOUT_MS.
+        self.offsets = kafka_io.consumer(config, group_id=None, request_timeout_ms=kafka_io.REQUEST_TIMEOUT_MS)
         # And the changelog's, from one assigned to it (never polled either): assigning is
         # what keeps a topic in a client's metadata, without which kafka-python waits out its
         # timeout for the leaders of a changelog created a moment before.
