@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -83,16 +84,19 @@ def main() -> None:
     parser.add_argument("--standby", action="store_true",
                         help="soak with a standby processor; half-way, SIGKILL the one reading the input")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a config key for the soak's stages, e.g. processor.state_max_entries=50000")
+                        help="a config key for the soak's or --scale's stages, e.g. processor.batch_wait=0.05")
     parser.add_argument("--scale", action="store_true",
                         help="only the pipeline, with 1, 2 and 3 processors in the group (results JSON only)")
+    parser.add_argument("--rounds", type=int, default=3, help="--scale: rounds of every layout (default 3)")
+    parser.add_argument("--layouts", type=layouts_arg, default=LAYOUTS, metavar="NxM[/pP],...",
+                        help="--scale: the layouts, the first the baseline (default 1x1,1x1/p6,2x1/p6,3x1/p6,3x2/p6)")
     parser.add_argument("--redaction", action="store_true",
                         help="only the redaction benchmark (no broker; results JSON, BENCHMARKS.md untouched)")
     args = parser.parse_args()
     if args.soak:
         return soak_main(args)
     if args.scale:
-        return scale_main(args)
+        return scale_main(args, args.layouts)
     if args.redaction:
         redaction()
         return
@@ -170,33 +174,79 @@ def overrides(settings: list[str]) -> dict[str, dict]:
 LAYOUTS = ((1, 1, 0), (1, 1, 6), (2, 1, 6), (3, 1, 6), (3, 2, 6))
 
 
+def layouts_arg(text: str) -> tuple[tuple[int, int, int], ...]:
+    """'1x1,2x1/p6': (processors, shards, partitions) for each."""
+    out = []
+    for item in text.split(","):
+        group, _, partitions = item.partition("/p")
+        n, _, m = group.partition("x")
+        try:
+            out.append((int(n), int(m), int(partitions or 0)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected processors x shards, e.g. 2x1/p6") from None
+    return tuple(out)
+
+
 def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int, int], ...] = LAYOUTS) -> None:
     """The default run's pipeline load through one processor joining everything, and 1, 2
     and 3 processors sharing the join over six evidence partitions, and through two
     warehouse shards: events/s end to end and CPU per event of every process (every member,
-    every shard and the broker included)."""
+    every shard and the broker included).
+
+    A shared machine's speed drifts by a fifth between minutes, more than the differences
+    measured; so the layouts run in `--rounds` rounds (every other one in reverse order),
+    each layout's CPU per event is compared with the first layout's of the same round,
+    and the medians over the rounds are reported."""
     from bench import pipeline
     size = SIZES["quick" if args.quick else "default"]
     work = Path(args.work or tempfile.mkdtemp(prefix="nimtrail-scale-"))
     say = lambda m: print(m, flush=True)  # noqa: E731
     out: dict = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "scale",
                  "machine": machine(), "sizes": size, "broker": "shared" if args.bootstrap else "bundled",
-                 "runs": {}}
+                 "settings": args.set, "rounds": args.rounds, "runs": {}}
+    names = [f"{n}x{m}" + (f"/p{p}" if p else "") for n, m, p in layouts]
     with kafka(args, work) as (bootstrap, broker_pid):
-        for n, m, p in layouts:
-            say(f"{n} processor{'s' if n > 1 else ''}" + (f" sharing {p} evidence partitions" if p else "")
-                + f", {m} warehouse shard{'s' if m > 1 else ''}:")
-            out["runs"][f"{n}x{m}" + (f"/p{p}" if p else "")] = pipeline.sustained(
-                work, bootstrap, size["traces"], size["log_calls"], say, broker_pid, processors=n,
-                warehouse_shards=m, partitions=p)
-    base = next(iter(out["runs"].values()))
+        for round_ in range(args.rounds):
+            order = list(zip(names, layouts))
+            for name, (n, m, p) in order if round_ % 2 == 0 else reversed(order):
+                say(f"round {round_ + 1}: {n} processor{'s' if n > 1 else ''}"
+                    + (f" sharing {p} evidence partitions" if p else "")
+                    + f", {m} warehouse shard{'s' if m > 1 else ''}:")
+                out["runs"].setdefault(name, []).append(pipeline.sustained(
+                    work / f"round{round_}", bootstrap, size["traces"], size["log_calls"], say, broker_pid,
+                    processors=n, warehouse_shards=m, partitions=p, overrides=overrides(args.set)))
+    out["summary"] = scale_summary(out["runs"])
     say("processors x shards/partitions | events/s end to end | CPU µs per event (every process) | "
-        "CPU per event against the first")
-    for n, run in out["runs"].items():
-        per_event = 1e6 / run["events_per_cpu_s_all"]
-        say(f"{n:>30} | {run['events_per_s']:>19,.0f} | {per_event:>33,.1f} | "
-            f"{base['events_per_cpu_s_all'] / run['events_per_cpu_s_all']:.2f}")
+        "against the first, same round | processors' CPU s | batches | state changes | warehouse CPU s | "
+        "transactions   (medians)")
+    for name, row in out["summary"].items():
+        say(f"{name:>30} | {row['events_per_s']:>19,.0f} | {row['cpu_us_per_event']:>33,.1f} | "
+            f"{row['against_first']:>27.2f} | {row['processor_cpu_s']:>17.1f} | {row['processor_batches']:>7,.0f} | "
+            f"{row['state_changes']:>13,.0f} | {row['warehouse_cpu_s']:>15.1f} | {row['warehouse_transactions']:>12,.0f}")
     say(f"wrote {write_result(out, 'scale')}")
+
+
+def scale_summary(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Each layout's medians over the rounds; `against_first` pairs each run with the first
+    layout's run of the same round."""
+    first = next(iter(runs.values()))
+    out = {}
+    for name, rounds in runs.items():
+        per_event = [1e6 / r["events_per_cpu_s_all"] for r in rounds]
+        base = [1e6 / r["events_per_cpu_s_all"] for r in first]
+        out[name] = {
+            "events_per_s": statistics.median(r["events_per_s"] for r in rounds),
+            "cpu_us_per_event": statistics.median(per_event),
+            "against_first": statistics.median(a / b for a, b in zip(per_event, base)),
+            "processor_cpu_s": statistics.median(
+                sum(v for k, v in r["cpu_s"].items() if k.startswith("processor")) for r in rounds),
+            "processor_batches": statistics.median(r["processor_batches"] for r in rounds),
+            "state_changes": statistics.median(r["state_changes"] for r in rounds),
+            "warehouse_cpu_s": statistics.median(
+                sum(v for k, v in r["cpu_s"].items() if k.startswith("warehouse")) for r in rounds),
+            "warehouse_transactions": statistics.median(r["warehouse_transactions"] for r in rounds),
+        }
+    return out
 
 
 def soak_main(args: argparse.Namespace) -> None:

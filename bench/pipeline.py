@@ -137,6 +137,14 @@ def _found(env: Env, call_id: str) -> bool:
     return bool(_get(env, "trace-back", call_id=call_id).get("found"))
 
 
+def _processor_counts(env: Env, processors: int) -> dict[str, float]:
+    """Batches delivered and state changes written, added up over the group's members."""
+    ops = env.config.processor.ops
+    metrics = [scrape(f"http://127.0.0.1:{ops.port + k}/metrics") for k in range(processors)]
+    return {"batches": sum(m.get("nimtrail_processor_delivered_batches_total", 0.0) for m in metrics),
+            "state_changes": sum(m.get("nimtrail_processor_state_changes_entries_total", 0.0) for m in metrics)}
+
+
 def _start(env: Env, processors: int = 1) -> dict[str, int]:
     """The stages as processes: {name: pid}. Processors after the first join its group as
     `nimtrail processor --instance-id <id>-k` (standing by, processors/membership.py, or
@@ -174,7 +182,9 @@ def _healthy(url: str) -> bool:
 
 
 def _count(env: Env) -> dict[str, int]:
-    counts = {"model_calls": 0, "tool_actions": 0}
+    """Rows of each audit table, and the warehouse transactions that wrote them (one ledger
+    entry each), added up over the shards."""
+    counts = {"model_calls": 0, "tool_actions": 0, "ledger": 0}
     for config in shards.all_shards(env.config):
         con = duckdb.connect(str(config.warehouse_path), read_only=True)
         try:
@@ -187,16 +197,20 @@ def _count(env: Env) -> dict[str, int]:
 
 def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Callable[[str], None],
               broker_pid: int | None = None, processors: int = 1, warehouse_shards: int = 1,
-              partitions: int = 0) -> dict:
+              partitions: int = 0, overrides: dict | None = None) -> dict:
     """`traces` agent traces over OTLP and `log_calls` calls' NIM log lines through the
     running stages, `processors` of them in the processor group (sharing the join over
-    `partitions` evidence partitions, if any), `warehouse_shards` warehouse shards."""
+    `partitions` evidence partitions, if any), `warehouse_shards` warehouse shards;
+    `overrides`: config sections' keys ({"processor": {"batch_wait": 0.05}})."""
     name = ("sustained" + (f"-{processors}" if processors > 1 else "") + (f"-p{partitions}" if partitions else "")
             + (f"-{warehouse_shards}shards" if warehouse_shards > 1 else ""))
     (work / name).mkdir(parents=True, exist_ok=True)
-    env = Env(work / name, bootstrap, collector={"filelog": [
-        {"include": [str(work / name / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]},
-        warehouse={"shards": warehouse_shards}, processor={"partitions": partitions})
+    sections = {k: dict(v) for k, v in (overrides or {}).items()}
+    sections.setdefault("collector", {})["filelog"] = [
+        {"include": [str(work / name / "*.log.jsonl")], "deployment": "bench/llama", "poll_interval": "20ms"}]
+    sections.setdefault("warehouse", {})["shards"] = warehouse_shards
+    sections.setdefault("processor", {})["partitions"] = partitions
+    env = Env(work / name, bootstrap, **sections)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     requests, spans = _traces(traces, now)
     lines = nim_log_lines(log_calls, now)
@@ -230,9 +244,11 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
         cpu = {stage: cpu_seconds(pid) - cpu_before[stage] for stage, pid in measured.items()}
         rows = sum(_written(env).values())
         rss = {stage: peak_rss_mb(pid) for stage, pid in pids.items()}
+        work_done = _processor_counts(env, processors)
     finally:
         env.stop_all()
     counts = _count(env)
+    transactions = counts.pop("ledger")
     events = spans + len(lines)
     out = {"traces": traces, "spans": spans, "log_lines": len(lines), "events": events,
            "collector_accept_s": accepted, "end_to_end_s": elapsed, "events_per_s": events / elapsed,
@@ -241,10 +257,15 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
            "peak_rss_mb": rss, "request_bytes": statistics.mean(len(b) for b in bodies),
            # Each process's CPU over the run (the last polls of the done() check included).
            "cpu_s": cpu, "rows_written": rows,
+           # Added up over the group: the batches each member took through to committed
+           # offsets, and the join state entries written to the changelog.
+           "processor_batches": work_done["batches"], "state_changes": work_done["state_changes"],
+           "warehouse_transactions": transactions,
            "events_per_cpu_s": {stage: events / used for stage, used in cpu.items() if used > 0},
            "events_per_cpu_s_all": events / sum(cpu.values())}
     say(f"  sustained: {events:,} events in {elapsed:.1f}s = {events / elapsed:,.0f} events/s end to end "
         f"(collector accepted them in {accepted:.1f}s); rows {counts} of expected {out['expected']}; "
+        f"{work_done['batches']:,.0f} processor batches, {work_done['state_changes']:,.0f} state changes; "
         f"peak RSS MB {({k: round(v or 0) for k, v in rss.items()})}")
     say("  CPU seconds per stage: " + ", ".join(f"{k} {v:.1f} ({events / v:,.0f} events per CPU s)"
                                                for k, v in cpu.items() if v > 0)

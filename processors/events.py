@@ -108,6 +108,20 @@ class StateEvicted(Event):
     labels = ("reason",)
 
 
+class StateChanged(Event):
+    level = logging.DEBUG
+    message = "Wrote %(count)s join state changes to the changelog"
+    thing, unit, doc = "state_changes", "entries", ("Join state entries written to the changelog (changed, or "
+                                                  "deleted); per input event, the cost of keeping the state")
+
+
+class BatchDelivered(Event):
+    level = logging.DEBUG
+    message = "Delivered a polled batch of %(count)s messages"
+    thing, unit, doc = "delivered", "batches", ("Polled batches taken through to committed offsets; each has a "
+                                              "fixed cost (acknowledgements, the state's fence, the commit)")
+
+
 class StateRewritten(Event):
     level = logging.DEBUG
     message = "Wrote %(count)s unchanged join state entries again, so that the chunks holding them can go"

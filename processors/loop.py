@@ -49,7 +49,7 @@ from nimtrail.kafka_io import DeadLetters, read_to_end
 from nimtrail.ops import StageMetrics
 from processors import normalize
 from processors.membership import ActiveStandbyAssignor, Handover, group_errors
-from processors.events import (AssignmentIncomplete, BecameActive, BecameStandby, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
+from processors.events import (AssignmentIncomplete, BatchDelivered, BecameActive, BecameStandby, ContentDropped, InputRejected, MessagesConsumed, OutputLost,
                                OutputRefused, ProduceRetried, ProducerReplaced, StateFenced, StateRestored, StateRewritten)
 from processors.pipeline import Outputs, Pipeline
 from processors.horizon import Horizon
@@ -331,6 +331,7 @@ class Processor:
                 # whose evidence the changelog already holds.
                 log.warning("Could not commit input offsets: %s", e)
             faults.point("processor.after_commit")
+            BatchDelivered(count=count).emit(self.metrics, log)
         self._trimmer.maybe()  # what evicted entries freed, back to the system
         return count
 

@@ -22,7 +22,7 @@ from processors.bounds import Bounds
 from processors.content import ContentPolicy
 from processors.events import (DeploymentRegistered, EvidenceJoined, FieldTruncated, FindingRaised,
                                LateDuplicatesIgnored, LogLinesRead, MetricPointsSkipped, RecordsEmitted,
-                               RecordsSettled, StateEvicted, StateFull)
+                               RecordsSettled, StateChanged, StateEvicted, StateFull)
 from processors.join import Joiner
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ class Pipeline:
         """`j`'s changelog entries since the last call, with what left its state counted
         (one joiner's, or one evidence partition's: processors/partitioned_loop.py)."""
         changes = j.state_changes(rewrite)
+        if changes:
+            StateChanged(count=len(changes)).emit(self.metrics, log, len(changes))
         for reason, count in j.evicted.items():
             StateEvicted(reason=reason, count=count).emit(self.metrics, log, count)
         j.evicted.clear()
