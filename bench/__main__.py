@@ -217,27 +217,38 @@ def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int, int], ..
                     processors=n, warehouse_shards=m, partitions=p, overrides=overrides(args.set)))
     out["summary"] = scale_summary(out["runs"])
     say("processors x shards/partitions | events/s end to end | CPU µs per event (every process) | "
-        "against the first, same round | processors' CPU s | batches | state changes | warehouse CPU s | "
-        "transactions   (medians)")
+        "against the first | against one member | processors' CPU s | batches | state changes | "
+        "warehouse CPU s | transactions   (medians; ratios paired within each round)")
     for name, row in out["summary"].items():
         say(f"{name:>30} | {row['events_per_s']:>19,.0f} | {row['cpu_us_per_event']:>33,.1f} | "
-            f"{row['against_first']:>27.2f} | {row['processor_cpu_s']:>17.1f} | {row['processor_batches']:>7,.0f} | "
+            f"{row['against_first']:>17.2f} | "
+            + (f"{row['against_one_member']:>18.2f}" if row["against_one_member"] else " " * 18)
+            + f" | {row['processor_cpu_s']:>17.1f} | {row['processor_batches']:>7,.0f} | "
             f"{row['state_changes']:>13,.0f} | {row['warehouse_cpu_s']:>15.1f} | {row['warehouse_transactions']:>12,.0f}")
     say(f"wrote {write_result(out, 'scale')}")
 
 
 def scale_summary(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """Each layout's medians over the rounds; `against_first` pairs each run with the first
-    layout's run of the same round."""
+    """Each layout's medians over the rounds. `against_first` pairs each run with the first
+    layout's run of the same round (one processor joining everything, by default);
+    `against_one_member` with one processor holding every partition of the same split
+    (`1x1/pP`): what adding members costs, which is what predicts scaling on more cores."""
     first = next(iter(runs.values()))
+
+    def per_event(run: dict) -> float:
+        return 1e6 / run["events_per_cpu_s_all"]
+
+    def against(rounds: list[dict], base: list[dict]) -> float:
+        return statistics.median(per_event(a) / per_event(b) for a, b in zip(rounds, base))
+
     out = {}
     for name, rounds in runs.items():
-        per_event = [1e6 / r["events_per_cpu_s_all"] for r in rounds]
-        base = [1e6 / r["events_per_cpu_s_all"] for r in first]
+        one_member = runs.get("1x1/p" + name.partition("/p")[2]) if "/p" in name else None
         out[name] = {
             "events_per_s": statistics.median(r["events_per_s"] for r in rounds),
-            "cpu_us_per_event": statistics.median(per_event),
-            "against_first": statistics.median(a / b for a, b in zip(per_event, base)),
+            "cpu_us_per_event": statistics.median(per_event(r) for r in rounds),
+            "against_first": against(rounds, first),
+            "against_one_member": against(rounds, one_member) if one_member else None,
             "processor_cpu_s": statistics.median(
                 sum(v for k, v in r["cpu_s"].items() if k.startswith("processor")) for r in rounds),
             "processor_batches": statistics.median(r["processor_batches"] for r in rounds),

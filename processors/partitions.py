@@ -103,10 +103,12 @@ def best_link(entry: Entry | None) -> Evidence | None:
 
 
 def _link_item(kind: str, tool_call_id: str, link: CallLink) -> Evidence:
-    """A call's link as evidence for a tool-call id; `tool_call_ids` names the id, so that
-    the link is remembered for it when the entry leaves the state."""
+    """A call's link as evidence for a tool-call id, bare (as placed evidence is);
+    `tool_call_ids` names the id, so that the link is remembered for it when the entry
+    leaves the state."""
+    fields = {k: v for k, v in link._asdict().items() if v is not None}
     return Evidence(kind, tool_call_id, _LINK, f"{link.call_id}:{link.version}",
-                    {**link._asdict(), "tool_call_ids": [tool_call_id]})
+                    {**fields, "tool_call_ids": [tool_call_id]})
 
 
 def _call_link(item: Evidence) -> CallLink:
@@ -340,7 +342,8 @@ class Partitioned:
 
     def _collect(self, joiner: PartitionJoiner) -> None:
         for target, sent in joiner.take_outbox().items():
-            self.pending[target].extend(map(bare, sent))
+            # Already bare: a joiner sends what it holds, or builds bare (`_link_item`).
+            self.pending[target].extend(sent)
 
     def take_pending(self) -> dict[int, list[Evidence]]:
         out, self.pending = self.pending, defaultdict(list)
