@@ -87,9 +87,13 @@ def main() -> None:
                         help="a config key for the soak's or --scale's stages, e.g. processor.batch_wait=0.05")
     parser.add_argument("--scale", action="store_true",
                         help="only the pipeline, with 1, 2 and 3 processors in the group (results JSON only)")
-    parser.add_argument("--rounds", type=int, default=3, help="--scale: rounds of every layout (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--scale, --split-state: rounds of every layout (default 3)")
     parser.add_argument("--layouts", type=layouts_arg, default=LAYOUTS, metavar="NxM[/pP],...",
                         help="--scale: the layouts, the first the baseline (default 1x1,1x1/p6,2x1/p6,3x1/p6,3x2/p6)")
+    parser.add_argument("--split-state", action="store_true",
+                        help="only the join in process, one joiner against the split, at the caps and with room "
+                             "(no broker; results JSON)")
     parser.add_argument("--redaction", action="store_true",
                         help="only the redaction benchmark (no broker; results JSON, BENCHMARKS.md untouched)")
     args = parser.parse_args()
@@ -100,6 +104,8 @@ def main() -> None:
     if args.redaction:
         redaction()
         return
+    if args.split_state:
+        return split_state_main(args)
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.full:
         size.update(calls=10_000_000, requests=50)
@@ -206,6 +212,13 @@ def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int, int], ..
                  "settings": args.set, "rounds": args.rounds, "runs": {}}
     names = [f"{n}x{m}" + (f"/p{p}" if p else "") for n, m, p in layouts]
     with kafka(args, work) as (bootstrap, broker_pid):
+        # The broker's JVM spends its first minute compiling: its CPU for the first layout
+        # run was up to four times that of later ones. One run at the quick size, not kept.
+        n, m, p = layouts[0]
+        say("warm-up (not counted):")
+        quick = SIZES["quick"]
+        pipeline.sustained(work / "warm-up", bootstrap, quick["traces"], quick["log_calls"], say, broker_pid,
+                           processors=n, warehouse_shards=m, partitions=p, overrides=overrides(args.set))
         for round_ in range(args.rounds):
             order = list(zip(names, layouts))
             for name, (n, m, p) in order if round_ % 2 == 0 else reversed(order):
@@ -270,6 +283,14 @@ def soak_main(args: argparse.Namespace) -> None:
     with kafka(args, work) as (bootstrap, broker_pid):
         out["soak"] = soak.soak(work, bootstrap, args.minutes, args.rate, say, overrides(args.set), args.standby)
     say(f"wrote {write_result(out, 'soak')}")
+
+
+def split_state_main(args: argparse.Namespace) -> None:
+    from bench import split_state
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    out = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "mode": "split-state",
+           "machine": machine(), "rounds": args.rounds, **split_state.run(args.rounds, say)}
+    say(f"wrote {write_result(out, 'split-state')}")
 
 
 def redaction() -> None:
