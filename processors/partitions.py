@@ -52,6 +52,8 @@ LINKS = "links"  # at a tool-call id's home: the links of the calls listing it, 
 LINKED = "linked"  # where an action waits: the links its tool-call id's home sent
 HOMED = "homed"  # from a call's home to a partition holding its spans: everything the home held is sent
 _SUBSCRIBER = "sub"
+# Tool-call ids remembered as subscribed, over all partitions: each partition keeps its share,
+# as it holds its share of the state caps.
 SUBSCRIPTIONS_KEPT = 100_000
 _LINK = "link"
 # How many times, at most, a call's evidence passes through the evidence topic before an
@@ -127,6 +129,7 @@ class PartitionJoiner(Joiner):
         self._now = 0.0
         self._restoring = False
         self._subscribed: set[str] = set()  # tool-call ids this partition subscribed to
+        self._subscriptions_kept = -(-SUBSCRIPTIONS_KEPT // partitions)
 
     def home(self, key: str) -> int:
         return kafka_io.partition_of(key, self.partitions)
@@ -259,7 +262,7 @@ class PartitionJoiner(Joiner):
         actions never need to: their call is in their own trace)."""
         entry = self.entries.get(f"{LINKED}|{tool_call_id}")
         if entry is None and tool_call_id and tool_call_id not in self._subscribed and not self._restoring:
-            if len(self._subscribed) >= SUBSCRIPTIONS_KEPT:
+            if len(self._subscribed) >= self._subscriptions_kept:
                 self._subscribed.clear()  # subscribing twice is harmless: the home keeps one
             self._subscribed.add(tool_call_id)
             self._send(self.home(tool_call_id), Evidence(LINKS, tool_call_id, _SUBSCRIBER, f"sub:{self.partition}",
