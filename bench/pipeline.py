@@ -137,10 +137,15 @@ def _found(env: Env, call_id: str) -> bool:
     return bool(_get(env, "trace-back", call_id=call_id).get("found"))
 
 
+def processor_metrics_urls(env: Env, processors: int) -> list[str]:
+    """Each member's /metrics, on the ops ports `up --processors` gives them."""
+    ops = env.config.processor.ops
+    return [f"http://127.0.0.1:{ops.port + k}/metrics" for k in range(processors)]
+
+
 def _processor_counts(env: Env, processors: int) -> dict[str, float]:
     """Batches delivered and state changes written, added up over the group's members."""
-    ops = env.config.processor.ops
-    metrics = [scrape(f"http://127.0.0.1:{ops.port + k}/metrics") for k in range(processors)]
+    metrics = [scrape(url) for url in processor_metrics_urls(env, processors)]
     return {"batches": sum(m.get("nimtrail_processor_delivered_batches_total", 0.0) for m in metrics),
             "state_changes": sum(m.get("nimtrail_processor_state_changes_entries_total", 0.0) for m in metrics)}
 
@@ -164,8 +169,7 @@ def wait_settled(env: Env, processors: int) -> list[str]:
     """Until one processor of the group reads the input and the others stand by, or with
     processor.partitions each holds a share (the ops ports `up --processors` gives them);
     their /metrics URLs."""
-    ops = env.config.processor.ops
-    urls = [f"http://127.0.0.1:{ops.port + k}/metrics" for k in range(processors)]
+    urls = processor_metrics_urls(env, processors)
     shared = env.config.processor.partitions > 0
     wanted = [1] * processors if shared else [0] * (processors - 1) + [1]
     wait_for(lambda: sorted(scrape(url).get("nimtrail_processor_active_members") for url in urls) == wanted,
