@@ -17,17 +17,22 @@ are foreign-key joins through each key's *home*, the partition its key hashes to
   span, else NIM's), else its home (a call known only from logs). Only the owner builds
   and emits it, so two partitions never emit two versions of one record; its trace is
   where the caller and agent weight come from, exactly as a single joiner has them.
-- **An action meets its call at the tool-call id's home.** The owner of a call that lists
-  tool-call ids publishes its link (processors/forgotten.py, `CallLink`: what an action
-  takes from its call) to each id's home at every new version; a partition holding an
-  action names its tool-call id there (a subscription). The home sends the best link to
-  every subscriber, now and at each new version, and the action joins the call as it
-  joins one that left the state — with the same record and the same version.
+- **An action meets its call at the tool-call id's home.** Most actions never need to:
+  their call is in their own trace. A partition holding an action whose call is not
+  owned there names its tool-call id at the id's home (a subscription); the home asks
+  every partition for the id (`WANTED`, kept where it lands). From then on the owner of
+  a call listing that id publishes its link (processors/forgotten.py, `CallLink`: what an
+  action takes from its call) to the home at every new version, as does a partition
+  that remembers such a call leaving its state. The home sends the best link to every
+  subscriber, now and at each new version, and the action joins the call as it joins one
+  that left the state — with the same record and the same version. Links are asked for,
+  not published for every tool-call id: a call whose actions are in its own trace costs
+  no entry at any id's home.
 
-All three travel as evidence (kinds `LINKS` and `LINKED` beside the normalisers'), so they
-are deduplicated by id, written to the changelog with the rest of the state, and sending
-one twice changes nothing: the loop's delivery order (outputs acknowledged, then state,
-then offsets) keeps the trail exact across crashes and rebalances.
+All travel as evidence (kinds `LINKS`, `WANTED` and `LINKED` beside the normalisers'), so
+they are deduplicated by id, written to the changelog with the rest of the state, and
+sending one twice changes nothing: the loop's delivery order (outputs acknowledged, then
+state, then offsets) keeps the trail exact across crashes and rebalances.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from processors.join import Joiner
 
 LINKS = "links"  # at a tool-call id's home: the links of the calls listing it, and its subscribers
 LINKED = "linked"  # where an action waits: the links its tool-call id's home sent
+WANTED = "wanted"  # at every partition: an action elsewhere waits for a call listing this tool-call id
 HOMED = "homed"  # from a call's home to a partition holding its spans: everything the home held is sent
 _SUBSCRIBER = "sub"
 # Tool-call ids remembered as subscribed, over all partitions: each partition keeps its share,
@@ -60,9 +66,11 @@ _LINK = "link"
 # action in another trace has joined it: its raw spans are normalised to their trace's
 # partition (1), sent to the call's home (2), which answers "homed" (3); the owner then
 # emits the call and publishes its link at the tool-call id's home (4), which sends it to
-# the action's partition (5), where it is read (6). Settling waits for all six
-# (processors/horizon.py): an action settled sooner would be found unattributed where one
-# joiner, which makes all six steps at once, attributes it.
+# the action's partition (5), where it is read (6). The action's side takes as many: its
+# evidence is normalised (1), it subscribes at the id's home (2), which asks every
+# partition (3); the owner publishes (4), the home answers (5), it is read (6). Settling
+# waits for all six (processors/horizon.py): an action settled sooner would be found
+# unattributed where one joiner, which makes all six steps at once, attributes it.
 EVIDENCE_HOPS = 6
 # Which of a call's spans decides where it is owned: the caller's, else NIM's.
 _OWNING_RANK = {ev.SPAN_CLIENT: 0, ev.SPAN_NIM: 1}
@@ -183,6 +191,8 @@ class PartitionJoiner(Joiner):
             self._share_call(entry, item)
         elif item.kind == LINKS:
             self._pass_link(entry, item)
+        elif item.kind == WANTED:
+            self._answer_wanted(entry.key)
         elif item.kind == LINKED and not any(self.owns(self.entries[k])
                                              for k in self.calls_by_tool_call.get(entry.key, ())):
             # Its actions join it (no call owned here lists the id); nothing else changes.
@@ -206,8 +216,12 @@ class PartitionJoiner(Joiner):
             self._send(holder, item)
 
     def _pass_link(self, entry: Entry, item: Evidence) -> None:
-        """At a tool-call id's home: a new subscriber gets the best link; a new best link
-        goes to every subscriber."""
+        """At a tool-call id's home: a new subscriber gets the best link, and every
+        partition is asked for the calls listing the id; a new best link goes to every
+        subscriber."""
+        if item.source == _SUBSCRIBER:
+            for partition in range(self.partitions):
+                self._send(partition, Evidence(WANTED, entry.key, WANTED, WANTED, {}))
         best = best_link(entry)
         if best is None:
             gone = self.forgotten.call(entry.key)  # the calls' links left the state here
@@ -222,6 +236,26 @@ class PartitionJoiner(Joiner):
             return
         for partition in targets:
             self._send(partition, _link_item(LINKED, entry.key, _call_link(best)))
+
+    def _answer_wanted(self, tool_call_id: str) -> None:
+        """An action elsewhere waits for a call listing `tool_call_id`: publish the link of
+        each one owned here (built again first, if it has none yet: restored and not
+        changed since), and of the one that left the state here, if any."""
+        for entry_id in self.calls_by_tool_call.get(tool_call_id, ()):
+            call = self.entries[entry_id]
+            if not self.owns(call):
+                continue
+            if call.link is None:
+                self._alone.add(entry_id)  # its link is published once it is built
+            else:
+                self._send(self.home(tool_call_id), _link_item(LINKS, tool_call_id, call.link))
+        gone = self.forgotten.call(tool_call_id)
+        if gone is not None:
+            self._send(self.home(tool_call_id), _link_item(LINKS, tool_call_id, gone))
+
+    def _wanted(self, tool_call_id: str) -> bool:
+        entry_id = f"{WANTED}|{tool_call_id}"
+        return entry_id in self.entries or self.forgotten.seen(entry_id, WANTED)
 
     def restore(self, state, now: float) -> int:
         self._restoring = True
@@ -278,7 +312,8 @@ class PartitionJoiner(Joiner):
 
     def _linked(self, record: dict[str, Any], link: CallLink) -> None:
         for tool_call_id in record["tool_call_ids"] or ():
-            self._send(self.home(tool_call_id), _link_item(LINKS, tool_call_id, link))
+            if self._wanted(tool_call_id):
+                self._send(self.home(tool_call_id), _link_item(LINKS, tool_call_id, link))
 
     def flush(self) -> list[tuple[str, dict[str, Any]]]:
         out = super().flush()

@@ -21,7 +21,7 @@ import pytest
 from nimtrail import config as config_mod, records
 from processors import evidence as ev, normalize
 from processors.evidence import Evidence
-from processors.partitions import LINKS, PartitionJoiner, Partitioned, best_link, from_wire, route_key, wire_form
+from processors.partitions import LINKS, WANTED, PartitionJoiner, Partitioned, best_link, from_wire, route_key, wire_form
 from processors.pipeline import Pipeline
 from tests import corpus, scenarios as sc
 
@@ -180,6 +180,36 @@ def test_an_action_long_after_its_call_left_the_state_joins_it_through_the_links
     joined = {r["action_id"]: r["call_id"] for (kind, *_), r in one.items() if kind == "tool_action"}
     assert joined == {r["action_id"]: r["call_id"] for r in runs}
     assert _differences(one, split) == []
+
+
+def test_links_are_kept_only_for_the_tool_calls_an_action_elsewhere_waits_for():
+    """A call whose tool ran in its own trace costs no entry at any tool-call id's home;
+    an action whose trace broke asks every partition for its id, and its call's owner
+    publishes the link there, which the action joins, as one joiner joins it."""
+    config = config_mod.ProcessorConfig()
+    world = sc.World()
+    together = [sc.agent_run(world, T0 + dt.timedelta(seconds=i)) for i in range(6)]
+    apart = [sc.agent_run(world, T0 + dt.timedelta(seconds=10 + i), tool_in_own_trace=True) for i in range(6)]
+    messages = ([(normalize.DEPLOYMENTS, sc.deployment_message(corpus.deployments()[0])[1])]
+                + [(normalize.SPANS, sc.World.otlp([s])) for s in world.take()])
+    split = final_trail(Pipeline(config, joiner=Partitioned(config, 5)), messages, 3)
+    assert _differences(final_trail(Pipeline(config), messages, 3), split) == []
+    # The state once all is joined, before the window passes and it leaves.
+    joined_now = Partitioned(config, 5)
+    pipe = Pipeline(config, joiner=joined_now)
+    for kind, value in messages:
+        pipe.deployment(value) if kind == normalize.DEPLOYMENTS else pipe.handle(kind, value, 0.0, received=T0.timestamp())
+    pipe.take()
+    held = {entry_id: partition for partition, joiner in joined_now.joiners.items() for entry_id in joiner.entries}
+    home = joined_now.joiners[0].home
+    assert not any(f"{LINKS}|{run['tool_call_id']}" in held for run in together)
+    waited = [run for run in apart if home(run["action_trace_id"]) != home(run["trace_id"])]
+    assert waited, "some action's trace is placed apart from its call's"
+    for run in waited:
+        assert held[f"{LINKS}|{run['tool_call_id']}"] == home(run["tool_call_id"])
+        assert all(f"{WANTED}|{run['tool_call_id']}" in j.entries for j in joined_now.joiners.values())
+    joined = {r["action_id"]: r["call_id"] for (kind, *_), r in split.items() if kind == "tool_action"}
+    assert joined == {r["action_id"]: r["call_id"] for r in together + apart}
 
 
 def test_evidence_is_placed_by_trace_and_log_lines_by_their_call():
