@@ -198,7 +198,10 @@ def test_links_are_kept_only_for_the_tool_calls_an_action_elsewhere_waits_for():
     joined_now = Partitioned(config, 5)
     pipe = Pipeline(config, joiner=joined_now)
     for kind, value in messages:
-        pipe.deployment(value) if kind == normalize.DEPLOYMENTS else pipe.handle(kind, value, 0.0, received=T0.timestamp())
+        if kind == normalize.DEPLOYMENTS:
+            pipe.deployment(value)
+        else:
+            pipe.handle(kind, value, 0.0, received=T0.timestamp())
     pipe.take()
     held = {entry_id: partition for partition, joiner in joined_now.joiners.items() for entry_id in joiner.entries}
     home = joined_now.joiners[0].home
