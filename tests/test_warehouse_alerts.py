@@ -4,6 +4,7 @@ keeps what a receiver did not take, and neither repeats nor loses one across a r
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from nimtrail.ops import StageMetrics
 from processors import policy
 from tests.alert_receiver import HOOK_PATH, AlertReceiver
 from tests.warehouse_data import action, ago, call, deployment, write
+from warehouse import shards
 from warehouse.alerts import Alerter, Backoff
+from warehouse.api import QueryApi
 from warehouse.queries.actions import SEVERITY_NAMES
 from warehouse.store import Store
 
@@ -24,10 +27,10 @@ GOVERNED = deployment(tool_calling_allowed=True, destructive_tools=["delete_reco
 APP = "https://nimtrail.example.com/app"
 
 
-def _config(tmp: Path, port: int, **alerts: object) -> config_mod.Config:
+def _config(tmp: Path, port: int, warehouse: dict | None = None, **alerts: object) -> config_mod.Config:
     token = tmp / "alert-token"
     token.write_text("s3cret\n")
-    doc = {"data_dir": str(tmp / "data"),
+    doc = {"data_dir": str(tmp / "data"), "warehouse": warehouse or {},
            "alerts": {"alertmanager_url": f"http://127.0.0.1:{port}",
                       "webhook_url": f"http://127.0.0.1:{port}{HOOK_PATH}",
                       "alertmanager_token_file": str(token), "app_url": APP, **alerts}}
@@ -139,6 +142,83 @@ def test_a_receiver_down_keeps_alerts_until_it_returns_and_a_restart_repeats_non
         receiver.stop()
 
 
+def _two_free_ports(apart: int) -> int:
+    """A port free with the one `apart` above it (the front's and shard 1's on one host)."""
+    while True:
+        port = free_port()
+        if port + apart < 65536 and not _listening(port + apart):
+            return port
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _ungated(store: Store, call_id: str, deployment_id: str) -> None:
+    """A destructive tool run under an auto-approving policy on a deployment of its own:
+    a finding group of its own."""
+    governed = deployment(deployment_id=deployment_id, tool_calling_allowed=True, destructive_tools=["delete_record"])
+    made, ran = call(call_id, deployment_id=deployment_id), action(f"a-{call_id}", call_id, policy_id="auto-approve")
+    write(store, "deployment", [governed])
+    write(store, "model_call", [made])
+    write(store, "tool_action", [ran])
+    write(store, "finding", [{**f, "version": 1, "observed_at": ago()}
+                             for f in policy.action_findings(ran, made, governed, [])])
+
+
+def test_over_shards_the_front_alerts_each_group_once_and_asks_a_shard_away_again(tmp_path):
+    """Both shards hold findings of the same groups: the front alone alerts, once per group,
+    and for a group only the other shard holds. A shard whose API is down is asked again
+    next turn, from where it was."""
+    receiver = AlertReceiver(free_port()).start()
+    api = _two_free_ports(shards.port_offset(1))
+    base = _config(tmp_path, receiver.port, warehouse={"shards": 2, "api": f"127.0.0.1:{api}"}, webhook_url="")
+    front_config, shard_config = shards.for_shard(base, 0), shards.for_shard(base, 1)
+    shards.token(base, create=True)
+    stores = [Store(tmp_path / f"shard{i}.duckdb") for i in range(2)]
+    for store in stores:
+        write(store, "deployment", [GOVERNED])
+
+    def serve_shard() -> QueryApi:
+        return QueryApi(shard_config, stores[1], StageMetrics("warehouse"), lambda: True,
+                        host="127.0.0.1", port=shard_config.warehouse.api.port).start()
+
+    def deployments_alerted() -> list[str]:
+        return sorted(a["labels"]["deployment"] for a in receiver.alerts())
+
+    shard_api = None
+    front = Alerter(front_config, stores[0], StageMetrics("warehouse"))
+    try:
+        assert not Alerter(shard_config, stores[1], StageMetrics("warehouse")).open()  # the front alerts for it
+        _ungated(stores[1], "early", "prod/early")  # before its ledger was first looked at: never alerts
+        shard_api = serve_shard()
+        assert front.open()
+        front.run_once()
+        _incident(stores[0], 0, 2)
+        _incident(stores[1], 10, 2)  # the same groups, in the other shard
+        _ungated(stores[1], "s1", "prod/shard1")  # a group only shard 1 holds
+        front.run_once()
+        assert deployments_alerted() == ["model meta/llama-3.1-8b-instruct", "prod/llama", "prod/shard1"]
+
+        shard_api.shutdown()
+        shard_api = None
+        _ungated(stores[1], "o1", "prod/other")
+        front.run_once()  # shard 1 is away: nothing of it yet, and the turn does not fail
+        assert len(receiver.alerts()) == 3
+        shard_api = serve_shard()
+        front.run_once()
+        assert receiver.alerts()[3]["labels"]["deployment"] == "prod/other"
+        assert len(receiver.alerts()) == 4 and "prod/early" not in deployments_alerted()
+    finally:
+        front.close()
+        if shard_api is not None:
+            shard_api.shutdown()
+        for store in stores:
+            store.close()
+        receiver.stop()
+
+
 def test_findings_committed_before_alerts_were_configured_do_not_alert(tmp_path, store):
     _incident(store, 0, 1)
     receiver = AlertReceiver(free_port()).start()
@@ -157,7 +237,7 @@ def test_without_a_receiver_nothing_runs_and_the_store_is_untouched(tmp_path, st
     assert not config.alerts.enabled
     alerter = Alerter(config, store, StageMetrics("warehouse")).start()
     alerter.close()
-    assert store.reader().execute("SELECT count(*) FROM alert_cursor").fetchone() == (0,)
+    assert store.reader().execute("SELECT count(*) FROM alert_cursors").fetchone() == (0,)
 
 
 def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it():

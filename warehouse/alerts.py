@@ -19,6 +19,12 @@ absent receiver never holds ingest up. Each turn:
 A receiver that fails is tried again after a wait that doubles up to `retry_max`; the
 other receiver goes on meanwhile. The cursor starts at the ledger head the first time
 alerts are configured: findings committed before then do not alert.
+
+Over shards (warehouse/shards.py) the front alone alerts, for every shard: a finding group
+spread over shards is one group, and alerts once. It keeps a cursor per shard's ledger and
+asks each other shard for its findings after it (the shard read `alert-findings`, the same
+scan over the shard's own store); a shard that does not answer is asked again next turn,
+from where its cursor stayed. The other shards raise nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from app.launch import app_url
 from nimtrail.config import Config
 from nimtrail.ops import Event, StageMetrics
 from nimtrail.records import canonical_bytes
+from warehouse import front, shards
 from warehouse.alerts_receivers import Alert, DeliveryFailed, Receiver, receivers, trace_url
 from warehouse.events import TaskFailed
 from warehouse.ledger import now
@@ -104,15 +111,48 @@ class Backoff:
         self.failures, self.next_at = 0, 0.0
 
 
+def findings_since(store: Store, con: duckdb.DuckDBPyConnection, after: int | None,
+                   min_rank: int) -> dict[str, Any]:
+    """This store's ledger head and the open findings of at least `min_rank` that entries
+    in (after, head] committed, most severe of each group first, as JSON takes them; no
+    findings when `after` is None (the head is where a new cursor starts)."""
+    head = store.ledger.head.seq  # only ever a committed entry
+    if after is None or head <= after:
+        return {"head": head, "findings": []}
+    found = []
+    for row in con.execute(SCAN_SQL, [min_rank, after, head]).fetchall():
+        kind, deployment, tool, policy, severity, finding_id, subject_ids, detected_at, detail = row
+        found.append({"kind": kind, "deployment": deployment, "tool": tool, "policy": policy,
+                      "severity": severity,
+                      "finding": {"finding_id": finding_id, "subject_ids": subject_ids,
+                                  "detected_at": iso(detected_at), "severity": severity,
+                                  "detail": orjson.loads(detail) if isinstance(detail, str) else detail}})
+    return {"head": head, "findings": found}
+
+
+def _raises_before(found: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Of two shards' findings of one group, whether `found` raises its alert: the more
+    severe, then the one detected first."""
+    return ((-RANKS[found["severity"]], found["finding"]["detected_at"] or "~")
+            < (-RANKS[other["severity"]], other["finding"]["detected_at"] or "~"))
+
+
 class Alerter:
     """The alert loop of one warehouse. `start()` runs it in a thread when a receiver is
-    configured (else it does nothing, and touches nothing); `close()` stops it."""
+    configured (else it does nothing, and touches nothing); `close()` stops it. Over
+    shards only the front's runs, for every shard."""
 
     def __init__(self, config: Config, store: Store, metrics: StageMetrics):
         settings = config.alerts
         self.store = store
         self.metrics = metrics
         self.receivers: list[Receiver] = receivers(settings)
+        self.front = config.warehouse.shard == 0
+        # The other shards, as (index, name, url), asked for their findings by the front.
+        self.remotes = [(i, shards.name(config, i), shards.peer_url(config, i))
+                        for i in range(1, config.warehouse.shards)]
+        self._config = config
+        self.cursors: dict[int, int] = {}  # shard -> the last ledger entry considered there
         self.min_rank = RANKS[settings.min_severity]
         self.app_url = settings.app_url or app_url(config)
         self.interval = float(settings.interval)
@@ -120,7 +160,11 @@ class Alerter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
-        self.cursor = 0
+
+    @property
+    def cursor(self) -> int:
+        """The last ledger entry of this warehouse's own store whose findings were considered."""
+        return self.cursors.get(0, 0)
 
     def start(self) -> "Alerter":
         if self.open():
@@ -129,19 +173,28 @@ class Alerter:
         return self
 
     def open(self) -> bool:
-        """Read (or, the first time, set) the cursor; False when no receiver is configured."""
+        """Read (or, the first time, set) the cursors; False when no receiver is configured,
+        or this is a shard other than the front (which alerts for it)."""
         if not self.receivers:
             return False
+        if not self.front:
+            log.info("Alerts on this shard's findings are raised by the front (shard 0)")
+            return False
         self._con = self.store.reader()
-        seq = scalar(self._con, "SELECT ledger_seq FROM alert_cursor")
-        if seq is None:
-            seq = self.store.ledger.head.seq
-            with self.store.transaction() as con:
-                con.execute("INSERT INTO alert_cursor VALUES (1, ?)", [seq])
-        self._move_cursor(seq)
-        log.info("Alerting on %s findings and above to %s, after ledger entry %s",
-                 SEVERITY_NAMES[self.min_rank], ", ".join(r.name for r in self.receivers), seq)
+        self.cursors = dict(self._con.execute("SELECT shard, ledger_seq FROM alert_cursors").fetchall())
+        if 0 not in self.cursors:
+            self._start_cursor(0, self.store.ledger.head.seq)
+        self._report_cursor()
+        log.info("Alerting on %s findings and above to %s, after ledger entry %s%s",
+                 SEVERITY_NAMES[self.min_rank], ", ".join(r.name for r in self.receivers), self.cursor,
+                 f" (and every shard's findings, {len(self.remotes) + 1} shards)" if self.remotes else "")
         return True
+
+    def _start_cursor(self, shard: int, seq: int) -> None:
+        """The first time a shard's ledger is looked at: its findings until now do not alert."""
+        with self.store.transaction() as con:
+            con.execute("INSERT INTO alert_cursors VALUES (?, ?)", [shard, seq])
+        self.cursors[shard] = seq
 
     def close(self) -> None:
         self._stop.set()
@@ -162,29 +215,26 @@ class Alerter:
         self.raise_new()
         self.deliver()
 
-    def _move_cursor(self, seq: int) -> None:
-        self.cursor = seq
+    def _report_cursor(self) -> None:
         self.metrics.gauge("alerts_cursor", "seq", "The last ledger entry whose findings were "
-                           "considered for alerts").set(seq)
+                           "considered for alerts (this warehouse's own)").set(self.cursor)
 
     # ---- steps 1 and 2: committed findings -> alerts ----------------------------------
 
     def raise_new(self) -> int:
-        """Alerts for the groups of findings committed since the cursor; how many."""
-        head = self.store.ledger.head.seq  # only ever a committed entry
-        if head <= self.cursor:
-            return 0
-        found = self._con.execute(SCAN_SQL, [self.min_rank, self.cursor, head]).fetchall()
+        """Alerts for the groups of findings committed since the cursors; how many."""
+        scanned = self._scan()
         first: dict[str, dict[str, Any]] = {}
-        for row in found:  # the most severe, then earliest, finding of each group raises it
-            kind, deployment, tool, policy, severity, finding_id, subject_ids, detected_at, detail = row
-            group = canonical_bytes([kind, deployment, tool, policy]).decode()
-            first.setdefault(group, {
-                "kind": kind, "deployment": deployment, "tool": tool, "policy": policy,
-                "severity": severity,
-                "finding": {"finding_id": finding_id, "subject_ids": subject_ids,
-                            "detected_at": iso(detected_at), "severity": severity,
-                            "detail": orjson.loads(detail) if isinstance(detail, str) else detail}})
+        for shard in sorted(scanned):  # the most severe, then earliest, finding of each group raises it
+            mine: dict[str, dict[str, Any]] = {}
+            for found in scanned[shard]["findings"]:  # a shard's come in that order
+                mine.setdefault(canonical_bytes([found[c] for c in GROUP_COLUMNS]).decode(), found)
+            for group, found in mine.items():
+                if group not in first or _raises_before(found, first[group]):
+                    first[group] = found
+        moved = {shard: part["head"] for shard, part in scanned.items() if part["head"] > self.cursors[shard]}
+        if not moved:
+            return 0
         raised_at = now()
         pending = [r.name for r in self.receivers]
         with self.store.transaction() as con:
@@ -194,11 +244,30 @@ class Alerter:
                 "ON CONFLICT (group_key) DO NOTHING RETURNING group_key",
                 [group, a["kind"], a["deployment"], a["tool"], a["policy"], a["severity"],
                  canonical_bytes(a["finding"]).decode(), raised_at, pending]).fetchall()]
-            con.execute("UPDATE alert_cursor SET ledger_seq = ?", [head])
-        self._move_cursor(head)
+            for shard, head in moved.items():
+                con.execute("UPDATE alert_cursors SET ledger_seq = ? WHERE shard = ?", [head, shard])
+        self.cursors.update(moved)
+        self._report_cursor()
         for a in new:
             AlertRaised(**{k: a[k] for k in ("kind", "severity", "deployment", "tool")}).emit(self.metrics, log)
         return len(new)
+
+    def _scan(self) -> dict[int, dict[str, Any]]:
+        """Each shard's head and findings after its cursor: this store's, and every other
+        shard's that answers (one that does not keeps its cursor, and is asked next turn)."""
+        scanned = {0: findings_since(self.store, self._con, self.cursor, self.min_rank)}
+        for index, name, url in self.remotes:
+            try:
+                part = front.post(name, url, shards.token(self._config), "alert-findings",
+                                  {"after": self.cursors.get(index), "min_rank": self.min_rank})
+            except front.ShardUnavailable as e:
+                log.warning("Alerts: %s; its findings are looked at again next turn", e)
+                continue
+            if index not in self.cursors:
+                self._start_cursor(index, part["head"])
+            else:
+                scanned[index] = part
+        return scanned
 
     # ---- step 3: alerts -> receivers --------------------------------------------------
 

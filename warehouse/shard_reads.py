@@ -118,8 +118,16 @@ def _archive_partition(store: Store, con: duckdb.DuckDBPyConnection, config: Con
     return base64.b64encode(data).decode()
 
 
+def _alert_findings(store: Store, con: duckdb.DuckDBPyConnection, config: Config, args: dict[str, Any]) -> Any:
+    from warehouse import alerts  # (the alerts ask the shards through the front)
+
+    after = args.get("after")  # absent: where a new cursor starts
+    return alerts.findings_since(store, con, None if after is None else int(after), int(args["min_rank"]))
+
+
 READS: dict[str, Callable[[Store, duckdb.DuckDBPyConnection, Config, dict[str, Any]], Any]] = {
     "verify": _verify,
+    "alert-findings": _alert_findings,
     "calls-page": _calls_page,
     "actions-of": lambda store, con, config, args: actions_of(con, list(args["call_ids"]),
                                                                store.written_where),
