@@ -108,6 +108,13 @@ def encode_batches(kind: str, batch: list[dict[str, Any]],
     return [columnar.encode_audit(kind, [bare])], 1
 
 
+class StateWrite(NamedTuple):
+    """One changelog's share of a batch's state write: the changed entries and the meta."""
+    store: StateStore
+    changes: list
+    meta: dict
+
+
 class Message(NamedTuple):
     topic: str
     key: bytes | None
@@ -415,37 +422,61 @@ class Processor:
 
     def _deliver(self, outputs: Outputs) -> None:
         # 1. and 2. Outputs produced and acknowledged (retried as a whole until they are).
-        messages = self._output_messages(outputs)
+        messages = self._output_messages(outputs) + self._handed_on()
         if messages:
             self._send_all(messages, "audit records")
             faults.point("processor.after_produce")
         # 3. Then the state that produced them, so a restart never skips an output.
-        rewrite = self.state.sparse_values()
-        changes = self.pipeline.state_changes(rewrite)
+        writes = self._state_writes()
+        if not writes:
+            return
+        self._check_fence(writes)
+        self._ensure_producer()
+        partitions = len(self.producer.partitions_for(self.state_topic))
+        acked: list = []
+        self._send_all([Message(topic, key, value, None, partition) for w in writes
+                        for topic, key, value, partition in w.store.messages(w.changes, w.meta, partitions)],
+                       "join state", acked)
+        if any(w.meta for w in writes):
+            self._passed_dirty = False
+        for w in writes:
+            w.store.acknowledged()  # chunks left without a needed record: tombstoned next time
+        self._state_written(writes, acked)
+        faults.point("processor.after_state")
+
+    def _handed_on(self) -> list[Message]:
+        """Messages produced with the outputs besides them (none: one joiner keeps its evidence)."""
+        return []
+
+    def _state_change(self, store: StateStore, joiner: Any, meta: bool) -> StateWrite | None:
+        """What `store` must write of `joiner`'s changed state (the entries it asks written
+        again with them), with the deployments passed through if `meta`; None if nothing."""
+        rewrite = store.sparse_values()
+        changes = self.pipeline.joiner_changes(joiner, rewrite)
         if rewrite:
             StateRewritten(count=len(rewrite)).emit(self.metrics, log, len(rewrite))
-        meta = {}
-        if self._passed_dirty:
-            meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
-            self._passed_dirty = False
-        if changes or meta or self.state.waiting:
-            if self._changelog_ends() != self._state_ends:
-                raise Fenced("the join state's changelog was written by another member")
-            self._ensure_producer()
-            partitions = len(self.producer.partitions_for(self.state.topic))
-            acked: list = []
-            self._send_all([Message(topic, key, value, None, partition)
-                            for topic, key, value, partition in self.state.messages(changes, meta, partitions)],
-                           "join state", acked)
-            self.state.acknowledged()  # chunks left without a needed record: tombstoned next time
-            # The ends after this write, as Kafka's acknowledgments place it (another member's
-            # write after it then shows at the next comparison; no request needed).
-            for metadata in acked:
-                if metadata.topic == self.state.topic:
-                    tp = TopicPartition(metadata.topic, metadata.partition)
-                    self._state_ends[tp] = max(self._state_ends.get(tp, 0), metadata.offset + 1)
-            self.state.report(self.metrics)
-            faults.point("processor.after_state")
+        passed = ({DEPLOYMENTS_PASSED[len("meta|"):]: {str(p): o for p, o in self._passed.items()}}
+                  if meta and self._passed_dirty else {})
+        if changes or passed or store.waiting:
+            return StateWrite(store, changes, passed)
+        return None
+
+    def _state_writes(self) -> list[StateWrite]:
+        write = self._state_change(self.state, self.pipeline.joiner, meta=True)
+        self.pipeline.report_state()
+        return [write] if write is not None else []
+
+    def _check_fence(self, writes: list[StateWrite]) -> None:
+        if self._changelog_ends() != self._state_ends:
+            raise Fenced("the join state's changelog was written by another member")
+
+    def _state_written(self, writes: list[StateWrite], acked: list) -> None:
+        # The ends after this write, as Kafka's acknowledgments place it (another member's
+        # write after it then shows at the next comparison; no request needed).
+        for metadata in acked:
+            tp = TopicPartition(metadata.topic, metadata.partition)
+            self._state_ends[tp] = max(self._state_ends.get(tp, 0), metadata.offset + 1)
+        self.state.report(self.metrics)
 
     def _ensure_producer(self) -> None:
         while self.producer is None and not self._new_producer():

@@ -37,14 +37,14 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from nimtrail import faults, heap, kafka_io
+from nimtrail import heap, kafka_io
 from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import read_to_end
 from processors.evidence import Evidence
 from processors.events import BecameStandby, MessagesConsumed, ShareTaken, StateFenced, StateRestored
-from processors.loop import Fenced, Message, Processor, fitting_documents
+from processors.loop import Fenced, Message, Processor, StateWrite, fitting_documents
 from processors.partitions import EVIDENCE_HOPS, Partitioned, from_wire, wire_form
-from processors.pipeline import Outputs, Pipeline
+from processors.pipeline import Pipeline
 from processors.horizon import Horizon
 from processors.state import DEPLOYMENTS_PASSED, StateStore, read_partitions
 
@@ -275,44 +275,35 @@ class PartitionedProcessor(Processor):
             MessagesConsumed(topic=tp.topic, count=len(messages)).emit(self.metrics, log, len(messages))
         return count
 
-    def _deliver(self, outputs: Outputs) -> None:
-        # 1. and 2. Records, stateless outputs and evidence, acknowledged.
-        messages = self._output_messages(outputs)
+    def _handed_on(self) -> list[Message]:
+        """The evidence the joiners send partitions held elsewhere, produced with the outputs."""
         topic = self.config.topics.processor_evidence
-        for partition, items in sorted(self.joined.take_pending().items()):
-            messages += [Message(topic, None, value, None, partition) for value in encode_evidence(items)]
-        if messages:
-            self._send_all(messages, "audit records and evidence")
-            faults.point("processor.after_produce")
-        # 3. Each partition's state, in its own changelog partition, fenced by its end.
+        return [Message(topic, None, value, None, partition)
+                for partition, items in sorted(self.joined.take_pending().items())
+                for value in encode_evidence(items)]
+
+    def _state_writes(self) -> list[StateWrite]:
+        """Each partition's state, for its own changelog partition."""
         writes = []
         for partition, share in sorted(self.shares.items()):
-            joiner = self.joined.joiners[partition]
-            rewrite = share.store.sparse_values()
-            changes = self.pipeline.joiner_changes(joiner, rewrite)
-            meta = {}
-            if partition == 0 and self._passed_dirty:
-                meta[DEPLOYMENTS_PASSED[len("meta|"):]] = {str(p): o for p, o in self._passed.items()}
-            if changes or meta or share.store.waiting:
-                writes.append((partition, share, changes, meta))
-        if not writes:
-            return
+            write = self._state_change(share.store, self.joined.joiners[partition], meta=partition == 0)
+            if write is not None:
+                writes.append(write)
+        self.pipeline.report_state()
+        return writes
+
+    def _check_fence(self, writes: list[StateWrite]) -> None:
+        """Each partition fenced by its own end: another member wrote it."""
         ends = self._changelog_ends()
-        fenced = [p for p, share, _c, _m in writes if ends[TopicPartition(self.state_topic, p)] != share.end]
+        fenced = [w.store.partition for w in writes
+                  if ends[TopicPartition(self.state_topic, w.store.partition)] != self.shares[w.store.partition].end]
         if fenced:
             raise Fenced(f"the join state of evidence partitions {fenced} was written by another member")
-        self._ensure_producer()
-        count = len(self.producer.partitions_for(self.state_topic))
-        acked: list = []
-        self._send_all([Message(t, key, value, None, p) for partition, share, changes, meta in writes
-                        for t, key, value, p in share.store.messages(changes, meta, count)], "join state", acked)
-        if any(p == 0 and meta for p, _s, _c, meta in writes):
-            self._passed_dirty = False
+
+    def _state_written(self, writes: list[StateWrite], acked: list) -> None:
         last = {}
         for metadata in acked:
             last[metadata.partition] = max(last.get(metadata.partition, 0), metadata.offset + 1)
-        for partition, share, _c, _m in writes:
-            share.store.acknowledged()
-            self.shares[partition] = Share(share.store, last.get(partition, share.end))
-        self.pipeline.report_state()
-        faults.point("processor.after_state")
+        for w in writes:
+            share = self.shares[w.store.partition]
+            self.shares[w.store.partition] = Share(share.store, last.get(w.store.partition, share.end))
