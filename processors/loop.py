@@ -393,18 +393,25 @@ class Processor:
         self.consumer._coordinator.request_rejoin()  # noqa: SLF001
 
     def _horizon(self, now: float) -> float | None:
+        watched = self._watched(now)
+        if watched is None:
+            return None  # not a member yet: nothing is known to be read
+        partitions, position = watched
+        try:
+            return self.horizon.advance(now, frozenset(partitions), lambda: self._end_offsets(partitions), position)
+        except KafkaError as e:  # the broker is away, or its metadata behind: settle nothing now
+            log.warning("Could not read the input's end or committed offsets: %s", e)
+            return None
+
+    def _watched(self, now: float) -> tuple[list, Callable[[TopicPartition], int]] | None:
+        """The partitions the horizon waits on, and how far each is read; None while this
+        member holds no input. One joiner: its own input and the deployments."""
         inputs = self.consumer.assignment()
         if not inputs:
-            return None  # not a member yet: nothing is known to be read
+            return None
         deployments = self.deployments.assignment()
         consumer_of = {tp: self.consumer for tp in inputs} | {tp: self.deployments for tp in deployments}
-
-        try:
-            return self.horizon.advance(now, frozenset(consumer_of), lambda: self._end_offsets([*inputs, *deployments]),
-                                        lambda tp: consumer_of[tp].position(tp))
-        except KafkaError as e:  # the broker is away, or its metadata behind: settle nothing now
-            log.warning("Could not read the input's end offsets: %s", e)
-            return None
+        return list(consumer_of), lambda tp: consumer_of[tp].position(tp)
 
     def _end_offsets(self, partitions: list) -> dict:
         """End offsets of `partitions`; raises KafkaError when Kafka cannot say now."""

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import orjson
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
-from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from nimtrail import heap, kafka_io
@@ -216,7 +215,7 @@ class PartitionedProcessor(Processor):
     def _check_assignment(self) -> None:
         pass  # members share the partitions: no one of them must hold all
 
-    def _horizon(self, now: float) -> float | None:
+    def _watched(self, now: float) -> tuple[list, Callable[[TopicPartition], int]] | None:
         """As the one-joiner loop's (processors/horizon.py), over every partition of the raw
         topics and of the evidence topic, not only this member's: a call's counterpart may
         wait in any of them (a member that died holds its share unread until the group
@@ -236,12 +235,7 @@ class PartitionedProcessor(Processor):
                 return self.consumer.position(tp)
             return self._group_offsets(now).get(tp, 0)
 
-        try:
-            return self.horizon.advance(now, frozenset([*self._inputs, *deployments]),
-                                        lambda: self._end_offsets([*self._inputs, *deployments]), position)
-        except KafkaError as e:
-            log.warning("Could not read the input's end or committed offsets: %s", e)
-            return None
+        return [*self._inputs, *deployments], position
 
     def _group_offsets(self, now: float) -> dict:
         """The group's committed offsets, asked at most once per horizon interval."""
