@@ -24,6 +24,18 @@ keys and the links of its calls. A piece is deleted once everything in it passed
 duplicate or a late action is recognised across restarts too. The call links stay in
 memory as their pieces' encoded bytes, compressed, and decoded only when a late action
 asks for one.
+
+A state write comes every batch, so most pieces are small (a few dozen keys), and each
+live piece costs ~1.5 KB however few keys it holds (its links, the changelog chunk it
+sits in and that chunk's bookkeeping). Unmerged, the live pieces were one per write over
+the whole time the bound takes to fill: with the join split over six partitions at 1,200
+spans/s, 33,000 pieces after 24 minutes (~2.5 MB a minute), and up to one per forgotten
+call at low rates. So the newest MERGE_FANIN pieces of an index are merged into one
+whenever they were merged as many times each (their *level*; a sealed piece's is 0) and
+fit in a piece together, as a counter carries: live pieces stay about MERGE_FANIN per
+level, and each key is written again once per level it climbs. Levels, not sizes: the
+pieces of successive writes straddle any size boundary, and one left unmerged stays
+until it expires.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import base64
 import collections
 import hashlib
 import zlib
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import orjson
@@ -42,6 +54,7 @@ PIECE = "forgotten|"
 # so that one holds in a changelog message however much a state write forgets.
 PIECE_KEYS = 20_000
 PIECE_LINKS = 2_000
+MERGE_FANIN = 8
 
 
 class CallLink(NamedTuple):
@@ -57,6 +70,15 @@ def key_of(*ids: str) -> int:
     """A stable 64-bit key for these ids (Python's hash() differs per process)."""
     text = "\x1f".join(ids).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+
+
+def _written(out: list[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
+    """`out` less the pieces both sealed and merged away in it: neither their value nor
+    their tombstone. (The changelog skips the tombstone of what it never held, which
+    would leave the value there for good.)"""
+    sealed = {piece for piece, value in out if value is not None}
+    gone = {piece for piece, value in out if value is None and piece in sealed}
+    return [(piece, value) for piece, value in out if piece not in gone]
 
 
 def piece_id(sequence: int) -> str:
@@ -150,6 +172,18 @@ class Keys:
             return int(self.values[i])
         return None
 
+    def moved(self, pieces: dict[int, int], to: int) -> None:
+        """Values `piece << 32 | index` of the given pieces now name piece `to`, at index
+        + pieces[piece] (their links were merged into it, in order)."""
+        for key, value in self.recent.items():
+            offset = pieces.get(value >> 32)
+            if offset is not None:
+                self.recent[key] = to << 32 | (value & 0xFFFFFFFF) + offset
+        piece = self.values >> 32
+        for old, offset in pieces.items():
+            at = piece == old
+            self.values[at] = to << 32 | (self.values[at] & 0xFFFFFFFF) + offset
+
     def restore(self, parts: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """Rebuild from (end sequence, keys oldest first, values) of what was sealed."""
         parts = list(parts)
@@ -177,6 +211,10 @@ class Forgotten:
         # a state write never walks the pieces still live.
         self._evidence_pieces: collections.deque[tuple[int, int]] = collections.deque()
         self._call_pieces: collections.deque[tuple[int, int]] = collections.deque()
+        # What a merge needs of each live piece: its evidence keys, or its tool-call keys
+        # and link indexes (the links are in _links).
+        self._held: dict[int, tuple[np.ndarray, ...]] = {}
+        self._levels: dict[int, int] = {}  # how many merges made each live piece
         self._next_piece = 0
         # Forgotten since the last seal: what the next pieces hold.
         self._new_evidence: list[int] = []
@@ -221,7 +259,7 @@ class Forgotten:
         """(piece id, value) of what was forgotten since the last seal: pieces of evidence
         keys and, if calls were forgotten, of their tool-call keys and links."""
         out, self._unwritten = self._unwritten + self._close(), []
-        return out
+        return _written(out)
 
     def _close(self) -> list[tuple[str, bytes]]:
         out = []
@@ -229,21 +267,83 @@ class Forgotten:
         self._next_piece += 2  # the second for calls, which name it before it is sealed
         if self._new_evidence:
             keys = np.array(self._new_evidence, np.uint64)
+            self._held[first] = (keys,)
             out.append(self._sealed(first, self._evidence, self._evidence_pieces, {"e": _pack(keys)}))
         if self._new_calls:
             links = orjson.dumps([list(link) for link in self._new_links])
             self._links[first + 1] = zlib.compress(links)
-            out.append(self._sealed(first + 1, self._calls, self._call_pieces, {
-                "c": _pack(np.array([k for k, _ in self._new_calls], np.uint64)),
-                "i": _pack(np.array([i for _, i in self._new_calls], np.uint32)), "l": orjson.Fragment(links)}))
+            keys = np.array([k for k, _ in self._new_calls], np.uint64)
+            index = np.array([i for _, i in self._new_calls], np.uint32)
+            self._held[first + 1] = (keys, index)
+            out.append(self._sealed(first + 1, self._calls, self._call_pieces,
+                                    {"c": _pack(keys), "i": _pack(index), "l": orjson.Fragment(links)}))
         self._new_evidence, self._new_calls, self._new_links = [], [], []
         if not out:
             self._next_piece = first
+            return out
+        # Nothing is open now (a call's value names the piece it is sealed into next).
+        # A piece leaves when all of it passed the bound, so a merged one is kept to an
+        # eighth of the bound: what is held past the bound stays within that.
+        most = max(1, self.limit // MERGE_FANIN)
+        out += self._merge_newest(self._evidence_pieces, min(PIECE_KEYS, most), self._merged_evidence)
+        out += self._merge_newest(self._call_pieces, min(PIECE_LINKS, most), self._merged_calls)
         return out
+
+    def _size(self, sequence: int) -> int:
+        """What a piece holds against its cap: evidence keys, or links."""
+        held = self._held[sequence]
+        return len(held[0]) if len(held) == 1 else int(held[1].max()) + 1
+
+    def _merge_newest(self, pieces: collections.deque[tuple[int, int]], cap: int,
+                      merged: Callable[[list[int], int], dict[str, Any]]) -> list[tuple[str, bytes | None]]:
+        """Merge the newest MERGE_FANIN pieces into one while they are of one level and
+        fit in a piece: (piece id, value) of the merged piece, then the tombstones of
+        those it replaces (after it: a write cut short leaves both, never neither)."""
+        out: list[tuple[str, bytes | None]] = []
+        while len(pieces) >= MERGE_FANIN:
+            newest = [pieces[-1 - i][0] for i in range(MERGE_FANIN)][::-1]
+            levels = {self._levels[s] for s in newest}
+            if len(levels) > 1 or sum(self._size(s) for s in newest) > cap:
+                break
+            for s in newest:
+                del self._levels[s]
+            end = pieces[-1][1]
+            for _ in newest:
+                pieces.pop()
+            sequence = self._next_piece + newest[0] % 2  # evidence even, calls odd, as sealed
+            self._next_piece += 2
+            pieces.append((sequence, end))
+            level = self._levels[sequence] = levels.pop() + 1
+            out.append((piece_id(sequence), orjson.dumps({**merged(newest, sequence), "end": end, "m": level})))
+            out += [(piece_id(s), None) for s in newest]
+        return out
+
+    def _merged_evidence(self, pieces: list[int], sequence: int) -> dict[str, Any]:
+        keys = np.concatenate([self._held.pop(s)[0] for s in pieces])
+        self._held[sequence] = (keys,)
+        return {"e": _pack(keys)}
+
+    def _merged_calls(self, pieces: list[int], sequence: int) -> dict[str, Any]:
+        """One piece of the pieces' keys and links, in order; the index's values that
+        named them name it now."""
+        keys, index, links, offsets = [], [], [], {}
+        for s in pieces:
+            piece_keys, piece_index = self._held.pop(s)
+            offsets[s] = len(links)
+            keys.append(piece_keys)
+            index.append(piece_index + np.uint32(len(links)))
+            links += orjson.loads(zlib.decompress(self._links.pop(s)))
+        self._calls.moved(offsets, sequence)
+        encoded = orjson.dumps(links)
+        self._links[sequence] = zlib.compress(encoded)
+        self._held[sequence] = (np.concatenate(keys), np.concatenate(index))
+        return {"c": _pack(self._held[sequence][0]), "i": _pack(self._held[sequence][1]),
+                "l": orjson.Fragment(encoded)}
 
     def _sealed(self, sequence: int, keys: Keys, pieces: collections.deque[tuple[int, int]],
                 doc: dict[str, Any]) -> tuple[str, bytes]:
         pieces.append((sequence, keys.end))
+        self._levels[sequence] = 0
         return piece_id(sequence), orjson.dumps({**doc, "end": keys.end})
 
     def expired(self) -> list[str]:
@@ -254,6 +354,8 @@ class Forgotten:
             while pieces and pieces[0][1] <= cutoff:
                 sequence, _end = pieces.popleft()
                 self._links.pop(sequence, None)
+                self._held.pop(sequence, None)
+                self._levels.pop(sequence, None)
                 out.append(piece_id(sequence))
         return out
 
@@ -262,14 +364,17 @@ class Forgotten:
         evidence, calls = [], []
         for entry_id, doc in sorted(pieces):
             sequence = int(entry_id[len(PIECE):])
+            self._levels[sequence] = doc.get("m", 0)
             self._next_piece = max(self._next_piece, sequence + 2 - sequence % 2)
             if "e" in doc:
                 keys = _unpack(doc["e"], np.uint64)
+                self._held[sequence] = (keys,)
                 evidence.append((doc["end"], keys, np.zeros(len(keys), np.int64)))
                 self._evidence_pieces.append((sequence, doc["end"]))
             else:
-                index = _unpack(doc["i"], np.uint32).astype(np.int64)
-                calls.append((doc["end"], _unpack(doc["c"], np.uint64), sequence << 32 | index))
+                keys, index = _unpack(doc["c"], np.uint64), _unpack(doc["i"], np.uint32)
+                self._held[sequence] = (keys, index)
+                calls.append((doc["end"], keys, sequence << 32 | index.astype(np.int64)))
                 self._links[sequence] = zlib.compress(orjson.dumps(doc["l"]))
                 self._call_pieces.append((sequence, doc["end"]))
         self._evidence.restore(evidence)

@@ -7,7 +7,7 @@ import base64
 
 import orjson
 
-from processors.forgotten import CallLink, Forgotten, is_piece
+from processors.forgotten import MERGE_FANIN, CallLink, Forgotten, is_piece
 
 LIMIT = 2000  # small enough that the arrays are merged and trimmed many times over
 
@@ -27,8 +27,14 @@ def forget(index: Forgotten, first: int, count: int, changelog: dict[str, bytes]
 
 
 def write(index: Forgotten, changelog: dict[str, bytes]) -> None:
-    for piece, value in index.seal():
-        changelog[piece] = value
+    before = set(changelog)
+    for piece, value in index.seal():  # a merged piece, then the tombstones of what it replaces
+        if value is None:
+            # Only what an earlier write put there: the changelog ignores any other tombstone.
+            assert piece in before
+            del changelog[piece]
+        else:
+            changelog[piece] = value
     for piece in index.expired():
         del changelog[piece]
 
@@ -53,9 +59,10 @@ def test_the_index_comes_back_from_its_pieces_and_expired_pieces_leave_the_chang
     forget(index, 0, 3 * LIMIT, changelog)
     write(index, changelog)
     assert all(is_piece(p) for p in changelog)
-    # Pieces are deleted once all they hold passed the bound: what is left is about the bound.
+    # Pieces are deleted once all they hold passed the bound: what is left is about the
+    # bound, past it by less than the largest piece a merge makes.
     held = sum(len(base64.b64decode(orjson.loads(v).get("e", ""))) // 8 for v in changelog.values())
-    assert LIMIT <= held < LIMIT + 20  # 20 evidence ids a piece
+    assert LIMIT <= held < LIMIT + LIMIT // MERGE_FANIN
     restored = Forgotten(LIMIT)
     restored.restore((piece, orjson.loads(value)) for piece, value in changelog.items())
     assert all(known(restored, i) == known(index, i) for i in range(0, 3 * LIMIT))
@@ -80,3 +87,26 @@ def test_what_one_write_forgets_is_cut_into_pieces_a_message_can_hold():
     restored = Forgotten(100_000)
     restored.restore((piece, orjson.loads(value)) for piece, value in pieces)
     assert all(known(restored, i)[0] and restored.call(f"tc-{i}") == link(i) for i in range(5000))
+
+
+def test_pieces_of_small_writes_are_merged_so_that_few_stay_live():
+    """A state write per forgotten record (a partition of a split join at a low rate):
+    one piece a write, kept until the bound passes them, would be one per record."""
+    index, changelog = Forgotten(LIMIT), {}
+    for i in range(4 * LIMIT):
+        index.add(f"model_call|chatcmpl-{i}", [f"span-{i}", f"log-{i}"], link(i), [f"tc-{i}-a", f"tc-{i}-b"])
+        write(index, changelog)
+    # Unmerged, LIMIT / 2 evidence pieces and as many of calls would be live.
+    assert len(changelog) < 100
+    newest = range(4 * LIMIT - LIMIT // 2, 4 * LIMIT)
+    assert all(known(index, i) == (True, True, link(i)) for i in newest)
+    assert not any(known(index, i)[0] or known(index, i)[2] for i in range(4 * LIMIT - LIMIT))
+    restored = Forgotten(LIMIT)
+    restored.restore((piece, orjson.loads(value)) for piece, value in changelog.items())
+    assert all(known(restored, i) == known(index, i) for i in range(4 * LIMIT))
+    # And it goes on merging and expiring from what it read back.
+    for i in range(4 * LIMIT, 5 * LIMIT):
+        restored.add(f"model_call|chatcmpl-{i}", [f"span-{i}"], link(i), [f"tc-{i}-b"])
+        write(restored, changelog)
+    assert len(changelog) < 100  # unmerged, 2 * LIMIT
+    assert all(restored.call(f"tc-{i}-b") == link(i) for i in range(5 * LIMIT - LIMIT // 2, 5 * LIMIT))
