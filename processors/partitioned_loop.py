@@ -45,7 +45,7 @@ from processors.loop import Fenced, Message, Processor, StateWrite, fitting_docu
 from processors.partitions import EVIDENCE_HOPS, Partitioned, from_wire, wire_form
 from processors.pipeline import Pipeline
 from processors.horizon import Horizon
-from processors.state import DEPLOYMENTS_PASSED, StateStore, read_partitions
+from processors.state import StateStore, read_partitions
 
 log = logging.getLogger(__name__)
 
