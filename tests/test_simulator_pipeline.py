@@ -9,14 +9,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 import simulator
+from cli.broker import free_port
 from simulator import scenario as scenario_mod
-from tests.harness import REPO, http_ok, scrape, wait_for
+from tests.alert_receiver import HOOK_PATH, AlertReceiver
+from tests.harness import REPO, Env, http_ok, scrape, wait_for
 
 
 def _trace_back(env, tool_call_id: str):
@@ -100,10 +104,11 @@ def _sooner(env) -> Path:
 
 
 def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shards: int = 1,
-          partitions: int = 0) -> dict:
+          partitions: int = 0, running: Callable[[], None] = lambda: None) -> dict:
     """One `nimtrail up --demo [--processors N] [--partitions P] [--shards M]` until its incident is traced back, then
     Ctrl-C. `resumed`: the incident of an earlier run on the same data directory, which a
-    resumed demo reports instead of playing a new one."""
+    resumed demo reports instead of playing a new one. `running`: more to check while the
+    pipeline still runs."""
     data = Path(env.config.data_dir)
     log_path = env.dir / f"up-{run}.log"
     log = open(log_path, "w")
@@ -178,6 +183,7 @@ def _demo(env, run: int, resumed: dict | None = None, processors: int = 1, shard
         members = [scrape(f"http://{ops.host}:{ops.port + k}/metrics") for k in range(processors)]
         assert sum(m.get("nimtrail_processor_state_changes_entries_total", 0) for m in members) > 0
         assert sum(m.get("nimtrail_processor_delivered_batches_total", 0) for m in members) > 0
+        running()
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C stops everything
         code = up.wait(timeout=60)
@@ -202,12 +208,30 @@ def test_up_demo_prints_a_trace_back_command_and_resumes(env):
     assert latest() == versions
 
 
-def test_up_demo_on_two_processors_sharing_the_join_and_two_warehouse_shards_traces_its_incident_back(env):
+def test_up_demo_on_two_processors_sharing_the_join_and_two_warehouse_shards_traces_its_incident_back(
+        tmp_path, kafka_bootstrap):
     """`nimtrail up --demo --processors 2 --partitions 4 --shards 2`: two processors each
     joining its share of four evidence partitions, two warehouse processes each writing its
     share of the audit partitions, and the query API (shard 0) answering the demo's
-    trace-back, the calls page and the deployments list over both."""
-    _demo(env, 1, processors=2, partitions=4, shards=2)
+    trace-back, the calls page and the deployments list over both. The incident's finding
+    reaches the webhook once per finding group, though the groups' findings are spread
+    over both shards."""
+    receiver = AlertReceiver(free_port()).start()
+    env = Env(tmp_path, kafka_bootstrap, alerts={"webhook_url": f"{receiver.url}{HOOK_PATH}", "interval": "1s"})
+
+    def alerted_once() -> None:
+        wait_for(lambda: any(h["kind"] == "ungated_action" and h["tool"] == "delete_records"
+                             for h in receiver.hooks()), timeout=90, interval=1,
+                 what="the incident's ungated_action alert at the webhook")
+        time.sleep(3)  # a few alert turns more: nothing repeats
+        groups = [(h["kind"], h["deployment"], h["tool"], h["policy"]) for h in receiver.hooks()]
+        assert len(groups) == len(set(groups)), groups
+
+    try:
+        _demo(env, 1, processors=2, partitions=4, shards=2, running=alerted_once)
+    finally:
+        env.stop_all()
+        receiver.stop()
     shards = Path(env.config.data_dir) / "shards"
     assert sorted(p.name for p in shards.iterdir() if p.is_dir()) == ["0-of-2", "1-of-2"]
     doc = json.loads(env.cli("verify", "--json").stdout)  # offline now: every shard's file
