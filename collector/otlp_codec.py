@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from nimtrail.errors import PermanentError
+from nimtrail.kafka_io import partition_of
 
 # OTLP/JSON writes trace and span ids as hex, where protobuf's JSON mapping expects base64.
 _ID_KEYS = {"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"}
@@ -89,8 +90,9 @@ def decode_json(signal: Signal, body: bytes) -> Message:
 
 
 def routing_key(signal: Signal, message: Message) -> bytes:
-    """Traces are keyed by trace id so one trace's requests share a partition; logs and
-    metrics by the first resource's service.name."""
+    """Traces are keyed by their first span's trace id (for a split join each trace's
+    spans are placed by their own: split_by_trace); logs and metrics by the first
+    resource's service.name."""
     if signal.name == "traces":
         for rs in message.resource_spans:
             for ss in rs.scope_spans:
@@ -103,6 +105,72 @@ def routing_key(signal: Signal, message: Message) -> bytes:
             if attr.key == "service.name":
                 return attr.value.string_value.encode()
     return b""
+
+
+def split_by_trace(message: Message, partitions: int) -> list[tuple[bytes, bytes]]:
+    """An export request's spans as one encoded request per partition their traces are
+    placed in (kafka_io.partition_of of the hex trace id, among `partitions`), each keyed
+    by one of its trace ids, every span under its own resource and scope; [] when all of
+    them are placed in one partition (the request goes as it came, byte for byte).
+
+    The requests are written field by field from each span's own encoding: copying spans
+    into new messages cost ~4 µs a span, this ~1."""
+    placed: dict[bytes, int] = {}  # trace id -> partition: a request holds few traces
+    groups: dict[int, dict[tuple[int, int], list[bytes]]] = {}
+    keys: dict[int, bytes] = {}
+    for ri, resource in enumerate(message.resource_spans):
+        for si, scope in enumerate(resource.scope_spans):
+            for span in scope.spans:
+                trace = span.trace_id
+                partition = placed.get(trace)
+                if partition is None:
+                    partition = placed[trace] = partition_of(trace.hex(), partitions)
+                    keys.setdefault(partition, trace.hex().encode())
+                groups.setdefault(partition, {}).setdefault((ri, si), []).append(span.SerializeToString())
+    if len(groups) <= 1:
+        return []
+    out = []
+    for partition, scopes in groups.items():
+        by_resource: dict[int, list[bytes]] = {}
+        for (ri, si), spans in scopes.items():  # in the request's order
+            scope = message.resource_spans[ri].scope_spans[si]
+            by_resource.setdefault(ri, []).append(_field(2, b"".join(
+                [_submessage(1, scope, "scope"), *(_field(2, span) for span in spans), _text(3, scope.schema_url)])))
+        request = b"".join(
+            _field(1, b"".join([_submessage(1, resource, "resource"), *encoded, _text(3, resource.schema_url)]))
+            for ri, encoded in by_resource.items() if (resource := message.resource_spans[ri]) is not None)
+        out.append((keys[partition], request))
+    return out
+
+
+# Protobuf's wire format, for the fields split_by_trace writes: ExportTraceServiceRequest
+# (1: resource_spans), ResourceSpans (1: resource, 2: scope_spans, 3: schema_url) and
+# ScopeSpans (1: scope, 2: spans, 3: schema_url), all length-delimited.
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _BYTES[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _TAGS[number] + _varint(len(payload)) + payload
+
+
+_BYTES = [bytes((n,)) for n in range(0x80)]
+_TAGS = {number: bytes((number << 3 | 2,)) for number in (1, 2, 3)}
+
+
+def _submessage(number: int, parent: Message, name: str) -> bytes:
+    return _field(number, getattr(parent, name).SerializeToString()) if parent.HasField(name) else b""
+
+
+def _text(number: int, text: str) -> bytes:
+    return _field(number, text.encode()) if text else b""
 
 
 def count_items(signal: Signal, message: Message) -> int:

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from collector import otlp_codec
 from collector.auth import sender_headers
+from collector.buffer import Entry
 from collector.events import ItemsReceived
 from collector.sink import Sink
 from nimtrail.config import TopicsConfig
@@ -32,6 +33,9 @@ INVALID_IDS = "invalid_ids"
 class OtlpExport:
     sink: Sink
     topics: TopicsConfig
+    # processor.partitions: more than one, and each trace's spans go to the partition of
+    # the spans topic its trace id is placed in (kafka_io.co_partitioned).
+    trace_partitions: int = 0
 
     def accept(self, signal: otlp_codec.Signal, body: bytes, *, as_json: bool, receiver: str,
                source: str, sender: str | None = None) -> Message:
@@ -55,8 +59,14 @@ class OtlpExport:
         if rejected < items:
             # Untouched protobuf is forwarded byte for byte; JSON, or a request something was
             # taken out of, is re-encoded as protobuf (the topic's one format).
-            payload = body if not (as_json or rejected) else message.SerializeToString()
-            topic = getattr(self.topics, signal.topic_key)
-            self.sink.forward(receiver, topic, otlp_codec.routing_key(signal, message), payload,
-                              items - rejected, sender_headers(sender))
+            topic, headers = getattr(self.topics, signal.topic_key), sender_headers(sender)
+            split = (otlp_codec.split_by_trace(message, self.trace_partitions)
+                     if signal.name == "traces" and self.trace_partitions > 1 else [])
+            if split:
+                self.sink.forward_many(receiver, [Entry(topic, key, part, headers)
+                                                  for key, part in split], {topic: items - rejected})
+            else:
+                payload = body if not (as_json or rejected) else message.SerializeToString()
+                self.sink.forward(receiver, topic, otlp_codec.routing_key(signal, message), payload,
+                                  items - rejected, headers)
         return otlp_codec.partial_success(signal, rejected, why)

@@ -25,7 +25,7 @@ from collector.auth import Guard
 from collector.buffer import BufferFull
 from collector.otlp_export import RETRY_AFTER_SECONDS, OtlpExport
 from collector.sink import Sink
-from nimtrail.config import CollectorConfig, ListenerConfig, TopicsConfig
+from nimtrail.config import CollectorConfig, ListenerConfig
 from nimtrail.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class OtlpGrpcReceiver:
         self.server.stop(grace).wait()
 
 
-def build(collector: CollectorConfig, topics: TopicsConfig, sink: Sink,
+def build(collector: CollectorConfig, export: OtlpExport, sink: Sink,
           guard: Guard | None = None, limits: ListenerConfig = ListenerConfig()) -> OtlpGrpcReceiver:
     """Create the gRPC server with the three OTLP services, bound but not yet started;
     with `guard`, every call is authenticated first; with collector.tls, it speaks TLS.
@@ -127,7 +127,6 @@ def build(collector: CollectorConfig, topics: TopicsConfig, sink: Sink,
                  ("grpc.keepalive_time_ms", idle_ms),
                  ("grpc.keepalive_timeout_ms", int(limits.read_timeout * 1000))],
         maximum_concurrent_rpcs=limits.max_connections)
-    export = OtlpExport(sink, topics)
     handlers = []
     for service, servicer_cls in SERVICES.items():
         servicer = servicer_cls(export, sink, guard)

@@ -24,7 +24,7 @@ from collector.http_body import BodyTooLarge, inflate, read_raw
 from collector.http_server import HttpServer, Response
 from collector.otlp_export import RETRY_AFTER_SECONDS, OtlpExport
 from collector.sink import Sink
-from nimtrail.config import CollectorConfig, TopicsConfig
+from nimtrail.config import CollectorConfig
 from nimtrail.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,10 @@ def error_response(status: int, error: Exception, as_json: bool, *, close: bool 
     return Response(status, body, PROTOBUF, headers or {}, close)
 
 
-def build(collector: CollectorConfig, topics: TopicsConfig, server: HttpServer,
+def build(collector: CollectorConfig, export: OtlpExport, server: HttpServer,
           sink: Sink) -> OtlpHttpReceiver:
     """Register the OTLP/HTTP routes on the collector's HTTP server."""
-    receiver = OtlpHttpReceiver(collector, OtlpExport(sink, topics), sink)
+    receiver = OtlpHttpReceiver(collector, export, sink)
     for path, signal in otlp_codec.SIGNALS.items():
         server.route("POST", path, lambda request, s=signal: receiver.handle(s, request))
     return receiver

@@ -11,6 +11,7 @@ from collector import (auth, filelog, http_logs, kubernetes_sd, nim_metadata, ot
 from collector.buffer import DiskBuffer
 from collector.forward import Forwarder
 from collector.http_server import HttpServer
+from collector.otlp_export import OtlpExport
 from collector.sink import Sink
 from nimtrail import kafka_io
 from nimtrail.config import Config
@@ -45,6 +46,7 @@ class Collector:
                 linger_ms=0,
                 request_timeout_ms=kafka_io.REQUEST_TIMEOUT_MS,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
+                partitioner=kafka_io.KeyPlacement(),
             )
 
         buffer = (DiskBuffer(config.buffer_path, c.buffer.max_bytes, c.buffer.segment_bytes)
@@ -55,9 +57,11 @@ class Collector:
         self.http = HttpServer(c.otlp_http.host, c.otlp_http.port, self.metrics,
                                guard=guard.http if guard else None, tls=tls_context,
                                limits=config.listeners)
-        otlp_http.build(c, t, self.http, self.sink)
+        # Spans placed by trace for a split join (kafka_io.co_partitioned).
+        export = OtlpExport(self.sink, t, trace_partitions=config.processor.partitions)
+        otlp_http.build(c, export, self.http, self.sink)
         http_logs.build(c, t, self.http, self.sink)
-        self.grpc = otlp_grpc.build(c, t, self.sink, guard, config.listeners)
+        self.grpc = otlp_grpc.build(c, export, self.sink, guard, config.listeners)
         self.filelog = filelog.build(c, t, self.sink, config.collector_path)
         self.prometheus = prometheus.build(c, t, self.sink)
         self.nim_metadata = nim_metadata.build(c, t, self.sink)

@@ -425,6 +425,8 @@ class ProcessorConfig:
     # OTLP messages of ~100 spans: ~5,000 events per batch. A batch's objects (decoded
     # requests, evidence, records, encoded outputs held until Kafka acknowledges them) are
     # ~10 KB a span at their peak: 100 messages a batch peaked ~70 MB higher, at the same CPU.
+    # Messages per poll; a batch polls on, without waiting, up to 2 MiB of input
+    # (processors/loop.py, BATCH_INPUT_BYTES), so that small messages make batches as large.
     max_poll_records: int = 50
     # How long a poll may wait for more input (up to 1 MiB) before the batch is processed:
     # each batch has a fixed cost (produce, changelog, offsets). Adds up to this much to

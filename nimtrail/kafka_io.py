@@ -8,6 +8,7 @@ Python client pays per message, not per byte.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import time
 import zlib
@@ -18,6 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (AuthorizationError, KafkaError, SaslAuthenticationFailedError,
                           TopicAlreadyExistsError)
+from kafka.partitioner import Partitioner
 
 from nimtrail import raw_retention
 from nimtrail.config import Config, KafkaConfig
@@ -182,8 +184,9 @@ def ensure_topics(config: Config, names: Iterable[str], *, compacted: Iterable[s
         existing = set(admin.list_topics())
         # Messages up to MAX_MESSAGE_BYTES on every topic, whatever the cluster's default.
         size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+        counts = {**co_partitioned(config), **(partitions or {})}
         new = [
-            NewTopic(name, (partitions or {}).get(name, config.kafka.partitions), config.kafka.replication_factor,
+            NewTopic(name, counts.get(name, config.kafka.partitions), config.kafka.replication_factor,
                      topic_configs={**size, **settings.get(name, {}),
                                     **({"cleanup.policy": "compact"} if name in compacted else {})})
             for name in wanted if name not in existing
@@ -255,6 +258,28 @@ def partition_of(key: str, partitions: int) -> int:
     none of it. CRC-32, not Kafka's murmur2, which kafka-python computes in Python at
     ~14 µs a key (a tenth of the processor's whole cost per event)."""
     return zlib.crc32(key.encode()) % partitions
+
+
+def co_partitioned(config: Config) -> dict[str, int]:
+    """Raw topics partitioned as the evidence topic is, when the join is split: the spans
+    topic has `processor.partitions` partitions and the collector places each trace's spans
+    in partition_of(trace id), so the member holding evidence partition p (Kafka's range
+    assignor hands out equal-sized topics alike) also reads the spans placed there, and
+    joins them without a pass through the evidence topic (docs/scale.md)."""
+    if config.processor.partitions <= 0:
+        return {}
+    return {config.topics.otlp_spans: config.processor.partitions}
+
+
+class KeyPlacement(Partitioner):
+    """The producer's partitioner placing a keyed message as `partition_of` places its key
+    (CRC-32, well under a µs a key, where kafka-python's murmur2 takes ~9 µs); unkeyed, anywhere."""
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        ids = sorted(cluster.partitions_for_topic(topic))
+        if serialized_key is None:
+            return random.choice(ids)
+        return ids[zlib.crc32(serialized_key) % len(ids)]
 
 
 def partitions_of(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:

@@ -12,6 +12,14 @@ class MessagesConsumed(Event):
     labels = ("topic",)
 
 
+class EvidenceSentAway(Event):
+    level = logging.DEBUG
+    message = "Sent %(count)s %(source)s evidence items from the %(by)s through the evidence topic"
+    thing, unit, doc = "sent_away", "evidence", ("Evidence items for partitions of the join held by another "
+                                                 "member, by who placed them (normaliser, joiner) and source")
+    labels = ("by", "source")
+
+
 class RecordsEmitted(Event):
     level = logging.DEBUG
     message = "Emitted %(count)s %(kind)s records"

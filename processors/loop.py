@@ -77,6 +77,16 @@ class Interrupted(NimtrailError):
     """Stopping while Kafka does not acknowledge: the input stays uncommitted for the next start."""
 
 
+# The input a batch gathers from polls before it is processed (its last poll may take it
+# past): what max_poll_records (50) messages of ~100 spans weigh, the batch that setting
+# was sized for.
+BATCH_INPUT_BYTES = 2 * 1024 * 1024
+
+
+def _input_bytes(polled: dict) -> int:
+    return sum(len(m.value or b"") for messages in polled.values() for m in messages)
+
+
 class Fenced(NimtrailError):
     """Another member wrote the join state: this one no longer holds the input."""
 
@@ -303,7 +313,7 @@ class Processor:
     def run_once(self, timeout_ms: int = 500) -> int:
         """Process one polled batch end to end; returns the number of input messages."""
         with group_errors(self.config.processor, self.consumer.config['group_instance_id']):
-            polled = self.consumer.poll(timeout_ms=timeout_ms)
+            polled = self._poll_batch(timeout_ms)
         handed = self.handover.take()
         if handed is not None:  # the group decided again during that poll
             self._assigned(handed)
@@ -341,6 +351,24 @@ class Processor:
             BatchDelivered(count=count).emit(self.metrics, log)
         self._trimmer.maybe()  # what evicted entries freed, back to the system
         return count
+
+    def _poll_batch(self, timeout_ms: int) -> dict:
+        """One poll, then what the consumer has fetched already, until the batch holds
+        BATCH_INPUT_BYTES of input or the group decides again (the new assignment is taken
+        after). max_poll_records bounds a poll by messages, and messages can be small: a
+        split join's spans come one request per trace partition, a small exporter's
+        requests hold a few spans. A batch's fixed costs (state write, produce, commit, and
+        the warehouse's transaction for what it emits) are then paid for few events."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        size = _input_bytes(polled)
+        while polled and size < BATCH_INPUT_BYTES and not self.handover.decided:
+            more = self.consumer.poll(timeout_ms=0)
+            if not more:
+                break
+            for tp, messages in more.items():
+                polled.setdefault(tp, []).extend(messages)
+            size += _input_bytes(more)
+        return polled
 
     def _consume(self, polled: dict, now: float) -> int:
         return sum(self._normalise(tp, messages, now) for tp, messages in polled.items())

@@ -86,6 +86,11 @@ class Handover(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned) -> None:
         self._handed = set(assigned)
 
+    @property
+    def decided(self) -> bool:
+        """Whether an assignment was given since the last take."""
+        return self._handed is not None
+
     def take(self) -> set[TopicPartition] | None:
         """The assignment given since the last take, or None."""
         handed, self._handed = self._handed, None

@@ -40,7 +40,8 @@ from nimtrail import heap, kafka_io
 from nimtrail.errors import PermanentError
 from nimtrail.kafka_io import read_to_end
 from processors.evidence import Evidence
-from processors.events import BecameStandby, MessagesConsumed, ShareTaken, StateFenced, StateRestored
+from processors.events import (BecameStandby, EvidenceSentAway, MessagesConsumed, ShareTaken, StateFenced,
+                               StateRestored)
 from processors.loop import Fenced, Message, Processor, StateWrite, fitting_documents
 from processors.partitions import EVIDENCE_HOPS, Partitioned, from_wire, wire_form
 from processors.pipeline import Pipeline
@@ -272,6 +273,9 @@ class PartitionedProcessor(Processor):
     def _handed_on(self) -> list[Message]:
         """The evidence the joiners send partitions held elsewhere, produced with the outputs."""
         topic = self.config.topics.processor_evidence
+        for (by, source), count in self.joined.sent_away.items():
+            EvidenceSentAway(by=by, source=source, count=count).emit(self.metrics, log, count)
+        self.joined.sent_away.clear()
         return [Message(topic, None, value, None, partition)
                 for partition, items in sorted(self.joined.take_pending().items())
                 for value in encode_evidence(items)]

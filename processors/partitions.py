@@ -38,7 +38,7 @@ state, then offsets) keeps the trail exact across crashes and rebalances.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 import orjson
@@ -353,6 +353,9 @@ class Partitioned:
         for partition in range(partitions) if held is None else held:
             self.hold(partition)
         self.pending: dict[int, list[Evidence]] = defaultdict(list)
+        # (by whom: "normaliser" or "joiner", source) -> evidence items placed for
+        # partitions held elsewhere: what goes through the evidence topic.
+        self.sent_away: Counter[tuple[str, str]] = Counter()
         self._now = 0.0
 
     def hold(self, partition: int) -> PartitionJoiner:
@@ -367,7 +370,10 @@ class Partitioned:
         self._now = now
         count = 0
         for item in items:
-            self.pending[kafka_io.partition_of(route_key(item), self.partitions)].append(bare(item))
+            partition = kafka_io.partition_of(route_key(item), self.partitions)
+            self.pending[partition].append(bare(item))
+            if partition not in self.joiners:
+                self.sent_away["normaliser", item.source] += 1
             count += 1
         return count
 
@@ -382,6 +388,8 @@ class Partitioned:
         for target, sent in joiner.take_outbox().items():
             # Already bare: a joiner sends what it holds, or builds bare (`_link_item`).
             self.pending[target].extend(sent)
+            if target not in self.joiners:
+                self.sent_away.update(("joiner", item.source) for item in sent)
 
     def take_pending(self) -> dict[int, list[Evidence]]:
         out, self.pending = self.pending, defaultdict(list)
