@@ -38,7 +38,8 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from kafka.errors import (CommitFailedError, CorruptRecordError, InvalidRecordError, InvalidTimestampError,
-                          KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError)
+                          KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RebalanceInProgressError,
+                          RecordListTooLargeError)
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from kafka.structs import TopicPartition
 
@@ -343,9 +344,10 @@ class Processor:
             try:
                 with group_errors(self.config.processor, self.consumer.config['group_instance_id']):
                     self._while_kafka_is_away("commit the input offsets", self.consumer.commit)
-            except CommitFailedError as e:
-                # A rebalance took the partitions: their next owner re-reads this batch,
-                # whose evidence the changelog already holds.
+            except (CommitFailedError, RebalanceInProgressError) as e:
+                # A rebalance took the partitions, or is under way (one of the batch's polls
+                # began this member's rejoin): whoever holds them next, this member or
+                # another, re-reads this batch, whose evidence the changelog already holds.
                 log.warning("Could not commit input offsets: %s", e)
             faults.point("processor.after_commit")
             BatchDelivered(count=count).emit(self.metrics, log)

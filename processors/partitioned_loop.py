@@ -252,13 +252,16 @@ class PartitionedProcessor(Processor):
 
     def _consume(self, polled: dict, now: float) -> int:
         evidence_topic = self.config.topics.processor_evidence
+        assigned = self.consumer.assignment()
         count = 0
         for tp, messages in polled.items():
+            if tp not in assigned:
+                continue  # taken away during this batch's polls: its next holder reads it again
             if tp.topic != evidence_topic:
                 count += self._normalise(tp, messages, now)
                 continue
             if tp.partition not in self.shares:
-                continue  # taken away during this poll: its next holder reads it again
+                continue  # released when fenced (_fenced), until the group hands it out again
             for message in messages:
                 try:
                     items = decode_evidence(message.value or b"")

@@ -22,6 +22,8 @@ from simulator import scenario as scenario_mod
 from tests.alert_receiver import HOOK_PATH, AlertReceiver
 from tests.harness import REPO, Env, http_ok, scrape, wait_for
 
+SENT_AWAY = "nimtrail_processor_sent_away_evidence_total"
+
 
 def _trace_back(env, tool_call_id: str):
     result = env.cli("trace-back", "--tool-call-id", tool_call_id, "--json", check=False)
@@ -226,6 +228,17 @@ def test_up_demo_on_two_processors_sharing_the_join_and_two_warehouse_shards_tra
         time.sleep(3)  # a few alert turns more: nothing repeats
         groups = [(h["kind"], h["deployment"], h["tool"], h["policy"]) for h in receiver.hooks()]
         assert len(groups) == len(set(groups)), groups
+        # The collector placed each trace's spans in its partition, which the member joining
+        # that evidence partition reads: no span evidence went through the evidence topic
+        # from the normaliser. Calls still go to and from their homes.
+        sent = {}
+        ops = env.config.processor.ops
+        for k in range(2):  # `up` gives the k-th member the ops port + k
+            for name, value in scrape(f"http://127.0.0.1:{ops.port + k}/metrics").items():
+                if name.startswith(SENT_AWAY):
+                    sent[name] = sent.get(name, 0) + value
+        assert not {n: v for n, v in sent.items() if 'by="normaliser"' in n and 'source="span.' in n}, sent
+        assert sum(v for n, v in sent.items() if 'by="joiner"' in n) > 0, sent
 
     try:
         _demo(env, 1, processors=2, partitions=4, shards=2, running=alerted_once)
