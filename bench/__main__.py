@@ -231,13 +231,14 @@ def scale_main(args: argparse.Namespace, layouts: tuple[tuple[int, int, int], ..
     out["summary"] = scale_summary(out["runs"])
     say("processors x shards/partitions | events/s end to end | CPU µs per event (every process) | "
         "against the first | against one member | processors' CPU s | batches | state changes | "
-        "warehouse CPU s | transactions   (medians; ratios paired within each round)")
+        "evidence through the topic | warehouse CPU s | transactions   (medians; ratios paired within each round)")
     for name, row in out["summary"].items():
         say(f"{name:>30} | {row['events_per_s']:>19,.0f} | {row['cpu_us_per_event']:>33,.1f} | "
             f"{row['against_first']:>17.2f} | "
             + (f"{row['against_one_member']:>18.2f}" if row["against_one_member"] else " " * 18)
             + f" | {row['processor_cpu_s']:>17.1f} | {row['processor_batches']:>7,.0f} | "
-            f"{row['state_changes']:>13,.0f} | {row['warehouse_cpu_s']:>15.1f} | {row['warehouse_transactions']:>12,.0f}")
+            f"{row['state_changes']:>13,.0f} | {row['evidence_sent_away']:>26,.0f} | {row['warehouse_cpu_s']:>15.1f} | "
+            f"{row['warehouse_transactions']:>12,.0f}")
     say(f"wrote {write_result(out, 'scale')}")
 
 
@@ -266,6 +267,8 @@ def scale_summary(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
                 sum(v for k, v in r["cpu_s"].items() if k.startswith("processor")) for r in rounds),
             "processor_batches": statistics.median(r["processor_batches"] for r in rounds),
             "state_changes": statistics.median(r["state_changes"] for r in rounds),
+            # (runs before members counted it have none)
+            "evidence_sent_away": statistics.median(sum(r.get("evidence_sent_away", {}).values()) for r in rounds),
             "warehouse_cpu_s": statistics.median(
                 sum(v for k, v in r["cpu_s"].items() if k.startswith("warehouse")) for r in rounds),
             "warehouse_transactions": statistics.median(r["warehouse_transactions"] for r in rounds),

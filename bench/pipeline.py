@@ -137,6 +137,9 @@ def _found(env: Env, call_id: str) -> bool:
     return bool(_get(env, "trace-back", call_id=call_id).get("found"))
 
 
+SENT_AWAY = "nimtrail_processor_sent_away_evidence_total"
+
+
 def processor_metrics_urls(env: Env, processors: int) -> list[str]:
     """Each member's /metrics, on the ops ports `up --processors` gives them."""
     ops = env.config.processor.ops
@@ -147,7 +150,11 @@ def _processor_counts(env: Env, processors: int) -> dict[str, float]:
     """Batches delivered and state changes written, added up over the group's members."""
     metrics = [scrape(url) for url in processor_metrics_urls(env, processors)]
     return {"batches": sum(m.get("nimtrail_processor_delivered_batches_total", 0.0) for m in metrics),
-            "state_changes": sum(m.get("nimtrail_processor_state_changes_entries_total", 0.0) for m in metrics)}
+            "state_changes": sum(m.get("nimtrail_processor_state_changes_entries_total", 0.0) for m in metrics),
+            # Evidence items that went through the evidence topic, by who placed them.
+            **{f"sent_away_by_{by}": sum(v for m in metrics for k, v in m.items()
+                                         if k.startswith(SENT_AWAY) and f'by="{by}"' in k)
+               for by in ("normaliser", "joiner")}}
 
 
 def _start(env: Env, processors: int = 1) -> dict[str, int]:
@@ -264,12 +271,16 @@ def sustained(work: Path, bootstrap: str, traces: int, log_calls: int, say: Call
            # Added up over the group: the batches each member took through to committed
            # offsets, and the join state entries written to the changelog.
            "processor_batches": work_done["batches"], "state_changes": work_done["state_changes"],
+           "evidence_sent_away": {"normaliser": work_done["sent_away_by_normaliser"],
+                                  "joiner": work_done["sent_away_by_joiner"]},
            "warehouse_transactions": transactions,
            "events_per_cpu_s": {stage: events / used for stage, used in cpu.items() if used > 0},
            "events_per_cpu_s_all": events / sum(cpu.values())}
     say(f"  sustained: {events:,} events in {elapsed:.1f}s = {events / elapsed:,.0f} events/s end to end "
         f"(collector accepted them in {accepted:.1f}s); rows {counts} of expected {out['expected']}; "
-        f"{work_done['batches']:,.0f} processor batches, {work_done['state_changes']:,.0f} state changes; "
+        f"{work_done['batches']:,.0f} processor batches, {work_done['state_changes']:,.0f} state changes, "
+        f"{work_done['sent_away_by_normaliser']:,.0f} + {work_done['sent_away_by_joiner']:,.0f} evidence items "
+        f"through the evidence topic (normalisers + joiners); "
         f"peak RSS MB {({k: round(v or 0) for k, v in rss.items()})}")
     say("  CPU seconds per stage: " + ", ".join(f"{k} {v:.1f} ({events / v:,.0f} events per CPU s)"
                                                for k, v in cpu.items() if v > 0)

@@ -112,65 +112,29 @@ def split_by_trace(message: Message, partitions: int) -> list[tuple[bytes, bytes
     placed in (kafka_io.partition_of of the hex trace id, among `partitions`), each keyed
     by one of its trace ids, every span under its own resource and scope; [] when all of
     them are placed in one partition (the request goes as it came, byte for byte).
-
-    The requests are written field by field from each span's own encoding: copying spans
-    into new messages cost ~4 µs a span, this ~1."""
+    About 4 µs a span, most of it copying spans into the new requests."""
     placed: dict[bytes, int] = {}  # trace id -> partition: a request holds few traces
-    groups: dict[int, dict[tuple[int, int], list[bytes]]] = {}
-    keys: dict[int, bytes] = {}
+    groups: dict[int, dict[tuple[int, int], list]] = {}
     for ri, resource in enumerate(message.resource_spans):
         for si, scope in enumerate(resource.scope_spans):
             for span in scope.spans:
-                trace = span.trace_id
-                partition = placed.get(trace)
+                partition = placed.get(span.trace_id)
                 if partition is None:
-                    partition = placed[trace] = partition_of(trace.hex(), partitions)
-                    keys.setdefault(partition, trace.hex().encode())
-                groups.setdefault(partition, {}).setdefault((ri, si), []).append(span.SerializeToString())
+                    partition = placed[span.trace_id] = partition_of(span.trace_id.hex(), partitions)
+                groups.setdefault(partition, {}).setdefault((ri, si), []).append(span)
     if len(groups) <= 1:
         return []
     out = []
-    for partition, scopes in groups.items():
-        by_resource: dict[int, list[bytes]] = {}
+    for scopes in groups.values():
+        request, resources = trace_service_pb2.ExportTraceServiceRequest(), {}
         for (ri, si), spans in scopes.items():  # in the request's order
-            scope = message.resource_spans[ri].scope_spans[si]
-            by_resource.setdefault(ri, []).append(_field(2, b"".join(
-                [_submessage(1, scope, "scope"), *(_field(2, span) for span in spans), _text(3, scope.schema_url)])))
-        request = b"".join(
-            _field(1, b"".join([_submessage(1, resource, "resource"), *encoded, _text(3, resource.schema_url)]))
-            for ri, encoded in by_resource.items() if (resource := message.resource_spans[ri]) is not None)
-        out.append((keys[partition], request))
+            resource, scope = message.resource_spans[ri], message.resource_spans[ri].scope_spans[si]
+            if ri not in resources:
+                resources[ri] = request.resource_spans.add(resource=resource.resource, schema_url=resource.schema_url)
+            resources[ri].scope_spans.add(scope=scope.scope, schema_url=scope.schema_url).spans.extend(spans)
+        key = next(iter(scopes.values()))[0].trace_id.hex().encode()
+        out.append((key, request.SerializeToString()))
     return out
-
-
-# Protobuf's wire format, for the fields split_by_trace writes: ExportTraceServiceRequest
-# (1: resource_spans), ResourceSpans (1: resource, 2: scope_spans, 3: schema_url) and
-# ScopeSpans (1: scope, 2: spans, 3: schema_url), all length-delimited.
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _BYTES[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _TAGS[number] + _varint(len(payload)) + payload
-
-
-_BYTES = [bytes((n,)) for n in range(0x80)]
-_TAGS = {number: bytes((number << 3 | 2,)) for number in (1, 2, 3)}
-
-
-def _submessage(number: int, parent: Message, name: str) -> bytes:
-    return _field(number, getattr(parent, name).SerializeToString()) if parent.HasField(name) else b""
-
-
-def _text(number: int, text: str) -> bytes:
-    return _field(number, text.encode()) if text else b""
 
 
 def count_items(signal: Signal, message: Message) -> int:

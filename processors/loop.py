@@ -31,6 +31,7 @@ so this one writes nothing more, commits nothing, and drops its state.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import threading
@@ -78,9 +79,9 @@ class Interrupted(NimtrailError):
     """Stopping while Kafka does not acknowledge: the input stays uncommitted for the next start."""
 
 
-# The input a batch gathers from polls before it is processed (its last poll may take it
-# past): what max_poll_records (50) messages of ~100 spans weigh, the batch that setting
-# was sized for.
+# The input a batch gathers from polls before it is processed (about: its last poll takes
+# as many messages as fit at the size of the ones before): what max_poll_records (50)
+# messages of ~100 spans weigh, the batch that setting was sized for.
 BATCH_INPUT_BYTES = 2 * 1024 * 1024
 
 
@@ -362,14 +363,16 @@ class Processor:
         requests hold a few spans. A batch's fixed costs (state write, produce, commit, and
         the warehouse's transaction for what it emits) are then paid for few events."""
         polled = self.consumer.poll(timeout_ms=timeout_ms)
-        size = _input_bytes(polled)
+        size, count = _input_bytes(polled), sum(map(len, polled.values()))
         while polled and size < BATCH_INPUT_BYTES and not self.handover.decided:
-            more = self.consumer.poll(timeout_ms=0)
+            # As many messages as would fill the batch at the size of those taken so far.
+            wanted = math.ceil((BATCH_INPUT_BYTES - size) * count / max(size, 1))
+            more = self.consumer.poll(timeout_ms=0, max_records=min(wanted, self.config.processor.max_poll_records))
             if not more:
                 break
             for tp, messages in more.items():
                 polled.setdefault(tp, []).extend(messages)
-            size += _input_bytes(more)
+            size, count = size + _input_bytes(more), count + sum(map(len, more.values()))
         return polled
 
     def _consume(self, polled: dict, now: float) -> int:
