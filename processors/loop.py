@@ -85,6 +85,11 @@ class Interrupted(NimtrailError):
 BATCH_INPUT_BYTES = 2 * 1024 * 1024
 
 
+# How long a batch's sends wait for Kafka's acknowledgements before they are judged
+# (retried, or dead-lettered), and how often a wait that long is said.
+FLUSH_TIMEOUT, FLUSH_NOTICE = 60.0, 10.0
+
+
 def _input_bytes(polled: dict) -> int:
     return sum(len(m.value or b"") for messages in polled.values() for m in messages)
 
@@ -616,10 +621,7 @@ class Processor:
                                                           partition=m.partition)))
             except KafkaError as e:  # refused before sending (its size), or the producer stopped
                 failed.append((m, e))
-        try:
-            self.producer.flush(timeout=60)
-        except KafkaError:
-            pass  # each future below says what became of its message
+        self._flush(len(futures))
         for m, future in futures:
             try:
                 metadata = future.get(timeout=60)
@@ -629,6 +631,21 @@ class Processor:
                 if acked is not None:
                     acked.append(metadata)
         return failed
+
+    def _flush(self, count: int) -> None:
+        """Wait for Kafka to acknowledge what was sent, up to FLUSH_TIMEOUT, saying so every
+        FLUSH_NOTICE seconds it has not: a broker that went away mid-batch otherwise left the
+        stage silent for a minute. What became of each message its future says after."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while True:
+            try:
+                self.producer.flush(timeout=FLUSH_NOTICE)
+                return
+            except KafkaError:
+                if time.monotonic() >= deadline:
+                    return
+                log.warning("Could not get Kafka's acknowledgement of %d messages in %d s; waiting on",
+                            count, FLUSH_NOTICE)
 
     def _refused(self, m: Message, error: KafkaError) -> list[Message]:
         """What to send instead of `m`, which Kafka will not take: an audit batch too large
