@@ -124,17 +124,9 @@ def split_by_trace(message: Message, partitions: int) -> list[tuple[bytes, bytes
                 groups.setdefault(partition, {}).setdefault((ri, si), []).append(span)
     if len(groups) <= 1:
         return []
-    out = []
-    for scopes in groups.values():
-        request, resources = trace_service_pb2.ExportTraceServiceRequest(), {}
-        for (ri, si), spans in scopes.items():  # in the request's order
-            resource, scope = message.resource_spans[ri], message.resource_spans[ri].scope_spans[si]
-            if ri not in resources:
-                resources[ri] = request.resource_spans.add(resource=resource.resource, schema_url=resource.schema_url)
-            resources[ri].scope_spans.add(scope=scope.scope, schema_url=scope.schema_url).spans.extend(spans)
-        key = next(iter(scopes.values()))[0].trace_id.hex().encode()
-        out.append((key, request.SerializeToString()))
-    return out
+    return [(next(iter(scopes.values()))[0].trace_id.hex().encode(),
+             _request_with(SIGNALS["/v1/traces"], message, scopes).SerializeToString())
+            for scopes in groups.values()]
 
 
 def count_items(signal: Signal, message: Message) -> int:
@@ -181,28 +173,35 @@ def split_invalid(signal: Signal, message: Message) -> tuple[int, Message | None
               if (bad := find_bad(getattr(scope, item_field)))}
     if not bad_of:
         return 0, None
-    rejected = signal.request()
-    count = 0
-    for ri, resource in enumerate(getattr(message, res_field)):
-        out_resource = None
-        for si, scope in enumerate(getattr(resource, scope_field)):
-            bad = bad_of.get((ri, si))
-            if not bad:
-                continue
-            items = getattr(scope, item_field)
-            if out_resource is None:
-                out_resource = getattr(rejected, res_field).add()
-                out_resource.resource.CopyFrom(resource.resource)
-                out_resource.schema_url = resource.schema_url
-            out_scope = getattr(out_resource, scope_field).add()
-            out_scope.scope.CopyFrom(scope.scope)
-            out_scope.schema_url = scope.schema_url
-            for i in bad:
-                getattr(out_scope, item_field).add().CopyFrom(items[i])
-            for i in reversed(bad):
-                del items[i]
-            count += len(bad)
-    return count, rejected
+    resources = getattr(message, res_field)
+    rejected = _request_with(signal, message, {
+        (ri, si): [getattr(getattr(resources[ri], scope_field)[si], item_field)[i] for i in bad]
+        for (ri, si), bad in bad_of.items()})
+    for (ri, si), bad in bad_of.items():
+        items = getattr(getattr(resources[ri], scope_field)[si], item_field)
+        for i in reversed(bad):
+            del items[i]
+    return sum(map(len, bad_of.values())), rejected
+
+
+def _request_with(signal: Signal, message: Message, picked: dict[tuple[int, int], list]) -> Message:
+    """A request of `signal` holding the `picked` items of `message` ({(resource index,
+    scope index): items}, in the request's order), each under a copy of its own resource
+    and scope."""
+    res_field, scope_field, item_field = _ITEMS[signal.name][:3]
+    request, copies = signal.request(), {}
+    for (ri, si), items in picked.items():
+        resource = getattr(message, res_field)[ri]
+        if ri not in copies:
+            copies[ri] = getattr(request, res_field).add()
+            copies[ri].resource.CopyFrom(resource.resource)
+            copies[ri].schema_url = resource.schema_url
+        scope = getattr(resource, scope_field)[si]
+        copy = getattr(copies[ri], scope_field).add()
+        copy.scope.CopyFrom(scope.scope)
+        copy.schema_url = scope.schema_url
+        getattr(copy, item_field).extend(items)
+    return request
 
 
 def partial_success(signal: Signal, rejected: int, message: str) -> Message:
